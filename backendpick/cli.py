@@ -1,0 +1,92 @@
+"""Command-line wiring only: parse flags, call a command module, map errors to exit codes.
+
+Command modules are imported inside each command so ``backendpick detect`` does not pay for
+the plan/install machinery (or rich) at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from backendpick import __version__
+from backendpick.errors import EXIT_USAGE, BackendpickError
+
+HELP = """Install PyTorch and its GPU companions with pip, all on one backend.
+
+\b
+Examples:
+  backendpick detect                  # hardware found, backend chosen, and why
+  backendpick detect --json           # the same for scripts
+  backendpick detect --backend cu124  # what an explicit choice means on this machine
+
+Backend precedence: --backend, then BACKENDPICK_BACKEND, then [tool.backendpick] backend in
+pyproject.toml, then detection. Exit codes: 0 done, 1 install failed, 2 usage or configuration
+error, 3 no compatible backend, 4 environment locked by another backendpick.
+"""
+
+project_option = click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory holding pyproject.toml.",
+)
+backend_option = click.option(
+    "--backend", default=None, metavar="NAME", help="auto, cpu, xpu, cuXY (cu124) or rocmX.Y (rocm6.2.4)."
+)
+compat_option = click.option(
+    "--cuda-compat",
+    type=click.Choice(["strict", "minor"]),
+    default=None,
+    help="strict: cuXY only if the driver supports CUDA X.Y; minor: allow CUDA minor version compatibility.",
+)
+json_option = click.option("--json", "json_mode", is_flag=True, help="Print one JSON object.")
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="backendpick")
+def cli() -> None:
+    pass
+
+
+@cli.command(
+    help="Report the accelerators found and the backend backendpick would choose, with the reason.\n\n"
+    "\b\nExamples:\n  backendpick detect\n  backendpick detect --json | jq -r .backend\n"
+    "  BACKENDPICK_BACKEND=cu128 backendpick detect"
+)
+@project_option
+@backend_option
+@compat_option
+@json_option
+def detect(project_dir: Path, backend: str | None, cuda_compat: str | None, json_mode: bool) -> int:
+    from backendpick.commands import detect as command
+    from backendpick.output import Output
+
+    return command.run(Output(json_mode=json_mode), project_dir=project_dir, backend=backend, cuda_compat=cuda_compat)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="backendpick", standalone_mode=False)
+    except BackendpickError as exc:
+        if os.environ.get("BACKENDPICK_DEBUG"):
+            raise
+        from backendpick.output import Output
+
+        Output().error(exc.message, exc.hint, exc.details)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,172 @@
+"""Typed access to ``data/facts.toml``: the one place backend knowledge lives.
+
+Everything that changes when NVIDIA, AMD or PyTorch ship something new is a row in that file;
+the functions here only answer questions about the rows.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
+
+Dotted = tuple  # tuple[int, ...]: a driver or toolkit version such as (550, 54, 14)
+
+
+def dotted(text: str) -> tuple[int, ...]:
+    """``"550.54.14"`` -> ``(550, 54, 14)``; raises ValueError on anything else."""
+    parts = text.strip().split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a dotted version: {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def show(version: tuple[int, ...]) -> str:
+    return ".".join(str(p) for p in version)
+
+
+@dataclass(frozen=True)
+class ArchRow:
+    since: tuple[int, ...]  # torch release (major, minor) from which the row applies
+    backend: Backend
+    caps: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Facts:
+    default_index_url: str
+    cuda_drivers: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (toolkit, min driver), ascending
+    minor_compat: dict = field(default_factory=dict)  # major -> min driver
+    releases: dict = field(default_factory=dict)  # torch (major, minor) -> tuple[Backend, ...]
+    pypi_cuda: dict = field(default_factory=dict)  # torch (major, minor) -> CUDA (major, minor)
+    arch: tuple[ArchRow, ...] = ()
+    rocm_gfx: dict = field(default_factory=dict)  # gfx -> (first, last or None)
+    integrated_gfx: frozenset = frozenset()
+    intel_discrete: tuple = ()  # (low id, high id, family)
+    backend_packages: tuple[str, ...] = ()
+    no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
+
+    # -- NVIDIA ---------------------------------------------------------------------------------
+    def max_cuda_for_driver(self, driver: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Highest CUDA toolkit whose minimum driver is at most ``driver`` (strict reading)."""
+        best = None
+        for cuda, minimum in self.cuda_drivers:
+            if driver >= minimum:
+                best = cuda
+        return best
+
+    def driver_beyond_table(self, driver: tuple[int, ...]) -> bool:
+        """True when the driver is newer than the newest row, so it may know newer CUDA."""
+        newest = self.cuda_drivers[-1][1]
+        return driver[0] > newest[0]
+
+    def cuda_allowed(
+        self,
+        cuda: tuple[int, ...],
+        *,
+        driver_cuda: tuple[int, ...] | None,
+        driver: tuple[int, ...] | None,
+        policy: str,
+    ) -> bool:
+        """Whether a cuXY build may run on this driver under the strict or minor policy."""
+        if driver_cuda is not None and cuda[:2] <= driver_cuda[:2]:
+            return True
+        if policy == "minor" and driver is not None:
+            minimum = self.minor_compat.get(cuda[0])
+            return minimum is not None and driver >= minimum
+        return False
+
+    def caps_for(self, torch: tuple[int, ...], backend: Backend) -> tuple[tuple[int, ...], ...] | None:
+        """Compute capabilities of a build, or None when the table has no row for it."""
+        rows = [r for r in self.arch if r.backend == backend and r.since <= torch[:2]]
+        if not rows:
+            return None
+        return max(rows, key=lambda r: r.since).caps
+
+    def serves_cap(self, torch: tuple[int, ...], backend: Backend, cap: tuple[int, ...]) -> bool | None:
+        """Whether a build runs on a GPU of compute capability ``cap``; None if unknown."""
+        caps = self.caps_for(torch, backend)
+        if caps is None:
+            return None
+        return any(c[0] == cap[0] and c[1] <= cap[1] for c in caps)
+
+    # -- PyTorch releases -----------------------------------------------------------------------
+    def backends_of(self, torch: tuple[int, ...]) -> tuple[Backend, ...]:
+        return self.releases.get(torch[:2], ())
+
+    def all_backends(self) -> list[Backend]:
+        seen: set[Backend] = set()
+        for backends in self.releases.values():
+            seen.update(backends)
+        return sorted(seen, key=sort_key)
+
+    def newest_release(self) -> tuple[int, ...]:
+        return max(self.releases)
+
+    # -- AMD ------------------------------------------------------------------------------------
+    def rocm_supports(self, gfx: str, backend: Backend) -> bool | None:
+        row = self.rocm_gfx.get(gfx)
+        if row is None:
+            return None
+        first, last = row
+        return backend.version >= first and (last is None or backend.version <= last)
+
+
+# cpu < every GPU backend, then vendors grouped; only used for a stable display order.
+_KIND_ORDER = {CPU: 0, CUDA: 1, ROCM: 2, XPU: 3}
+
+
+def sort_key(b: Backend) -> tuple:
+    return (_KIND_ORDER[b.kind], b.version)
+
+
+def _load_toml(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10 only
+        import tomli as tomllib
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def build(raw: dict) -> Facts:
+    """Turn the TOML document into ``Facts`` (separate from loading so tests can vary rows)."""
+    cuda = raw["cuda"]
+    torch = raw["torch"]
+    releases = {}
+    for release, row in torch["releases"].items():
+        backends = [Backend(CPU)]
+        backends += [Backend.parse(n) for n in row.get("cuda", [])]
+        backends += [Backend.parse(n) for n in row.get("rocm", [])]
+        if row.get("xpu"):
+            backends.append(Backend(XPU))
+        releases[dotted(release)] = tuple(backends)
+    return Facts(
+        default_index_url=raw["index"]["default-url"],
+        cuda_drivers=tuple(sorted((dotted(k), dotted(v)) for k, v in cuda["drivers"].items())),
+        minor_compat={int(k): dotted(v) for k, v in cuda["minor-compat"].items()},
+        releases=releases,
+        pypi_cuda={dotted(k): dotted(v) for k, v in torch["pypi-cuda"].items()},
+        arch=tuple(
+            ArchRow(dotted(r["since"]), Backend.parse(r["backend"]), tuple(dotted(c) for c in r["caps"]))
+            for r in torch["arch"]
+        ),
+        rocm_gfx={
+            gfx: (dotted(row["first"]), dotted(row["last"]) if "last" in row else None)
+            for gfx, row in raw["rocm"]["gfx"].items()
+        },
+        integrated_gfx=frozenset(raw["rocm"]["integrated-gfx"]),
+        intel_discrete=tuple(
+            (int(r["from"], 16), int(r["to"], 16), r["family"]) for r in raw["intel"]["discrete"]
+        ),
+        backend_packages=tuple(raw["packages"]["backend"]),
+        no_build_isolation={k: tuple(v) for k, v in raw["packages"]["no-build-isolation"].items()},
+    )
+
+
+@lru_cache(maxsize=1)
+def load() -> Facts:
+    return build(_load_toml(Path(__file__).parent / "data" / "facts.toml"))

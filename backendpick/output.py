@@ -1,0 +1,87 @@
+"""The one renderer: rich on a terminal, plain stable lines in logs, JSON for scripts.
+
+Plain lines are an interface (CI logs, Docker build output, grep): ``key: value`` and
+``warning: ...``, no colour, no wrapping. rich is imported only when a terminal will show it,
+which keeps ``detect`` and ``plan`` quick to start. ``NO_COLOR`` turns colour off everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO, Any, Sequence
+
+
+class Output:
+    def __init__(self, *, json_mode: bool = False, verbose: int = 0, quiet: bool = False,
+                 stdout: IO[str] | None = None, stderr: IO[str] | None = None):
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.json_mode = json_mode
+        self.verbose = verbose
+        self.quiet = quiet
+        term_ok = os.environ.get("TERM", "") != "dumb"
+        self.fancy = not json_mode and term_ok and _isatty(self.stdout)
+        self.color = self.fancy and not os.environ.get("NO_COLOR")
+        self._console = None
+
+    # -- low level ------------------------------------------------------------------------------
+    def console(self, stderr: bool = False):
+        from rich.console import Console
+
+        return Console(file=self.stderr if stderr else self.stdout, no_color=not self.color,
+                       highlight=False, soft_wrap=True)
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stdout, flush=True)
+
+    def info(self, text: str) -> None:
+        """Progress and notes. In JSON mode they go to stderr so stdout stays one document."""
+        if self.quiet:
+            return
+        print(text, file=self.stderr if self.json_mode else self.stdout, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}", file=self.stderr, flush=True)
+
+    def error(self, message: str, hint: str | None = None, details: str | None = None) -> None:
+        if details:
+            print(details.rstrip("\n"), file=self.stderr)
+        print(f"error: {message}", file=self.stderr)
+        if hint:
+            print(f"hint: {hint}", file=self.stderr)
+        self.stderr.flush()
+
+    def emit_json(self, obj: Any) -> None:
+        json.dump(obj, self.stdout, indent=2, sort_keys=False)
+        self.stdout.write("\n")
+        self.stdout.flush()
+
+    def fields(self, pairs: Sequence[tuple[str, Any]]) -> None:
+        for key, value in pairs:
+            if value is not None and value != "":
+                self.line(f"{key}: {value}")
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A rich table on a terminal; otherwise one ``title: col=value ...`` line per row."""
+        if self.fancy:
+            from rich.table import Table
+
+            t = Table(title=title, title_justify="left")
+            for c in columns:
+                t.add_column(c)
+            for r in rows:
+                t.add_row(*("" if v is None else str(v) for v in r))
+            self.console().print(t)
+            return
+        for r in rows:
+            cells = " ".join(f"{c.lower().replace(' ', '_')}={'-' if v is None else v}" for c, v in zip(columns, r))
+            self.line(f"{title.lower()}: {cells}")
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
