@@ -70,6 +70,70 @@ def detect(project_dir: Path, backend: str | None, cuda_compat: str | None, json
     return command.run(Output(json_mode=json_mode), project_dir=project_dir, backend=backend, cuda_compat=cuda_compat)
 
 
+def _plan_options(func):
+    """Options shared by plan and install: what to install, into which Python, from where."""
+    options = [
+        click.argument("requirement", nargs=-1),
+        click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path), help="Requirements file (repeatable)."),
+        project_option,
+        click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME."),
+        click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735)."),
+        click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+                     help="Interpreter (or venv directory) to install into. Default: the active venv, else this Python."),
+        backend_option,
+        click.option("--index-url", default=None, metavar="TEMPLATE",
+                     help="Backend index template with {backend} (default https://download.pytorch.org/whl/{backend})."),
+        compat_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _request(**kw):
+    from backendpick.commands.plan import Request
+
+    return Request(
+        project_dir=kw["project_dir"], requirements=tuple(kw["requirement"]), files=tuple(kw["files"]),
+        extras=tuple(kw["extras"]), groups=tuple(kw["groups"]), python=kw["python"], backend=kw["backend"],
+        index_url=kw["index_url"], cuda_compat=kw["cuda_compat"],
+    )
+
+
+@cli.command(
+    help="Show the backend, the reason, and the pip phases install would run.\n\n"
+    "Without REQUIREMENTs, reads [project].dependencies of pyproject.toml.\n\n"
+    "\b\nExamples:\n  backendpick plan\n  backendpick plan torch torchvision xformers --backend cu124\n"
+    "  backendpick plan -r requirements.txt --json"
+)
+@_plan_options
+def plan(**kw) -> int:
+    from backendpick.commands import plan as command
+    from backendpick.output import Output
+
+    return command.run(Output(json_mode=kw["json_mode"]), _request(**kw))
+
+
+@cli.command(
+    help="Install the requirements in ordered pip phases, all on one backend.\n\n"
+    "Without REQUIREMENTs, reads [project].dependencies of pyproject.toml.\n\n"
+    "\b\nExamples:\n  backendpick install\n  backendpick install --backend cu124 --extra train   # in a Dockerfile RUN\n"
+    "  backendpick install --dry-run                        # print the pip commands only"
+)
+@_plan_options
+@click.option("--dry-run", is_flag=True, help="Print exactly the pip commands install would run; change nothing.")
+@click.option("-v", "--verbose", count=True, help="Stream pip's own output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the result.")
+def install(dry_run: bool, verbose: int, quiet: bool, **kw) -> int:
+    from backendpick.commands import install as command
+    from backendpick.output import Output
+
+    out = Output(json_mode=kw["json_mode"], verbose=verbose, quiet=quiet)
+    return command.run(out, _request(**kw), dry_run=dry_run)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="backendpick", standalone_mode=False)

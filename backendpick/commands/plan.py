@@ -1,0 +1,264 @@
+"""``backendpick plan``: the backend, the reason and the pip phases, without running them.
+
+``prepare`` is shared with ``install``: it is the whole config -> probe -> select -> plan chain.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
+
+from backendpick import config, facts as facts_mod, pipconf, plan as plan_mod, requirements, target as target_mod
+from backendpick.backend import CPU, Backend, local_tag_backend
+from backendpick.errors import NoBackendError
+from backendpick.facts import Facts, show
+from backendpick.hardware import Hardware
+from backendpick.index import IndexClient
+from backendpick.offers import Offers, candidate_kinds, gather, index_url_for
+from backendpick.output import Output
+from backendpick.probe import ProbeSettings, probe
+from backendpick.select import Decision, Explicit, choose, table_offers
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the user said on the command line about what to install and where."""
+
+    project_dir: Path = Path(".")
+    requirements: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    extras: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    python: Path | None = None
+    backend: str | None = None
+    index_url: str | None = None
+    cuda_compat: str | None = None
+    extra_backend: tuple[str, ...] = field(default_factory=tuple)  # set by install's retry
+    extra_build: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: plan_mod.Plan
+    target: target_mod.Target
+    settings: config.Settings
+    hardware: Hardware
+    decision: Decision
+    pip_config: pipconf.PipConfig
+    backend_env: dict
+    user_env: dict
+
+
+def _torch_spec(reqs, family: set[str]) -> SpecifierSet:
+    spec = SpecifierSet()
+    for r in reqs:
+        if config.normalize(r.name) == "torch":
+            spec &= r.specifier
+    return spec
+
+
+def prepare(req: Request, env: dict | None = None) -> Prepared:
+    env = dict(os.environ if env is None else env)
+    facts = facts_mod.load()
+    settings = config.load(
+        facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
+        cuda_compat=req.cuda_compat, env=env,
+    )
+    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups)
+    target = target_mod.inspect(target_mod.choose_python(req.python, env))
+    pip_config = pipconf.read(env, target.prefix)
+    hardware = probe(facts, ProbeSettings.from_env(env))
+    family = set(settings.backend_packages)
+    reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
+    wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(req.extra_backend)
+
+    value = str(settings.backend.value).strip().lower()
+    explicit = None if value == "auto" else Explicit(Backend.parse(value), settings.backend.source)
+    template = settings.index_url.value
+    warnings: list[str] = list(hardware.warnings)
+    offers: Offers | None = None
+    if wants_backend:
+        client = IndexClient(pip_config)
+        spec = _torch_spec(reqs, family)
+        if explicit is not None:
+            offers = gather(facts, client, template, [explicit.backend], spec, target)
+            if explicit.backend not in offers.versions:
+                _explicit_missing(facts, client, template, explicit, spec, target, offers)
+        else:
+            kinds = candidate_kinds(hardware)
+            candidates = [b for b in facts.all_backends() if b.kind in kinds]
+            offers = gather(facts, client, template, candidates, spec, target)
+        warnings += offers.warnings
+        releases = offers.releases
+    else:
+        releases = table_offers(facts)
+
+    decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
+    decision = _keep_installed_gpu_backend(decision, target)
+    if wants_backend and decision.unserved and decision.source == "detected":
+        raise _no_backend(facts, hardware, decision, reqs, settings)
+    if wants_backend and offers is not None and decision.backend not in offers.versions:
+        raise NoBackendError(
+            f"no torch matching '{_torch_spec(reqs, family) or 'any'}' for Python {target.python_version_text} "
+            f"on the {decision.backend} index ({config.redact(index_url_for(template, decision.backend))})",
+            hint=_available_hint(offers),
+        )
+
+    if wants_backend and offers is not None and offers.source == "index":
+        _check_family_published(client, index_url_for(template, decision.backend), decision.backend, reqs, family, target)
+
+    state = plan_mod.state_dir(target, env)
+    backend_env = pipconf.backend_phase_env(env, pip_config)
+    plan = plan_mod.build(
+        decision=decision,
+        requirements=wanted.requirements,
+        settings=settings,
+        target=target,
+        index_url=index_url_for(template, decision.backend),
+        offered=offers.versions.get(decision.backend, []) if offers else [],
+        constraints_path=state / "constraints.txt",
+        backend_env=backend_env,
+        user_env=env,
+        rest_options=wanted.rest_options,
+        user_constraints=wanted.constraints,
+        runner_python=sys.executable,
+        offers_source=offers.source if offers else "table",
+        extra_backend=req.extra_backend,
+        extra_build=req.extra_build,
+        warnings=warnings,
+    )
+    return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
+
+
+def _check_family_published(client, url: str, backend: Backend, reqs, family: set[str], target) -> None:
+    """Every requested family member must have a build on the backend index.
+
+    Falling back to another index would mix backends, so a missing one is an error naming it.
+    """
+    from backendpick.index import IndexUnavailable, PageNotFound, fetch_many, matching_versions
+
+    wanted = {config.normalize(r.name): r for r in reqs if config.normalize(r.name) in family and config.normalize(r.name) != "torch"}
+    if not wanted:
+        return
+    missing = []
+    results = fetch_many(client, {n: (url, n) for n in wanted})
+    for name, files in results.items():
+        if isinstance(files, IndexUnavailable):
+            continue  # pip will report it with its own retries
+        if isinstance(files, PageNotFound) or not matching_versions(
+            files, name, wanted[name].specifier, target.python_version_text, target.tags
+        ):
+            missing.append(str(wanted[name]))
+    if missing:
+        raise NoBackendError(
+            f"not published for {backend} at {config.redact(url)}: {', '.join(missing)}",
+            hint="choose another backend, or limit those requirements with a marker or an extra "
+            "(taking them from another index would mix backends)",
+        )
+
+
+def _keep_installed_gpu_backend(decision: Decision, target: target_mod.Target) -> Decision:
+    """Auto never downgrades: no GPU seen now, but the environment holds a GPU torch.
+
+    A driver hiccup or a container started without --gpus must not turn a CUDA environment
+    into a CPU one; only an explicit --backend cpu does that.
+    """
+    torch = target.get("torch")
+    if decision.source != "detected" or decision.backend.kind != CPU or torch is None:
+        return decision
+    installed = local_tag_backend(torch.version)
+    if installed is None or not installed.is_gpu:
+        return decision
+    return Decision(
+        installed,
+        "installed",
+        f"no usable GPU detected now ({decision.reason}), but the environment already has torch "
+        f"{torch.version}; keeping {installed} (pass --backend cpu to switch)",
+        warnings=decision.warnings,
+    )
+
+
+def _available_hint(offers: Offers) -> str:
+    if not offers.versions:
+        return "no backend index offers a matching torch; check the torch specifier and the index URL"
+    listing = "; ".join(
+        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: facts_mod.sort_key(kv[0]))
+    )
+    return f"backends with a matching torch: {listing}"
+
+
+def _explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, target, offers: Offers) -> None:
+    if offers.source != "index":
+        return  # offline: the table cannot prove absence; pip will say
+    others = gather(facts, client, template, [b for b in facts.all_backends() if b != explicit.backend], spec, target)
+    raise NoBackendError(
+        f"{explicit.backend} (from {explicit.source}) has no torch matching '{spec or 'any'}' for "
+        f"Python {target.python_version_text} at {config.redact(index_url_for(template, explicit.backend))}",
+        hint=_available_hint(others),
+    )
+
+
+def _no_backend(facts: Facts, hw: Hardware, decision: Decision, reqs, settings) -> NoBackendError:
+    spec = _torch_spec(reqs, set(settings.backend_packages))
+    lines = list(decision.rejected)
+    gpus = [a for a in hw.accelerators if a.ignored is None]
+    working = []
+    for release, backends in sorted(facts.releases.items()):
+        fit = [b for b in backends if b.is_gpu and all(
+            a.cap is None or facts.serves_cap(release, b, a.cap) for a in gpus if a.vendor == "nvidia"
+        ) and (b.kind != "cuda" or facts.cuda_allowed(
+            b.version,
+            driver_cuda=facts_mod.dotted(hw.driver_cuda) if hw.driver_cuda else None,
+            driver=facts_mod.dotted(hw.nvidia_driver) if hw.nvidia_driver else None,
+            policy=settings.cuda_compat.value,
+        )) and (b.kind != "rocm" or all(facts.rocm_supports(a.arch or "", b) for a in gpus if a.vendor == "amd"))]
+        if fit:
+            working.append(f"{show(release)} ({', '.join(map(str, fit))})")
+    hint = (
+        f"torch releases that would work here: {'; '.join(working)}" if working
+        else "no known torch release serves this hardware; pass --backend cpu to install CPU builds"
+    )
+    hint += "; or pass --backend to choose yourself"
+    return NoBackendError(
+        f"no backend serves {', '.join(decision.unserved)} with torch '{spec or 'any'}': " + "; ".join(lines),
+        hint=hint,
+    )
+
+
+def render(out: Output, p: plan_mod.Plan) -> None:
+    out.fields(
+        [
+            ("backend", p.backend.name),
+            ("decided-by", p.decided_by),
+            ("reason", p.reason),
+            ("python", str(p.python)),
+            ("index", config.redact(p.index_url)),
+            ("offers-from", p.offers_source),
+        ]
+    )
+    for ph in p.phases:
+        status = f"skip ({ph.skip})" if ph.skip else "run"
+        out.line(f"phase {ph.name}: {status}: {' '.join(ph.requirements)}")
+        out.line(f"  $ {ph.command_line()}")
+        if ph.constraints and not ph.skip:
+            pins = [c for c in ph.constraints if not c.endswith("<0")]
+            fenced = len(ph.constraints) - len(pins)
+            out.line(f"  constraints ({p.constraints_path}): {', '.join(pins)}"
+                     + (f" (+{fenced} packages blocked unless an earlier phase installs them)" if fenced else ""))
+    if not p.phases:
+        out.line("nothing to install")
+    for w in p.warnings:
+        out.warn(w)
+
+
+def run(out: Output, req: Request) -> int:
+    prepared = prepare(req)
+    if out.json_mode:
+        out.emit_json(prepared.plan.to_json())
+    else:
+        render(out, prepared.plan)
+    return 0

@@ -1,0 +1,88 @@
+"""What the backend indexes really offer: torch versions per backend for this target.
+
+Only candidate backends of the vendors present are asked (in parallel); when no index answers,
+the packaged release table stands in and the plan says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
+from backendpick.facts import Facts
+from backendpick.hardware import AMD, INTEL, NVIDIA, Hardware
+from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, fetch_many, matching_versions
+from backendpick.select import table_offers
+from backendpick.target import Target
+
+
+@dataclass(frozen=True)
+class Offers:
+    versions: dict  # Backend -> sorted list[Version] of torch matching the spec on this target
+    source: str  # "index" or "table"
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def releases(self) -> dict:
+        """Backend -> release tuples, the form ``select.choose`` takes."""
+        return {b: [v.release for v in vs] for b, vs in self.versions.items()}
+
+
+def candidate_kinds(hardware: Hardware) -> set[str]:
+    kinds = {CPU}
+    if hardware.by_vendor(NVIDIA) or hardware.nvidia_driver or hardware.container_cuda:
+        kinds.add(CUDA)
+    if hardware.by_vendor(AMD):
+        kinds.add(ROCM)
+    if hardware.by_vendor(INTEL):
+        kinds.add(XPU)
+    return kinds
+
+
+def index_url_for(template: str, backend: Backend) -> str:
+    return template.replace("{backend}", backend.name)
+
+
+def gather(
+    facts: Facts,
+    client: IndexClient,
+    template: str,
+    candidates: list[Backend],
+    torch_spec: SpecifierSet,
+    target: Target,
+) -> Offers:
+    urls = {b: index_url_for(template, b) for b in candidates}
+    results = fetch_many(client, {b: (u, "torch") for b, u in urls.items()})
+    versions: dict[Backend, list[Version]] = {}
+    failures = []
+    for b, res in results.items():
+        if isinstance(res, PageNotFound):
+            continue  # this index (or mirror) has no such backend
+        if isinstance(res, IndexUnavailable):
+            failures.append(str(res))
+            continue
+        found = matching_versions(res, "torch", torch_spec, target.python_version_text, target.tags)
+        if found:
+            versions[b] = found
+    if failures and len(failures) == len(candidates):
+        return _from_table(facts, candidates, torch_spec, failures)
+    warnings = tuple(f"could not read {f}" for f in failures)
+    return Offers(versions, "index", warnings)
+
+
+def _from_table(facts: Facts, candidates: list[Backend], spec: SpecifierSet, failures: list[str]) -> Offers:
+    """Offline fallback: a release X.Y counts when X.Y.0 through X.Y.99 could satisfy the spec."""
+    table = table_offers(facts)
+    versions = {}
+    for b in candidates:
+        rel = [r for r in table.get(b, []) if any(spec.contains(Version(f"{r[0]}.{r[1]}.{p}")) for p in range(0, 10))]
+        if rel:
+            versions[b] = [Version(f"{r[0]}.{r[1]}") for r in rel]
+    return Offers(
+        versions,
+        "table",
+        (f"no backend index answered ({failures[0]}); chose from backendpick's packaged release table",),
+    )

@@ -1,0 +1,124 @@
+"""The user's pip configuration, read the way pip reads it, so each phase can use the right part.
+
+The backend phase must not see the user's ``extra-index-url`` or ``find-links`` (dependency
+confusion: the torchtriton compromise), yet it should keep their certificates, proxy, timeouts
+and cache. pip offers no flag that clears a configured extra index, and it ignores empty
+``PIP_*`` variables, so the backend phase runs with ``PIP_CONFIG_FILE=os.devnull`` and gets the
+safe keys back as ``PIP_*`` variables. The other phases run with the user's configuration as is.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+# Keys that choose where packages come from. Everything else (cert, proxy, timeout, retries,
+# cache-dir, trusted-host, keyring-provider, ...) is carried into the backend phase.
+SOURCE_KEYS = frozenset({"index-url", "extra-index-url", "find-links", "no-index", "constraint", "requirement"})
+_SECTIONS = ("global", "install")
+
+
+def _env_var(key: str) -> str:
+    return "PIP_" + key.upper().replace("-", "_")
+
+
+def _canonical(key: str) -> str:
+    key = key.replace("_", "-").lower()
+    return "default-timeout" if key == "timeout" else key
+
+
+def config_files(env: Mapping[str, str], target_prefix: Path | None) -> list[Path]:
+    """pip's files in override order (later wins), as pip 21-25 load them."""
+    env_file = env.get("PIP_CONFIG_FILE")
+    if env_file == os.devnull:
+        return []
+    files: list[Path] = []
+    xdg_dirs = env.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    files += [Path(d) / "pip" / "pip.conf" for d in xdg_dirs if d]
+    files.append(Path("/etc/pip.conf"))
+    # A PIP_CONFIG_FILE that exists replaces the user files (pip's own rule).
+    if not (env_file and Path(env_file).exists()):
+        home = Path(env.get("HOME") or Path.home())
+        files.append(home / ".pip" / "pip.conf")
+        files.append(Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf")
+    if target_prefix is not None:
+        files.append(target_prefix / "pip.conf")
+    if env_file:
+        files.append(Path(env_file))
+    return files
+
+
+@dataclass(frozen=True)
+class PipConfig:
+    values: dict = field(default_factory=dict)  # canonical key -> raw string, files and env merged
+    from_env: frozenset = frozenset()  # keys whose value came from a PIP_* variable
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(_canonical(key))
+
+    def list(self, key: str) -> list[str]:
+        return (self.get(key) or "").split()
+
+    @property
+    def cert(self) -> str | None:
+        return self.get("cert")
+
+    @property
+    def proxy(self) -> str | None:
+        return self.get("proxy")
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        return self.list("trusted-host")
+
+    @property
+    def timeout(self) -> float:
+        try:
+            return float(self.get("default-timeout") or 15)
+        except ValueError:
+            return 15.0
+
+
+def read(env: Mapping[str, str] | None = None, target_prefix: Path | None = None) -> PipConfig:
+    env = os.environ if env is None else env
+    values: dict[str, str] = {}
+    for path in config_files(env, target_prefix):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            # pip itself refuses to start on a broken file; say which one.
+            from backendpick.errors import ConfigError
+
+            raise ConfigError(f"pip configuration file {path} is not valid: {exc}") from None
+        for section in _SECTIONS:
+            if parser.has_section(section):
+                for key, value in parser.items(section):
+                    values[_canonical(key)] = value
+    from_env = set()
+    for name, value in env.items():
+        if name.startswith("PIP_") and name != "PIP_CONFIG_FILE" and value != "":
+            key = _canonical(name[4:])
+            values[key] = value
+            from_env.add(key)
+    return PipConfig(values, frozenset(from_env))
+
+
+def backend_phase_env(base: Mapping[str, str], config: PipConfig) -> dict[str, str]:
+    """Environment for the backend phase: user's pip settings minus every package source."""
+    env = {k: v for k, v in base.items() if not (k.startswith("PIP_") and _canonical(k[4:]) in SOURCE_KEYS)}
+    env.pop("PIP_CONFIG_FILE", None)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    for key, value in config.values.items():
+        if key in SOURCE_KEYS:
+            continue
+        env.setdefault(_env_var(key), value)
+    return env
+
+
+def devnull() -> str:
+    return os.devnull if sys.platform != "win32" else "nul"

@@ -1,0 +1,355 @@
+"""Build the install plan: a value listing ordered pip phases. Pure: data in, data out.
+
+Phases, each one pip invocation:
+  remove              only when installed backend packages are built for another backend
+  backend             torch and its family, from the backend index alone
+  build-requirements  what no-build-isolation packages need in the target (setuptools, ninja...)
+  build               flash-attn and friends with --no-build-isolation, torch pinned
+  rest                everything else from the user's pip configuration, the stack pinned
+
+Later phases get a constraints file that pins what the backend phase installed and *fences*
+backend packages it did not install (``name<0``, a version that cannot exist): an ordinary
+package that pulls in torchvision then fails to resolve instead of quietly taking PyPI's build,
+and ``install`` moves that package into the backend phase and runs again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from packaging.markers import UndefinedEnvironmentName
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from backendpick.backend import CPU, Backend, local_tag_backend
+from backendpick.config import Settings, normalize, redact
+from backendpick.select import Decision
+from backendpick.target import Installed, Target
+
+REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requirements", "build", "rest"
+
+# Packages whose builds carry the backend in a local version tag (2.5.1+cu124). Other family
+# members (xformers) are matched through their exact torch pin instead.
+TAGGED = frozenset({"torch", "torchvision", "torchaudio"})
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    requirements: tuple[str, ...]
+    argv: tuple[str, ...]
+    index_url: str | None = None  # None: the user's own pip configuration decides
+    no_build_isolation: bool = False
+    constraints: tuple[str, ...] = ()  # lines known at plan time; install rewrites the file
+    env: dict = field(default_factory=dict)  # variables set for this phase on top of the user's
+    unset: tuple[str, ...] = ()  # variables removed for this phase
+    skip: str | None = None  # why it will not run (already satisfied), or None
+
+    def command_line(self) -> str:
+        """The command as a shell line, credentials hidden: what --dry-run prints."""
+        env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(self.env.items())]
+        unset = [f"-u {k}" for k in self.unset]
+        prefix = (["env"] + unset + env) if (env or unset) else []
+        return " ".join(prefix + [shlex.quote(redact(a)) for a in self.argv])
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "requirements": list(self.requirements),
+            "index_url": redact(self.index_url) if self.index_url else None,
+            "no_build_isolation": self.no_build_isolation,
+            "constraints": list(self.constraints),
+            "command": self.command_line(),
+            "argv": [redact(a) for a in self.argv],
+            "skip": self.skip,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: Backend
+    reason: str
+    decided_by: str
+    python: Path
+    index_url: str
+    phases: tuple[Phase, ...]
+    constraints_path: Path
+    warnings: tuple[str, ...] = ()
+    backend_names: tuple[str, ...] = ()  # normalized backend-package family
+    build_names: tuple[str, ...] = ()  # normalized no-build-isolation packages
+    offers_source: str = "index"
+    user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
+
+    @property
+    def active(self) -> list[Phase]:
+        return [p for p in self.phases if p.skip is None]
+
+    def to_json(self) -> dict:
+        return {
+            "backend": self.backend.name,
+            "reason": self.reason,
+            "decided_by": self.decided_by,
+            "python": str(self.python),
+            "index_url": redact(self.index_url),
+            "offers_source": self.offers_source,
+            "constraints_file": str(self.constraints_path),
+            "phases": [p.to_json() for p in self.phases],
+            "warnings": list(self.warnings),
+        }
+
+
+# -- requirement helpers --------------------------------------------------------------------------
+
+
+def marker_ok(req: Requirement, markers: Mapping[str, str], extra: str = "") -> bool:
+    if req.marker is None:
+        return True
+    try:
+        return req.marker.evaluate({**markers, "extra": extra})
+    except UndefinedEnvironmentName:
+        return True
+
+
+def satisfied(
+    reqs: Iterable[Requirement], installed: Mapping[str, Installed], markers: Mapping[str, str]
+) -> str | None:
+    """None when every requirement and its dependencies are installed at fitting versions;
+    otherwise the first reason why not. Mirrors what pip would find to do, without pip."""
+    seen: set[tuple[str, str]] = set()
+    stack = [(r, "") for r in reqs]
+    while stack:
+        req, extra = stack.pop()
+        if not marker_ok(req, markers, extra):
+            continue
+        name = normalize(req.name)
+        dist = installed.get(name)
+        if dist is None:
+            return f"{req.name} is not installed"
+        if req.url:
+            return f"{req.name} is a direct URL requirement"
+        if not req.specifier.contains(Version(dist.version), prereleases=True):
+            return f"{req.name} {dist.version} does not satisfy {req.specifier}"
+        for ex in sorted(req.extras) or [""]:
+            if (name, ex) in seen:
+                continue
+            seen.add((name, ex))
+            for raw in dist.requires:
+                try:
+                    dep = Requirement(raw)
+                except Exception:  # a broken Requires-Dist line: let pip judge
+                    return f"{dist.name} has unreadable metadata"
+                if dep.marker is None or marker_ok(dep, markers, ex):
+                    if dep.marker is not None and "extra" in str(dep.marker) and not ex:
+                        continue
+                    stack.append((dep, ""))
+    return None
+
+
+def installed_backend_mismatch(dist: Installed, backend: Backend, platform: str) -> bool:
+    """Whether an installed tagged package is built for another backend than ``backend``."""
+    tag = local_tag_backend(dist.version)
+    if tag is None:
+        # Untagged: PyPI's own build (CUDA on Linux, CPU elsewhere).
+        return not (backend.kind == CPU and platform != "linux")
+    return tag != backend
+
+
+def merge_specifier(req: Requirement, extra: str) -> Requirement:
+    if not extra:
+        return req
+    spec = SpecifierSet(str(req.specifier)) & SpecifierSet(extra)
+    text = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "") + str(spec)
+    if req.marker is not None:
+        text += f"; {req.marker}"
+    return Requirement(text)
+
+
+def torch_exclusions(decision: Decision, offered: Sequence[Version]) -> str:
+    """``!=X.Y.Z`` for torch versions on offer that do not serve every GPU."""
+    if not decision.torch_releases:
+        return ""
+    allowed = {r[:2] for r in decision.torch_releases}
+    out = sorted({v.public for v in offered if v.release[:2] not in allowed})
+    return ",".join(f"!={v}" for v in out)
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+
+def pip_argv(target: Target, runner_python: str) -> list[str]:
+    """How to run pip for the target: its own, else ours with --python (pip >= 22.3)."""
+    if target.pip_version:
+        return [str(target.python), "-m", "pip"]
+    return [runner_python, "-m", "pip", "--python", str(target.python)]
+
+
+def build(
+    *,
+    decision: Decision,
+    requirements: Sequence[Requirement],
+    settings: Settings,
+    target: Target,
+    index_url: str,
+    offered: Sequence[Version],
+    constraints_path: Path,
+    backend_env: Mapping[str, str],
+    user_env: Mapping[str, str],
+    rest_options: Sequence[str] = (),
+    user_constraints: Sequence[Requirement] = (),
+    runner_python: str,
+    offers_source: str = "index",
+    extra_backend: Iterable[str] = (),
+    extra_build: Iterable[str] = (),
+    warnings: Sequence[str] = (),
+) -> Plan:
+    backend = decision.backend
+    family = set(settings.backend_packages)
+    nbi = settings.no_build_isolation
+    pip = pip_argv(target, runner_python)
+    notes = list(warnings)
+
+    reqs = [r for r in requirements if marker_ok(r, target.markers)]
+    dropped = [str(r) for r in requirements if r not in reqs]
+    if dropped:
+        notes.append(f"not for this interpreter (markers): {', '.join(dropped)}")
+    backend_reqs = [r for r in reqs if normalize(r.name) in family]
+    build_reqs = [r for r in reqs if normalize(r.name) in nbi]
+    rest_reqs = [r for r in reqs if normalize(r.name) not in family and normalize(r.name) not in nbi]
+
+    # Packages discovered by an earlier attempt (install's retry) join their phase by name.
+    present = {normalize(r.name) for r in backend_reqs}
+    backend_reqs += [Requirement(n) for n in extra_backend if normalize(n) not in present]
+    present = {normalize(r.name) for r in build_reqs}
+    build_reqs += [Requirement(n) for n in extra_build if normalize(n) not in present]
+
+    # The arch rule: leave out torch releases that lack a GPU's architecture.
+    exclusions = torch_exclusions(decision, offered)
+    if exclusions:
+        if not any(normalize(r.name) == "torch" for r in backend_reqs):
+            backend_reqs.append(Requirement("torch"))
+        backend_reqs = [merge_specifier(r, exclusions) if normalize(r.name) == "torch" else r for r in backend_reqs]
+
+    # A backend switch: installed family members built for another backend are removed first
+    # and reinstalled from the new index, so nothing of the old backend stays behind.
+    installed_family = {n: d for n, d in target.installed.items() if n in family}
+    mismatched = sorted(
+        d.name for n, d in installed_family.items()
+        if n in TAGGED and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
+    )
+    phases: list[Phase] = []
+    if mismatched:
+        to_remove = sorted(d.name for d in installed_family.values())
+        names = {normalize(r.name) for r in backend_reqs}
+        backend_reqs += [Requirement(n) for n in to_remove if normalize(n) not in names]
+        phases.append(Phase(REMOVE, tuple(to_remove), tuple(pip + ["uninstall", "-y", *to_remove])))
+        installed_after_remove = {k: v for k, v in target.installed.items() if k not in installed_family}
+    else:
+        installed_after_remove = dict(target.installed)
+
+    if backend_reqs:
+        skip = None if mismatched else satisfied(backend_reqs, target.installed, target.markers)
+        skip_reason = None
+        if skip is None and not mismatched:
+            skip_reason = f"already installed for {backend}"
+        changed_env = {k: v for k, v in backend_env.items() if user_env.get(k) != v}
+        unset = tuple(sorted(k for k in user_env if k not in backend_env))
+        phases.append(
+            Phase(
+                BACKEND,
+                tuple(str(r) for r in backend_reqs),
+                tuple(pip + ["install", "--index-url", index_url, *[str(r) for r in backend_reqs]]),
+                index_url=index_url,
+                env=changed_env,
+                unset=unset,
+                skip=skip_reason,
+            )
+        )
+
+    backend_names = {normalize(r.name) for r in backend_reqs}
+    pins = []
+    for r in backend_reqs:
+        d = installed_after_remove.get(normalize(r.name))
+        pins.append(f"{r.name}=={d.version}" if d else f"{r.name}==<installed by the backend phase>")
+    fences = [f"{n}<0" for n in sorted(family) if n not in backend_names and n not in installed_after_remove]
+    build_names = {normalize(r.name) for r in build_reqs}
+    nbi_fences = [f"{n}<0" for n in sorted(nbi) if n not in build_names and n not in installed_after_remove]
+    kept = [f"{d.name}=={d.version}" for n, d in installed_after_remove.items() if n in family and n not in backend_names]
+    user_cons = [str(c) for c in user_constraints]
+    constraint_lines = tuple(pins + kept + fences + user_cons)
+    cflag = ["-c", str(constraints_path)]
+
+    if build_reqs:
+        needed: list[str] = []
+        for r in build_reqs:
+            for dep in nbi.get(normalize(r.name), ()):
+                if dep not in needed:
+                    needed.append(dep)
+        missing = [d for d in needed if satisfied([Requirement(d)], installed_after_remove, target.markers)]
+        phases.append(
+            Phase(
+                BUILD_REQS,
+                tuple(needed),
+                tuple(pip + ["install", *cflag, *rest_options, *needed]),
+                constraints=constraint_lines,
+                skip=None if missing else "build requirements already installed",
+            )
+        )
+        skip = satisfied(build_reqs, target.installed, target.markers) if not mismatched else "backend changes"
+        phases.append(
+            Phase(
+                BUILD,
+                tuple(str(r) for r in build_reqs),
+                tuple(pip + ["install", "--no-build-isolation", *cflag, *rest_options, *[str(r) for r in build_reqs]]),
+                no_build_isolation=True,
+                constraints=constraint_lines,
+                skip=None if skip else "already installed",
+            )
+        )
+
+    if rest_reqs:
+        rest_lines = tuple(pins + kept + fences + nbi_fences + user_cons)
+        skip = satisfied(rest_reqs, target.installed, target.markers) if not mismatched else "backend changes"
+        phases.append(
+            Phase(
+                REST,
+                tuple(str(r) for r in rest_reqs),
+                tuple(pip + ["install", *cflag, *rest_options, *[str(r) for r in rest_reqs]]),
+                constraints=rest_lines,
+                skip=None if skip else "already installed",
+            )
+        )
+
+    return Plan(
+        backend=backend,
+        reason=decision.reason,
+        decided_by=decision.source,
+        python=target.python,
+        index_url=index_url,
+        phases=tuple(phases),
+        constraints_path=constraints_path,
+        warnings=tuple(notes) + decision.warnings,
+        backend_names=tuple(sorted(family)),
+        build_names=tuple(sorted(nbi)),
+        offers_source=offers_source,
+        user_constraints=tuple(user_cons),
+    )
+
+
+def state_dir(target: Target, env: Mapping[str, str] | None = None) -> Path:
+    """Where backendpick keeps per-environment files (constraints, logs, history, lock).
+
+    Inside the environment when it is a writable venv (removed with it); otherwise in the
+    user's cache, keyed by the interpreter's prefix.
+    """
+    env = os.environ if env is None else env
+    if target.is_venv and os.access(target.prefix, os.W_OK):
+        return target.prefix / ".backendpick"
+    import hashlib
+
+    base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backendpick" / "envs"
+    return base / hashlib.sha256(str(target.prefix).encode()).hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""The interpreter we install into: which Python, which tags, what is installed.
+
+One subprocess answers everything (no imports of installed packages: importing torch takes
+seconds). backendpick may run on another interpreter than the target, so nothing here uses
+this process's own ``sys``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from backendpick.errors import ConfigError
+from backendpick.runner import capture
+
+# Runs inside the target interpreter (3.9+). Only the standard library, plus pip's vendored
+# packaging for the wheel tags when pip is there.
+_SCRIPT = r"""
+import json, os, platform, sys, sysconfig
+from importlib import metadata
+dists = {}
+for d in metadata.distributions():
+    name = d.metadata["Name"]
+    if not name or name.lower() in dists:
+        continue
+    try:
+        direct = d.read_text("direct_url.json")
+    except Exception:
+        direct = None
+    dists[name.lower()] = {"name": name, "version": d.version, "requires": d.requires or [],
+                           "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct}
+tags = []
+pip_version = None
+try:
+    import pip
+    pip_version = pip.__version__
+    from pip._vendor.packaging import tags as t
+    tags = [str(x) for x in t.sys_tags()]
+except Exception:
+    try:
+        from packaging import tags as t
+        tags = [str(x) for x in t.sys_tags()]
+    except Exception:
+        pass
+impl = sys.implementation.name
+iver = sys.implementation.version
+markers = {
+    "implementation_name": impl,
+    "implementation_version": "%d.%d.%d" % (iver.major, iver.minor, iver.micro),
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "platform_python_implementation": platform.python_implementation(),
+    "python_version": ".".join(platform.python_version_tuple()[:2]),
+    "sys_platform": sys.platform,
+}
+print(json.dumps({"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
+                  "version": list(sys.version_info[:3]), "markers": markers, "tags": tags,
+                  "pip": pip_version, "purelib": sysconfig.get_paths()["purelib"], "dists": dists}))
+"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    version: str
+    requires: tuple[str, ...] = ()
+    installer: str = ""
+    direct_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    python: Path
+    prefix: Path
+    version: tuple[int, int, int]
+    markers: dict
+    tags: tuple[str, ...]
+    pip_version: str | None
+    purelib: Path
+    installed: dict = field(default_factory=dict)  # normalized name -> Installed
+    is_venv: bool = False
+
+    @property
+    def python_tag(self) -> str:
+        return f"cp{self.version[0]}{self.version[1]}"
+
+    @property
+    def python_version_text(self) -> str:
+        return ".".join(str(p) for p in self.version)
+
+    def get(self, name: str) -> Installed | None:
+        from backendpick.config import normalize
+
+        return self.installed.get(normalize(name))
+
+
+def choose_python(flag: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """--python, else the active virtual environment, else this interpreter."""
+    env = os.environ if env is None else env
+    if flag is not None:
+        path = Path(flag)
+        if path.is_dir():  # a venv directory is what people often pass
+            candidates = [path / "bin" / "python", path / "Scripts" / "python.exe"]
+            path = next((c for c in candidates if c.exists()), path)
+        return path
+    venv = env.get("VIRTUAL_ENV")
+    if venv:
+        for c in (Path(venv) / "bin" / "python", Path(venv) / "Scripts" / "python.exe"):
+            if c.exists():
+                return c
+    return Path(sys.executable)
+
+
+def inspect(python: Path, *, timeout: float = 60.0) -> Target:
+    from backendpick.config import normalize
+
+    if not python.exists():
+        raise ConfigError(f"target interpreter {python} does not exist", hint="pass --python PATH to an existing python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    res = capture([python, "-I", "-c", _SCRIPT], timeout=timeout, env=env)
+    if not res.ok:
+        detail = (res.error or res.stderr.strip().splitlines()[-1:] or ["no output"])
+        raise ConfigError(f"cannot inspect target interpreter {python}: {detail if isinstance(detail, str) else detail[0]}")
+    try:
+        data = json.loads(res.stdout)
+    except ValueError:
+        raise ConfigError(f"target interpreter {python} printed unexpected output") from None
+    version = tuple(data["version"])
+    if version < (3, 9):
+        raise ConfigError(f"target interpreter {python} is Python {'.'.join(map(str, version))}; backendpick supports 3.9 and newer")
+    installed = {
+        normalize(k): Installed(v["name"], v["version"], tuple(v["requires"]), v["installer"], v["direct_url"])
+        for k, v in data["dists"].items()
+    }
+    return Target(
+        python=python,
+        prefix=Path(data["prefix"]),
+        version=version,  # type: ignore[arg-type]
+        markers=data["markers"],
+        tags=tuple(data["tags"]),
+        pip_version=data["pip"],
+        purelib=Path(data["purelib"]),
+        installed=installed,
+        is_venv=data["prefix"] != data["base_prefix"],
+    )
