@@ -106,14 +106,17 @@ def _request(**kw):
     help="Show the backend, the reason, and the pip phases install would run.\n\n"
     "Without REQUIREMENTs, reads [project].dependencies of pyproject.toml.\n\n"
     "\b\nExamples:\n  backendpick plan\n  backendpick plan torch torchvision xformers --backend cu124\n"
-    "  backendpick plan -r requirements.txt --json"
+    "  backendpick plan -r requirements.txt --json\n  backendpick plan --backend cu124 --format sh > install-gpu.sh"
 )
 @_plan_options
-def plan(**kw) -> int:
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sh"]), default="text", show_default=True,
+              help="text; json (as --json); sh: a POSIX shell script of the pip phases, for images without backendpick.")
+def plan(fmt: str, **kw) -> int:
     from backendpick.commands import plan as command
     from backendpick.output import Output
 
-    return command.run(Output(json_mode=kw["json_mode"]), _request(**kw))
+    json_mode = kw["json_mode"] or fmt == "json"
+    return command.run(Output(json_mode=json_mode), _request(**kw), fmt="sh" if fmt == "sh" else "text")
 
 
 @cli.command(
@@ -126,12 +129,58 @@ def plan(**kw) -> int:
 @click.option("--dry-run", is_flag=True, help="Print exactly the pip commands install would run; change nothing.")
 @click.option("-v", "--verbose", count=True, help="Stream pip's own output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the result.")
-def install(dry_run: bool, verbose: int, quiet: bool, **kw) -> int:
+@click.option("--reinstall", multiple=True, metavar="NAME",
+              help="Remove NAME and install it again in its phase (e.g. a flash-attn built against another torch).")
+def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, **kw) -> int:
     from backendpick.commands import install as command
     from backendpick.output import Output
 
     out = Output(json_mode=kw["json_mode"], verbose=verbose, quiet=quiet)
-    return command.run(out, _request(**kw), dry_run=dry_run)
+    from dataclasses import replace
+
+    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall)), dry_run=dry_run)
+
+
+@cli.command(
+    help="Check an environment's GPU stack: torch against the hardware, companions against torch, "
+    "compiled extensions, pip check, and the project's requirements. Exit 0 when consistent, 1 when not.\n\n"
+    "\b\nExamples:\n  backendpick verify\n  backendpick verify --python .venv/bin/python --json"
+)
+@click.argument("requirement", nargs=-1)
+@click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path), help="Requirements that must be installed.")
+@project_option
+@click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+              help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
+@json_option
+def verify(requirement, files, project_dir: Path, python: Path | None, json_mode: bool) -> int:
+    from backendpick.commands import verify as command
+    from backendpick.output import Output
+
+    return command.run(Output(json_mode=json_mode), python=python, project_dir=project_dir,
+                       reqs=tuple(requirement), files=tuple(files))
+
+
+@cli.command(
+    help="Return an environment to a snapshot that install recorded before changing it.\n\n"
+    "\b\nExamples:\n  backendpick restore --list\n  backendpick restore            # the latest snapshot\n"
+    "  backendpick restore 20261121-101500-0 --dry-run"
+)
+@click.argument("snapshot", required=False)
+@click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+              help="Interpreter (or venv directory). Default: the active venv, else this Python.")
+@project_option
+@click.option("--index-url", default=None, metavar="TEMPLATE", help="Backend index template with {backend}.")
+@click.option("--list", "list_only", is_flag=True, help="List the snapshots of this environment.")
+@click.option("--dry-run", is_flag=True, help="Print the pip commands only.")
+@click.option("-v", "--verbose", count=True, help="Stream pip's own output.")
+@json_option
+def restore(snapshot, python, project_dir, index_url, list_only, dry_run, verbose, json_mode) -> int:
+    from backendpick.commands import restore as command
+    from backendpick.output import Output
+
+    return command.run(Output(json_mode=json_mode, verbose=verbose), python=python, snapshot_id=snapshot,
+                       project_dir=project_dir, index_url=index_url, dry_run=dry_run, list_only=list_only)
 
 
 def main(argv: list[str] | None = None) -> None:

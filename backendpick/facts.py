@@ -13,9 +13,6 @@ from pathlib import Path
 
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
 
-Dotted = tuple  # tuple[int, ...]: a driver or toolkit version such as (550, 54, 14)
-
-
 def dotted(text: str) -> tuple[int, ...]:
     """``"550.54.14"`` -> ``(550, 54, 14)``; raises ValueError on anything else."""
     parts = text.strip().split(".")
@@ -48,6 +45,7 @@ class Facts:
     intel_discrete: tuple = ()  # (low id, high id, family)
     backend_packages: tuple[str, ...] = ()
     no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
+    extensions: dict = field(default_factory=dict)  # name -> compiled extension module names
 
     # -- NVIDIA ---------------------------------------------------------------------------------
     def max_cuda_for_driver(self, driver: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -164,6 +162,7 @@ def build(raw: dict) -> Facts:
         ),
         backend_packages=tuple(raw["packages"]["backend"]),
         no_build_isolation={k: tuple(v) for k, v in raw["packages"]["no-build-isolation"].items()},
+        extensions={k: tuple(v) for k, v in raw["packages"].get("extensions", {}).items()},
     )
 
 

@@ -178,6 +178,12 @@ def torch_exclusions(decision: Decision, offered: Sequence[Version]) -> str:
     return ",".join(f"!={v}" for v in out)
 
 
+def env_delta(phase_env: Mapping[str, str], user_env: Mapping[str, str]) -> tuple[dict, tuple[str, ...]]:
+    """What a phase sets and unsets relative to the user's environment (shown by --dry-run)."""
+    changed = {k: v for k, v in phase_env.items() if user_env.get(k) != v}
+    return changed, tuple(sorted(k for k in user_env if k not in phase_env))
+
+
 # -- the plan ---------------------------------------------------------------------------------------
 
 
@@ -205,8 +211,11 @@ def build(
     offers_source: str = "index",
     extra_backend: Iterable[str] = (),
     extra_build: Iterable[str] = (),
+    reinstall: Iterable[str] = (),
     warnings: Sequence[str] = (),
 ) -> Plan:
+    """``reinstall``: installed packages to remove and install again (companions verify found
+    built for another torch or backend, or what the user named with --reinstall)."""
     backend = decision.backend
     family = set(settings.backend_packages)
     nbi = settings.no_build_isolation
@@ -235,29 +244,29 @@ def build(
         backend_reqs = [merge_specifier(r, exclusions) if normalize(r.name) == "torch" else r for r in backend_reqs]
 
     # A backend switch: installed family members built for another backend are removed first
-    # and reinstalled from the new index, so nothing of the old backend stays behind.
+    # and reinstalled from the new index, so nothing of the old backend stays behind. Packages
+    # named in ``reinstall`` (broken companions, --reinstall) are removed and reinstalled too.
     installed_family = {n: d for n, d in target.installed.items() if n in family}
+    reinstall_names = {normalize(n) for n in reinstall}
     mismatched = sorted(
         d.name for n, d in installed_family.items()
         if n in TAGGED and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
     )
+    removed = dict(installed_family) if mismatched else {}
+    removed.update({n: d for n, d in target.installed.items() if n in reinstall_names})
+    installed_after_remove = {k: v for k, v in target.installed.items() if k not in removed}
     phases: list[Phase] = []
-    if mismatched:
-        to_remove = sorted(d.name for d in installed_family.values())
+    if removed:
+        to_remove = sorted(d.name for d in removed.values())
         names = {normalize(r.name) for r in backend_reqs}
-        backend_reqs += [Requirement(n) for n in to_remove if normalize(n) not in names]
+        backend_reqs += [Requirement(d.name) for n, d in sorted(removed.items()) if n in family and n not in names]
+        names = {normalize(r.name) for r in build_reqs}
+        build_reqs += [Requirement(d.name) for n, d in sorted(removed.items()) if n in nbi and n not in names]
         phases.append(Phase(REMOVE, tuple(to_remove), tuple(pip + ["uninstall", "-y", *to_remove])))
-        installed_after_remove = {k: v for k, v in target.installed.items() if k not in installed_family}
-    else:
-        installed_after_remove = dict(target.installed)
 
     if backend_reqs:
-        skip = None if mismatched else satisfied(backend_reqs, target.installed, target.markers)
-        skip_reason = None
-        if skip is None and not mismatched:
-            skip_reason = f"already installed for {backend}"
-        changed_env = {k: v for k, v in backend_env.items() if user_env.get(k) != v}
-        unset = tuple(sorted(k for k in user_env if k not in backend_env))
+        done = satisfied(backend_reqs, installed_after_remove, target.markers) is None
+        changed_env, unset = env_delta(backend_env, user_env)
         phases.append(
             Phase(
                 BACKEND,
@@ -266,7 +275,7 @@ def build(
                 index_url=index_url,
                 env=changed_env,
                 unset=unset,
-                skip=skip_reason,
+                skip=f"already installed for {backend}" if done else None,
             )
         )
 
@@ -299,7 +308,7 @@ def build(
                 skip=None if missing else "build requirements already installed",
             )
         )
-        skip = satisfied(build_reqs, target.installed, target.markers) if not mismatched else "backend changes"
+        skip = satisfied(build_reqs, installed_after_remove, target.markers)
         phases.append(
             Phase(
                 BUILD,
@@ -313,7 +322,7 @@ def build(
 
     if rest_reqs:
         rest_lines = tuple(pins + kept + fences + nbi_fences + user_cons)
-        skip = satisfied(rest_reqs, target.installed, target.markers) if not mismatched else "backend changes"
+        skip = satisfied(rest_reqs, installed_after_remove, target.markers)
         phases.append(
             Phase(
                 REST,

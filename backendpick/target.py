@@ -46,6 +46,29 @@ except Exception:
         tags = [str(x) for x in t.sys_tags()]
     except Exception:
         pass
+def _pkg_file(pkg, name):
+    # find_spec locates a package without importing it (importing torch takes seconds).
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except Exception:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        path = os.path.join(loc, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    return f.read(200000)
+            except OSError:
+                return None
+    return None
+files = {}
+if "torch" in dists:
+    files["torch/version.py"] = _pkg_file("torch", "version.py")
+if "xformers" in dists:
+    files["xformers/cpp_lib.json"] = _pkg_file("xformers", "cpp_lib.json")
 impl = sys.implementation.name
 iver = sys.implementation.version
 markers = {
@@ -63,7 +86,8 @@ markers = {
 }
 print(json.dumps({"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
                   "version": list(sys.version_info[:3]), "markers": markers, "tags": tags,
-                  "pip": pip_version, "purelib": sysconfig.get_paths()["purelib"], "dists": dists}))
+                  "pip": pip_version, "purelib": sysconfig.get_paths()["purelib"], "dists": dists,
+                  "files": files}))
 """
 
 
@@ -87,6 +111,8 @@ class Target:
     purelib: Path
     installed: dict = field(default_factory=dict)  # normalized name -> Installed
     is_venv: bool = False
+    # Text of a few package files read without importing them ("torch/version.py", ...).
+    files: dict = field(default_factory=dict)
 
     @property
     def python_tag(self) -> str:
@@ -150,4 +176,5 @@ def inspect(python: Path, *, timeout: float = 60.0) -> Target:
         purelib=Path(data["purelib"]),
         installed=installed,
         is_venv=data["prefix"] != data["base_prefix"],
+        files={k: v for k, v in data.get("files", {}).items() if v is not None},
     )

@@ -1,14 +1,21 @@
-"""``backendpick install``: prepare the plan, then run its phases (or print them: --dry-run)."""
+"""``backendpick install``: prepare the plan, then run its phases (or print them: --dry-run).
+
+Around the phases: a lock on the environment, a snapshot to return to, and a verification of
+the result that fails loudly when backendpick's own work is inconsistent.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from backendpick import install as executor
-from backendpick.commands.plan import Prepared, Request, prepare, render
+from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
+from backendpick.commands.plan import Prepared, Request, prepare
+from backendpick.errors import InstallError
 from backendpick.output import Output
 from backendpick.plan import state_dir
+from backendpick.verify import dependency_problems, extension_problems, stack_problems
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
@@ -19,35 +26,42 @@ class _Progress:
     def __init__(self, out: Output):
         self.out = out
         self.status = None
+        self.label = ""
+        self.started = 0.0
 
     def start(self, phase) -> None:
-        label = f"phase {phase.name}: {' '.join(phase.requirements)}"
+        self.label = f"phase {phase.name}: {' '.join(phase.requirements)}"
+        self.started = time.monotonic()
         if self.out.fancy and not self.out.verbose:
-            self.started = time.monotonic()
-            self.status = self.out.console().status(label)
+            self.status = self.out.console().status(self.label)
             self.status.start()
         else:
-            self.out.info(f"{label}\n  $ {phase.command_line()}")
+            self.out.info(f"{self.label}\n  $ {phase.command_line()}")
 
     def line(self, text: str) -> None:
         if self.out.verbose:
             self.out.info(f"  | {text}")
         elif self.status is not None:
-            self.status.update(f"phase … {text[:100]}")
+            elapsed = time.monotonic() - self.started
+            self.status.update(f"{self.label} [{elapsed:.0f}s] {text.strip()[:80]}")
 
     def end(self, phase, seconds: float) -> None:
-        self._stop()
+        self.stop()
         self.out.info(f"phase {phase.name}: done in {seconds:.1f}s")
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         if self.status is not None:
             self.status.stop()
             self.status = None
 
 
+def _python_flag(req: Request) -> str:
+    return f" --python {req.python}" if req.python is not None else ""
+
+
 def run(out: Output, req: Request, *, dry_run: bool) -> int:
-    prepared = prepare(req)
     if dry_run:
+        prepared = prepare(req)
         if out.json_mode:
             out.emit_json(prepared.plan.to_json())
         else:
@@ -57,6 +71,17 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
                 out.warn(w)
         return 0
 
+    target = target_mod.inspect(target_mod.choose_python(req.python))
+    with lock.hold(state_dir(target), on_wait=out.info):
+        return _install_locked(out, req)
+
+
+def _install_locked(out: Output, req: Request) -> int:
+    prepared = prepare(req)
+    snapshot = None
+    if prepared.plan.active:
+        snapshot = history.record(prepared.target, state_dir(prepared.target))
+        out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{_python_flag(req)} {snapshot.id}")
     attempts = 0
     while True:
         try:
@@ -65,24 +90,32 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
         except executor.FenceConflict as conflict:
             attempts += 1
             if attempts > MAX_RETRIES:
-                raise
+                raise InstallError(f"pip keeps needing {', '.join(conflict.hit.backend + conflict.hit.build)} "
+                                   "in a later phase") from None
             hit = conflict.hit
-            moved = ", ".join(hit.backend + hit.build)
-            out.info(f"a dependency needs {moved}; installing it in its own phase and running again")
+            out.info(f"a dependency needs {', '.join(hit.backend + hit.build)}; moving it to its phase and running again")
             req = replace(
                 req,
                 extra_backend=tuple(sorted(set(req.extra_backend) | set(hit.backend))),
                 extra_build=tuple(sorted(set(req.extra_build) | set(hit.build))),
             )
             prepared = prepare(req)
+        except InstallError as exc:
+            if snapshot is not None:
+                exc.hint = (exc.hint + "; " if exc.hint else "") + \
+                    f"to return to the environment before this install: backendpick restore{_python_flag(req)} {snapshot.id}"
+            raise
 
     plan = prepared.plan
     ran = [r for r in results if r.skipped is None]
+    if ran:
+        _verify_result(out, prepared, req, snapshot)
     if out.json_mode:
         out.emit_json({
             **plan.to_json(),
             "ran": [{"name": r.name, "seconds": round(r.seconds, 2)} for r in ran],
             "skipped": [{"name": r.name, "reason": r.skipped} for r in results if r.skipped],
+            "snapshot": snapshot.id if snapshot else None,
         })
     else:
         if not ran:
@@ -92,6 +125,25 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
         for w in plan.warnings:
             out.warn(w)
     return 0
+
+
+def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> None:
+    """The checks of ``verify`` on our own result; a problem here is backendpick's failure."""
+    facts = facts_mod.load()
+    settings = prepared.settings
+    after = target_mod.inspect(prepared.target.python)
+    family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
+    flag = _python_flag(req)
+    # The hardware counts only when backendpick chose by it; an explicit backend (a Docker
+    # build for another host) is the user's call and was already warned about.
+    hardware = prepared.hardware if prepared.decision.source in ("detected", "installed") else None
+    problems = stack_problems(after, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
+    problems += dependency_problems(after, family | nbi, flag)
+    problems += extension_problems(after, facts, flag, prepared.plan.backend)
+    if problems:
+        lines = "\n".join(f"problem: {p.package}: {p.message}\n  fix: {p.fix}" for p in problems)
+        hint = f"to return to the environment before this install: backendpick restore{flag} {snapshot.id}" if snapshot else None
+        raise InstallError("installed, but the result does not verify", details=lines, hint=hint)
 
 
 def _execute(out: Output, prepared: Prepared) -> list:
@@ -109,7 +161,7 @@ def _execute(out: Output, prepared: Prepared) -> list:
             log_dir=state_dir(prepared.target, prepared.user_env) / "logs",
         )
     finally:
-        progress._stop()
+        progress.stop()
 
 
-__all__ = ["run", "render"]
+__all__ = ["run", "Path"]

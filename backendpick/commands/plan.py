@@ -39,6 +39,7 @@ class Request:
     cuda_compat: str | None = None
     extra_backend: tuple[str, ...] = field(default_factory=tuple)  # set by install's retry
     extra_build: tuple[str, ...] = field(default_factory=tuple)
+    reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         else:
             kinds = candidate_kinds(hardware)
             candidates = [b for b in facts.all_backends() if b.kind in kinds]
+            installed_torch = target.get("torch")
+            kept = local_tag_backend(installed_torch.version) if installed_torch else None
+            if kept is not None and kept.is_gpu and kept not in candidates:
+                candidates.append(kept)  # auto never downgrades: see _keep_installed_gpu_backend
             offers = gather(facts, client, template, candidates, spec, target)
         warnings += offers.warnings
         releases = offers.releases
@@ -111,6 +116,14 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
     if wants_backend and offers is not None and offers.source == "index":
         _check_family_published(client, index_url_for(template, decision.backend), decision.backend, reqs, family, target)
 
+    # Companions verify finds broken (built for another torch or backend) are replaced.
+    from backendpick.verify import stack_problems, stale_packages
+
+    stale = [n for n in stale_packages(stack_problems(target, facts, None, family, settings.no_build_isolation))
+             if config.normalize(n) in family]
+    if stale:
+        warnings.append(f"replacing broken companions: {', '.join(stale)}")
+
     state = plan_mod.state_dir(target, env)
     backend_env = pipconf.backend_phase_env(env, pip_config)
     plan = plan_mod.build(
@@ -129,6 +142,7 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         offers_source=offers.source if offers else "table",
         extra_backend=req.extra_backend,
         extra_build=req.extra_build,
+        reinstall=tuple(stale) + req.reinstall,
         warnings=warnings,
     )
     return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
@@ -255,8 +269,15 @@ def render(out: Output, p: plan_mod.Plan) -> None:
         out.warn(w)
 
 
-def run(out: Output, req: Request) -> int:
+def run(out: Output, req: Request, fmt: str = "text") -> int:
     prepared = prepare(req)
+    if fmt == "sh":
+        from backendpick.export import to_shell
+
+        out.stdout.write(to_shell(prepared.plan))
+        for w in prepared.plan.warnings:
+            out.warn(w)
+        return 0
     if out.json_mode:
         out.emit_json(prepared.plan.to_json())
     else:

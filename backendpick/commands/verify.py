@@ -1,0 +1,110 @@
+"""``backendpick verify``: is this environment's GPU stack consistent? One line per problem, with the fix."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backendpick import config, facts as facts_mod, requirements, target as target_mod
+from backendpick.errors import ConfigError
+from backendpick.output import Output
+from backendpick.probe import ProbeSettings, probe
+from backendpick.verify import (
+    Problem,
+    extension_problems,
+    missing_problems,
+    pip_check_problems,
+    stack_problems,
+    torch_build,
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    python: Path
+    torch: dict | None
+    packages: list
+    problems: list
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {
+            "ok": self.ok,
+            "python": str(self.python),
+            "torch": self.torch,
+            "packages": self.packages,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def python_flag(python: Path | None) -> str:
+    return f" --python {python}" if python is not None else ""
+
+
+def check(
+    target: target_mod.Target,
+    settings: config.Settings,
+    *,
+    python: Path | None,
+    wanted=(),
+    hardware=None,
+    runtime: bool = True,
+) -> Report:
+    facts = facts_mod.load()
+    flag = python_flag(python)
+    family = set(settings.backend_packages)
+    nbi = set(settings.no_build_isolation)
+    problems: list[Problem] = stack_problems(
+        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value
+    )
+    problems += missing_problems(target, wanted, nbi, flag)
+    tb = torch_build(target, facts)
+    if runtime and tb is not None:
+        problems += extension_problems(target, facts, flag, tb.backend)
+        # pip check repeats what the metadata checks already said about a package; keep the
+        # first, more specific line.
+        reported = {config.normalize(p.package) for p in problems}
+        problems += [p for p in pip_check_problems(target, family | nbi, flag) if config.normalize(p.package) not in reported]
+    packages = [
+        {"name": d.name, "version": d.version}
+        for n, d in sorted(target.installed.items())
+        if n in family or n in nbi
+    ]
+    return Report(target.python, tb.to_json() if tb else None, packages, problems)
+
+
+def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...]) -> int:
+    facts = facts_mod.load()
+    settings = config.load(facts, project_dir=project_dir)
+    target = target_mod.inspect(target_mod.choose_python(python))
+    try:
+        wanted = requirements.gather(reqs, files, settings.pyproject, (), ()).requirements
+    except ConfigError:
+        if reqs or files:
+            raise
+        wanted = ()  # no pyproject.toml: check the stack only
+    hardware = probe(facts, ProbeSettings.from_env(dict(os.environ)))
+    report = check(target, settings, python=python, wanted=wanted, hardware=hardware)
+    if out.json_mode:
+        out.emit_json(report.to_json())
+    else:
+        render(out, report)
+    return 0 if report.ok else 1
+
+
+def render(out: Output, report: Report) -> None:
+    out.line(f"python: {report.python}")
+    if report.torch:
+        t = report.torch
+        out.line(f"torch: {t['version']} ({t['backend']}" + (f", CUDA {t['cuda']}" if t["cuda"] else "")
+                 + (f", HIP {t['hip']}" if t["hip"] else "") + ")")
+    else:
+        out.line("torch: not installed")
+    for p in report.problems:
+        out.line(f"problem: {p.package}: {p.message}")
+        out.line(f"  fix: {p.fix}")
+    out.line("ok: the GPU stack is consistent" if report.ok else f"not ok: {len(report.problems)} problem(s)")

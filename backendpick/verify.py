@@ -1,0 +1,332 @@
+"""Is an environment's GPU stack consistent? Works on any environment, not only ours.
+
+``stack_problems`` is pure (installed metadata + hardware -> problems) and cheap, so ``install``
+also uses it to find broken companions to replace. The import check of compiled extensions and
+``pip check`` run subprocesses and live in ``runtime_problems``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+from backendpick.backend import CPU, CUDA, ROCM, Backend, local_tag_backend
+from backendpick.config import normalize
+from backendpick.facts import Facts, dotted, show
+from backendpick.hardware import AMD, NVIDIA, Hardware
+from backendpick.runner import capture
+from backendpick.target import Target
+
+
+@dataclass(frozen=True)
+class Problem:
+    package: str
+    message: str
+    fix: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    version: str
+    backend: Backend  # what the build is for: from the local tag, else torch/version.py
+    cuda: str | None
+    hip: str | None
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "backend": self.backend.name, "cuda": self.cuda, "hip": self.hip}
+
+
+def _assigned(text: str, name: str) -> str | None:
+    """``cuda: Optional[str] = '12.4'`` or ``hip = None`` in torch/version.py."""
+    m = re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*(?:'([^']*)'|\"([^\"]*)\"|None)", text, flags=re.M)
+    if not m:
+        return None
+    return m.group(1) or m.group(2) or None
+
+
+def torch_build(target: Target, facts: Facts) -> TorchBuild | None:
+    dist = target.get("torch")
+    if dist is None:
+        return None
+    text = target.files.get("torch/version.py")
+    cuda = _assigned(text, "cuda") if text else None
+    hip = _assigned(text, "hip") if text else None
+    tagged = local_tag_backend(dist.version)
+    if text is None and tagged is not None:
+        cuda = tagged.version_text if tagged.kind == CUDA else None
+        hip = tagged.version_text if tagged.kind == ROCM else None
+    if text is None and tagged is None and target.markers.get("sys_platform") == "linux":
+        # PyPI's untagged Linux torch is a CUDA build (torch/version.py says which).
+        pypi = facts.pypi_cuda.get(Version(dist.version).release[:2])
+        cuda = show(pypi) if pypi else None
+    if tagged is not None:
+        backend = tagged
+    elif cuda:
+        major, minor = dotted(cuda)[:2]
+        backend = Backend.cuda(major, minor)
+    elif hip:
+        backend = Backend(ROCM, dotted(hip)[:2])
+    else:
+        backend = Backend(CPU)
+    return TorchBuild(dist.version, backend, cuda, hip)
+
+
+def _fix(python_flag: str, backend: Backend, packages: Iterable[str]) -> str:
+    return f"backendpick install{python_flag} --backend {backend} {' '.join(packages)}"
+
+
+def _cpp_lib(target: Target) -> dict | None:
+    text = target.files.get("xformers/cpp_lib.json")
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _cuda_of_cpp_lib(value) -> str | None:
+    """cpp_lib.json writes CUDA as "1204", "12.4" or null."""
+    if value in (None, "", "None"):
+        return None
+    text = str(value)
+    if "." in text:
+        return ".".join(text.split(".")[:2])
+    if text.isdigit() and len(text) >= 3:
+        return f"{int(text[:-2])}.{int(text[-2:])}"
+    return None
+
+
+def stack_problems(
+    target: Target,
+    facts: Facts,
+    hardware: Hardware | None,
+    family: Iterable[str],
+    build_packages: Iterable[str],
+    *,
+    python_flag: str = "",
+    policy: str = "strict",
+) -> list[Problem]:
+    problems: list[Problem] = []
+    tb = torch_build(target, facts)
+    family = set(family)
+    if tb is None:
+        installed = sorted(d.name for n, d in target.installed.items() if n in family | set(build_packages))
+        if installed:
+            problems.append(Problem("torch", f"torch is not installed, but {', '.join(installed)} need it",
+                                    f"backendpick install{python_flag} torch"))
+        return problems
+    torch_version = Version(tb.version)
+    # The fix keeps the installed torch: without the pin pip could move torch to suit the
+    # newest companion instead of fetching the companion that suits torch.
+    torch_pin = f"torch=={tb.version.split('+')[0]}"
+    fix_stack = lambda pkgs: _fix(python_flag, tb.backend, [torch_pin, *pkgs])  # noqa: E731 - one-line helper
+
+    if hardware is not None:
+        problems += _torch_vs_hardware(tb, torch_version, hardware, facts, python_flag, policy)
+
+    for name, dist in sorted(target.installed.items()):
+        if name == "torch" or (name not in family and name not in set(build_packages)):
+            continue
+        tag = local_tag_backend(dist.version)
+        if tag is not None and tag != tb.backend:
+            problems.append(Problem(dist.name, f"{dist.name} {dist.version} is built for {tag}, torch {tb.version} for {tb.backend}",
+                                    fix_stack([dist.name])))
+            continue
+        for raw in dist.requires:
+            try:
+                dep = Requirement(raw)
+            except InvalidRequirement:
+                continue
+            if normalize(dep.name) != "torch" or (dep.marker is not None and "extra" in str(dep.marker)):
+                continue
+            if not dep.specifier.contains(torch_version, prereleases=True):
+                problems.append(Problem(dist.name, f"{dist.name} {dist.version} requires torch{dep.specifier}, "
+                                                   f"but torch {tb.version} is installed", fix_stack([dist.name])))
+        if name == "xformers":
+            problems += _xformers(target, tb, dist.version, fix_stack)
+    return problems
+
+
+def _torch_vs_hardware(tb: TorchBuild, version: Version, hw: Hardware, facts: Facts, python_flag: str, policy: str) -> list[Problem]:
+    out: list[Problem] = []
+    nvidia = hw.by_vendor(NVIDIA)
+    amd = hw.by_vendor(AMD)
+    if nvidia and tb.cuda is None:
+        out.append(Problem("torch", f"torch {tb.version} is a {'ROCm' if tb.hip else 'CPU'} build, but this machine has "
+                                    f"{len(nvidia)} NVIDIA GPU(s) ({nvidia[0].name})",
+                           f"backendpick install{python_flag} torch"))
+        return out
+    if amd and not nvidia and tb.hip is None:
+        out.append(Problem("torch", f"torch {tb.version} is not a ROCm build, but this machine has AMD GPU(s) ({amd[0].name})",
+                           f"backendpick install{python_flag} torch"))
+        return out
+    if nvidia and tb.cuda:
+        cuda = dotted(tb.cuda)[:2]
+        driver = dotted(hw.nvidia_driver) if hw.nvidia_driver else None
+        driver_cuda = dotted(hw.driver_cuda) if hw.driver_cuda else None
+        if driver is not None and not facts.cuda_allowed(cuda, driver_cuda=driver_cuda, driver=driver, policy=policy):
+            out.append(Problem("torch", f"torch {tb.version} is built for CUDA {tb.cuda}, but driver {hw.nvidia_driver} "
+                                        f"supports CUDA {hw.driver_cuda or '?'}",
+                               f"backendpick install{python_flag} torch   # picks a build this driver runs; or update the NVIDIA driver"))
+        backend = Backend.cuda(*cuda)
+        for gpu in nvidia:
+            if gpu.cap is not None and facts.serves_cap(version.release, backend, gpu.cap) is False:
+                out.append(Problem("torch", f"torch {tb.version} carries no code for {gpu.name} (compute capability "
+                                            f"{gpu.compute_capability}): 'no kernel image is available' at run time",
+                                   f"backendpick install{python_flag} torch   # chooses a release and build that serve this GPU"))
+                break
+    return out
+
+
+def _xformers(target: Target, tb: TorchBuild, version: str, fix_stack) -> list[Problem]:
+    info = _cpp_lib(target)
+    if info is None:
+        return []
+    out = []
+    built_torch = str(info.get("torch_version") or "")
+    built_cuda = _cuda_of_cpp_lib(info.get("cuda_version"))
+    try:
+        if built_torch and Version(built_torch).public != Version(tb.version).public:
+            out.append(Problem("xformers", f"xformers {version} was built for torch {built_torch}, but torch {tb.version} "
+                                           "is installed: its kernels will not load", fix_stack(["xformers"])))
+            return out
+    except InvalidVersion:
+        pass
+    if tb.cuda and not built_cuda:
+        out.append(Problem("xformers", f"xformers {version} is a CPU-only build next to CUDA torch {tb.version} "
+                                       "('No available CUDA kernel')", fix_stack(["xformers"])))
+    elif tb.cuda and built_cuda and dotted(built_cuda)[:2] != dotted(tb.cuda)[:2]:
+        out.append(Problem("xformers", f"xformers {version} is built for CUDA {built_cuda}, torch {tb.version} for "
+                                       f"CUDA {tb.cuda}", fix_stack(["xformers"])))
+    return out
+
+
+def stale_packages(problems: Iterable[Problem]) -> list[str]:
+    """Installed companions that must be replaced (install removes and reinstalls them)."""
+    return sorted({p.package for p in problems if p.package != "torch"})
+
+
+def missing_problems(target: Target, requirements: Iterable[Requirement], build_packages: Iterable[str], python_flag: str) -> list[Problem]:
+    """Requirements of the project that are not installed (the missing flash-attn of the seeds)."""
+    from backendpick.plan import marker_ok
+
+    nbi = set(build_packages)
+    out = []
+    for req in requirements:
+        if not marker_ok(req, target.markers):
+            continue
+        dist = target.get(req.name)
+        note = " (it builds against torch: backendpick installs it after torch with --no-build-isolation)" if normalize(req.name) in nbi else ""
+        if dist is None:
+            out.append(Problem(req.name, f"{req} is required but not installed{note}", f"backendpick install{python_flag}"))
+        elif not req.specifier.contains(Version(dist.version), prereleases=True):
+            out.append(Problem(req.name, f"{req} is required but {dist.version} is installed", f"backendpick install{python_flag}"))
+    return out
+
+
+# -- subprocess checks ------------------------------------------------------------------------
+
+_IMPORT_SCRIPT = r"""
+import json, sys
+out = {}
+try:
+    import torch  # extensions need torch's libraries loaded first
+except Exception as e:
+    print(json.dumps({"torch": "%s: %s" % (type(e).__name__, e)})); sys.exit(0)
+for mod in sys.argv[1:]:
+    try:
+        __import__(mod)
+        out[mod] = None
+    except Exception as e:
+        out[mod] = "%s: %s" % (type(e).__name__, e)
+print(json.dumps(out))
+"""
+
+
+def extension_problems(target: Target, facts: Facts, python_flag: str, backend: Backend | None) -> list[Problem]:
+    modules = {}
+    for pkg, mods in facts.extensions.items():
+        if target.get(pkg) is not None:
+            for m in mods:
+                modules[m] = pkg
+    if not modules:
+        return []
+    res = capture([target.python, "-c", _IMPORT_SCRIPT, *modules], timeout=180)
+    if not res.ok:
+        return [Problem("torch", f"importing torch failed in {target.python}: {(res.error or res.stderr.strip()[-200:])}",
+                        f"backendpick verify{python_flag}")]
+    try:
+        results = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return []
+    if "torch" in results:
+        return [Problem("torch", f"import torch failed: {results['torch']}", f"backendpick install{python_flag} torch")]
+    out = []
+    for mod, error in results.items():
+        if error is None:
+            continue
+        pkg = modules[mod]
+        backend_flag = f" --backend {backend}" if backend else ""
+        fix = f"backendpick install{python_flag}{backend_flag} --reinstall {pkg} {pkg}   # rebuilds it against the installed torch"
+        if "undefined symbol" in error:
+            msg = f"{pkg} was compiled against a different torch than the one installed ({mod}: undefined symbol)"
+        elif "No module named" in error:
+            msg = f"{pkg} is installed without its compiled extension {mod}"
+        else:
+            msg = f"{pkg}'s extension {mod} does not load: {error[:200]}"
+        out.append(Problem(pkg, msg, fix))
+    return out
+
+
+def pip_check_problems(target: Target, names: Iterable[str], python_flag: str) -> list[Problem]:
+    """``pip check`` lines about the stack (other packages' problems are not ours to judge)."""
+    if not target.pip_version:
+        return []
+    res = capture([target.python, "-m", "pip", "check", "--disable-pip-version-check"], timeout=120)
+    if res.ok or res.returncode is None:
+        return []
+    watched = set(names)
+    out = []
+    for line in res.stdout.splitlines():
+        words = {normalize(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)}
+        if words & watched:
+            pkg = line.split()[0] if line.split() else "?"
+            out.append(Problem(pkg, f"pip check: {line.strip()}", f"backendpick install{python_flag}"))
+    return out
+
+
+def dependency_problems(target: Target, names: Iterable[str], python_flag: str) -> list[Problem]:
+    """``pip check`` for the stack, from installed metadata alone (no subprocess): install runs it
+    after every change, so it must cost nothing."""
+    from backendpick.plan import marker_ok
+
+    out = []
+    for name in sorted(set(names)):
+        dist = target.get(name)
+        if dist is None:
+            continue
+        for raw in dist.requires:
+            try:
+                dep = Requirement(raw)
+            except InvalidRequirement:
+                continue
+            if not marker_ok(dep, target.markers):
+                continue
+            have = target.get(dep.name)
+            if have is None:
+                out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}, which is not installed",
+                                   f"backendpick install{python_flag}"))
+            elif not dep.specifier.contains(Version(have.version), prereleases=True):
+                out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}{dep.specifier}, "
+                                              f"but {have.version} is installed", f"backendpick install{python_flag}"))
+    return out
