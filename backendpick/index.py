@@ -74,7 +74,8 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
 class IndexClient:
     def __init__(self, pip_config: PipConfig, timeout: float | None = None):
         self.pip_config = pip_config
-        self.timeout = timeout if timeout is not None else min(pip_config.timeout, 30.0)
+        # Short: a blackholed mirror must not stall a Docker build; pip retries on its own later.
+        self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
         self._cache: dict[str, list[FileLink]] = {}
 
     def _context(self, host: str) -> ssl.SSLContext:

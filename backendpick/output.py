@@ -76,8 +76,16 @@ class Output:
             self.console().print(t)
             return
         for r in rows:
-            cells = " ".join(f"{c.lower().replace(' ', '_')}={'-' if v is None else v}" for c, v in zip(columns, r))
+            cells = " ".join(f"{c.lower().replace(' ', '_')}={_plain_value(v)}" for c, v in zip(columns, r))
             self.line(f"{title.lower()}: {cells}")
+
+
+def _plain_value(value: Any) -> str:
+    """``-`` for none, JSON-style quotes around values with spaces, so lines split as key=value."""
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    return json.dumps(text) if (" " in text or '"' in text) else text
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -55,7 +55,10 @@ QUERY_FIELDS_NO_CAP = ("index", "name", "driver_version", "uuid", "memory.total"
 def smi_query(text: str, fields: tuple[str, ...] = QUERY_FIELDS) -> list[SmiGpu]:
     """``nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits``: one row per GPU."""
     gpus = []
-    rows = [r for r in csv.reader(io.StringIO(text), skipinitialspace=True) if r]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text), skipinitialspace=True) if r]
+    except csv.Error as exc:  # a stray \r or NUL: garbage, not a crash
+        raise ValueError(f"unreadable CSV ({exc})") from None
     if not rows:
         raise ValueError("no GPU rows")
     for row in rows:
@@ -113,7 +116,8 @@ def rocminfo(text: str) -> list[RocmAgent]:
         raise ValueError("no 'Agent N' blocks")
     agents = []
     for block in blocks[1:]:
-        name = re.search(r"^\s*Name:\s*(\S+)\s*$", block, flags=re.M)
+        # CPU agents have names with spaces ("AMD EPYC 9654 96-Core Processor").
+        name = re.search(r"^\s*Name:\s*(\S.*?)\s*$", block, flags=re.M)
         kind = re.search(r"^\s*Device Type:\s*(\S+)\s*$", block, flags=re.M)
         marketing = re.search(r"^\s*Marketing Name:\s*(.*?)\s*$", block, flags=re.M)
         if not name or not kind:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -118,7 +117,3 @@ def backend_phase_env(base: Mapping[str, str], config: PipConfig) -> dict[str, s
             continue
         env.setdefault(_env_var(key), value)
     return env
-
-
-def devnull() -> str:
-    return os.devnull if sys.platform != "win32" else "nul"

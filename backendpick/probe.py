@@ -83,7 +83,7 @@ def probe(facts: Facts, settings: ProbeSettings | None = None) -> Hardware:
     accelerators += nvidia.gpus
     amd_gpus, rocm = _probe_amd(settings, facts, notes)
     accelerators += amd_gpus
-    accelerators += _probe_pci(settings, facts, notes, has_nvidia=bool(nvidia.gpus), has_amd=bool(amd_gpus))
+    accelerators += _probe_pci(settings, facts, notes, has_nvidia=len(nvidia.gpus))
     if plat == "darwin" and machine in ("arm64", "aarch64"):
         accelerators.append(Accelerator(APPLE, "Apple silicon GPU (MPS)"))
 
@@ -153,7 +153,8 @@ def _probe_nvidia(settings: ProbeSettings, facts: Facts, notes: _Notes, wsl: boo
     # only when the table cannot answer: WSL (Windows driver numbers), a driver newer than the
     # table, or a driver we only know from nothing.
     need_banner = wsl or result.driver is None or (
-        result.driver is not None and facts.driver_beyond_table(dotted(result.driver))
+        facts.driver_beyond_table(dotted(result.driver))
+        or facts.max_cuda_for_driver(dotted(result.driver)) is None  # older than the table (470)
     )
     if gpus and need_banner:
         banner = capture([smi], timeout=settings.timeout, env=settings.env)
@@ -165,7 +166,8 @@ def _probe_nvidia(settings: ProbeSettings, facts: Facts, notes: _Notes, wsl: boo
                     result.cuda, result.cuda_source = cuda, "nvidia-smi"
             except ValueError as exc:
                 notes.add(f"nvidia-smi: {exc}")
-    if gpus and result.cuda is None:
+    if result.cuda is None:
+        # Also when nvidia-smi hung or failed: the driver file still tells the CUDA ceiling.
         _cuda_from_table(result, facts)
     return result
 
@@ -272,7 +274,7 @@ def _probe_amd(settings: ProbeSettings, facts: Facts, notes: _Notes) -> tuple[li
 _DISPLAY_CLASSES = ("0x0300", "0x0302", "0x0380")  # VGA, 3D controller, other display
 
 
-def _probe_pci(settings: ProbeSettings, facts: Facts, notes: _Notes, *, has_nvidia: bool, has_amd: bool) -> list[Accelerator]:
+def _probe_pci(settings: ProbeSettings, facts: Facts, notes: _Notes, *, has_nvidia: int) -> list[Accelerator]:
     """Intel GPUs from sysfs PCI ids, and a hint when an NVIDIA/AMD card has no working driver."""
     base = settings.root / "sys/bus/pci/devices"
     try:
@@ -313,5 +315,10 @@ def _probe_pci(settings: ProbeSettings, facts: Facts, notes: _Notes, *, has_nvid
         notes.add(
             f"{nvidia_cards} NVIDIA GPU(s) on the PCI bus, but no working driver was found; "
             "install the NVIDIA driver, or pass --backend to choose"
+        )
+    elif nvidia_cards > has_nvidia:
+        notes.add(
+            f"{nvidia_cards} NVIDIA GPUs on the PCI bus, but the driver shows only {has_nvidia}; "
+            "the others are not driven (an open-module driver does not support pre-Turing GPUs)"
         )
     return found

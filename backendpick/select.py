@@ -158,7 +158,13 @@ def _nvidia(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator],
 def _amd(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator]) -> Decision:
     where = _gpu_list([Accelerator(AMD, f"{g.name} ({g.arch})") for g in gpus])
     rejected = []
+    # AMD's kernel driver supports only nearby ROCm releases: like a CUDA build newer than the
+    # NVIDIA driver, a ROCm build newer than the installed runtime is not a candidate.
+    runtime = dotted(hw.rocm_version) if hw.rocm_version else None
     for b in _descending(offers, ROCM):
+        if runtime is not None and b.version[:2] > runtime[:2]:
+            rejected.append(f"{b}: newer than the installed ROCm runtime {hw.rocm_version}")
+            continue
         unsupported = [g for g in gpus if not facts.rocm_supports(g.arch or "", b)]
         if unsupported:
             rejected.append(f"{b}: does not support {', '.join(sorted({g.arch or '?' for g in unsupported}))}")

@@ -1,0 +1,387 @@
+"""A local PEP 503 (HTML) / PEP 691 (JSON) "simple" index server on 127.0.0.1.
+
+One server hosts several named indexes; each is a directory of distribution
+files under ``root``::
+
+    root/<name>/<file>              served at /<name>/files/<file>
+    /<name>/simple/                 project list
+    /<name>/simple/<project>/       links with #sha256=... and data-requires-python
+
+Directories are read on every request, so files may be added while serving.
+Every request is logged so tests can assert which index served what.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import hashlib
+import html
+import json
+import tarfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from .dists import normalize_name
+
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_TYPE = "application/vnd.pypi.simple.v1+html"
+_OCTET_STREAM = "application/octet-stream"
+_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP request the server answered."""
+
+    path: str  # raw request path, percent-decoded
+    index: str | None  # first path segment, when it names an existing index
+    kind: str  # "root" | "project" | "file" | "other"
+    name: str  # normalized project for "project", file name for "file", else ""
+    status: int
+    content_type: str  # "" for errors and files
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: HTTPStatus
+    body: bytes = b""
+    content_type: str = "text/plain"
+    location: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == HTTPStatus.OK
+
+    @classmethod
+    def redirect(cls, location: str) -> _Response:
+        return cls(HTTPStatus.MOVED_PERMANENTLY, location=location)
+
+
+def project_of(filename: str) -> str | None:
+    """Normalized project name a distribution file belongs to, or None if not one."""
+    if filename.endswith(".whl"):
+        return normalize_name(filename.split("-", 1)[0])
+    for suffix in _DIST_SUFFIXES[1:]:
+        if filename.endswith(suffix):
+            return normalize_name(filename[: -len(suffix)].rsplit("-", 1)[0])
+    return None
+
+
+def _read_requires_python(path: Path) -> str | None:
+    """Requires-Python from a wheel's METADATA or an sdist's PKG-INFO."""
+    raw: bytes | None = None
+    try:
+        if path.name.endswith(".whl"):
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():
+                    parts = member.split("/")
+                    if (
+                        len(parts) == 2
+                        and parts[0].endswith(".dist-info")
+                        and parts[1] == "METADATA"
+                    ):
+                        raw = zf.read(member)
+                        break
+        elif path.name.endswith((".tar.gz", ".tar.bz2")):
+            with tarfile.open(path) as tf:
+                for info in tf.getmembers():
+                    parts = info.name.split("/")
+                    if len(parts) == 2 and parts[1] == "PKG-INFO":
+                        extracted = tf.extractfile(info)
+                        raw = extracted.read() if extracted else None
+                        break
+    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        return None
+    if raw is None:
+        return None
+    headers = email.parser.BytesHeaderParser().parsebytes(raw)
+    value = headers.get("Requires-Python")
+    return str(value).strip() if value else None
+
+
+def _negotiate(accept: str, json_api: bool) -> str:
+    """Pick the response media type per PEP 691 content negotiation."""
+    best, best_q = "text/html", 0.0
+    offered = (
+        [JSON_TYPE, HTML_TYPE, "text/html"] if json_api else [HTML_TYPE, "text/html"]
+    )
+    for item in (accept or "text/html").split(","):
+        fields = [f.strip() for f in item.split(";")]
+        media, q = fields[0].lower(), 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        choice = "text/html" if media == "*/*" else media if media in offered else None
+        if choice is not None and q > best_q:
+            best, best_q = choice, q
+    return best
+
+
+class IndexServer:
+    """Threaded HTTP server hosting named simple indexes from ``root/<name>/``."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        json_api: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.json_api = json_api
+        self._log: list[RequestRecord] = []
+        self._lock = threading.Lock()
+        # (path, mtime_ns, size) -> (sha256, requires_python). Keyed on stat because
+        # tests may rewrite files (atomically) while the server runs.
+        self._file_info: dict[tuple[str, int, int], tuple[str, str | None]] = {}
+        self._host = host
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="index-server", daemon=True
+        )
+        self._thread.start()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._httpd.server_address[1]}"
+
+    def url(self, name: str) -> str:
+        """Simple-API URL of index ``name``, e.g. ``http://127.0.0.1:PORT/cu124/simple``."""
+        return f"{self.base_url}/{name}/simple"
+
+    def file_url(self, name: str, filename: str) -> str:
+        return f"{self.base_url}/{name}/files/{quote(filename)}"
+
+    def index_dir(self, name: str) -> Path:
+        """Directory holding index ``name``'s files (created on first use)."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def indexes(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    @property
+    def log(self) -> list[RequestRecord]:
+        """Snapshot of all requests so far, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def paths(self) -> list[str]:
+        return [record.path for record in self.log]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    def projects_requested(self, index: str) -> list[str]:
+        """Normalized project names whose pages were requested from ``index``."""
+        return [r.name for r in self.log if r.index == index and r.kind == "project"]
+
+    def files_downloaded(self, index: str) -> list[str]:
+        """File names successfully downloaded from ``index``."""
+        return [
+            r.name
+            for r in self.log
+            if r.index == index and r.kind == "file" and r.status == 200
+        ]
+
+    def indexes_asked_for(self, project: str) -> list[str]:
+        """Indexes whose page for ``project`` was requested (any status), in order."""
+        wanted = normalize_name(project)
+        return [
+            r.index
+            for r in self.log
+            if r.kind == "project" and r.name == wanted and r.index
+        ]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> IndexServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _info(self, path: Path) -> tuple[str, str | None]:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._file_info.get(key)
+        if cached is None:
+            cached = (
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+                _read_requires_python(path),
+            )
+            with self._lock:
+                self._file_info[key] = cached
+        return cached
+
+    def _dist_files(self, index: str) -> list[Path]:
+        directory = self.root / index
+        return sorted(
+            p for p in directory.iterdir() if p.is_file() and project_of(p.name)
+        )
+
+    def _root_page(self, index: str, media: str) -> bytes:
+        projects = sorted({project_of(p.name) or "" for p in self._dist_files(index)})
+        if media == JSON_TYPE:
+            return json.dumps(
+                {
+                    "meta": {"api-version": "1.0"},
+                    "projects": [{"name": p} for p in projects],
+                }
+            ).encode("utf-8")
+        links = "".join(
+            f'<a href="{html.escape(p)}/">{html.escape(p)}</a><br/>\n' for p in projects
+        )
+        return _html_page("Simple index", links)
+
+    def _project_page(self, index: str, project: str, media: str) -> bytes | None:
+        files = [p for p in self._dist_files(index) if project_of(p.name) == project]
+        if not files:
+            return None
+        entries = []
+        for path in files:
+            sha256, requires_python = self._info(path)
+            entries.append(
+                (path.name, f"../../files/{quote(path.name)}", sha256, requires_python)
+            )
+        if media == JSON_TYPE:
+            body = {
+                "meta": {"api-version": "1.0"},
+                "name": project,
+                "files": [
+                    {
+                        "filename": name,
+                        "url": href,
+                        "hashes": {"sha256": sha256},
+                        **({"requires-python": rp} if rp else {}),
+                    }
+                    for name, href, sha256, rp in entries
+                ],
+            }
+            return json.dumps(body).encode("utf-8")
+        links = []
+        for name, href, sha256, rp in entries:
+            rp_attr = f' data-requires-python="{html.escape(rp)}"' if rp else ""
+            anchor = f'href="{html.escape(href)}#sha256={sha256}"{rp_attr}'
+            links.append(f"<a {anchor}>{html.escape(name)}</a><br/>\n")
+        return _html_page(f"Links for {project}", "".join(links))
+
+    def _respond(self, path: str, accept: str) -> _Response:
+        """Route one GET/HEAD request and log it."""
+        parts = [part for part in path.split("/") if part]
+        index = parts[0] if parts else None
+        # Dot names would let "/../" escape the root.
+        if index is None or index.startswith(".") or not (self.root / index).is_dir():
+            return self._logged(
+                path, None, "other", "", _Response(HTTPStatus.NOT_FOUND)
+            )
+        section, rest = (parts[1], parts[2:]) if len(parts) > 1 else ("", [])
+        if section == "simple" and not rest:
+            if not path.endswith("/"):
+                redirect = _Response.redirect(f"/{index}/simple/")
+                return self._logged(path, index, "root", "", redirect)
+            media = _negotiate(accept, self.json_api)
+            page = _Response(HTTPStatus.OK, self._root_page(index, media), media)
+            return self._logged(path, index, "root", "", page)
+        if section == "simple" and len(rest) == 1:
+            project = normalize_name(rest[0])
+            if rest[0] != project or not path.endswith("/"):
+                # PEP 503: redirect to the normalized, slash-terminated URL.
+                redirect = _Response.redirect(f"/{index}/simple/{project}/")
+                return self._logged(path, index, "project", project, redirect)
+            media = _negotiate(accept, self.json_api)
+            body = self._project_page(index, project, media)
+            if body is None:
+                missing = _Response(HTTPStatus.NOT_FOUND)
+                return self._logged(path, index, "project", project, missing)
+            page = _Response(HTTPStatus.OK, body, media)
+            return self._logged(path, index, "project", project, page)
+        if section == "files" and len(rest) == 1:
+            file_path = self.root / index / rest[0]
+            if project_of(rest[0]) and file_path.is_file():
+                data = _Response(HTTPStatus.OK, file_path.read_bytes(), _OCTET_STREAM)
+                return self._logged(path, index, "file", rest[0], data)
+            missing = _Response(HTTPStatus.NOT_FOUND)
+            return self._logged(path, index, "file", rest[0], missing)
+        return self._logged(path, index, "other", "", _Response(HTTPStatus.NOT_FOUND))
+
+    def _logged(
+        self, path: str, index: str | None, kind: str, name: str, response: _Response
+    ) -> _Response:
+        page_type = response.content_type if kind in ("root", "project") else ""
+        record = RequestRecord(
+            path,
+            index,
+            kind,
+            name,
+            int(response.status),
+            page_type if response.ok else "",
+        )
+        with self._lock:
+            self._log.append(record)
+        return response
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: pip reuses connections
+
+            def do_GET(self) -> None:
+                self._serve(send_body=True)
+
+            def do_HEAD(self) -> None:
+                self._serve(send_body=False)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the request log replaces stderr noise
+
+            def _serve(self, send_body: bool) -> None:
+                path = unquote(urlsplit(self.path).path)
+                response = server._respond(path, self.headers.get("Accept", ""))
+                self.send_response(response.status)
+                content_type = response.content_type
+                if content_type.startswith("text/"):
+                    content_type += "; charset=utf-8"
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(response.body)))
+                if response.location:
+                    self.send_header("Location", response.location)
+                # Pages change when tests add files: forbid any HTTP caching.
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(response.body)
+
+        return Handler
+
+
+def _html_page(title: str, links: str) -> bytes:
+    return (
+        "<!DOCTYPE html>\n<html>\n<head>\n"
+        '<meta name="pypi:repository-version" content="1.0">\n'
+        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{links}</body>\n</html>\n"
+    ).encode()
