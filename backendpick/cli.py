@@ -183,6 +183,36 @@ def restore(snapshot, python, project_dir, index_url, list_only, dry_run, verbos
                        project_dir=project_dir, index_url=index_url, dry_run=dry_run, list_only=list_only)
 
 
+@cli.group(
+    help="The wheels backendpick built from source (flash-attn and friends), kept to install again in "
+    "seconds. Location: BACKENDPICK_CACHE_DIR, else ~/.cache/backendpick/wheels ($XDG_CACHE_HOME; "
+    "~/Library/Caches/backendpick/wheels on macOS).\n\n"
+    "\b\nExamples:\n  backendpick cache list\n  backendpick cache clear flash-attn\n  backendpick cache clear"
+)
+def cache() -> None:
+    pass
+
+
+@cache.command("list", help="List the cached wheels (all, or those of the named packages).")
+@click.argument("names", nargs=-1, metavar="[PACKAGE]...")
+@json_option
+def cache_list(names: tuple, json_mode: bool) -> int:
+    from backendpick.commands import cache as command
+    from backendpick.output import Output
+
+    return command.list_entries(Output(json_mode=json_mode), names)
+
+
+@cache.command("clear", help="Remove the cached wheels (all, or those of the named packages).")
+@click.argument("names", nargs=-1, metavar="[PACKAGE]...")
+@json_option
+def cache_clear(names: tuple, json_mode: bool) -> int:
+    from backendpick.commands import cache as command
+    from backendpick.output import Output
+
+    return command.clear(Output(json_mode=json_mode), names)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="backendpick", standalone_mode=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,19 @@ KEYS: dict[str, tuple[type, str]] = {
     "build-requirements": (dict, "package -> requirements installed before its no-build-isolation build"),
     "cuda-compat": (str, '"strict" (default) or "minor"'),
     "trusted-hosts": (list, "hosts whose plain-http backend index is accepted"),
+    "prebuilt": (dict, 'package -> where its prebuilt wheels are looked for, in order: URL templates with '
+                       '{filename} (and {version}), local folders, or "github" (the project\'s releases)'),
+    "build": (dict, "source builds: max-jobs, arch-list, env, checks"),
 }
+
+# [tool.backendpick.build] keys -> (expected type, description).
+BUILD_KEYS: dict[str, tuple[type, str]] = {
+    "max-jobs": (int, "parallel compile jobs (MAX_JOBS); default from cores and free memory"),
+    "arch-list": (str, 'GPU architectures to compile for, e.g. "8.0;9.0" or "gfx942"; default: the detected GPUs'),
+    "env": (dict, "more variables for source builds, e.g. { NVCC_THREADS = \"2\" }"),
+    "checks": (bool, "check nvcc/hipcc, a C++ compiler and ninja before a source build (default true)"),
+}
+GITHUB_SOURCE = "github"  # in a prebuilt list: the project's own GitHub release downloads
 
 
 def _load_toml(path: Path) -> dict:
@@ -76,6 +89,10 @@ def read_pyproject(project_dir: Path) -> Pyproject:
     return Pyproject(path, data)
 
 
+_NAME_LISTS = ("backend-packages", "extra-backend-packages", "no-build-isolation")
+_NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508 names
+
+
 def _validate(tool: Mapping[str, Any], path: Path) -> None:
     for key, value in tool.items():
         if key not in KEYS:
@@ -90,10 +107,79 @@ def _validate(tool: Mapping[str, Any], path: Path) -> None:
             )
         if expected is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: tool.backendpick.{key} must be a list of strings")
+        if key in _NAME_LISTS:
+            # Names, not requirements: "torch>=2" would match no requirement and silently send
+            # torch to the user's indexes.
+            bad = [v for v in value if not _NAME_RE.match(v)]
+            if bad:
+                raise ConfigError(f"{path}: tool.backendpick.{key} holds {bad[0]!r}, which is not a package name",
+                                  hint="list bare names (torch, xformers); versions go in the requirements")
         if key == "build-requirements":
+            # Imported here: packaging's requirement parser is the slowest import detect could pay.
+            from packaging.requirements import InvalidRequirement, Requirement
+
             for name, reqs in value.items():
                 if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
                     raise ConfigError(f"{path}: tool.backendpick.build-requirements.{name} must be a list of strings")
+                for text in reqs:
+                    try:
+                        Requirement(text)
+                    except InvalidRequirement as exc:
+                        raise ConfigError(f"{path}: tool.backendpick.build-requirements.{name} holds an invalid "
+                                          f"requirement {text!r}: {exc}") from None
+        if key == "prebuilt":
+            for name, sources in value.items():
+                if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+                    raise ConfigError(
+                        f"{path}: tool.backendpick.prebuilt.{name} must be a list of strings",
+                        hint='e.g. flash-attn = ["https://mirror.example/wheels/{filename}", "/opt/wheels", "github"]',
+                    )
+                for source in sources:
+                    _check_prebuilt_source(source, f"{path}: tool.backendpick.prebuilt.{name}")
+        if key == "build":
+            _validate_build(value, path)
+
+
+def _validate_build(table: Mapping[str, Any], path: Path) -> None:
+    for key, value in table.items():
+        if key not in BUILD_KEYS:
+            close = difflib.get_close_matches(key, list(BUILD_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(BUILD_KEYS)}"
+            raise ConfigError(f"{path}: unknown key tool.backendpick.build.{key}", hint=hint)
+        expected, what = BUILD_KEYS[key]
+        # bool is an int to Python; max-jobs = true is a mistake, not 1.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{path}: tool.backendpick.build.{key} must be a {expected.__name__} ({what}), not {type(value).__name__}"
+            )
+        if key == "max-jobs" and value < 1:
+            raise ConfigError(f"{path}: tool.backendpick.build.max-jobs must be at least 1, not {value}")
+        if key == "env":
+            for var, text in value.items():
+                if not isinstance(text, str) or not var or "=" in var:
+                    raise ConfigError(f"{path}: tool.backendpick.build.env.{var} must be a string value of a variable name")
+
+
+_PLACEHOLDERS = ("{filename}", "{version}")
+
+
+def _check_prebuilt_source(source: str, where: str) -> None:
+    """A URL template must name the file; folders and "github" are checked when used."""
+    if "://" not in source:
+        return
+    scheme = urlsplit(source.replace("{filename}", "f").replace("{version}", "v")).scheme
+    if scheme not in ("http", "https", "file"):
+        raise ConfigError(f"{where}: {redact(source)} must be an http(s) or file URL, or a folder")
+    if "{filename}" not in source:
+        raise ConfigError(
+            f"{where}: URL {redact(source)} has no {{filename}} placeholder",
+            hint="write it as a template, e.g. https://mirror.example/flash-attn/{filename}",
+        )
+    leftover = source
+    for placeholder in _PLACEHOLDERS:
+        leftover = leftover.replace(placeholder, "")
+    if "{" in leftover or "}" in leftover:
+        raise ConfigError(f"{where}: URL {redact(source)} may only use the placeholders {{filename}} and {{version}}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +188,16 @@ class Setting:
 
     value: Any
     source: str
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """``[tool.backendpick.build]``: how source builds run. Environment variables win over these."""
+
+    max_jobs: int | None = None
+    arch_list: str | None = None
+    env: dict = field(default_factory=dict)
+    checks: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,12 +210,14 @@ class Settings:
     backend_packages: tuple[str, ...]
     no_build_isolation: dict  # normalized name -> build requirements
     trusted_hosts: tuple[str, ...] = ()
+    # normalized name -> prebuilt wheel sources in order (configured ones only; the default
+    # "github" applies to packages not named here)
+    prebuilt: dict = field(default_factory=dict)
+    build: BuildSettings = field(default_factory=BuildSettings)
 
 
 def normalize(name: str) -> str:
     """PEP 503 name normalization."""
-    import re
-
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -174,6 +272,30 @@ def load(
             "which is not in no-build-isolation",
             hint="add it to no-build-isolation, or remove its build-requirements",
         )
+    prebuilt = {normalize(k): tuple(v) for k, v in tool.get("prebuilt", {}).items()}
+    unknown = set(prebuilt) - set(nbi)
+    if unknown:
+        raise ConfigError(
+            f"tool.backendpick.prebuilt names {', '.join(sorted(unknown))}, which is not in no-build-isolation",
+            hint="prebuilt wheels are looked up for the packages built after torch; add it to no-build-isolation",
+        )
+    for name, sources in prebuilt.items():
+        for source in sources:
+            if source.startswith("http://"):
+                host = urlsplit(source.replace("{filename}", "f").replace("{version}", "v")).hostname or ""
+                if host not in _LOCAL_HOSTS and host not in trusted:
+                    # A binary wheel over plain http is as dangerous as a plain-http index.
+                    raise ConfigError(
+                        f"tool.backendpick.prebuilt.{name} uses plain http: {redact(source)}",
+                        hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network",
+                    )
+    raw_build = tool.get("build", {})
+    build = BuildSettings(
+        max_jobs=raw_build.get("max-jobs"),
+        arch_list=raw_build.get("arch-list"),
+        env=dict(raw_build.get("env", {})),
+        checks=raw_build.get("checks", True),
+    )
     return Settings(
         project_dir=project_dir,
         pyproject=pyproject,
@@ -183,6 +305,8 @@ def load(
         backend_packages=tuple(dict.fromkeys(normalize(p) for p in packages)),
         no_build_isolation=nbi,
         trusted_hosts=trusted,
+        prebuilt=prebuilt,
+        build=build,
     )
 
 
@@ -211,10 +335,13 @@ def _check_index_scheme(s: Setting, trusted: tuple[str, ...]) -> None:
         )
 
 
-def redact(url: str) -> str:
-    """Hide credentials in a URL (``https://user:token@host`` -> ``https://***@host``)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def redact(text: str) -> str:
+    """Hide credentials of every URL in ``text``: ``https://user:token@host`` -> ``https://***@host``.
+
+    Works on whole URLs, requirement strings (``name @ https://user:token@host/x.whl``) and
+    lines of pip output alike, so every place that prints can call it.
+    """
+    return _CREDENTIALS.sub(r"\1***@", text)

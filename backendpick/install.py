@@ -2,13 +2,21 @@
 
 The constraints file is written from what is really installed after the backend phase (the
 plan only knows names), so later phases cannot replace a single byte of the stack.
+
+A build phase with steps (prebuilt.py) first chooses each package's wheel where the plan could
+not (torch was not installed yet), checks the toolchain before any source build, builds with
+``pip wheel`` under limits, stores what it built in the wheel cache, and installs the wheels
+with one ``pip install``. All of its pip output goes to the phase's log file.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +25,11 @@ from packaging.requirements import Requirement
 from backendpick import runner
 from backendpick.config import normalize, redact
 from backendpick.errors import InstallError
-from backendpick.plan import BACKEND, BUILD, BUILD_REQS, REMOVE, REST, Phase, Plan
+from backendpick.plan import BUILD, BUILD_REQS, PENDING, REST, SOURCE, Phase, Plan
 from backendpick.target import Target, inspect
 
 TAIL_LINES = 25
+HEARTBEAT_SECONDS = 60.0  # a source build is silent for minutes: say it is still going
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class PhaseResult:
     name: str
     seconds: float
     skipped: str | None = None
+    builds: tuple = ()  # build phase: each package's step as run (BuildStep.to_json())
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class FenceConflict(Exception):
 
 def constraint_lines(plan: Plan, target: Target, user_lines: list[str]) -> list[str]:
     """Pins for every installed backend package, fences for the others, then the user's."""
-    building = {normalize(Requirement(r).name) for p in plan.phases if p.name == BUILD for r in p.requirements}
+    building = plan.building
     lines = []
     for name in plan.backend_names:
         d = target.get(name)
@@ -79,7 +89,11 @@ def execute(
     on_line: Callable[[str], None],
     on_phase_end: Callable[[Phase, float], None],
     log_dir: Path,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[PhaseResult]:
+    """``on_note`` gets the build phase's lines for the user (which wheel, why, limits, elapsed
+    time of a long build); without it they go to stderr."""
+    note = on_note or _stderr_note
     results: list[PhaseResult] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for phase in plan.phases:
@@ -93,6 +107,12 @@ def execute(
         env = {k: v for k, v in user_env.items() if k not in phase.unset}
         env.update(phase.env)
         env.setdefault("PIP_NO_INPUT", "1")
+        if phase.name == BUILD and phase.steps:
+            ran, elapsed = _run_build(plan, phase, target=target, env=env, on_phase_start=on_phase_start,
+                                      on_line=on_line, on_note=note, log_dir=log_dir)
+            on_phase_end(ran, elapsed)
+            results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
+            continue
         on_phase_start(phase)
         started = time.monotonic()
         log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
@@ -122,6 +142,139 @@ def execute(
     return results
 
 
+def _stderr_note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_start: Callable[[Phase], None],
+               on_line: Callable[[str], None], on_note: Callable[[str], None], log_dir: Path) -> tuple[Phase, float]:
+    """The build phase: choose the wheels still open, guard and run source builds, install."""
+    from backendpick import buildenv, cache, prebuilt
+
+    def say(text: str) -> None:  # notes name mirror URLs, which may carry credentials
+        on_note(redact(text))
+
+    planned = phase  # the plan's own phase object, for messages about where the plan stopped
+    ctx = phase.context
+    assert isinstance(ctx, prebuilt.BuildContext)
+    steps = list(phase.steps)
+    if ctx.torch is None and any(s.how in (PENDING, SOURCE) for s in steps):
+        ctx = replace(ctx, torch=buildenv.torch_info(target.python))
+        steps = prebuilt.resolve(steps, ctx, env)
+    phase = replace(phase, steps=tuple(steps), context=ctx)
+
+    # Guards before anything is printed or built: a build that cannot succeed stops here, in
+    # seconds, with the reason for the source build and the fix.
+    building = [s for s in steps if s.how == SOURCE]
+    tools = prebuilt.toolchain(steps, ctx, env) if building and ctx.build.checks else None
+    if tools is not None:
+        buildenv.check(tools, what=", ".join(_what(s) for s in building),
+                       why="\n".join(redact(s.note) for s in building))
+    for step in steps:
+        if step.note:
+            say(step.note)
+    if tools is not None:
+        say(f"toolchain: {tools.describe()}")
+
+    on_phase_start(phase)
+    started = time.monotonic()
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        log.write(f"$ {phase.command_line()}\n")
+
+        def tee(line: str) -> None:
+            log.write(line + "\n")
+            on_line(line)
+
+        for i, step in enumerate(steps):
+            if step.how != SOURCE:
+                continue
+            build_env = {**env, **(tools.env if tools else {}), **step.build_env}
+            wheel = _build_wheel(plan, planned, step, env=build_env, tee=tee, log=log, log_path=log_path,
+                                 on_note=say)
+            key = prebuilt.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
+            try:
+                stored = cache.store(ctx.cache_root, key, wheel).wheel
+                say(f"{step.name} {key.version}: stored in the wheel cache: {stored}")
+            except OSError as exc:
+                stored = wheel  # the build is good; only reuse is lost
+                say(f"warning: cannot write the wheel cache {ctx.cache_root} ({exc}); installing from {wheel}")
+            steps[i] = replace(step, version=key.version, wheel=str(stored))
+        phase = replace(phase, steps=tuple(steps))
+        argv = phase.install_argv()
+        log.write(f"$ {redact(' '.join(argv))}\n")
+        res = runner.stream(argv, on_line=tee, env=env)
+    elapsed = time.monotonic() - started
+    if not res.ok:
+        hit = fenced_needs(res.stdout, plan)
+        if hit and (hit.backend or hit.build):
+            raise FenceConflict(hit)
+        raise InstallError(
+            f"phase '{phase.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "
+            f"{_left_state(plan, planned)}",
+            hint=f"full pip output: {log_path}; re-run with -v to watch pip",
+            details=_tail(res.stdout, phase),
+        )
+    return phase, elapsed
+
+
+def _build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str], None], log,
+                 log_path: Path, on_note: Callable[[str], None]) -> Path:
+    """``pip wheel`` for one package, with elapsed time on a timer; the wheel it wrote."""
+    what = _what(step)
+    out_dir = Path(step.build_argv[step.build_argv.index("-w") + 1])
+    shutil.rmtree(out_dir, ignore_errors=True)  # a wheel left by an interrupted build is not this one
+    out_dir.mkdir(parents=True, exist_ok=True)
+    on_note(f"building {what} from source: {step.limits}; pip output: {log_path}")
+    log.write(f"$ {redact(' '.join(step.build_argv))}\n")
+    log.flush()
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            on_note(f"still building {what}: {_minutes(time.monotonic() - started)} elapsed (Ctrl-C stops it)")
+
+    ticker = threading.Thread(target=heartbeat, name="build-heartbeat", daemon=True)
+    ticker.start()
+    try:
+        res = runner.stream(step.build_argv, on_line=tee, env=env)
+    finally:
+        stop.set()
+        ticker.join(timeout=1)
+    elapsed = time.monotonic() - started
+    if not res.ok:
+        raise InstallError(
+            f"building {what} from source failed after {_minutes(elapsed)} "
+            f"(pip exit {res.returncode if res.returncode is not None else '-'}); {_left_state(plan, phase)}",
+            hint=f"full build output: {log_path}; if it ran out of memory, lower MAX_JOBS "
+                 "(environment or [tool.backendpick.build] max-jobs)",
+            details=_tail(res.stdout, phase, command=redact(" ".join(step.build_argv))),
+        )
+    wheels = sorted(p for p in out_dir.glob("*.whl") if normalize(p.name.split("-")[0]) == step.name)
+    if not wheels:
+        raise InstallError(f"pip wheel reported success for {what} but wrote no wheel to {out_dir}",
+                           hint=f"full build output: {log_path}")
+    on_note(f"built {wheels[-1].name} in {_minutes(elapsed)}")
+    return wheels[-1]
+
+
+def _what(step) -> str:
+    """``flash-attn 2.7.4``, or the requirement as written while its version is open."""
+    return f"{Requirement(step.requirement).name} {step.version}" if step.version else step.requirement
+
+
+def _wheel_version(wheel: Path) -> str:
+    from packaging.utils import parse_wheel_filename
+
+    return str(parse_wheel_filename(wheel.name)[1])
+
+
+def _minutes(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _left_state(plan: Plan, failed: Phase) -> str:
     done = [p.name for p in plan.phases if p.skip is None and plan.phases.index(p) < plan.phases.index(failed)]
     if not done:
@@ -129,11 +282,11 @@ def _left_state(plan: Plan, failed: Phase) -> str:
     return f"the environment is as phase '{done[-1]}' left it"
 
 
-def _tail(output: str, phase: Phase) -> str:
+def _tail(output: str, phase: Phase, command: str | None = None) -> str:
     lines = output.rstrip("\n").splitlines()
     tail = lines[-TAIL_LINES:]
     head = f"--- pip output (last {len(tail)} of {len(lines)} lines) ---"
-    return "\n".join([f"$ {phase.command_line()}", head, *(redact(line) for line in tail), "---"])
+    shown = command if command is not None else phase.command_line()
+    return "\n".join([f"$ {shown}", head, *(redact(line) for line in tail), "---"])
 
 
-__all__ = ["execute", "FenceConflict", "PhaseResult", "constraint_lines", "fenced_needs", "REMOVE", "BACKEND", "REST"]

@@ -38,6 +38,61 @@ REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requireme
 TAGGED = frozenset({"torch", "torchvision", "torchaudio"})
 
 
+# Where a build-phase package's wheel comes from (prebuilt.py decides; see its docstring).
+PENDING, CACHED, PREBUILT, SOURCE, AS_IS = "pending", "cache", "prebuilt", "source", "as-is"
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One package of the build phase: a cached build, a prebuilt wheel, a source build, or
+    (pending) chosen after the backend phase installs torch."""
+
+    requirement: str  # as in the phase's requirements
+    name: str  # normalized
+    how: str = PENDING
+    version: str | None = None
+    wheel: str | None = None  # URL or local path of the wheel to install
+    note: str = ""  # why, in one line
+    build_argv: tuple[str, ...] = ()  # pip wheel, for a source build
+    build_env: dict = field(default_factory=dict)  # limits and switches for that build
+    arch_key: str = ""  # the architecture part of its cache key
+    limits: str = ""  # what was chosen for the build, in words
+
+    def install_requirement(self) -> str:
+        """What the build phase's pip install gets for this package (a placeholder until known)."""
+        if self.how == AS_IS:
+            return self.requirement
+        req = Requirement(self.requirement)
+        head = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+        if self.wheel:
+            location = self.wheel if "://" in self.wheel else Path(self.wheel).as_uri()
+            return f"{head} @ {location}"
+        if self.how == SOURCE:
+            return f"{head} @ <the wheel built above>"
+        chosen = f" ({self.version})" if self.version else ""
+        return f"<wheel for {self.requirement}{chosen}: chosen after the backend phase>"
+
+    def to_json(self) -> dict:
+        return {
+            "requirement": self.requirement,
+            "how": self.how,
+            "version": self.version,
+            "wheel": redact(self.wheel) if self.wheel else None,
+            "note": redact(self.note),
+            "build_argv": [redact(a) for a in self.build_argv],
+            "build_env": dict(self.build_env),
+        }
+
+
+
+
+
+def _shell(argv: Sequence[str], env: Mapping[str, str], unset: Sequence[str] = ()) -> str:
+    words = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(env.items())]
+    prefix = (["env"] + [f"-u {k}" for k in unset] + words) if (words or unset) else []
+    return " ".join(prefix + [shlex.quote(redact(a)) for a in argv])
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -49,25 +104,45 @@ class Phase:
     env: dict = field(default_factory=dict)  # variables set for this phase on top of the user's
     unset: tuple[str, ...] = ()  # variables removed for this phase
     skip: str | None = None  # why it will not run (already satisfied), or None
+    # Build phase only: where each package's wheel comes from, and what choosing it needs
+    # (a prebuilt.BuildContext). Without steps, the phase runs ``argv`` as it is.
+    steps: tuple[BuildStep, ...] = ()
+    context: object = None
+
+    def install_argv(self) -> tuple[str, ...]:
+        """``argv`` with each build step's wheel in place of its requirement."""
+        if not self.steps:
+            return self.argv
+        head = self.argv[: len(self.argv) - len(self.requirements)]
+        return tuple(head) + tuple(s.install_requirement() for s in self.steps)
 
     def command_line(self) -> str:
-        """The command as a shell line, credentials hidden: what --dry-run prints."""
-        env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(self.env.items())]
-        unset = [f"-u {k}" for k in self.unset]
-        prefix = (["env"] + unset + env) if (env or unset) else []
-        return " ".join(prefix + [shlex.quote(redact(a)) for a in self.argv])
+        """The command as a shell line, credentials hidden: what --dry-run prints.
+
+        A build phase with steps prints one line per command it runs (pip wheel for each
+        source build, then pip install), after a ``#`` comment per package saying why.
+        """
+        if not self.steps:
+            return _shell(self.argv, self.env, self.unset)
+        lines = [f"# {redact(s.note)}" for s in self.steps if s.note]
+        lines += [_shell(s.build_argv, {**self.env, **s.build_env}, self.unset) for s in self.steps if s.build_argv]
+        lines.append(_shell(self.install_argv(), self.env, self.unset))
+        return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "requirements": list(self.requirements),
             "index_url": redact(self.index_url) if self.index_url else None,
             "no_build_isolation": self.no_build_isolation,
             "constraints": list(self.constraints),
             "command": self.command_line(),
-            "argv": [redact(a) for a in self.argv],
+            "argv": [redact(a) for a in self.install_argv()],
             "skip": self.skip,
         }
+        if self.steps:
+            data["builds"] = [s.to_json() for s in self.steps]
+        return data
 
 
 @dataclass(frozen=True)
@@ -84,6 +159,11 @@ class Plan:
     build_names: tuple[str, ...] = ()  # normalized no-build-isolation packages
     offers_source: str = "index"
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
+
+    @property
+    def building(self) -> frozenset:
+        """Normalized names the build phase installs: the one family that later phases do not fence."""
+        return frozenset(normalize(Requirement(r).name) for p in self.phases if p.name == BUILD for r in p.requirements)
 
     @property
     def active(self) -> list[Phase]:
@@ -143,9 +223,8 @@ def satisfied(
                     dep = Requirement(raw)
                 except Exception:  # a broken Requires-Dist line: let pip judge
                     return f"{dist.name} has unreadable metadata"
-                if dep.marker is None or marker_ok(dep, markers, ex):
-                    if dep.marker is not None and "extra" in str(dep.marker) and not ex:
-                        continue
+                # marker_ok with extra="" drops the optional dependencies nobody asked for.
+                if marker_ok(dep, markers, ex):
                     stack.append((dep, ""))
     return None
 

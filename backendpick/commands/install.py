@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
@@ -36,7 +35,16 @@ class _Progress:
             self.status = self.out.console().status(self.label)
             self.status.start()
         else:
-            self.out.info(f"{self.label}\n  $ {phase.command_line()}")
+            # A build phase's command is several lines: comments, pip wheel, pip install.
+            lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in phase.command_line().splitlines()]
+            self.out.info("\n".join([self.label, *(f"  {ln}" for ln in lines)]))
+
+    def note(self, text: str) -> None:
+        """Build-phase notes (which wheel and why, limits, elapsed time of a long build)."""
+        if self.status is not None:
+            self.status.console.print(text)
+        else:
+            self.out.info(text)
 
     def line(self, text: str) -> None:
         if self.out.verbose:
@@ -113,7 +121,8 @@ def _install_locked(out: Output, req: Request) -> int:
     if out.json_mode:
         out.emit_json({
             **plan.to_json(),
-            "ran": [{"name": r.name, "seconds": round(r.seconds, 2)} for r in ran],
+            "ran": [{"name": r.name, "seconds": round(r.seconds, 2), **({"builds": list(r.builds)} if r.builds else {})}
+                    for r in ran],
             "skipped": [{"name": r.name, "reason": r.skipped} for r in results if r.skipped],
             "snapshot": snapshot.id if snapshot else None,
         })
@@ -158,10 +167,10 @@ def _execute(out: Output, prepared: Prepared) -> list:
             on_phase_start=progress.start,
             on_line=progress.line,
             on_phase_end=progress.end,
+            on_note=progress.note,
             log_dir=state_dir(prepared.target, prepared.user_env) / "logs",
         )
     finally:
         progress.stop()
 
 
-__all__ = ["run", "Path"]

@@ -145,6 +145,12 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         reinstall=tuple(stale) + req.reinstall,
         warnings=warnings,
     )
+    if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
+        # Imported only when a build phase runs: prebuilt wheels, wheel cache, source builds.
+        from backendpick import prebuilt
+
+        plan = prebuilt.attach(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config,
+                               env=env, rest_options=wanted.rest_options)
     return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
 
 
@@ -257,7 +263,8 @@ def render(out: Output, p: plan_mod.Plan) -> None:
     for ph in p.phases:
         status = f"skip ({ph.skip})" if ph.skip else "run"
         out.line(f"phase {ph.name}: {status}: {' '.join(ph.requirements)}")
-        out.line(f"  $ {ph.command_line()}")
+        for line in ph.command_line().splitlines():  # a build phase: comments, pip wheel, pip install
+            out.line(f"  {line}" if line.startswith("#") else f"  $ {line}")
         if ph.constraints and not ph.skip:
             pins = [c for c in ph.constraints if not c.endswith("<0")]
             fenced = len(ph.constraints) - len(pins)

@@ -1,0 +1,388 @@
+"""What a source build of flash-attn and friends builds against, and what it needs.
+
+Three things, all decided before pip starts compiling:
+
+* the torch of the target (one subprocess, run only when a build phase runs): its version,
+  CUDA or ROCm version and C++ ABI name the prebuilt wheel and key the wheel cache;
+* the toolchain guards: nvcc (or hipcc) of torch's CUDA major, a C++ compiler and ninja. A
+  build without them fails after minutes of pip output, or, worse, after an hour of compiling;
+  the guard fails in seconds with the fix;
+* the limits: these builds run out of memory with ninja's default of one job per core, and
+  compile for every GPU architecture unless told which ones matter. backendpick sets
+  ``MAX_JOBS`` from cores and free memory and narrows the architecture lists to the GPUs it
+  detected, unless the user set them (environment, then ``[tool.backendpick.build]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from backendpick.errors import InstallError
+from backendpick.runner import capture
+
+if TYPE_CHECKING:  # pragma: no cover
+    from backendpick.config import BuildSettings
+    from backendpick.prebuilt import Package
+
+PROBE_TIMEOUT = 10.0  # nvcc --version answers in well under a second
+TORCH_TIMEOUT = 180.0  # importing torch reads gigabytes of shared libraries on a cold disk
+DEFAULT_JOB_MEMORY_GB = 4.0  # a CUDA compile job of these packages needs several GB
+
+# Runs in the target interpreter; the last stdout line is the answer (torch may print warnings).
+_TORCH_SCRIPT = (
+    "import json, torch\n"
+    "print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda,"
+    " 'hip': getattr(torch.version, 'hip', None),"
+    " 'cxx11abi': bool(getattr(torch._C, '_GLIBCXX_USE_CXX11_ABI', True))}))\n"
+)
+
+
+# -- the torch a build builds against -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    version: str  # torch.__version__, e.g. 2.5.1+cu124
+    cuda: str | None = None  # torch.version.cuda, e.g. 12.4
+    hip: str | None = None  # torch.version.hip, e.g. 6.2.41133-dd7f95766
+    cxx11abi: bool = True  # torch._C._GLIBCXX_USE_CXX11_ABI
+
+    @property
+    def major_minor(self) -> str:
+        """``2.5`` from ``2.5.1+cu124``: what the prebuilt wheel names carry."""
+        return ".".join(self.version.split("+")[0].split(".")[:2])
+
+    @property
+    def cuda_version(self) -> tuple[int, int] | None:
+        return _major_minor(self.cuda)
+
+    @property
+    def hip_version(self) -> tuple[int, int] | None:
+        return _major_minor(self.hip)
+
+    @property
+    def backend(self) -> str:
+        """``cuda12.4``, ``rocm6.2`` or ``cpu``: the cache key's backend."""
+        if self.cuda_version:
+            return "cuda{}.{}".format(*self.cuda_version)
+        if self.hip_version:
+            return "rocm{}.{}".format(*self.hip_version)
+        return "cpu"
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "cuda": self.cuda, "hip": self.hip, "cxx11abi": self.cxx11abi}
+
+
+def _major_minor(text: str | None) -> tuple[int, int] | None:
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def torch_info(python: Path, *, timeout: float = TORCH_TIMEOUT) -> TorchInfo:
+    """Import torch once in the target; InstallError when it cannot be imported there."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    res = capture([python, "-c", _TORCH_SCRIPT], timeout=timeout, env=env)
+    lines = res.stdout.strip().splitlines()
+    if res.ok and lines:
+        try:
+            data = json.loads(lines[-1])
+            return TorchInfo(str(data["version"]), data.get("cuda"), data.get("hip"), bool(data.get("cxx11abi", True)))
+        except (ValueError, KeyError, TypeError):
+            pass
+    reason = res.error or (res.stderr.strip().splitlines() or ["no output"])[-1]
+    raise InstallError(
+        f"cannot import torch in {python} to build against it: {reason}",
+        hint="add torch to the requirements (it is installed in the backend phase, before any build)",
+    )
+
+
+# -- toolchain guards -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    compiler: str | None = None  # nvcc or hipcc, as torch's cpp_extension will find it
+    compiler_version: str | None = None  # "12.4"
+    cxx: str | None = None
+    ninja: str | None = None
+    env: dict = field(default_factory=dict)  # variables the build needs (PATH with the env's bin)
+    problems: tuple[Problem, ...] = ()
+
+    def describe(self) -> str:
+        parts = []
+        if self.compiler:
+            parts.append(f"{Path(self.compiler).name} {self.compiler_version or '?'} ({self.compiler})")
+        if self.cxx:
+            parts.append(f"C++ {self.cxx}")
+        if self.ninja:
+            parts.append(f"ninja {self.ninja}")
+        return ", ".join(parts)
+
+
+def _search_path(env: Mapping[str, str], first: Path | None = None) -> str:
+    path = env.get("PATH", os.defpath)
+    return f"{first}{os.pathsep}{path}" if first is not None else path
+
+
+def _executable(path: Path) -> str | None:
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def _find_compiler(name: str, home_vars: Iterable[str], default_home: str, env: Mapping[str, str],
+                   root: Path) -> tuple[str | None, list[str]]:
+    """The compiler torch's cpp_extension will use: $HOME_VAR/bin first, then PATH, then the
+    default install folder (looked up under the probe root, like the probe's other files)."""
+    looked: list[str] = []
+    for var in home_vars:
+        if env.get(var):
+            looked.append(f"${var}/bin")
+            found = _executable(Path(env[var]) / "bin" / name)
+            # torch takes $CUDA_HOME as it is, so a wrong one is the user's to fix: say so.
+            return found, looked
+    looked.append("PATH")
+    found = shutil.which(name, path=_search_path(env))
+    if found:
+        return found, looked
+    looked.append(f"{default_home}/bin")
+    return _executable(root / default_home.lstrip("/") / "bin" / name), looked
+
+
+def _version(argv: list[str], pattern: str, timeout: float) -> tuple[str | None, str | None]:
+    """(``major.minor``, None) from ``argv``'s output, or (None, why not)."""
+    res = capture(argv, timeout=timeout)
+    if res.returncode is None:
+        return None, res.error or "did not run"
+    m = re.search(pattern, res.stdout + "\n" + res.stderr)
+    if not m:
+        return None, f"`{' '.join(argv)}` printed no version (exit {res.returncode})"
+    return f"{m.group(1)}.{m.group(2)}", None
+
+
+def inspect_toolchain(torch: TorchInfo, *, what: str, env: Mapping[str, str], target_bin: Path | None,
+                      root: Path = Path("/"), skip_gpu: bool = False,
+                      timeout: float = PROBE_TIMEOUT) -> Toolchain:
+    """Find what a source build of ``what`` needs; every missing piece is a Problem with its fix."""
+    problems: list[Problem] = []
+    compiler = compiler_version = None
+    cuda, hip = torch.cuda_version, torch.hip_version
+    if skip_gpu:
+        pass  # the user asked the package to compile no GPU code (its *_SKIP_CUDA_BUILD)
+    elif cuda:
+        compiler, looked = _find_compiler("nvcc", ("CUDA_HOME", "CUDA_PATH"), "/usr/local/cuda", env, root)
+        toolkit = f"CUDA {cuda[0]}.{cuda[1]}"
+        fix = (f"install the {toolkit} toolkit (CUDA {cuda[0]}.x works; e.g. the nvidia/cuda:{cuda[0]}.{cuda[1]}.x-devel "
+               f"image, or the cuda-toolkit-{cuda[0]}-{cuda[1]} package) and put its bin folder on PATH or set CUDA_HOME")
+        if compiler is None:
+            problems.append(Problem(f"nvcc, the CUDA compiler, was not found (looked in {', '.join(looked)})", fix))
+        else:
+            compiler_version, why = _version([compiler, "--version"], r"release (\d+)\.(\d+)", timeout)
+            if compiler_version is None:
+                problems.append(Problem(f"nvcc at {compiler} did not report its version: {why}", fix))
+            elif int(compiler_version.split(".")[0]) != cuda[0]:
+                # torch.utils.cpp_extension refuses a toolkit of another CUDA major than its own.
+                problems.append(Problem(
+                    f"nvcc at {compiler} is CUDA {compiler_version}, but torch {torch.version} was built with "
+                    f"CUDA {torch.cuda}; torch builds extensions only with the same CUDA major",
+                    f"{fix}; or install torch for CUDA {compiler_version.split('.')[0]} "
+                    f"(--backend cu{compiler_version.replace('.', '')})",
+                ))
+    elif hip:
+        compiler, looked = _find_compiler("hipcc", ("ROCM_HOME", "ROCM_PATH"), "/opt/rocm", env, root)
+        fix = (f"install ROCm {hip[0]}.{hip[1]} with its development packages (e.g. the rocm/dev-ubuntu image) "
+               "and put /opt/rocm/bin on PATH or set ROCM_HOME")
+        if compiler is None:
+            problems.append(Problem(f"hipcc, the ROCm compiler, was not found (looked in {', '.join(looked)})", fix))
+        else:
+            compiler_version, why = _version([compiler, "--version"], r"HIP version: (\d+)\.(\d+)", timeout)
+            if compiler_version is None:
+                problems.append(Problem(f"hipcc at {compiler} did not report its version: {why}", fix))
+            elif int(compiler_version.split(".")[0]) != hip[0]:
+                problems.append(Problem(
+                    f"hipcc at {compiler} is HIP {compiler_version}, but torch {torch.version} was built with "
+                    f"ROCm {hip[0]}.{hip[1]}",
+                    f"{fix}; or install torch for your ROCm (--backend rocm{compiler_version})",
+                ))
+    else:
+        problems.append(Problem(
+            f"torch {torch.version} is a CPU build, and {what} compiles CUDA or ROCm kernels against torch's",
+            "install a GPU torch first: --backend cuXYZ or rocmX.Y (see `backendpick detect`)",
+        ))
+
+    cxx = None
+    if sys.platform == "win32":  # pragma: no cover - the projects publish no Windows support
+        cxx = shutil.which("cl", path=_search_path(env))
+        names = ["cl"]
+    else:
+        names = [env["CXX"].split()[0]] if env.get("CXX") else ["c++", "g++", "clang++"]
+        for name in names:
+            cxx = shutil.which(name, path=_search_path(env))
+            if cxx:
+                break
+    if cxx is None:
+        problems.append(Problem(
+            f"no C++ compiler found ({' or '.join(names)} on PATH)",
+            "install one: apt-get install g++ (Debian, Ubuntu), dnf install gcc-c++ (Fedora, RHEL), "
+            "or the Xcode command line tools",
+        ))
+
+    # pip installs the ninja package's binary into the environment's bin folder, which a
+    # --no-build-isolation build does not put on PATH: the build gets it prepended.
+    bin_dir = target_bin if target_bin is not None and target_bin.is_dir() else None
+    ninja = shutil.which("ninja", path=_search_path(env, bin_dir))
+    if ninja is None:
+        problems.append(Problem(
+            "ninja was not found (in the environment or on PATH); without it torch compiles one file at a time",
+            "keep ninja in the build requirements ([tool.backendpick] build-requirements), or install it: "
+            "apt-get install ninja-build",
+        ))
+    extra = {}
+    if bin_dir is not None and str(bin_dir) not in env.get("PATH", "").split(os.pathsep):
+        extra["PATH"] = _search_path(env, bin_dir)
+    return Toolchain(compiler, compiler_version, cxx, ninja, extra, tuple(problems))
+
+
+def check(toolchain: Toolchain, *, what: str, why: str = "") -> None:
+    """Raise the first problem as an InstallError: one line, the fix as the hint."""
+    if not toolchain.problems:
+        return
+    first = toolchain.problems[0]
+    others = [f"also: {p.message} (fix: {p.hint})" for p in toolchain.problems[1:]]
+    details = "\n".join(([why] if why else []) + others) or None
+    raise InstallError(f"cannot build {what} from source: {first.message}", hint=first.hint, details=details)
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    env: dict  # what backendpick sets for the build (never a variable the user set)
+    arch_key: str  # the architecture variables the build sees, for the cache key
+    summary: str  # one line: what was chosen and why
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (containers, taskset)
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def available_memory_gb(root: Path = Path("/")) -> float | None:
+    """MemAvailable of /proc/meminfo (below the probe root) in GiB; None where there is none."""
+    try:
+        text = (root / "proc" / "meminfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^MemAvailable:\s+(\d+)\s*kB", text, re.MULTILINE)
+    return int(m.group(1)) / (1024 * 1024) if m else None
+
+
+def _caps(text: str) -> list[str]:
+    """Compute capabilities in an arch list ("8.0;9.0+PTX", "8.6 9.0"), in order, deduplicated."""
+    return list(dict.fromkeys(f"{a}.{b}" for a, b in re.findall(r"(\d+)\.(\d+)", text)))
+
+
+def _gfx(text: str) -> list[str]:
+    return list(dict.fromkeys(re.findall(r"gfx[0-9a-f]+", text.lower())))
+
+
+def _sort_caps(caps: Iterable[str]) -> list[str]:
+    return sorted(set(caps), key=lambda c: tuple(int(p) for p in c.split(".")))
+
+
+def limits(torch: TorchInfo, package: Package | None, settings: BuildSettings, *, env: Mapping[str, str],
+           gpu_caps: Iterable[str] = (), gpu_archs: Iterable[str] = (), root: Path = Path("/"),
+           cores: int | None = None, memory_gb: float | None = None) -> Limits:
+    """MAX_JOBS and the architecture lists for one build, and a line saying what was chosen."""
+    def user_set(var: str) -> bool:
+        return bool(env.get(var))
+
+    chosen: dict[str, str] = {}
+    said: list[str] = []
+
+    # MAX_JOBS: ninja's default is one job per core, and each job of these builds needs GBs.
+    if user_set("MAX_JOBS"):
+        said.append(f"MAX_JOBS={env['MAX_JOBS']} (your environment)")
+    elif settings.max_jobs:
+        chosen["MAX_JOBS"] = str(settings.max_jobs)
+        said.append(f"MAX_JOBS={settings.max_jobs} ([tool.backendpick.build] max-jobs)")
+    else:
+        cores = cores or cpu_count()
+        memory_gb = memory_gb if memory_gb is not None else available_memory_gb(root)
+        per_job = float(getattr(package, "job_memory_gb", None) or DEFAULT_JOB_MEMORY_GB)
+        if memory_gb is None:
+            jobs = max(1, cores // 2)
+            said.append(f"MAX_JOBS={jobs} ({cores} cores, free memory unknown)")
+        else:
+            jobs = max(1, min(cores, int(memory_gb // per_job)))
+            said.append(f"MAX_JOBS={jobs} ({cores} cores, {memory_gb:.0f} GB free, ~{per_job:g} GB per job)")
+        chosen["MAX_JOBS"] = str(jobs)
+
+    # Architectures: the config's list, else the user's torch variable, else the detected GPUs.
+    if torch.cuda_version:
+        main_var, pkg_var = "TORCH_CUDA_ARCH_LIST", getattr(package, "cuda_archs_env", None)
+        if settings.arch_list:
+            caps, source = _caps(settings.arch_list), "[tool.backendpick.build] arch-list"
+        elif user_set(main_var):
+            caps, source = _caps(env[main_var]), f"your {main_var}"
+        else:
+            caps, source = _sort_caps(gpu_caps), "the detected GPUs"
+        if caps and not user_set(main_var):
+            chosen[main_var] = ";".join(caps)
+        if caps and pkg_var and not user_set(pkg_var):
+            # The package's own list names a family by its X0 member (sm_80 code runs on 8.6).
+            known = list(getattr(package, "cuda_archs", ()) or ())
+            values = sorted({f"{c.split('.')[0]}0" for c in caps} & set(known), key=int)
+            if values:
+                chosen[pkg_var] = ";".join(values)
+            else:
+                said.append(f"{pkg_var} left at its default: it has no code for compute capability {', '.join(caps)}")
+        arch_vars = [main_var] + ([pkg_var] if pkg_var else [])
+    elif torch.hip_version:
+        main_var, pkg_var = "PYTORCH_ROCM_ARCH", getattr(package, "rocm_archs_env", None)
+        if settings.arch_list:
+            archs, source = _gfx(settings.arch_list), "[tool.backendpick.build] arch-list"
+        elif user_set(main_var):
+            archs, source = _gfx(env[main_var]), f"your {main_var}"
+        else:
+            archs, source = sorted(set(gpu_archs)), "the detected GPUs"
+        for var in [main_var] + ([pkg_var] if pkg_var else []):
+            if archs and not user_set(var):
+                chosen[var] = ";".join(archs)
+        arch_vars = [main_var] + ([pkg_var] if pkg_var else [])
+    else:
+        arch_vars, source = [], ""
+
+    for key, value in settings.env.items():  # [tool.backendpick.build] env: anything else
+        if not user_set(key):
+            chosen[key] = value
+
+    arch_values = {v: chosen.get(v) or env.get(v) for v in arch_vars if chosen.get(v) or env.get(v)}
+    if arch_values:
+        shown = " ".join(f"{k}={v}" for k, v in arch_values.items())
+        said.append(f"{shown} (from {source})" if source else shown)
+    elif arch_vars:
+        said.append("architectures: the package's defaults (no GPU detected)")
+    extra = sorted(k for k in settings.env if k in chosen)
+    if extra:
+        said.append("from [tool.backendpick.build] env: " + " ".join(f"{k}={chosen[k]}" for k in extra))
+    arch_key = ",".join(f"{k}={v}" for k, v in sorted(arch_values.items())) or "default"
+    return Limits(chosen, arch_key, "; ".join(said))
+
+
+__all__ = ["Limits", "Problem", "TorchInfo", "Toolchain", "available_memory_gb", "check", "cpu_count",
+           "inspect_toolchain", "limits", "torch_info"]

@@ -1,0 +1,51 @@
+"""``backendpick cache list|clear``: the wheels backendpick built from source and keeps for reuse."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+from backendpick import cache
+from backendpick.output import Output
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
+    root = cache.root(os.environ if env is None else env)
+    entries = cache.entries(root, names)
+    if out.json_mode:
+        out.emit_json({"cache_dir": str(root), "entries": [e.to_json() for e in entries],
+                       "size": sum(e.size for e in entries)})
+        return 0
+    out.line(f"cache-dir: {root}")
+    if not entries:
+        out.line("no cached wheels" + (f" for {', '.join(names)}" if names else ""))
+        return 0
+    rows = [
+        (e.key.name, e.key.version, e.key.torch, e.key.backend, e.key.python, e.key.platform,
+         e.key.arch, _size(e.size), e.to_json()["created"], e.wheel.name)
+        for e in entries
+    ]
+    out.table("Cached wheels", ["Package", "Version", "Torch", "Backend", "Python", "Platform", "Arch", "Size",
+                                "Built", "Wheel"], rows)
+    out.line(f"total: {len(entries)} wheels, {_size(sum(e.size for e in entries))}")
+    return 0
+
+
+def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
+    root = cache.root(os.environ if env is None else env)
+    removed = cache.clear(root, names)
+    freed = sum(e.size for e in removed)
+    if out.json_mode:
+        out.emit_json({"cache_dir": str(root), "removed": [e.to_json() for e in removed], "freed": freed})
+        return 0
+    what = f" of {', '.join(names)}" if names else ""
+    out.line(f"removed {len(removed)} cached wheels{what} ({_size(freed)}) from {root}")
+    return 0

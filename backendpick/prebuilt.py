@@ -1,0 +1,569 @@
+"""Where the build phase's wheels come from: a cached build, a prebuilt wheel, or a source build.
+
+flash-attn, mamba-ssm and causal-conv1d are sdists on PyPI. Their setup.py guesses the name of
+a wheel on the project's GitHub releases from the installed torch and, when that download
+fails, compiles CUDA for up to hours. backendpick makes the fast path the normal one. For each
+such package of the build phase, in this order:
+
+1. the wheel cache (``cache.py``): a wheel backendpick built before for the same package
+   version, torch build, Python, platform and GPU architectures;
+2. a prebuilt wheel: the file name the project publishes (rows in ``data/facts.toml``), looked
+   for in the sources of ``[tool.backendpick.prebuilt]`` (URL templates, folders, "github"),
+   by default the project's GitHub release; checked to exist before it is chosen;
+3. a source build: toolchain guards and limits (``buildenv.py``), ``pip wheel`` into the
+   environment's state folder, the wheel stored in the cache, then installed.
+
+The version is chosen before any of this: an exact pin, else the newest release satisfying the
+requirement on the user's default index (pip would pick the same). The prebuilt name and the
+cache key need the torch of the target, so the choice is made when torch is there:
+
+* at plan time, when torch is installed and no earlier phase of the plan changes it; then
+  ``plan`` and ``install --dry-run`` print exactly the commands install will run;
+* otherwise right after the backend phase. ``--dry-run`` then prints, for each package, a
+  ``#`` comment naming the candidates in order and a placeholder
+  ``<flash-attn 2.7.4 wheel: chosen after the backend phase>`` in the install command; install
+  prints the chosen source and the commands when the build phase starts.
+
+Packages without a row (added to no-build-isolation by the user) and direct URL requirements
+are installed as before, with one ``pip install --no-build-isolation``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import quote, unquote, urlsplit
+
+from packaging.requirements import Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from backendpick import buildenv, cache
+from backendpick.buildenv import TorchInfo
+from backendpick.config import GITHUB_SOURCE, BuildSettings, Settings, normalize, redact
+from backendpick.errors import BackendpickError
+from backendpick.hardware import AMD, NVIDIA, Hardware
+from backendpick.pipconf import PipConfig
+from backendpick.plan import AS_IS, BACKEND, BUILD, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan
+from backendpick.target import Target
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+CHECK_TIMEOUT = 15.0  # per source; a blackholed mirror must not stall an install for minutes
+
+
+# -- facts: what each project publishes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Naming:
+    since: Version
+    cuda: dict  # CUDA major (str) -> tag in the file name ("cu12")
+    rocm: str | None = None  # format with hip_major, hip_minor ("rocm{hip_major}{hip_minor}")
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    wheel_name: str
+    release_url: str
+    naming: tuple[Naming, ...]
+    force_build_env: str | None = None
+    skip_build_env: str | None = None
+    job_memory_gb: float | None = None
+    cuda_archs_env: str | None = None
+    cuda_archs: tuple[str, ...] = ()
+    rocm_archs_env: str | None = None
+
+    def naming_for(self, version: Version) -> Naming | None:
+        rows = [n for n in self.naming if n.since <= version]
+        return max(rows, key=lambda n: n.since) if rows else None
+
+
+def _package(name: str, row: dict) -> Package:
+    return Package(
+        name=name,
+        wheel_name=row["wheel-name"],
+        release_url=row["release-url"],
+        naming=tuple(
+            Naming(Version(n["since"]), {str(k): v for k, v in n.get("cuda", {}).items()}, n.get("rocm"))
+            for n in row.get("naming", [])
+        ),
+        force_build_env=row.get("force-build-env"),
+        skip_build_env=row.get("skip-build-env"),
+        job_memory_gb=row.get("job-memory-gb"),
+        cuda_archs_env=row.get("cuda-archs-env"),
+        cuda_archs=tuple(row.get("cuda-archs", ())),
+        rocm_archs_env=row.get("rocm-archs-env"),
+    )
+
+
+@lru_cache(maxsize=1)
+def packages() -> dict[str, Package]:
+    """The ``[prebuilt]`` rows of facts.toml, by normalized name (read only when a build runs)."""
+    from backendpick.facts import _load_toml
+
+    raw = _load_toml(Path(__file__).parent / "data" / "facts.toml").get("prebuilt", {})
+    return {normalize(name): _package(normalize(name), row) for name, row in raw.items()}
+
+
+# -- the file name ---------------------------------------------------------------------------------
+
+
+def platform_tag(markers: Mapping[str, str]) -> str | None:
+    """``linux_x86_64``: the platform part of the projects' wheel names (they publish Linux only)."""
+    if markers.get("sys_platform") != "linux":
+        return None
+    return f"linux_{markers.get('platform_machine') or 'x86_64'}"
+
+
+def gpu_tag(package: Package, version: Version, torch: TorchInfo) -> tuple[str | None, str]:
+    """The ``cu12`` / ``rocm62`` part of the name, or None and why there is none."""
+    row = package.naming_for(version)
+    if row is None:
+        return None, f"{package.name} {version} predates its prebuilt wheels"
+    if torch.cuda_version:
+        major = str(torch.cuda_version[0])
+        if major not in row.cuda:
+            return None, f"{package.name} {version} publishes no wheels for CUDA {major}"
+        return row.cuda[major], ""
+    if torch.hip_version:
+        if not row.rocm:
+            return None, f"{package.name} {version} publishes no ROCm wheels"
+        return row.rocm.format(hip_major=torch.hip_version[0], hip_minor=torch.hip_version[1]), ""
+    return None, f"torch {torch.version} is a CPU build; {package.name} publishes CUDA and ROCm wheels only"
+
+
+def wheel_filename(package: Package, version: str, torch: TorchInfo, python_tag: str,
+                   platform: str | None) -> tuple[str | None, str]:
+    """The file name the project publishes for this torch, or None and why there is none."""
+    if platform is None:
+        return None, f"{package.name} publishes Linux wheels only"
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        return None, f"{version!r} is not a version"
+    tag, why = gpu_tag(package, parsed, torch)
+    if tag is None:
+        return None, why
+    abi = "TRUE" if torch.cxx11abi else "FALSE"
+    return (f"{package.wheel_name}-{version}+{tag}torch{torch.major_minor}cxx11abi{abi}"
+            f"-{python_tag}-{python_tag}-{platform}.whl"), ""
+
+
+# -- where to look -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    text: str  # as configured, for messages
+    url: str | None = None  # template with {filename} / {version}
+    folder: Path | None = None
+
+    def label(self) -> str:
+        return redact(self.text)
+
+
+def sources(package: Package, configured: Sequence[str] | None, project_dir: Path) -> list[Source]:
+    """The configured sources in order; by default the project's GitHub release."""
+    out = []
+    for text in configured if configured is not None else (GITHUB_SOURCE,):
+        if text == GITHUB_SOURCE:
+            out.append(Source(text, url=package.release_url))
+        elif "://" in text:
+            out.append(Source(text, url=text))
+        else:
+            folder = Path(text).expanduser()
+            out.append(Source(text, folder=folder if folder.is_absolute() else project_dir / folder))
+    return out
+
+
+@dataclass(frozen=True)
+class Found:
+    location: str  # URL, or the path of a local file
+    source: Source
+
+
+def _opener(pip_config: PipConfig, url: str):
+    """urllib opener with the user's pip certificate, proxy and trusted hosts (as index.py)."""
+    import ssl
+    import urllib.request
+
+    parts = urlsplit(url)
+    handlers: list = []
+    if pip_config.proxy:
+        handlers.append(urllib.request.ProxyHandler({"http": pip_config.proxy, "https": pip_config.proxy}))
+    if parts.scheme == "https":
+        ctx = ssl.create_default_context(cafile=pip_config.cert) if pip_config.cert else ssl.create_default_context()
+        if parts.hostname in pip_config.trusted_hosts:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=ctx))
+    if parts.username:
+        mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        mgr.add_password(None, f"{parts.scheme}://{parts.hostname}", unquote(parts.username), unquote(parts.password or ""))
+        handlers.append(urllib.request.HTTPBasicAuthHandler(mgr))
+        url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    return urllib.request.build_opener(*handlers), url
+
+
+def url_exists(url: str, pip_config: PipConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool | None, str]:
+    """True when the URL serves a file, False when the server says it has none, None when it
+    cannot be asked (no network); with the reason in words."""
+    import urllib.error
+    import urllib.request
+
+    if urlsplit(url).scheme == "file":
+        from urllib.request import url2pathname
+
+        path = Path(url2pathname(urlsplit(url).path))
+        return (True, "") if path.is_file() else (False, "no such file")
+    opener, clean = _opener(pip_config, url)
+    # HEAD first; servers that refuse HEAD (signed storage URLs) get a one-byte GET instead.
+    for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
+        request = urllib.request.Request(clean, method=method, headers={"User-Agent": "backendpick", **headers})
+        try:
+            with opener.open(request, timeout=timeout):
+                return True, ""
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 410):
+                return False, f"not published (HTTP {exc.code})"
+            if exc.code in (401, 403, 405, 501) and method == "HEAD":
+                continue
+            return None, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return None, f"network unreachable ({reason})"
+    return None, "no answer"  # pragma: no cover - the loop returns
+
+
+def look(filename: str, version: str, where: Sequence[Source], pip_config: PipConfig,
+         timeout: float = CHECK_TIMEOUT) -> tuple[Found | None, list[str]]:
+    """The first source holding ``filename``; otherwise what each source said."""
+    said = []
+    for source in where:
+        if source.folder is not None:
+            path = source.folder / filename
+            if path.is_file():
+                return Found(str(path), source), said
+            said.append(f"{source.label()}: not there" if source.folder.is_dir() else f"{source.label()}: no such folder")
+            continue
+        url = (source.url or "").replace("{filename}", quote(filename)).replace("{version}", quote(version))
+        ok, why = url_exists(url, pip_config, timeout)
+        if ok:
+            return Found(url, source), said
+        said.append(f"{source.label()}: {why}")
+    return None, said
+
+
+def look_any(package: Package, specifier: SpecifierSet, torch: TorchInfo, python_tag: str, platform: str | None,
+             where: Sequence[Source]) -> Found | None:
+    """The newest prebuilt wheel in the folder sources that fits torch and ``specifier``; used
+    when the index cannot be read, so the version cannot be chosen there."""
+    best: tuple[Version, Found] | None = None
+    for source in where:
+        if source.folder is None or not source.folder.is_dir():
+            continue
+        for path in source.folder.glob(f"{package.wheel_name}-*.whl"):
+            try:
+                _name, version, _build, _tags = parse_wheel_filename(path.name)
+            except (InvalidWheelFilename, InvalidVersion):
+                continue
+            public = version.public
+            expected, _ = wheel_filename(package, public, torch, python_tag, platform)
+            if expected == path.name and specifier.contains(Version(public), prereleases=True):
+                if best is None or Version(public) > best[0]:
+                    best = (Version(public), Found(str(path), source))
+    return best[1] if best else None
+
+
+# -- which version -------------------------------------------------------------------------------------
+
+
+def pinned_version(req: Requirement) -> str | None:
+    specs = list(req.specifier)
+    if len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version:
+        return specs[0].version
+    return None
+
+
+def choose_version(req: Requirement, *, client, index_url: str, target: Target) -> tuple[str | None, str]:
+    """An exact pin, else the newest release on ``index_url`` that fits (pip's choice too)."""
+    from backendpick.index import IndexUnavailable, PageNotFound
+
+    pin = pinned_version(req)
+    if pin is not None:
+        return pin, ""
+    try:
+        files = client.project(index_url, req.name)
+    except PageNotFound:
+        return None, f"{req.name} is not on {redact(index_url)}"
+    except IndexUnavailable as exc:
+        return None, f"cannot read {exc}"
+    supported = set(target.tags)
+    versions: set[Version] = set()
+    for f in files:
+        if f.yanked:
+            continue
+        try:
+            if f.filename.endswith(".whl"):
+                name, version, _build, tags = parse_wheel_filename(f.filename)
+                if supported and not any(str(t) in supported for t in tags):
+                    continue
+            else:
+                name, version = parse_sdist_filename(f.filename)
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            continue
+        if normalize(name) != normalize(req.name):
+            continue
+        if f.requires_python:
+            try:
+                if not SpecifierSet(f.requires_python).contains(target.python_version_text, prereleases=True):
+                    continue
+            except InvalidSpecifier:
+                pass
+        versions.add(version)
+    fitting = sorted(req.specifier.filter(versions))
+    if not fitting:
+        return None, f"no release of {req.name} on {redact(index_url)} satisfies '{req.specifier or 'any'}'"
+    return str(fitting[-1]), ""
+
+
+def default_index(pip_config: PipConfig, rest_options: Sequence[str]) -> str:
+    """The index pip uses for the build phase: --index-url of a requirements file, pip's config,
+    else PyPI."""
+    options = list(rest_options)
+    for flag in ("--index-url", "-i"):
+        if flag in options and options.index(flag) + 1 < len(options):
+            return options[options.index(flag) + 1]
+    return pip_config.get("index-url") or DEFAULT_INDEX
+
+
+# -- the build phase's context and choices ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What choosing and building needs, carried by the plan's build phase to the executor."""
+
+    project_dir: Path
+    configured: dict  # normalized name -> configured sources
+    build: BuildSettings
+    pip_config: PipConfig
+    gpu_caps: tuple[str, ...]
+    gpu_archs: tuple[str, ...]
+    cache_root: Path
+    probe_root: Path
+    python_tag: str
+    platform: str | None
+    target_bin: Path
+    staging: Path  # where pip wheel writes, inside the environment's state folder
+    head: tuple[str, ...]  # the build phase's pip install argv without requirements
+    torch: TorchInfo | None = None  # known once torch is installed and final
+
+    def sources_for(self, name: str) -> list[Source]:
+        package = packages()[name]
+        return sources(package, self.configured.get(name), self.project_dir)
+
+
+def cache_key(ctx: BuildContext, name: str, version: str, arch_key: str) -> cache.Key:
+    assert ctx.torch is not None
+    return cache.Key(
+        name=name, version=cache.normalize_version(version), torch=ctx.torch.version, backend=ctx.torch.backend,
+        cxx11abi=ctx.torch.cxx11abi, python=ctx.python_tag, platform=ctx.platform or "unknown", arch=arch_key,
+    )
+
+
+def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...]:
+    """``pip wheel`` for one package: the build phase's command with wheel, --no-deps and -w."""
+    head = list(ctx.head)
+    at = head.index("install")
+    return tuple(head[:at] + ["wheel"] + head[at + 1:] + ["--no-deps", "-w", str(ctx.staging / name), requirement])
+
+
+def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
+           env: Mapping[str, str], rest_options: Sequence[str] = ()) -> Plan:
+    """Give the plan's build phase its steps: each package's version now, and where its wheel
+    comes from when torch is already installed and no earlier phase changes it."""
+    from backendpick.index import IndexClient
+
+    at = next((i for i, p in enumerate(plan.phases) if p.name == BUILD and p.skip is None), None)
+    if at is None:
+        return plan
+    phase = plan.phases[at]
+    known = packages()
+    if not any(normalize(Requirement(r).name) in known for r in phase.requirements):
+        return plan
+    ctx = _context(plan, phase, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
+    client = IndexClient(pip_config)
+    index_url = default_index(pip_config, rest_options)
+    steps = []
+    for text in phase.requirements:
+        req = Requirement(text)
+        name = normalize(req.name)
+        if name not in known or req.url:
+            why = "a direct URL requirement" if req.url else "no prebuilt wheel names known"
+            steps.append(BuildStep(text, name, how=AS_IS, note=f"{req.name}: {why}; pip builds it as it is"))
+            continue
+        version, why = choose_version(req, client=client, index_url=index_url, target=target)
+        steps.append(BuildStep(text, name, version=version, note=why))
+
+    warnings: list[str] = []
+    unnamed = sorted(n for n in settings.prebuilt if n not in known and n in {s.name for s in steps})
+    if unnamed:
+        warnings.append(f"[tool.backendpick.prebuilt] {', '.join(unnamed)}: backendpick knows the prebuilt wheel "
+                        f"names of {', '.join(sorted(known))} only; pip builds {'them' if len(unnamed) > 1 else 'it'} "
+                        "as it is")
+    # Only the backend phase installs or replaces torch (a removed torch is installed again
+    # there); the later phases run with torch pinned by the constraints file.
+    torch_changes = any(p.name == BACKEND and p.skip is None for p in plan.phases)
+    if not torch_changes and target.get("torch") is not None:
+        try:
+            ctx = replace(ctx, torch=buildenv.torch_info(target.python))
+        except BackendpickError as exc:
+            warnings.append(f"{exc.message}; the build phase's wheels are chosen when it runs")
+    if ctx.torch is not None:
+        steps = resolve(steps, ctx, env)
+        warnings += toolchain_warnings(steps, ctx, env)
+    else:
+        steps = [replace(s, note=_pending_note(s, ctx, plan)) if s.how == PENDING else s for s in steps]
+    phases = list(plan.phases)
+    phases[at] = replace(phase, steps=tuple(steps), context=ctx)
+    return replace(plan, phases=tuple(phases), warnings=plan.warnings + tuple(warnings))
+
+
+def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, hardware: Hardware,
+             pip_config: PipConfig, env: Mapping[str, str]) -> BuildContext:
+    head = phase.argv[: len(phase.argv) - len(phase.requirements)]
+    bin_dir = target.prefix / ("Scripts" if sys.platform == "win32" else "bin")
+    return BuildContext(
+        project_dir=settings.project_dir,
+        configured=dict(settings.prebuilt),
+        build=settings.build,
+        pip_config=pip_config,
+        gpu_caps=tuple(sorted({a.compute_capability for a in hardware.by_vendor(NVIDIA) if a.compute_capability})),
+        gpu_archs=tuple(sorted({a.arch for a in hardware.by_vendor(AMD) if a.arch})),
+        cache_root=cache.root(env),
+        probe_root=Path(env.get("BACKENDPICK_PROBE_ROOT") or "/"),
+        python_tag=target.python_tag,
+        platform=platform_tag(target.markers),
+        target_bin=bin_dir,
+        staging=plan.constraints_path.parent / "build",
+        head=tuple(head),
+    )
+
+
+def _pending_note(step: BuildStep, ctx: BuildContext, plan: Plan) -> str:
+    """What --dry-run says about a package whose wheel is chosen after the backend phase."""
+    if step.version is None:
+        what = step.requirement
+    elif Requirement(step.requirement).specifier:
+        what = f"{step.requirement} ({step.version})"
+    else:
+        what = f"{step.requirement} {step.version}"
+    first = f"{step.note}; " if step.note else ""
+    package = packages()[step.name]
+    name = "the prebuilt wheel"
+    if step.version and ctx.platform:
+        # The backend is known; torch's exact version and C++ ABI are not until it is installed.
+        probe = TorchInfo("0", cuda="{}.{}".format(*plan.backend.version) if plan.backend.kind == "cuda" else None,
+                          hip="{}.{}".format(*plan.backend.version[:2]) if plan.backend.kind == "rocm" else None)
+        tag, _ = gpu_tag(package, Version(step.version), probe)
+        if tag:
+            name = (f"{package.wheel_name}-{step.version}+{tag}torch<X.Y>cxx11abi<TRUE|FALSE>"
+                    f"-{ctx.python_tag}-{ctx.python_tag}-{ctx.platform}.whl")
+    where = ", ".join(s.label() for s in ctx.sources_for(step.name)) or "no sources configured"
+    return (f"{what}: {first}chosen after the backend phase installs torch: a build in the wheel cache "
+            f"({ctx.cache_root}), else {name} from {where}, else a source build with pip wheel")
+
+
+def resolve(steps: Sequence[BuildStep], ctx: BuildContext, env: Mapping[str, str]) -> list[BuildStep]:
+    """Choose each pending package's wheel: the cache, else a prebuilt wheel, else a source build."""
+    assert ctx.torch is not None
+    return [_choose(s, ctx, env) if s.how == PENDING else s for s in steps]
+
+
+def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> BuildStep:
+    torch = ctx.torch
+    assert torch is not None
+    package = packages()[step.name]
+    req = Requirement(step.requirement)
+    limits = buildenv.limits(torch, package, ctx.build, env=env, gpu_caps=ctx.gpu_caps, gpu_archs=ctx.gpu_archs,
+                             root=ctx.probe_root)
+    version = step.version
+    key = cache_key(ctx, step.name, version or "0", limits.arch_key)
+    entry = cache.lookup(ctx.cache_root, key) if version else cache.newest(ctx.cache_root, key, req.specifier)
+    if entry is not None:
+        return replace(step, how=CACHED, version=entry.key.version, wheel=str(entry.wheel),
+                       note=f"{req.name} {entry.key.version}: built before for torch {torch.version} "
+                            f"(wheel cache: {entry.wheel})")
+
+    where = ctx.sources_for(step.name)
+    reasons: list[str] = []
+    if version:
+        filename, why = wheel_filename(package, version, torch, ctx.python_tag, ctx.platform)
+        if filename is None:
+            reasons.append(why)
+        elif not where:
+            reasons.append(f"no prebuilt sources configured for {req.name}")
+        else:
+            found, said = look(filename, version, where, ctx.pip_config)
+            if found is not None:
+                return replace(step, how=PREBUILT, wheel=found.location,
+                               note=f"{req.name} {version}: prebuilt wheel {filename} from {found.source.label()}")
+            reasons.append(f"no prebuilt wheel {filename} ({'; '.join(said)})")
+    else:
+        found = look_any(package, req.specifier, torch, ctx.python_tag, ctx.platform, where)
+        if found is not None:
+            name = Path(found.location).name
+            return replace(step, how=PREBUILT, version=str(parse_wheel_filename(name)[1].public), wheel=found.location,
+                           note=f"{req.name}: {step.note}; prebuilt wheel {name} from {found.source.label()}")
+        reasons.append(step.note or "the version is unknown")
+
+    build_req = f"{req.name}=={version}" if version else f"{req.name}{req.specifier}"
+    build_env = dict(limits.env)
+    if package.force_build_env and not env.get(package.force_build_env):
+        # Its setup.py would try the same download again, then build: we already looked.
+        build_env[package.force_build_env] = "TRUE"
+    what = f"{req.name} {version}" if version else req.name
+    return replace(
+        step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
+        build_argv=wheel_argv(ctx, step.name, build_req), build_env=build_env, arch_key=limits.arch_key,
+        limits=limits.summary,
+    )
+
+
+def skip_gpu_build(step: BuildStep, env: Mapping[str, str]) -> bool:
+    package = packages().get(step.name)
+    var = package.skip_build_env if package else None
+    return bool(var) and env.get(var, "").upper() == "TRUE"
+
+
+def toolchain(steps: Sequence[BuildStep], ctx: BuildContext, env: Mapping[str, str]) -> buildenv.Toolchain | None:
+    """The toolchain the source builds among ``steps`` would use; None when none builds."""
+    building = [s for s in steps if s.how == SOURCE]
+    if not building or ctx.torch is None:
+        return None
+    first = building[0]
+    return buildenv.inspect_toolchain(
+        ctx.torch, what=f"{first.name} {first.version or ''}".strip(), env=env, target_bin=ctx.target_bin,
+        root=ctx.probe_root, skip_gpu=all(skip_gpu_build(s, env) for s in building),
+    )
+
+
+def toolchain_warnings(steps: Sequence[BuildStep], ctx: BuildContext, env: Mapping[str, str]) -> list[str]:
+    """At plan time a missing compiler is a warning: install stops on it before building."""
+    if not ctx.build.checks:
+        return []
+    tools = toolchain(steps, ctx, env)
+    if tools is None:
+        return []
+    names = ", ".join(s.name for s in steps if s.how == SOURCE)
+    return [f"{names} will be built from source, but {p.message} (fix: {p.hint})" for p in tools.problems]
+
+
+__all__ = ["BuildContext", "Package", "Source", "attach", "choose_version", "look", "packages", "resolve",
+           "toolchain", "url_exists", "wheel_filename"]

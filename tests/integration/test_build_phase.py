@@ -1,0 +1,274 @@
+"""The build phase end to end: prebuilt wheels first, guarded source builds, the wheel cache.
+
+Each test runs ``python -m backendpick install`` against the session world with:
+
+* a private copy of the world's pypi index (``bp-build``) whose flash-attn 2.7.4 sdist builds
+  in a second, like the world's, and also records the build variables it saw (MAX_JOBS, the
+  architecture lists, FLASH_ATTENTION_FORCE_BUILD), so the limits are visible in the result;
+* a private index directory per test standing for the project's GitHub releases;
+* a fake machine (one A100, probe root with 16 GB of free memory) and fake ``nvcc``, ``c++``
+  and ``ninja`` on PATH, so no test depends on this host's toolchain or GPUs;
+* its own wheel cache folder (``BACKENDPICK_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.dists import make_sdist, make_wheel
+from tests.support.fakehw import FakeMachine
+from tests.support.index import IndexServer
+from tests.support.venvs import installed_versions, venv_python, write_pip_conf
+from tests.support.world import World
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 240
+VERSION = "2.7.4"
+PY = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+# What flash-attn 2.7.4's setup.py asks GitHub for under torch 2.5.1+cu124 (C++11 ABI on).
+PREBUILT = f"flash_attn-{VERSION}+cu12torch2.5cxx11abiTRUE-{PY}-{PY}-linux_{platform.machine()}.whl"
+SDIST = f"flash_attn-{VERSION}.tar.gz"
+BUILD_VARS = ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST", "FLASH_ATTN_CUDA_ARCHS", "FLASH_ATTENTION_FORCE_BUILD")
+A100 = "0, NVIDIA A100-SXM4-80GB, 550.54.14, 8.0, GPU-00000000-0000-0000-0000-000000000000, 81920\n"
+
+# Variables of this host that would change what the build phase decides.
+_HOST_VARS = ("CUDA_HOME", "CUDA_PATH", "ROCM_HOME", "ROCM_PATH", "CXX", "VIRTUAL_ENV", *BUILD_VARS,
+              "BACKENDPICK_BACKEND", "BACKENDPICK_CACHE_DIR", "XDG_CACHE_HOME")
+
+
+def _flash_attn_setup_py() -> str:
+    """Like the world's flash-attn sdist (imports torch, records it, ships flash_attn_2_cuda),
+    plus the build variables it was built with."""
+    return textwrap.dedent(
+        f"""\
+        import os
+        import torch
+
+        from pathlib import Path
+        from setuptools import setup
+
+        here = Path(__file__).resolve().parent
+        pkg = here / "flash_attn"
+        pkg.mkdir(exist_ok=True)
+        seen = {{k: os.environ.get(k) for k in {BUILD_VARS!r}}}
+        (pkg / "__init__.py").write_text(
+            "__version__ = {VERSION!r}\\nprebuilt = False\\n"
+            "torch_version = %r\\nbuild_env = %r\\n" % (torch.__version__, seen)
+        )
+        (here / "flash_attn_2_cuda.py").write_text("def fwd(*a, **kw):\\n    return None\\n")
+        setup(name="flash-attn", version={VERSION!r}, packages=["flash_attn"],
+              py_modules=["flash_attn_2_cuda"], install_requires=["torch", "einops"])
+        """
+    )
+
+
+def _private_pypi(server: IndexServer) -> None:
+    """``bp-build``: the world's pypi index with our flash-attn sdist in place of its own."""
+    directory = server.root / "bp-build"
+    if directory.is_dir():
+        return
+    staging = server.root / ".bp-build.tmp"  # dot names are never served
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for f in server.index_dir("pypi").iterdir():
+        if f.is_file() and not f.name.startswith("flash_attn"):
+            shutil.copy2(f, staging / f.name)
+    make_sdist(staging, "flash-attn", VERSION, _flash_attn_setup_py())
+    staging.rename(directory)
+
+
+def _prebuilt_wheel(server: IndexServer, releases: str) -> Path:
+    """The release asset, as the project publishes it (a wheel that needs no build)."""
+    return make_wheel(
+        server.index_dir(releases), "flash-attn", f"{VERSION}+cu12torch2.5cxx11abiTRUE",
+        tag=f"{PY}-{PY}-linux_{platform.machine()}", requires=["torch", "einops"],
+        files={"flash_attn/__init__.py": f"__version__ = {VERSION!r}\nprebuilt = True\n",
+               "flash_attn_2_cuda.py": "def fwd(*a, **kw):\n    return None\n"},
+    )
+
+
+def _script(path: Path, body: str) -> None:
+    path.write_text("#!/bin/sh\n" + body, encoding="utf-8")
+    path.chmod(0o755)
+
+
+@dataclass
+class Scene:
+    world: World
+    base: Path
+    machine: FakeMachine
+    tools: Path  # fake c++, ninja and (unless removed) nvcc
+    cache: Path
+    project: Path
+    pip_conf: Path
+    releases: str  # this test's index directory standing for the project's GitHub releases
+
+    @property
+    def releases_template(self) -> str:
+        return self.world.server.base_url + f"/{self.releases}/files/{{filename}}"
+
+    def env(self) -> dict[str, str]:
+        env = self.world.env(self.pip_conf)
+        for key in _HOST_VARS:
+            env.pop(key, None)
+        env.update(self.machine.cli_env())
+        env.update(
+            PATH=f"{self.tools}{os.pathsep}{self.machine.path}",
+            BACKENDPICK_INDEX_URL=self.world.url("cpu").replace("/cpu/", "/{backend}/"),
+            BACKENDPICK_CACHE_DIR=str(self.cache),
+            PYTHONPATH=str(REPO),
+            TERM="dumb",
+        )
+        return env
+
+    def backendpick(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "backendpick", *args],
+            env=self.env(), cwd=self.base, capture_output=True, text=True, timeout=TIMEOUT,
+        )
+
+    def install(self, venv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.backendpick("install", "--python", str(venv_python(venv)), "--backend", "cu124",
+                                "torch==2.5.1", "flash-attn", "--project", str(self.project), *extra)
+
+    def prebuilt_sources(self, *sources: str) -> None:
+        listed = ", ".join(json.dumps(s) for s in sources)
+        (self.project / "pyproject.toml").write_text(f"[tool.backendpick.prebuilt]\nflash-attn = [{listed}]\n")
+
+    def flash_attn(self, venv: Path) -> dict:
+        code = ("import flash_attn, json; print(json.dumps({'prebuilt': flash_attn.prebuilt, "
+                "'env': getattr(flash_attn, 'build_env', None), 'torch': getattr(flash_attn, 'torch_version', None)}))")
+        proc = subprocess.run([str(venv_python(venv)), "-c", code], env=self.world.env(Path(os.devnull)),
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def cache_entries(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.cache.glob("*/*/*/key.json"))]
+
+
+@pytest.fixture
+def scene(world: World, server: IndexServer, tmp_path: Path) -> Scene:
+    _private_pypi(server)
+    machine = FakeMachine(tmp_path)
+    machine.driver("550.54.14").nvidia_smi(query=A100)
+    meminfo = machine.root / "proc" / "meminfo"
+    meminfo.parent.mkdir(parents=True, exist_ok=True)
+    meminfo.write_text("MemTotal:       65536000 kB\nMemAvailable:   16777216 kB\n")  # 16 GB free
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    _script(tools / "nvcc", 'echo "nvcc: NVIDIA (R) Cuda compiler driver"\n'
+                            'echo "Cuda compilation tools, release 12.4, V12.4.131"\n')
+    _script(tools / "c++", "exit 0\n")
+    _script(tools / "ninja", "echo 1.11.1\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    conf = write_pip_conf(tmp_path / "pip.conf", index_url=world.url("bp-build"))
+    return Scene(world, tmp_path, machine, tools, tmp_path / "wheel-cache", project, conf, f"bp-rel-{tmp_path.name}")
+
+
+def _output(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: IndexServer) -> None:
+    _prebuilt_wheel(server, scene.releases)
+    (scene.tools / "nvcc").unlink()  # nothing is compiled, so no toolkit is needed
+    empty = scene.base / "offline-wheels"
+    empty.mkdir()
+    # A folder without the file first, then the mirror: the order of the list is the order tried.
+    scene.prebuilt_sources(str(empty), scene.releases_template)
+    venv = scene.world.new_venv(scene.base)
+
+    proc = scene.install(venv)
+    assert proc.returncode == 0, _output(proc)
+    assert f"prebuilt wheel {PREBUILT}" in proc.stdout + proc.stderr, _output(proc)
+    assert scene.flash_attn(venv)["prebuilt"] is True
+    assert installed_versions(venv, scene.world.env())["flash-attn"] == f"{VERSION}+cu12torch2.5cxx11abiTRUE"
+    assert set(server.files_downloaded(scene.releases)) == {PREBUILT}  # the existence check, then pip
+    assert SDIST not in server.files_downloaded("bp-build")  # nothing built
+    assert scene.cache_entries() == []
+
+
+def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Scene, server: IndexServer) -> None:
+    server.index_dir(scene.releases)
+    scene.prebuilt_sources(scene.releases_template)  # holds no such file
+    first = scene.world.new_venv(scene.base)
+
+    proc = scene.install(first)
+    assert proc.returncode == 0, _output(proc)
+    said = proc.stdout + proc.stderr
+    assert f"no prebuilt wheel {PREBUILT}" in said and "HTTP 404" in said, _output(proc)
+    assert "building flash-attn 2.7.4 from source: MAX_JOBS=1" in said, _output(proc)
+    built = scene.flash_attn(first)
+    assert built["prebuilt"] is False and built["torch"] == "2.5.1+cu124"
+    # 16 GB free at ~9 GB per job; only the A100's architecture; setup.py told not to download.
+    assert built["env"] == {"MAX_JOBS": "1", "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
+                            "FLASH_ATTENTION_FORCE_BUILD": "TRUE"}
+    assert server.files_downloaded("bp-build").count(SDIST) == 1
+    [entry] = scene.cache_entries()
+    assert (entry["name"], entry["version"], entry["torch"], entry["backend"], entry["python"]) == (
+        "flash-attn", VERSION, "2.5.1+cu124", "cuda12.4", PY)
+    assert entry["arch"] == "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0"
+
+    # A second environment: before torch is there, --dry-run says what is decided when.
+    second = scene.world.new_venv(scene.base)
+    dry = scene.install(second, "--dry-run")
+    assert dry.returncode == 0, _output(dry)
+    assert "# flash-attn 2.7.4: chosen after the backend phase installs torch" in dry.stdout, _output(dry)
+    assert "'<wheel for flash-attn (2.7.4): chosen after the backend phase>'" in dry.stdout, _output(dry)
+    # With torch installed (and kept), the plan chooses now: the dry run is the exact command.
+    torch = subprocess.run([str(venv_python(second)), "-m", "pip", "install", "--index-url", scene.world.url("cu124"),
+                            "torch==2.5.1"], env=scene.world.env(Path(os.devnull)), capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert torch.returncode == 0, torch.stderr
+    dry = scene.install(second, "--dry-run")
+    assert dry.returncode == 0, _output(dry)
+    cached = Path(scene.cache_entries()[0]["wheel"]).name
+    [install_line] = [line for line in dry.stdout.splitlines() if "--no-build-isolation" in line]
+    assert f"flash-attn @ file://{scene.cache}/" in install_line and install_line.rstrip("'").endswith(cached), _output(dry)
+
+    server.clear_log()
+    proc = scene.install(second)
+    assert proc.returncode == 0, _output(proc)
+    assert "built before for torch 2.5.1+cu124 (wheel cache" in proc.stdout + proc.stderr, _output(proc)
+    assert install_line in proc.stdout, _output(proc)  # the command the dry run printed
+    assert "building" not in proc.stdout + proc.stderr
+    assert SDIST not in server.files_downloaded("bp-build")
+    assert scene.flash_attn(second)["env"]["FLASH_ATTN_CUDA_ARCHS"] == "80"  # the cached build
+    assert len(scene.cache_entries()) == 1
+
+    listed = scene.backendpick("cache", "list", "--json")
+    assert listed.returncode == 0, _output(listed)
+    [shown] = json.loads(listed.stdout)["entries"]
+    assert (shown["name"], shown["torch"], Path(shown["wheel"]).name) == ("flash-attn", "2.5.1+cu124", cached)
+    cleared = scene.backendpick("cache", "clear", "flash-attn")
+    assert cleared.returncode == 0 and "removed 1 cached wheels of flash-attn" in cleared.stdout, _output(cleared)
+    assert scene.cache_entries() == []
+
+
+def test_missing_nvcc_fails_before_building_with_the_fix(scene: Scene, server: IndexServer) -> None:
+    (scene.tools / "nvcc").unlink()
+    venv = scene.world.new_venv(scene.base)
+    server.clear_log()
+
+    proc = scene.install(venv)
+    assert proc.returncode == 1, _output(proc)
+    assert "error: cannot build flash-attn 2.7.4 from source: nvcc, the CUDA compiler, was not found" in proc.stderr
+    assert "hint: install the CUDA 12.4 toolkit" in proc.stderr
+    # The reason there was no download: the default source, GitHub, is out of reach here.
+    assert f"no prebuilt wheel {PREBUILT} (github: network unreachable" in proc.stderr, _output(proc)
+    assert SDIST not in server.files_downloaded("bp-build")  # pip wheel never started
+    assert "flash-attn" not in installed_versions(venv, scene.world.env())
