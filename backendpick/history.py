@@ -18,8 +18,9 @@ from backendpick.errors import ConfigError
 from backendpick.plan import Phase, env_delta, pip_argv
 from backendpick.target import Target
 
-# Never removed or downgraded by a restore: the tools that run the restore itself.
-_KEEP = frozenset({"pip", "setuptools", "wheel"})
+# Never removed or downgraded by a restore: pip runs the restore itself. (setuptools and wheel
+# that an install added for a build are removed like anything else it added.)
+_KEEP = frozenset({"pip"})
 
 
 @dataclass(frozen=True)
@@ -79,38 +80,59 @@ def load(state_dir: Path, snap_id: str | None) -> Snapshot:
 
 
 def restore_phases(snapshot: Snapshot, target: Target, *, index_template: str, runner_python: str,
-                   backend_env: dict, user_env: dict, family: frozenset = frozenset()) -> list[Phase]:
-    """Uninstall what the snapshot lacks, reinstall what differs, each from where it came from."""
+                   backend_env: dict, user_env: dict, family: frozenset = frozenset(),
+                   default_index: str = "https://pypi.org/simple") -> list[Phase]:
+    """Uninstall what the snapshot lacks or holds in another build, then reinstall each package
+    from where it came from: backend builds from their backend index, PyPI's torch family from
+    the user's main index alone (never an extra index), the rest through the user's pip config."""
     pip = pip_argv(target, runner_python)
     now = {k: d.version for k, d in target.installed.items()}
+    snap_torch = snapshot.packages.get("torch")
+    # When torch's build changed, untagged companions of the same version (xformers 0.0.31 exists
+    # for cu126 and cu128 alike) are another build too.
+    torch_changed = snap_torch is not None and now.get("torch") != snap_torch["version"]
+    changed = [
+        p for k, p in snapshot.packages.items()
+        if k not in _KEEP and (now.get(k) != p["version"] or (torch_changed and k in family and k in now))
+    ]
     extra = sorted(target.installed[k].name for k in now if k not in snapshot.packages and k not in _KEEP)
-    changed = [p for k, p in snapshot.packages.items() if now.get(k) != p["version"] and k not in _KEEP]
+    # Same version, other build: pip would call it satisfied, so it goes first.
+    replaced = sorted(target.installed[_normalize(p["name"])].name for p in changed if _normalize(p["name"]) in now)
     phases = []
-    if extra:
-        phases.append(Phase("remove", tuple(extra), tuple(pip + ["uninstall", "-y", *extra])))
-    by_backend: dict[str, list[str]] = {}
+    if extra or replaced:
+        names = extra + replaced
+        phases.append(Phase("remove", tuple(names), tuple(pip + ["uninstall", "-y", *names])))
+    by_index: dict[str, list[str]] = {}
     plain: list[str] = []
-    # Untagged family members (xformers) came from torch's backend index, not the user's.
-    torch = snapshot.packages.get("torch")
-    torch_backend = local_tag_backend(torch["version"]) if torch else None
+    torch_backend = local_tag_backend(snap_torch["version"]) if snap_torch else None
     for p in changed:
+        name = _normalize(p["name"])
         if p["direct_url"]:
             plain.append(f"{p['name']} @ {p['direct_url']}")
             continue
-        tag = local_tag_backend(p["version"])
-        if tag is None and torch_backend is not None and _normalize(p["name"]) in family:
-            tag = torch_backend
+        tag = local_tag_backend(p["version"]) or (torch_backend if name in family else None)
         if tag is not None:
-            by_backend.setdefault(tag.name, []).append(f"{p['name']}=={p['version']}")
+            by_index.setdefault(index_template.replace("{backend}", tag.name), []).append(f"{p['name']}=={p['version']}")
+        elif name in family:
+            by_index.setdefault(default_index, []).append(f"{p['name']}=={p['version']}")
         else:
             plain.append(f"{p['name']}=={p['version']}")
     # --no-deps: the snapshot already lists every dependency at its exact version.
-    for backend, reqs in sorted(by_backend.items()):
-        url = index_template.replace("{backend}", backend)
-        env, unset = env_delta(backend_env, user_env)  # backend builds only from their index
-        phases.append(Phase(f"restore-{backend}", tuple(reqs),
-                            tuple(pip + ["install", "--no-deps", "--index-url", url, *reqs]),
+    env, unset = env_delta(backend_env, user_env)  # backend packages only from the one index
+    for n, (url, reqs) in enumerate(sorted(by_index.items())):
+        label = "restore-backend" if len(by_index) == 1 else f"restore-backend-{n + 1}"
+        phases.append(Phase(label, tuple(reqs), tuple(pip + ["install", "--no-deps", "--index-url", url, *reqs]),
                             index_url=url, env=env, unset=unset))
     if plain:
         phases.append(Phase("restore", tuple(plain), tuple(pip + ["install", "--no-deps", *plain])))
     return phases
+
+
+def differences(snapshot: Snapshot, target: Target) -> list[str]:
+    """What still differs from the snapshot after a restore (empty when it is back)."""
+    now = {k: d.version for k, d in target.installed.items()}
+    out = [f"{p['name']}: {now.get(k, 'not installed')} instead of {p['version']}"
+           for k, p in snapshot.packages.items() if k not in _KEEP and now.get(k) != p["version"]]
+    out += [f"{target.installed[k].name} {v} is not in the snapshot" for k, v in now.items()
+            if k not in snapshot.packages and k not in _KEEP]
+    return out

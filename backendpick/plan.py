@@ -233,7 +233,8 @@ def installed_backend_mismatch(dist: Installed, backend: Backend, platform: str)
     """Whether an installed tagged package is built for another backend than ``backend``."""
     tag = local_tag_backend(dist.version)
     if tag is None:
-        # Untagged: PyPI's own build (CUDA on Linux, CPU elsewhere).
+        # Untagged: PyPI's own build (CUDA on Linux, CPU elsewhere). Even where its CUDA matches,
+        # backend packages come from the backend index only, so it is replaced.
         return not (backend.kind == CPU and platform != "linux")
     return tag != backend
 

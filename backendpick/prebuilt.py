@@ -290,8 +290,14 @@ def pinned_version(req: Requirement) -> str | None:
     return None
 
 
+WHEEL_ON_INDEX = "wheel on the index"
+
+
 def choose_version(req: Requirement, *, client, index_url: str, target: Target) -> tuple[str | None, str]:
-    """An exact pin, else the newest release on ``index_url`` that fits (pip's choice too)."""
+    """An exact pin, else the newest release on ``index_url`` that fits (pip's choice too).
+
+    The second value says why there is no version, or is ``WHEEL_ON_INDEX`` when the index
+    itself has an installable wheel of the chosen version."""
     from backendpick.index import IndexUnavailable, PageNotFound
 
     pin = pinned_version(req)
@@ -305,6 +311,7 @@ def choose_version(req: Requirement, *, client, index_url: str, target: Target) 
         return None, f"cannot read {exc}"
     supported = set(target.tags)
     versions: set[Version] = set()
+    wheels: set[Version] = set()  # versions with a wheel this target can install
     for f in files:
         if f.yanked:
             continue
@@ -326,9 +333,14 @@ def choose_version(req: Requirement, *, client, index_url: str, target: Target) 
             except InvalidSpecifier:
                 pass
         versions.add(version)
+        if f.filename.endswith(".whl"):
+            wheels.add(version)
     fitting = sorted(req.specifier.filter(versions))
     if not fitting:
         return None, f"no release of {req.name} on {redact(index_url)} satisfies '{req.specifier or 'any'}'"
+    if fitting[-1] in wheels:
+        # A company index (or a future PyPI) serving a wheel: pip installs it, nothing to build.
+        return str(fitting[-1]), WHEEL_ON_INDEX
     return str(fitting[-1]), ""
 
 
@@ -409,6 +421,11 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
             steps.append(BuildStep(text, name, how=AS_IS, note=f"{req.name}: {why}; pip builds it as it is"))
             continue
         version, why = choose_version(req, client=client, index_url=index_url, target=target)
+        if why == WHEEL_ON_INDEX:
+            steps.append(BuildStep(text, name, how=AS_IS, version=version,
+                                   note=f"{req.name} {version}: {redact(index_url)} has a wheel for this Python and "
+                                        "platform; pip installs it, nothing to build"))
+            continue
         steps.append(BuildStep(text, name, version=version, note=why))
 
     warnings: list[str] = []

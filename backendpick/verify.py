@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -216,8 +217,11 @@ def stale_packages(problems: Iterable[Problem]) -> list[str]:
     return sorted({p.package for p in problems if p.package != "torch"})
 
 
-def missing_problems(target: Target, requirements: Iterable[Requirement], build_packages: Iterable[str], python_flag: str) -> list[Problem]:
-    """Requirements of the project that are not installed (the missing flash-attn of the seeds)."""
+def missing_problems(target: Target, requirements: Iterable[Requirement], build_packages: Iterable[str], python_flag: str,
+                     *, from_project: bool = True) -> list[Problem]:
+    """Requirements of the project that are not installed (the missing flash-attn of the seeds).
+
+    The fix installs the project when they come from its pyproject.toml, else the requirement."""
     from backendpick.plan import marker_ok
 
     nbi = set(build_packages)
@@ -227,10 +231,11 @@ def missing_problems(target: Target, requirements: Iterable[Requirement], build_
             continue
         dist = target.get(req.name)
         note = " (it builds against torch: backendpick installs it after torch with --no-build-isolation)" if normalize(req.name) in nbi else ""
+        fix = f"backendpick install{python_flag}" + ("" if from_project else f" {shlex.quote(str(req))}")
         if dist is None:
-            out.append(Problem(req.name, f"{req} is required but not installed{note}", f"backendpick install{python_flag}"))
+            out.append(Problem(req.name, f"{req} is required but not installed{note}", fix))
         elif not req.specifier.contains(Version(dist.version), prereleases=True):
-            out.append(Problem(req.name, f"{req} is required but {dist.version} is installed", f"backendpick install{python_flag}"))
+            out.append(Problem(req.name, f"{req} is required but {dist.version} is installed", fix))
     return out
 
 
@@ -288,7 +293,30 @@ def extension_problems(target: Target, facts: Facts, python_flag: str, backend: 
     return out
 
 
-def pip_check_problems(target: Target, names: Iterable[str], python_flag: str) -> list[Problem]:
+def dependency_fix(python_flag: str, tb: TorchBuild | None, family: Iterable[str], package: str, dep: Requirement) -> str:
+    """The command that repairs ``package``'s unmet dependency ``dep``.
+
+    A companion at odds with torch is replaced by one that suits the installed torch (torch
+    pinned, so pip cannot move torch instead); any other dependency is simply installed."""
+    name, family = normalize(dep.name), set(family)
+    stack = {"torch"} | family
+    if tb is not None and (name in stack or normalize(package) in stack):
+        # One backend phase with torch pinned: it replaces a companion at odds with torch, and
+        # installs every missing dependency of the stack from the backend index at once.
+        extra = [] if normalize(package) == "torch" else [package]
+        return _fix(python_flag, tb.backend, [f"torch=={tb.version.split('+')[0]}", *extra])
+    text = dep.name + (f"[{','.join(sorted(dep.extras))}]" if dep.extras else "") + str(dep.specifier)
+    return f"backendpick install{python_flag} {shlex.quote(text)}"
+
+
+_PIP_CHECK = (
+    re.compile(r"^(?P<pkg>\S+) \S+ has requirement (?P<dep>.+?), but you have "),
+    re.compile(r"^(?P<pkg>\S+) \S+ requires (?P<dep>\S+?),? which is not installed"),
+)
+
+
+def pip_check_problems(target: Target, names: Iterable[str], python_flag: str, *, tb: TorchBuild | None = None,
+                       family: Iterable[str] = ()) -> list[Problem]:
     """``pip check`` lines about the stack (other packages' problems are not ours to judge)."""
     if not target.pip_version:
         return []
@@ -299,13 +327,21 @@ def pip_check_problems(target: Target, names: Iterable[str], python_flag: str) -
     out = []
     for line in res.stdout.splitlines():
         words = {normalize(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)}
-        if words & watched:
-            pkg = line.split()[0] if line.split() else "?"
-            out.append(Problem(pkg, f"pip check: {line.strip()}", f"backendpick install{python_flag}"))
+        if not words & watched:
+            continue
+        match = next((m for m in (r.match(line.strip()) for r in _PIP_CHECK) if m), None)
+        try:
+            dep = Requirement(match.group("dep")) if match else None
+        except InvalidRequirement:
+            dep = None
+        pkg = match.group("pkg") if match else (line.split() or ["?"])[0]
+        fix = dependency_fix(python_flag, tb, family, pkg, dep) if dep else f"backendpick install{python_flag}"
+        out.append(Problem(pkg, f"pip check: {line.strip()}", fix))
     return out
 
 
-def dependency_problems(target: Target, names: Iterable[str], python_flag: str) -> list[Problem]:
+def dependency_problems(target: Target, names: Iterable[str], python_flag: str, *, tb: TorchBuild | None = None,
+                        family: Iterable[str] = ()) -> list[Problem]:
     """``pip check`` for the stack, from installed metadata alone (no subprocess): install runs it
     after every change, so it must cost nothing."""
     from backendpick.plan import marker_ok
@@ -323,10 +359,10 @@ def dependency_problems(target: Target, names: Iterable[str], python_flag: str) 
             if not marker_ok(dep, target.markers):
                 continue
             have = target.get(dep.name)
+            fix = dependency_fix(python_flag, tb, family, dist.name, dep)
             if have is None:
-                out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}, which is not installed",
-                                   f"backendpick install{python_flag}"))
+                out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}, which is not installed", fix))
             elif not dep.specifier.contains(Version(have.version), prereleases=True):
                 out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}{dep.specifier}, "
-                                              f"but {have.version} is installed", f"backendpick install{python_flag}"))
+                                              f"but {have.version} is installed", fix))
     return out

@@ -11,10 +11,11 @@ from dataclasses import replace
 
 from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
+from backendpick.config import normalize
 from backendpick.errors import InstallError
 from backendpick.output import Output
 from backendpick.plan import state_dir
-from backendpick.verify import dependency_problems, extension_problems, stack_problems
+from backendpick.verify import dependency_problems, extension_problems, stack_problems, torch_build
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
@@ -128,7 +129,8 @@ def _install_locked(out: Output, req: Request) -> int:
         })
     else:
         if not ran:
-            out.info(f"nothing to do: the environment already matches the plan for {plan.backend}")
+            why = f" ({plan.decided_by}: {plan.reason})" if plan.decided_by == "installed" else ""
+            out.info(f"nothing to do: the environment already matches the plan for {plan.backend}{why}")
         else:
             out.info(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
         for w in plan.warnings:
@@ -137,20 +139,38 @@ def _install_locked(out: Output, req: Request) -> int:
 
 
 def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> None:
-    """The checks of ``verify`` on our own result; a problem here is backendpick's failure."""
+    """The checks of ``verify`` on our own result. A problem this install caused (a package it
+    changed, or a problem that was not there before) is backendpick's failure; one it inherited
+    and did not touch is a warning with its fix."""
+    from backendpick.commands.verify import where_flags
+
     facts = facts_mod.load()
     settings = prepared.settings
-    after = target_mod.inspect(prepared.target.python)
+    before = prepared.target
+    after = target_mod.inspect(before.python)
     family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
-    flag = _python_flag(req)
+    flag = where_flags(req.python, settings)
     # The hardware counts only when backendpick chose by it; an explicit backend (a Docker
     # build for another host) is the user's call and was already warned about.
     hardware = prepared.hardware if prepared.decision.source in ("detected", "installed") else None
-    problems = stack_problems(after, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
-    problems += dependency_problems(after, family | nbi, flag)
-    problems += extension_problems(after, facts, flag, prepared.plan.backend)
-    if problems:
-        lines = "\n".join(f"problem: {p.package}: {p.message}\n  fix: {p.fix}" for p in problems)
+
+    def metadata_problems(t):
+        return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
+                + dependency_problems(t, family | nbi, flag, tb=torch_build(t, facts), family=family))
+
+    changed = {n for n, d in after.installed.items() if before.installed.get(n) is None
+               or before.installed[n].version != d.version}
+    known = {(normalize(p.package), p.message) for p in metadata_problems(before)}
+    ours, inherited = [], []
+    for p in metadata_problems(after):
+        mine = normalize(p.package) in changed or (normalize(p.package), p.message) not in known
+        (ours if mine else inherited).append(p)
+    for p in extension_problems(after, facts, flag, prepared.plan.backend):
+        (ours if normalize(p.package) in changed else inherited).append(p)
+    for p in inherited:
+        out.warn(f"{p.package}: {p.message} (not caused by this install; fix: {p.fix})")
+    if ours:
+        lines = "\n".join(f"problem: {p.package}: {p.message}\n  fix: {p.fix}" for p in ours)
         hint = f"to return to the environment before this install: backendpick restore{flag} {snapshot.id}" if snapshot else None
         raise InstallError("installed, but the result does not verify", details=lines, hint=hint)
 

@@ -10,10 +10,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from backendpick import config, facts as facts_mod, pipconf, plan as plan_mod, requirements, target as target_mod
-from backendpick.backend import CPU, Backend, local_tag_backend
+from backendpick.backend import CPU, Backend
 from backendpick.errors import NoBackendError
 from backendpick.facts import Facts, show
 from backendpick.hardware import Hardware
@@ -92,8 +93,7 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         else:
             kinds = candidate_kinds(hardware)
             candidates = [b for b in facts.all_backends() if b.kind in kinds]
-            installed_torch = target.get("torch")
-            kept = local_tag_backend(installed_torch.version) if installed_torch else None
+            kept = _installed_backend(target, facts)
             if kept is not None and kept.is_gpu and kept not in candidates:
                 candidates.append(kept)  # auto never downgrades: see _keep_installed_gpu_backend
             offers = gather(facts, client, template, candidates, spec, target)
@@ -103,7 +103,7 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         releases = table_offers(facts)
 
     decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
-    decision = _keep_installed_gpu_backend(decision, target)
+    decision = _keep_installed_gpu_backend(decision, target, facts)
     if wants_backend and decision.unserved and decision.source == "detected":
         raise _no_backend(facts, hardware, decision, reqs, settings)
     if wants_backend and offers is not None and decision.backend not in offers.versions:
@@ -112,9 +112,6 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
             f"on the {decision.backend} index ({config.redact(index_url_for(template, decision.backend))})",
             hint=_available_hint(offers),
         )
-
-    if wants_backend and offers is not None and offers.source == "index":
-        _check_family_published(client, index_url_for(template, decision.backend), decision.backend, reqs, family, target)
 
     # Companions verify finds broken (built for another torch or backend) are replaced.
     from backendpick.verify import stack_problems, stale_packages
@@ -145,6 +142,11 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         reinstall=tuple(stale) + req.reinstall,
         warnings=warnings,
     )
+    backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
+    if backend_phase is not None and offers is not None and offers.source == "index":
+        # What the backend phase installs, including what a backend switch reinstalls.
+        phase_reqs = [Requirement(r) for r in backend_phase.requirements]
+        _check_family_published(IndexClient(pip_config), plan.index_url, decision.backend, phase_reqs, family, target)
     if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
         # Imported only when a build phase runs: prebuilt wheels, wheel cache, source builds.
         from backendpick import prebuilt
@@ -181,7 +183,16 @@ def _check_family_published(client, url: str, backend: Backend, reqs, family: se
         )
 
 
-def _keep_installed_gpu_backend(decision: Decision, target: target_mod.Target) -> Decision:
+def _installed_backend(target: target_mod.Target, facts: Facts) -> Backend | None:
+    """The backend of the installed torch: its local tag, else torch/version.py (PyPI's untagged
+    Linux torch is a CUDA build)."""
+    from backendpick.verify import torch_build
+
+    build = torch_build(target, facts)
+    return build.backend if build is not None else None
+
+
+def _keep_installed_gpu_backend(decision: Decision, target: target_mod.Target, facts: Facts) -> Decision:
     """Auto never downgrades: no GPU seen now, but the environment holds a GPU torch.
 
     A driver hiccup or a container started without --gpus must not turn a CUDA environment
@@ -190,7 +201,7 @@ def _keep_installed_gpu_backend(decision: Decision, target: target_mod.Target) -
     torch = target.get("torch")
     if decision.source != "detected" or decision.backend.kind != CPU or torch is None:
         return decision
-    installed = local_tag_backend(torch.version)
+    installed = _installed_backend(target, facts)
     if installed is None or not installed.is_gpu:
         return decision
     return Decision(

@@ -28,12 +28,14 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
             out.line("no snapshots recorded for this environment")
         return 0
     env = dict(os.environ)
+    pip_config = pipconf.read(env, target.prefix)
     with lock.hold(state, on_wait=out.info):
         snap = history.load(state, snapshot_id)
         phases = history.restore_phases(
             snap, target, index_template=settings.index_url.value, runner_python=sys.executable,
-            backend_env=pipconf.backend_phase_env(env, pipconf.read(env, target.prefix)), user_env=env,
+            backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
             family=frozenset(settings.backend_packages),
+            default_index=pip_config.get("index-url") or "https://pypi.org/simple",
         )
         if dry_run or not phases:
             for ph in phases:
@@ -50,5 +52,9 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
             if not res.ok:
                 tail = "\n".join(res.stdout.splitlines()[-20:])
                 raise InstallError(f"restore phase '{ph.name}' failed (pip exit {res.returncode})", details=tail)
+        left = history.differences(snap, target_mod.inspect(target.python))
+        if left:
+            raise InstallError(f"restore of snapshot {snap.id} did not bring everything back: {'; '.join(left[:5])}",
+                               hint="the package index may no longer offer those versions")
         out.info(f"restored snapshot {snap.id}")
     return 0

@@ -41,8 +41,14 @@ class Report:
         }
 
 
-def python_flag(python: Path | None) -> str:
-    return f" --python {python}" if python is not None else ""
+def where_flags(python: Path | None, settings: config.Settings) -> str:
+    """``--python`` and ``--project`` for the printed fixes, so they work from any directory."""
+    import shlex
+
+    flags = f" --python {shlex.quote(str(python))}" if python is not None else ""
+    if settings.pyproject.path is not None:
+        flags += f" --project {shlex.quote(str(settings.project_dir.resolve()))}"
+    return flags
 
 
 def check(
@@ -51,24 +57,25 @@ def check(
     *,
     python: Path | None,
     wanted=(),
+    from_project: bool = True,
     hardware=None,
     runtime: bool = True,
 ) -> Report:
     facts = facts_mod.load()
-    flag = python_flag(python)
+    flag = where_flags(python, settings)
     family = set(settings.backend_packages)
     nbi = set(settings.no_build_isolation)
     problems: list[Problem] = stack_problems(
         target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value
     )
-    problems += missing_problems(target, wanted, nbi, flag)
+    problems += missing_problems(target, wanted, nbi, flag, from_project=from_project)
     tb = torch_build(target, facts)
     if runtime and tb is not None:
         problems += extension_problems(target, facts, flag, tb.backend)
         # pip check repeats what the metadata checks already said about a package; keep the
         # first, more specific line.
         reported = {config.normalize(p.package) for p in problems}
-        problems += [p for p in pip_check_problems(target, family | nbi, flag) if config.normalize(p.package) not in reported]
+        problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family) if config.normalize(p.package) not in reported]
     packages = [
         {"name": d.name, "version": d.version}
         for n, d in sorted(target.installed.items())
@@ -88,7 +95,7 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
             raise
         wanted = ()  # no pyproject.toml: check the stack only
     hardware = probe(facts, ProbeSettings.from_env(dict(os.environ)))
-    report = check(target, settings, python=python, wanted=wanted, hardware=hardware)
+    report = check(target, settings, python=python, wanted=wanted, from_project=not (reqs or files), hardware=hardware)
     if out.json_mode:
         out.emit_json(report.to_json())
     else:

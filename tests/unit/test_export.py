@@ -1,0 +1,229 @@
+"""``export.to_shell``: a plan as a POSIX shell script of pip commands.
+
+Plans are built with ``plan.build`` from hand-made targets (no pip, no index). ``sh -n`` and the
+script's own constraints step run as subprocesses (``allow_subprocess``). That the script
+installs what ``install`` installs is shown against the local world in
+``tests/integration/test_examples.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from backendpick import config, export
+from backendpick import facts as facts_mod
+from backendpick import plan as plan_mod
+from backendpick.backend import Backend
+from backendpick.select import Decision
+from backendpick.target import Installed, Target
+
+FACTS = facts_mod.load()
+PY = "/env/bin/python"
+INDEX = "https://download.pytorch.org/whl/cu124"
+SH = "/bin/sh" if os.path.exists("/bin/sh") else "sh"
+
+
+def target(*dists: Installed) -> Target:
+    return Target(
+        python=Path(PY), prefix=Path("/env"), version=(3, 11, 7),
+        markers={"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11",
+                 "python_full_version": "3.11.7", "platform_machine": "x86_64", "os_name": "posix",
+                 "implementation_name": "cpython", "platform_python_implementation": "CPython"},
+        tags=("py3-none-any",), pip_version="24.0", purelib=Path("/env/lib/python3.11/site-packages"),
+        installed={config.normalize(d.name): d for d in dists}, is_venv=True,
+    )
+
+
+def make_plan(tmp_path: Path, reqs, *, index: str = INDEX, installed=(), backend: str = "cu124",
+              backend_env: dict | None = None, user_env: dict | None = None, constraints=(), rest_options=()):
+    settings = config.load(FACTS, project_dir=tmp_path, env={})
+    decision = Decision(Backend.parse(backend), "--backend", "chosen by --backend")
+    return plan_mod.build(
+        decision=decision, requirements=[Requirement(r) for r in reqs], settings=settings, target=target(*installed),
+        index_url=index, offered=[], constraints_path=tmp_path / "state" / "constraints.txt",
+        backend_env=backend_env if backend_env is not None else {"PIP_CONFIG_FILE": os.devnull},
+        user_env=user_env or {}, runner_python=sys.executable, user_constraints=[Requirement(c) for c in constraints],
+        rest_options=list(rest_options),
+    )
+
+
+STACK = ["torch>=2.5,<2.10", "torchvision", "xformers", "flash-attn>=2.6", "transformers>=4.40",
+         'pywin32; sys_platform == "win32"', "tqdm"]
+
+
+def phase_lines(script: str) -> dict[str, str]:
+    """``# phase NAME`` -> the pip command line under it."""
+    lines = script.splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        if line.startswith("# phase "):
+            out[line[len("# phase "):]] = next(x for x in lines[i + 1:] if "-m pip " in x)
+    return out
+
+
+def sh_syntax_ok(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SH, "-n"], input=script, check=False, capture_output=True, text=True, timeout=30)
+
+
+# -- shape ------------------------------------------------------------------------------------
+
+
+@pytest.mark.allow_subprocess
+def test_script_structure(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, STACK, constraints=["numpy<2"])
+    script = export.to_shell(plan)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert "set -eu" in lines
+    assert f'PY="${{PYTHON:-{PY}}}"' in lines
+    assert 'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-/tmp/backendpick-constraints.txt}"' in lines
+    phases = phase_lines(script)
+    assert list(phases) == ["backend", "build-requirements", "build", "rest"]
+    # The backend phase reads no pip source of the machine it runs on.
+    assert phases["backend"] == (
+        "env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null "
+        f"\"$PY\" -m pip install --index-url {INDEX} 'torch<2.10,>=2.5' torchvision xformers")
+    assert phases["build"] == "\"$PY\" -m pip install --no-build-isolation -c \"$CONSTRAINTS\" 'flash-attn>=2.6'"
+    assert phases["rest"] == "\"$PY\" -m pip install -c \"$CONSTRAINTS\" 'transformers>=4.40' tqdm"
+    # The constraints are written once, after the backend phase and before the first later one.
+    writer = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c ')]
+    assert len(writer) == 1
+    assert lines.index("# phase backend") < writer[0] < lines.index(phases["build-requirements"])
+    assert any(x.endswith("'numpy<2'") for x in lines[writer[0]:lines.index(phases["build-requirements"])])
+    # Nothing of the planning machine's paths is left but the default of PY.
+    assert str(plan.constraints_path) not in script
+    assert sum(PY in line for line in lines) == 1
+    assert sh_syntax_ok(script).returncode == 0
+
+
+def test_remove_phase_is_left_out(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, ["torch==2.5.1"], installed=[Installed("torch", "2.5.1+cpu")])
+    assert [p.name for p in plan.phases][:1] == ["remove"]
+    script = export.to_shell(plan)
+    assert "uninstall" not in script and "# phase remove" not in script
+    assert list(phase_lines(script)) == ["backend"]
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.parametrize(
+    "reqs",
+    [
+        STACK,
+        ["torch"],
+        ["tqdm", "requests-lite>=1.0; python_version >= '3.9'"],
+        ["torch==2.5.1", "flash-attn", "mamba-ssm", "causal-conv1d>=1.4", "einops"],
+        ["torch", "weird-name[extra1,extra2]>=1; platform_machine == \"x86_64\""],
+    ],
+    ids=["stack", "torch", "rest-only", "builds", "extras-markers"],
+)
+def test_script_is_valid_posix_sh(tmp_path: Path, reqs) -> None:
+    check = sh_syntax_ok(export.to_shell(make_plan(tmp_path, reqs)))
+    assert check.returncode == 0, check.stderr
+
+
+# -- credentials -------------------------------------------------------------------------------
+
+
+def test_index_credentials_are_not_written(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, STACK, index="https://alice:t0ken-s3cret@mirror.example/pytorch/cu124")
+    script = export.to_shell(plan)
+    assert "t0ken-s3cret" not in script and "alice" not in script
+    assert "https://***@mirror.example/pytorch/cu124" in script
+    assert "# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file." in script
+
+
+def test_pip_settings_of_the_planning_machine_are_not_written(tmp_path: Path) -> None:
+    """The backend phase's environment carries the user's proxy, certificate, token... none of
+    it belongs in a script that goes into an image."""
+    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_PROXY": "http://bob:pr0xy-pw@proxy.corp:3128", "PIP_CERT": "/etc/corp.pem"}
+    script = export.to_shell(make_plan(tmp_path, STACK, backend_env=env, user_env={"PIP_INDEX_URL": "https://carol:idx-pw@pypi.corp/simple"}))
+    assert "pr0xy-pw" not in script and "idx-pw" not in script and "corp.pem" not in script
+
+
+@pytest.mark.allow_subprocess
+def test_direct_url_credentials_are_not_written(tmp_path: Path) -> None:
+    """A requirement pointing at a private wheel URL with a token (PEP 508 ``name @ url``)."""
+    plan = make_plan(tmp_path, ["torch", "private-tool @ https://dave:wh33l-t0ken@files.corp/private_tool-1.0-py3-none-any.whl"])
+    script = export.to_shell(plan)
+    assert "wh33l-t0ken" not in script, [line for line in script.splitlines() if "files.corp" in line]
+    assert sh_syntax_ok(script).returncode == 0
+
+
+def test_rest_options_credentials_are_not_written(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, ["torch", "tqdm"], rest_options=["--extra-index-url", "https://erin:opt-t0ken@pkgs.corp/simple"])
+    script = export.to_shell(plan)
+    assert "opt-t0ken" not in script
+    assert "https://***@pkgs.corp/simple" in script
+
+
+# -- the constraints step -----------------------------------------------------------------------
+
+
+def _run_script(script: str, tmp_path: Path) -> tuple[list[str], list[str]]:
+    """Run the whole script with PYTHON set to a stand-in: ``-m pip`` is logged, not run; all
+    else (the constraints step) runs on this interpreter. Returns (pip calls, constraints)."""
+    fake = tmp_path / "fakepy"
+    log = tmp_path / "pip-calls"
+    fake.write_text(f"""#!/bin/sh
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then shift 2; echo "$*" >> {shlex.quote(str(log))}; exit 0; fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    fake.chmod(0o755)
+    path = tmp_path / "install.sh"
+    path.write_text(script)
+    constraints = tmp_path / "constraints.txt"
+    env = {"PYTHON": str(fake), "BACKENDPICK_CONSTRAINTS": str(constraints), "PATH": os.defpath}
+    proc = subprocess.run([SH, str(path)], env=env, check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    return calls, constraints.read_text().splitlines() if constraints.exists() else []
+
+
+def _run_constraints_step(script: str, tmp_path: Path) -> list[str]:
+    return _run_script(script, tmp_path)[1]
+
+
+@pytest.mark.allow_subprocess
+def test_script_runs_its_phases_in_order(tmp_path: Path) -> None:
+    calls, constraints = _run_script(export.to_shell(make_plan(tmp_path, STACK)), tmp_path)
+    assert calls == [
+        f"install --index-url {INDEX} torch<2.10,>=2.5 torchvision xformers",
+        f"install -c {tmp_path / 'constraints.txt'} setuptools wheel packaging psutil ninja einops",
+        f"install --no-build-isolation -c {tmp_path / 'constraints.txt'} flash-attn>=2.6",
+        f"install -c {tmp_path / 'constraints.txt'} transformers>=4.40 tqdm",
+    ]
+    assert "torch<0" in constraints  # nothing installed by the stand-in: fenced
+
+
+@pytest.mark.allow_subprocess
+def test_constraints_step_pins_installed_and_fences_missing(tmp_path: Path) -> None:
+    """Run the script's constraints line with this interpreter as PY: ``packaging`` stands in
+    for an installed backend package, the real family is not installed here."""
+    plan = make_plan(tmp_path, ["torch==2.5.1", "flash-attn", "tqdm"], constraints=["numpy<2"])
+    plan = dataclasses.replace(plan, backend_names=("packaging", "torch", "xformers"))
+    lines = _run_constraints_step(export.to_shell(plan), tmp_path)
+    assert lines[0] == f"packaging=={metadata.version('packaging')}"
+    assert "torch<0" in lines and "xformers<0" in lines
+    # flash-attn is built in the build phase: it must not be fenced; the other builds are.
+    assert "flash-attn<0" not in lines
+    assert "mamba-ssm<0" in lines and "causal-conv1d<0" in lines
+    assert lines[-1] == "numpy<2"
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.parametrize("requirement", ["flash-attn~=2.7", "flash-attn!=2.7.0", "flash_attn>=2.6", "Flash-Attn", "flash-attn @ https://files.example/flash_attn-2.7.4-py3-none-any.whl"])
+def test_constraints_step_does_not_fence_what_the_build_phase_builds(tmp_path: Path, requirement: str) -> None:
+    """Any spelling of the requirement: a fence on the package being built makes its phase fail."""
+    plan = make_plan(tmp_path, ["torch==2.5.1", requirement])
+    assert [p.name for p in plan.phases] == ["backend", "build-requirements", "build"]
+    lines = _run_constraints_step(export.to_shell(plan), tmp_path)
+    assert not [x for x in lines if config.normalize(x.split("<")[0]) == "flash-attn"], lines
