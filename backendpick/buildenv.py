@@ -85,6 +85,22 @@ def _major_minor(text: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def predict_torch(version: str, backend, facts) -> TorchInfo:
+    """The torch a backend phase will install, from the index's offer: its CUDA or HIP comes
+    from the backend, its C++ ABI from the release (facts.toml [torch.abi])."""
+    from packaging.version import Version
+
+    from backendpick.backend import CUDA, ROCM
+
+    release = Version(version).release[:2]
+    return TorchInfo(
+        version,
+        cuda=backend.version_text if backend.kind == CUDA else None,
+        hip=backend.version_text if backend.kind == ROCM else None,
+        cxx11abi=release >= facts.cxx11abi_from[:2],
+    )
+
+
 def torch_info(python: Path, *, timeout: float = TORCH_TIMEOUT) -> TorchInfo:
     """Import torch once in the target; InstallError when it cannot be imported there."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}

@@ -46,6 +46,7 @@ class Facts:
     backend_packages: tuple[str, ...] = ()
     no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
     extensions: dict = field(default_factory=dict)  # name -> compiled extension module names
+    cxx11abi_from: tuple[int, ...] = (2, 7)  # first torch release whose wheels use the CXX11 ABI
 
     # -- NVIDIA ---------------------------------------------------------------------------------
     def max_cuda_for_driver(self, driver: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -163,6 +164,7 @@ def build(raw: dict) -> Facts:
         backend_packages=tuple(raw["packages"]["backend"]),
         no_build_isolation={k: tuple(v) for k, v in raw["packages"]["no-build-isolation"].items()},
         extensions={k: tuple(v) for k, v in raw["packages"].get("extensions", {}).items()},
+        cxx11abi_from=dotted(torch["abi"]["cxx11-from"]),
     )
 
 

@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 from backendpick import runner
 from backendpick.config import normalize, redact
 from backendpick.errors import InstallError
-from backendpick.plan import BUILD, BUILD_REQS, PENDING, REST, SOURCE, Phase, Plan
+from backendpick.plan import BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan
 from backendpick.target import Target, inspect
 
 TAIL_LINES = 25
@@ -96,11 +96,13 @@ def execute(
     note = on_note or _stderr_note
     results: list[PhaseResult] = []
     log_dir.mkdir(parents=True, exist_ok=True)
+    current: Target | None = None
     for phase in plan.phases:
         if phase.skip:
             results.append(PhaseResult(phase.name, 0.0, phase.skip))
             continue
-        if phase.name in (BUILD_REQS, BUILD, REST):
+        if phase.name in (BUILD_REQS, BUILD, REST) and current is None:
+            # Once, after the backend phase: later phases cannot change what it pins.
             current = inspect(target.python)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
             plan.constraints_path.write_text("\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
@@ -108,7 +110,7 @@ def execute(
         env.update(phase.env)
         env.setdefault("PIP_NO_INPUT", "1")
         if phase.name == BUILD and phase.steps:
-            ran, elapsed = _run_build(plan, phase, target=target, env=env, on_phase_start=on_phase_start,
+            ran, elapsed = _run_build(plan, phase, target=current, env=env, on_phase_start=on_phase_start,
                                       on_line=on_line, on_note=note, log_dir=log_dir)
             on_phase_end(ran, elapsed)
             results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
@@ -158,6 +160,15 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
     ctx = phase.context
     assert isinstance(ctx, prebuilt.BuildContext)
     steps = list(phase.steps)
+    installed = target.get("torch")  # target: as the backend phase left it
+    if ctx.predicted and (installed is None or installed.version != ctx.torch.version):
+        # pip resolved another torch than the plan expected (a companion's exact pin): choose
+        # each wheel again for the torch that is really there.
+        say(f"the backend phase installed torch {installed.version if installed else '(none)'}, "
+            f"not {ctx.torch.version}; choosing the build phase's wheels again")
+        ctx = replace(ctx, torch=None, predicted=False)
+        steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
+                 if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
     if ctx.torch is None and any(s.how in (PENDING, SOURCE) for s in steps):
         ctx = replace(ctx, torch=buildenv.torch_info(target.python))
         steps = prebuilt.resolve(steps, ctx, env)

@@ -57,6 +57,9 @@ class BuildStep:
     build_env: dict = field(default_factory=dict)  # limits and switches for that build
     arch_key: str = ""  # the architecture part of its cache key
     limits: str = ""  # what was chosen for the build, in words
+    # Folder holding its wheel (the build folder, or its cache entry): pip gets ``-f folder
+    # name==version``, a command known before the build, so --dry-run prints it exactly.
+    find_links: str | None = None
 
     def install_requirement(self) -> str:
         """What the build phase's pip install gets for this package (a placeholder until known)."""
@@ -64,10 +67,12 @@ class BuildStep:
             return self.requirement
         req = Requirement(self.requirement)
         head = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+        if self.find_links and self.version:
+            return f"{head}=={self.version}"
         if self.wheel:
             location = self.wheel if "://" in self.wheel else Path(self.wheel).as_uri()
             return f"{head} @ {location}"
-        if self.how == SOURCE:
+        if self.how == SOURCE:  # version still open: the wheel's name is known only after the build
             return f"{head} @ <the wheel built above>"
         chosen = f" ({self.version})" if self.version else ""
         return f"<wheel for {self.requirement}{chosen}: chosen after the backend phase>"
@@ -114,7 +119,8 @@ class Phase:
         if not self.steps:
             return self.argv
         head = self.argv[: len(self.argv) - len(self.requirements)]
-        return tuple(head) + tuple(s.install_requirement() for s in self.steps)
+        links = [a for s in self.steps if s.find_links for a in ("-f", s.find_links)]
+        return tuple(head) + tuple(links) + tuple(s.install_requirement() for s in self.steps)
 
     def command_line(self) -> str:
         """The command as a shell line, credentials hidden: what --dry-run prints.

@@ -374,7 +374,10 @@ class BuildContext:
     target_bin: Path
     staging: Path  # where pip wheel writes, inside the environment's state folder
     head: tuple[str, ...]  # the build phase's pip install argv without requirements
-    torch: TorchInfo | None = None  # known once torch is installed and final
+    torch: TorchInfo | None = None  # known once torch is installed and final, or predicted
+    # True while ``torch`` is what the backend phase is expected to install: the executor checks
+    # it against the installed torch and chooses again when pip resolved another one.
+    predicted: bool = False
 
     def sources_for(self, name: str) -> list[Source]:
         package = packages()[name]
@@ -397,7 +400,7 @@ def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...
 
 
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
-           env: Mapping[str, str], rest_options: Sequence[str] = ()) -> Plan:
+           env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None) -> Plan:
     """Give the plan's build phase its steps: each package's version now, and where its wheel
     comes from when torch is already installed and no earlier phase changes it."""
     from backendpick.index import IndexClient
@@ -442,6 +445,10 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
             ctx = replace(ctx, torch=buildenv.torch_info(target.python))
         except BackendpickError as exc:
             warnings.append(f"{exc.message}; the build phase's wheels are chosen when it runs")
+    elif torch_changes and predicted is not None:
+        # Choose now for the torch the backend phase will install, so the plan and --dry-run show
+        # the real commands; install checks the prediction once torch is there.
+        ctx = replace(ctx, torch=predicted, predicted=True)
     if ctx.torch is not None:
         steps = resolve(steps, ctx, env)
         warnings += toolchain_warnings(steps, ctx, env)
@@ -515,6 +522,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     entry = cache.lookup(ctx.cache_root, key) if version else cache.newest(ctx.cache_root, key, req.specifier)
     if entry is not None:
         return replace(step, how=CACHED, version=entry.key.version, wheel=str(entry.wheel),
+                       find_links=str(entry.directory),
                        note=f"{req.name} {entry.key.version}: built before for torch {torch.version} "
                             f"(wheel cache: {entry.wheel})")
 
@@ -549,7 +557,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     return replace(
         step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
         build_argv=wheel_argv(ctx, step.name, build_req), build_env=build_env, arch_key=limits.arch_key,
-        limits=limits.summary,
+        limits=limits.summary, find_links=str(ctx.staging / step.name) if version else None,
     )
 
 

@@ -152,8 +152,22 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         from backendpick import prebuilt
 
         plan = prebuilt.attach(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config,
-                               env=env, rest_options=wanted.rest_options)
+                               env=env, rest_options=wanted.rest_options,
+                               predicted=_predicted_torch(facts, decision, offers))
     return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
+
+
+def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
+    """The torch the backend phase should install: the newest offered build the plan allows.
+
+    pip may resolve an older one (a companion's exact pin); install then chooses again."""
+    from backendpick.buildenv import predict_torch
+
+    versions = offers.versions.get(decision.backend, []) if offers is not None and offers.source == "index" else []
+    if decision.torch_releases:
+        allowed = {r[:2] for r in decision.torch_releases}
+        versions = [v for v in versions if v.release[:2] in allowed]
+    return predict_torch(str(versions[-1]), decision.backend, facts) if versions else None
 
 
 def _check_family_published(client, url: str, backend: Backend, reqs, family: set[str], target) -> None:

@@ -38,7 +38,7 @@ TIMEOUT = 240
 VERSION = "2.7.4"
 PY = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 # What flash-attn 2.7.4's setup.py asks GitHub for under torch 2.5.1+cu124 (C++11 ABI on).
-PREBUILT = f"flash_attn-{VERSION}+cu12torch2.5cxx11abiTRUE-{PY}-{PY}-linux_{platform.machine()}.whl"
+PREBUILT = f"flash_attn-{VERSION}+cu12torch2.5cxx11abiFALSE-{PY}-{PY}-linux_{platform.machine()}.whl"
 SDIST = f"flash_attn-{VERSION}.tar.gz"
 BUILD_VARS = ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST", "FLASH_ATTN_CUDA_ARCHS", "FLASH_ATTENTION_FORCE_BUILD")
 A100 = "0, NVIDIA A100-SXM4-80GB, 550.54.14, 8.0, GPU-00000000-0000-0000-0000-000000000000, 81920\n"
@@ -92,7 +92,7 @@ def _private_pypi(server: IndexServer) -> None:
 def _prebuilt_wheel(server: IndexServer, releases: str) -> Path:
     """The release asset, as the project publishes it (a wheel that needs no build)."""
     return make_wheel(
-        server.index_dir(releases), "flash-attn", f"{VERSION}+cu12torch2.5cxx11abiTRUE",
+        server.index_dir(releases), "flash-attn", f"{VERSION}+cu12torch2.5cxx11abiFALSE",
         tag=f"{PY}-{PY}-linux_{platform.machine()}", requires=["torch", "einops"],
         files={"flash_attn/__init__.py": f"__version__ = {VERSION!r}\nprebuilt = True\n",
                "flash_attn_2_cuda.py": "def fwd(*a, **kw):\n    return None\n"},
@@ -196,7 +196,7 @@ def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: Ind
     assert proc.returncode == 0, _output(proc)
     assert f"prebuilt wheel {PREBUILT}" in proc.stdout + proc.stderr, _output(proc)
     assert scene.flash_attn(venv)["prebuilt"] is True
-    assert installed_versions(venv, scene.world.env())["flash-attn"] == f"{VERSION}+cu12torch2.5cxx11abiTRUE"
+    assert installed_versions(venv, scene.world.env())["flash-attn"] == f"{VERSION}+cu12torch2.5cxx11abiFALSE"
     assert set(server.files_downloaded(scene.releases)) == {PREBUILT}  # the existence check, then pip
     assert SDIST not in server.files_downloaded("bp-build")  # nothing built
     assert scene.cache_entries() == []
@@ -223,12 +223,14 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
         "flash-attn", VERSION, "2.5.1+cu124", "cuda12.4", PY)
     assert entry["arch"] == "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0"
 
-    # A second environment: before torch is there, --dry-run says what is decided when.
+    # A second environment: before torch is there, the plan predicts the torch the backend
+    # phase installs (2.5.1+cu124 from the index), so --dry-run already names the cached wheel.
     second = scene.world.new_venv(scene.base)
     dry = scene.install(second, "--dry-run")
     assert dry.returncode == 0, _output(dry)
-    assert "# flash-attn 2.7.4: chosen after the backend phase installs torch" in dry.stdout, _output(dry)
-    assert "'<wheel for flash-attn (2.7.4): chosen after the backend phase>'" in dry.stdout, _output(dry)
+    assert "# flash-attn 2.7.4: built before for torch 2.5.1+cu124 (wheel cache:" in dry.stdout, _output(dry)
+    [key_file] = sorted(scene.cache.glob("*/*/*/key.json"))
+    assert f"-f {key_file.parent} flash-attn==2.7.4" in dry.stdout, _output(dry)
     # With torch installed (and kept), the plan chooses now: the dry run is the exact command.
     torch = subprocess.run([str(venv_python(second)), "-m", "pip", "install", "--index-url", scene.world.url("cu124"),
                             "torch==2.5.1"], env=scene.world.env(Path(os.devnull)), capture_output=True, text=True,
@@ -238,7 +240,7 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
     assert dry.returncode == 0, _output(dry)
     cached = Path(scene.cache_entries()[0]["wheel"]).name
     [install_line] = [line for line in dry.stdout.splitlines() if "--no-build-isolation" in line]
-    assert f"flash-attn @ file://{scene.cache}/" in install_line and install_line.rstrip("'").endswith(cached), _output(dry)
+    assert f"-f {key_file.parent} flash-attn==2.7.4" in install_line, _output(dry)
 
     server.clear_log()
     proc = scene.install(second)

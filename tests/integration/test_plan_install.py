@@ -484,13 +484,6 @@ def test_plan_with_one_new_requirement_runs_only_the_rest_phase(lab: Lab, cu124_
 # -- 5. the dry run prints exactly what install runs ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUILD phase (prebuilt/source build of flash-attn): --dry-run prints a placeholder "
-    "\"pip install ... '<wheel for flash-attn (2.7.4): chosen after the backend phase>'\" where install runs "
-    "'pip wheel ... flash-attn==2.7.4' then \"pip install ... 'flash-attn @ <the wheel built above>'\", and "
-    "install prints those two commands without the '  $ ' prefix (only a '# ...' note gets it)",
-)
 def test_dry_run_prints_exactly_the_commands_install_runs(cu124_stack: StackRun) -> None:
     assert cu124_stack.dry.dry_run_commands == cu124_stack.first.commands
 

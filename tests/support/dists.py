@@ -18,7 +18,7 @@ import textwrap
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Union
+from typing import Optional, Union
 
 FileContent = Union[str, bytes]
 
@@ -187,6 +187,11 @@ def torch_backend_info(backend: str) -> tuple[str | None, str | None]:
     raise ValueError(f"unknown torch backend tag: {backend!r}")
 
 
+def _abi_of(version: str) -> bool:
+    major, minor = (int(p) for p in version.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 7)
+
+
 def make_torch(
     dest: Path,
     version: str,
@@ -194,7 +199,7 @@ def make_torch(
     *,
     local_tag: bool = True,
     requires: Iterable[str] = ("filelock", "typing-extensions"),
-    cxx11_abi: bool = True,
+    cxx11_abi: Optional[bool] = None,
     attrs: Mapping[str, object] | None = None,
 ) -> Path:
     """A fake torch wheel whose ``torch.version`` mirrors the real one for ``backend``.
@@ -223,7 +228,8 @@ def make_torch(
     files = {
         "torch/__init__.py": "\n".join(init_lines) + "\n",
         "torch/version.py": version_py,
-        "torch/_C.py": f"_GLIBCXX_USE_CXX11_ABI = {cxx11_abi!r}\n",
+        # Like the real wheels: the CXX11 ABI from torch 2.7 on, the old ABI before.
+        "torch/_C.py": f"_GLIBCXX_USE_CXX11_ABI = {cxx11_abi if cxx11_abi is not None else _abi_of(version)!r}\n",
         # No real device exists in tests; code that probes must not crash.
         "torch/cuda/__init__.py": "def is_available():\n    return False\n",
     }

@@ -296,7 +296,9 @@ def test_a_cached_build_comes_first(tmp_path, monkeypatch):
     stored = cache.store(ctx.cache_root, key, wheel)
     [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
     assert (step.how, step.wheel) == (CACHED, str(stored.wheel))
-    assert step.install_requirement() == f"flash-attn @ {stored.wheel.as_uri()}"
+    # pip gets the cache entry's folder and the exact version: a command known before install.
+    assert (step.find_links, step.install_requirement()) == (str(stored.directory), "flash-attn==2.7.4")
+    assert _phase(step).install_argv()[-3:] == ("-f", str(stored.directory), "flash-attn==2.7.4")
 
 
 def test_a_prebuilt_wheel_comes_before_a_build(tmp_path, monkeypatch):
