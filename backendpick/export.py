@@ -60,7 +60,8 @@ def to_shell(plan: Plan) -> str:
             out.append(f'"$PY" -c {shlex.quote(_CONSTRAINTS_SCRIPT)} "$CONSTRAINTS" {" ".join(args)}')
             wrote_constraints = True
         words = []
-        for a in phase.argv:
+        # The plain commands: wheels in this machine's cache or build folders are not in the image.
+        for a in (phase.base_argv or phase.argv):
             if a == python:
                 words.append('"$PY"')
             elif a == constraints:

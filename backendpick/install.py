@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 from backendpick import runner
 from backendpick.config import normalize, redact
 from backendpick.errors import InstallError
-from backendpick.plan import BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan
+from backendpick.plan import BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
 from backendpick.target import Target, inspect
 
 TAIL_LINES = 25
@@ -97,13 +97,15 @@ def execute(
     results: list[PhaseResult] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     current: Target | None = None
-    for phase in plan.phases:
+    phases = list(plan.phases)
+    for i in range(len(phases)):
+        phase = phases[i]
         if phase.skip:
             results.append(PhaseResult(phase.name, 0.0, phase.skip))
             continue
         if phase.name in (BUILD_REQS, BUILD, REST) and current is None:
             # Once, after the backend phase: later phases cannot change what it pins.
-            current = inspect(target.python)
+            current = inspect(target.python, tags=False)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
             plan.constraints_path.write_text("\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
         env = {k: v for k, v in user_env.items() if k not in phase.unset}
@@ -114,6 +116,13 @@ def execute(
                                       on_line=on_line, on_note=note, log_dir=log_dir)
             on_phase_end(ran, elapsed)
             results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
+            # The rest phase installs the wheels as they really ended up (chosen again when the
+            # torch prediction missed), or none when the build phase had to install them itself.
+            r = next((j for j, p in enumerate(phases) if p.name == REST and p.skip is None), None)
+            if r is not None and ran.deferred:
+                phases[r] = fold(ran, phases[r])
+            elif r is not None and phases[r].base_argv:
+                phases[r] = replace(phases[r], argv=phases[r].base_argv, base_argv=())
             continue
         on_phase_start(phase)
         started = time.monotonic()
@@ -212,11 +221,15 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
                 say(f"warning: cannot write the wheel cache {ctx.cache_root} ({exc}); installing from {wheel}")
             steps[i] = replace(step, version=key.version, wheel=str(stored))
         phase = replace(phase, steps=tuple(steps))
-        argv = phase.install_argv()
-        log.write(f"$ {redact(' '.join(argv))}\n")
-        res = runner.stream(argv, on_line=tee, env=env)
+        if phase.deferred and foldable(phase):
+            res = None  # the rest phase's pip run installs the wheels
+        else:
+            phase = replace(phase, deferred=False)
+            argv = phase.install_argv()
+            log.write(f"$ {redact(' '.join(argv))}\n")
+            res = runner.stream(argv, on_line=tee, env=env)
     elapsed = time.monotonic() - started
-    if not res.ok:
+    if res is not None and not res.ok:
         hit = fenced_needs(res.stdout, plan)
         if hit and (hit.backend or hit.build):
             raise FenceConflict(hit)

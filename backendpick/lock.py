@@ -26,16 +26,20 @@ def _timeout(env) -> float:
 
 
 @contextmanager
-def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterator[None]:
+def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterator[bool]:
+    """Hold the environment's lock; yields whether it had to wait (then the environment may
+    have changed since the caller last looked)."""
     import fcntl  # POSIX only; imported here so the rest of backendpick stays importable elsewhere
 
     env = os.environ if env is None else env
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
+    waited = False
     with path.open("a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            waited = True
             f.seek(0)
             holder = f.read().strip() or "another process"
             limit = _timeout(env)
@@ -57,7 +61,7 @@ def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterat
         f.write(f"backendpick pid {os.getpid()}")
         f.flush()
         try:
-            yield
+            yield waited
         finally:
             f.seek(0)
             f.truncate()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -113,6 +113,10 @@ class Phase:
     # (a prebuilt.BuildContext). Without steps, the phase runs ``argv`` as it is.
     steps: tuple[BuildStep, ...] = ()
     context: object = None
+    # Build phase: its wheels are installed by the rest phase's pip run (one pip start fewer).
+    deferred: bool = False
+    # Rest phase: its argv before the build phase's wheels were folded in.
+    base_argv: tuple[str, ...] = ()
 
     def install_argv(self) -> tuple[str, ...]:
         """``argv`` with each build step's wheel in place of its requirement."""
@@ -132,7 +136,10 @@ class Phase:
             return _shell(self.argv, self.env, self.unset)
         lines = [f"# {redact(s.note)}" for s in self.steps if s.note]
         lines += [_shell(s.build_argv, {**self.env, **s.build_env}, self.unset) for s in self.steps if s.build_argv]
-        lines.append(_shell(self.install_argv(), self.env, self.unset))
+        if self.deferred:
+            lines.append("# the wheels are installed by the rest phase's pip run")
+        else:
+            lines.append(_shell(self.install_argv(), self.env, self.unset))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -262,6 +269,39 @@ def torch_exclusions(decision: Decision, offered: Sequence[Version]) -> str:
     allowed = {r[:2] for r in decision.torch_releases}
     out = sorted({v.public for v in offered if v.release[:2] not in allowed})
     return ",".join(f"!={v}" for v in out)
+
+
+def foldable(build: Phase) -> bool:
+    """Whether every package of the build phase ends as a known wheel (cached, prebuilt, or built
+    into a known folder), so pip needs no build for it and another pip run can install it."""
+    return bool(build.steps) and all(
+        s.how in (CACHED, PREBUILT) or (s.how == SOURCE and s.find_links) for s in build.steps
+    )
+
+
+def fold(build: Phase, rest: Phase) -> Phase:
+    """The rest phase installing the build phase's wheels too.
+
+    ``--only-binary`` for them: pip must take the wheel, never fall back to an isolated sdist
+    build (the ``No module named 'torch'`` failure this tool exists to avoid)."""
+    base = rest.base_argv or rest.argv
+    head = base[: len(base) - len(rest.requirements)]
+    links = [a for s in build.steps if s.find_links for a in ("-f", s.find_links)]
+    only = ["--only-binary", ",".join(sorted(s.name for s in build.steps))]
+    wheels = [s.install_requirement() for s in build.steps]
+    return replace(rest, argv=(*head, *links, *only, *wheels, *rest.requirements), base_argv=base)
+
+
+def fold_builds(phases: Sequence[Phase]) -> tuple[Phase, ...]:
+    """Fold a foldable build phase into a rest phase that runs; otherwise leave them."""
+    out = list(phases)
+    b = next((i for i, p in enumerate(out) if p.name == BUILD and p.skip is None), None)
+    r = next((i for i, p in enumerate(out) if p.name == REST and p.skip is None), None)
+    if b is None or r is None or not foldable(out[b]):
+        return tuple(out)
+    out[b] = replace(out[b], deferred=True)
+    out[r] = fold(out[b], out[r])
+    return tuple(out)
 
 
 def env_delta(phase_env: Mapping[str, str], user_env: Mapping[str, str]) -> tuple[dict, tuple[str, ...]]:

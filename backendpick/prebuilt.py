@@ -48,7 +48,7 @@ from backendpick.config import GITHUB_SOURCE, BuildSettings, Settings, normalize
 from backendpick.errors import BackendpickError
 from backendpick.hardware import AMD, NVIDIA, Hardware
 from backendpick.pipconf import PipConfig
-from backendpick.plan import AS_IS, BACKEND, BUILD, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan
+from backendpick.plan import AS_IS, BACKEND, BUILD, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan, fold_builds
 from backendpick.target import Target
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -456,7 +456,7 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
         steps = [replace(s, note=_pending_note(s, ctx, plan)) if s.how == PENDING else s for s in steps]
     phases = list(plan.phases)
     phases[at] = replace(phase, steps=tuple(steps), context=ctx)
-    return replace(plan, phases=tuple(phases), warnings=plan.warnings + tuple(warnings))
+    return replace(plan, phases=fold_builds(phases), warnings=plan.warnings + tuple(warnings))
 
 
 def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, hardware: Hardware,

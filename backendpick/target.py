@@ -38,14 +38,16 @@ pip_version = None
 try:
     import pip
     pip_version = pip.__version__
-    from pip._vendor.packaging import tags as t
-    tags = [str(x) for x in t.sys_tags()]
 except Exception:
-    try:
-        from packaging import tags as t
-        tags = [str(x) for x in t.sys_tags()]
-    except Exception:
-        pass
+    pass
+if "--no-tags" not in sys.argv:
+    import importlib
+    for mod in ("pip._vendor.packaging.tags", "packaging.tags"):
+        try:
+            tags = [str(x) for x in importlib.import_module(mod).sys_tags()]
+            break
+        except Exception:
+            continue
 def _pkg_file(pkg, name):
     # find_spec locates a package without importing it (importing torch takes seconds).
     import importlib.util
@@ -145,13 +147,14 @@ def choose_python(flag: Path | None, env: Mapping[str, str] | None = None) -> Pa
     return Path(sys.executable)
 
 
-def inspect(python: Path, *, timeout: float = 60.0) -> Target:
+def inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Target:
+    """``tags=False`` skips the wheel tags (only index queries need them; a few tens of ms)."""
     from backendpick.config import normalize
 
     if not python.exists():
         raise ConfigError(f"target interpreter {python} does not exist", hint="pass --python PATH to an existing python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    res = capture([python, "-I", "-c", _SCRIPT], timeout=timeout, env=env)
+    res = capture([python, "-I", "-c", _SCRIPT, *([] if tags else ["--no-tags"])], timeout=timeout, env=env)
     if not res.ok:
         detail = (res.error or res.stderr.strip().splitlines()[-1:] or ["no output"])
         raise ConfigError(f"cannot inspect target interpreter {python}: {detail if isinstance(detail, str) else detail[0]}")

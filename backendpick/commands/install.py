@@ -81,12 +81,13 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
         return 0
 
     target = target_mod.inspect(target_mod.choose_python(req.python))
-    with lock.hold(state_dir(target), on_wait=out.info):
-        return _install_locked(out, req)
+    with lock.hold(state_dir(target), on_wait=out.info) as waited:
+        # After a wait another run changed the environment: look again.
+        return _install_locked(out, req, None if waited else target)
 
 
-def _install_locked(out: Output, req: Request) -> int:
-    prepared = prepare(req)
+def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
+    prepared = prepare(req, target=target)
     snapshot = None
     if prepared.plan.active:
         snapshot = history.record(prepared.target, state_dir(prepared.target))
@@ -147,7 +148,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
     facts = facts_mod.load()
     settings = prepared.settings
     before = prepared.target
-    after = target_mod.inspect(before.python)
+    after = target_mod.inspect(before.python, tags=False)
     family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
     flag = where_flags(req.python, settings)
     # The hardware counts only when backendpick chose by it; an explicit backend (a Docker

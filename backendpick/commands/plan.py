@@ -63,7 +63,8 @@ def _torch_spec(reqs, family: set[str]) -> SpecifierSet:
     return spec
 
 
-def prepare(req: Request, env: dict | None = None) -> Prepared:
+def prepare(req: Request, env: dict | None = None, target: target_mod.Target | None = None) -> Prepared:
+    """``target``: the target as just inspected by the caller, to save inspecting it again."""
     env = dict(os.environ if env is None else env)
     facts = facts_mod.load()
     settings = config.load(
@@ -71,7 +72,8 @@ def prepare(req: Request, env: dict | None = None) -> Prepared:
         cuda_compat=req.cuda_compat, env=env,
     )
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups)
-    target = target_mod.inspect(target_mod.choose_python(req.python, env))
+    if target is None:
+        target = target_mod.inspect(target_mod.choose_python(req.python, env))
     pip_config = pipconf.read(env, target.prefix)
     hardware = probe(facts, ProbeSettings.from_env(env))
     family = set(settings.backend_packages)
