@@ -93,12 +93,18 @@ _NAME_LISTS = ("backend-packages", "extra-backend-packages", "no-build-isolation
 _NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508 names
 
 
+def _known_key(key: str, known: Mapping[str, Any], message: str) -> None:
+    """A key must be one of ``known``; a near-miss gets a suggestion."""
+    if key in known:
+        return
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+    raise ConfigError(message, hint=hint)
+
+
 def _validate(tool: Mapping[str, Any], path: Path) -> None:
     for key, value in tool.items():
-        if key not in KEYS:
-            close = difflib.get_close_matches(key, list(KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
-            raise ConfigError(f"{path}: unknown key tool.backendpick.{key}", hint=hint)
+        _known_key(key, KEYS, f"{path}: unknown key tool.backendpick.{key}")
         expected, what = KEYS[key]
         if not isinstance(value, expected):
             raise ConfigError(
@@ -142,10 +148,7 @@ def _validate(tool: Mapping[str, Any], path: Path) -> None:
 
 def _validate_build(table: Mapping[str, Any], path: Path) -> None:
     for key, value in table.items():
-        if key not in BUILD_KEYS:
-            close = difflib.get_close_matches(key, list(BUILD_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(BUILD_KEYS)}"
-            raise ConfigError(f"{path}: unknown key tool.backendpick.build.{key}", hint=hint)
+        _known_key(key, BUILD_KEYS, f"{path}: unknown key tool.backendpick.build.{key}")
         expected, what = BUILD_KEYS[key]
         # bool is an int to Python; max-jobs = true is a mistake, not 1.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

@@ -15,17 +15,18 @@ import re
 import shutil
 import sys
 import threading
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from packaging.requirements import Requirement
 
 from backendpick import runner
 from backendpick.config import normalize, redact
 from backendpick.errors import InstallError
-from backendpick.plan import BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
+from backendpick.plan import BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
 from backendpick.target import Target, inspect
 
 TAIL_LINES = 25
@@ -126,31 +127,45 @@ def execute(
             continue
         on_phase_start(phase)
         started = time.monotonic()
-        log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
-        with log_path.open("w", encoding="utf-8") as log:
-            log.write(f"$ {phase.command_line()}\n")
-
-            def tee(line: str) -> None:
-                log.write(line + "\n")
-                on_line(line)
-
+        with _phase_log(log_dir, phase, on_line) as (log, log_path, tee):
             res = runner.stream(phase.argv, on_line=tee, env=env)
         elapsed = time.monotonic() - started
         if not res.ok:
-            output = res.stdout
-            if phase.name in (BUILD, REST, BUILD_REQS):
-                hit = fenced_needs(output, plan)
-                if hit and (hit.backend or hit.build):
-                    raise FenceConflict(hit)
-            raise InstallError(
-                f"phase '{phase.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "
-                f"{_left_state(plan, phase)}",
-                hint=f"full pip output: {log_path}; re-run with -v to watch pip",
-                details=_tail(output, phase),
-            )
+            _failed(plan, phase, phase, res, log_path)
         on_phase_end(phase, elapsed)
         results.append(PhaseResult(phase.name, elapsed))
     return results
+
+
+def _failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path) -> None:
+    """A pip run of a phase failed: a fence conflict to retry, else the error with pip's tail.
+
+    ``planned`` is the plan's own phase (where the environment stands), ``ran`` what ran."""
+    if planned.name != BACKEND:
+        hit = fenced_needs(res.stdout, plan)
+        if hit and (hit.backend or hit.build):
+            raise FenceConflict(hit)
+    raise InstallError(
+        f"phase '{ran.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "
+        f"{_left_state(plan, planned)}",
+        hint=f"full pip output: {log_path}; re-run with -v to watch pip",
+        details=_tail(res.stdout, ran),
+    )
+
+
+@contextmanager
+def _phase_log(log_dir: Path, phase: Phase, on_line: Callable[[str], None]) -> Iterator[tuple]:
+    """The phase's log file, opened with its command, and a ``tee`` that writes each pip line
+    there and hands it on: (log, its path, tee)."""
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        log.write(f"$ {phase.command_line()}\n")
+
+        def tee(line: str) -> None:
+            log.write(line + "\n")
+            on_line(line)
+
+        yield log, log_path, tee
 
 
 def _stderr_note(text: str) -> None:
@@ -198,14 +213,7 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
 
     on_phase_start(phase)
     started = time.monotonic()
-    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        log.write(f"$ {phase.command_line()}\n")
-
-        def tee(line: str) -> None:
-            log.write(line + "\n")
-            on_line(line)
-
+    with _phase_log(log_dir, phase, on_line) as (log, log_path, tee):
         for i, step in enumerate(steps):
             if step.how != SOURCE:
                 continue
@@ -230,15 +238,7 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
             res = runner.stream(argv, on_line=tee, env=env)
     elapsed = time.monotonic() - started
     if res is not None and not res.ok:
-        hit = fenced_needs(res.stdout, plan)
-        if hit and (hit.backend or hit.build):
-            raise FenceConflict(hit)
-        raise InstallError(
-            f"phase '{phase.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "
-            f"{_left_state(plan, planned)}",
-            hint=f"full pip output: {log_path}; re-run with -v to watch pip",
-            details=_tail(res.stdout, phase),
-        )
+        _failed(plan, planned, phase, res, log_path)
     return phase, elapsed
 
 

@@ -107,6 +107,17 @@ def _cuda_of_cpp_lib(value) -> str | None:
     return None
 
 
+def _requires(dist) -> list[Requirement]:
+    """A distribution's Requires-Dist, parsed; a broken line is skipped (pip check reports it)."""
+    out = []
+    for raw in dist.requires:
+        try:
+            out.append(Requirement(raw))
+        except InvalidRequirement:
+            continue
+    return out
+
+
 def stack_problems(
     target: Target,
     facts: Facts,
@@ -143,11 +154,7 @@ def stack_problems(
             problems.append(Problem(dist.name, f"{dist.name} {dist.version} is built for {tag}, torch {tb.version} for {tb.backend}",
                                     fix_stack([dist.name])))
             continue
-        for raw in dist.requires:
-            try:
-                dep = Requirement(raw)
-            except InvalidRequirement:
-                continue
+        for dep in _requires(dist):
             if normalize(dep.name) != "torch" or (dep.marker is not None and "extra" in str(dep.marker)):
                 continue
             if not dep.specifier.contains(torch_version, prereleases=True):
@@ -351,11 +358,7 @@ def dependency_problems(target: Target, names: Iterable[str], python_flag: str, 
         dist = target.get(name)
         if dist is None:
             continue
-        for raw in dist.requires:
-            try:
-                dep = Requirement(raw)
-            except InvalidRequirement:
-                continue
+        for dep in _requires(dist):
             if not marker_ok(dep, target.markers):
                 continue
             have = target.get(dep.name)

@@ -2,7 +2,7 @@
 auto picks on fake machines from what the world's indexes publish, the JSON schema, the exit
 codes, and configuration errors. Nothing here installs; one fresh venv serves every test.
 
-The harness (``Lab``) and the shared world live in ``tests/integration/test_plan_install.py``.
+The harness (``Lab``) is tests/support/lab.py; the world and lab fixtures are in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,21 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_plan_install import Lab, ok, py, shared_lab, shared_world
+from tests.support.lab import Lab, ok, py
 from tests.support.dists import make_torch, make_wheel
-from tests.support.world import World
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(request.config, tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return shared_lab(request.config, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

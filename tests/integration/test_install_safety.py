@@ -12,24 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_plan_install import Lab, ok, py, shared_lab, shared_world
+from tests.support.lab import Lab, ok, py
 from tests.support.dists import make_torch, make_wheel
 from tests.support.venvs import write_pip_conf
-from tests.support.world import HOSTILE_TORCH_VERSION, World
+from tests.support.world import HOSTILE_TORCH_VERSION
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cr3t-t0ken"
-
-
-@pytest.fixture(scope="session")
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(request.config, tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return shared_lab(request.config, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

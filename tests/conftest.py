@@ -1,4 +1,6 @@
-"""Fixtures for integration tests: a hermetic package world served on 127.0.0.1."""
+"""Session fixtures shared by the integration and CLI tests: one hermetic package world
+(indexes on 127.0.0.1, a simulated user pip.conf, a template venv) and the backendpick
+harness on top of it, built once per session."""
 
 from __future__ import annotations
 
@@ -8,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.index import IndexServer
+from tests.support.lab import Lab
 from tests.support.world import World, build_world
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "integration: runs real pip in venvs against the local fake indexes (slow)",
-    )
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +22,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield built
     finally:
         built.close()
+
+
+@pytest.fixture(scope="session")
+def lab(world: World, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """Fake machines and hermetic backendpick/pip runs against the session's world."""
+    return Lab(world, tmp_path_factory.mktemp("lab"))
 
 
 @pytest.fixture

@@ -1,0 +1,301 @@
+"""The harness of the plan/install tests: fake machines, and a hermetic way to run backendpick
+and pip against the test world (``Lab``).
+
+Every backendpick process runs hermetically (``Lab.env``): the world's environment
+(``World.env``: no PIP_* of this machine, the simulated user pip.conf with a hostile
+extra index), fake hardware (``BACKENDPICK_PROBE_ROOT`` and a PATH with a fake
+``nvidia-smi``), and the world's local indexes as the backend index template.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.dists import make_wheel
+from tests.support.index import IndexServer
+from tests.support.venvs import installed_versions, venv_python
+from tests.support.world import (
+    World,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+# backendpick from this checkout. World.env sets PYTHONDONTWRITEBYTECODE (for pip's children);
+# backendpick's own modules may keep their bytecode, as an installed copy would.
+_LAUNCH = (
+    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
+    "from backendpick.cli import main; main()"
+)
+TIMEOUT = 300
+
+# Backend packages of the world (the default backend-packages list has more names).
+FAMILY = ("torch", "torchvision", "torchaudio", "xformers", "triton", "pytorch-triton")
+
+
+# -- the harness ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class Result:
+    """One finished backendpick process."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def commands(self) -> list[str]:
+        """Commands install's plain progress says it ran: its ``  $ <command>`` lines
+        (``#`` lines are notes, not commands)."""
+        lines = self.stdout.splitlines()
+        return [line[4:] for line in lines if line.startswith("  $ ") and not line[4:].startswith("#")]
+
+    @property
+    def dry_run_commands(self) -> list[str]:
+        """What ``install --dry-run`` printed: one command per line, ``#`` lines are notes."""
+        return [line.strip() for line in self.stdout.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+    @property
+    def phases_run(self) -> list[str]:
+        """Names of the phases install reported as done, in order."""
+        return [
+            line.split(":", 1)[0][len("phase ") :]
+            for line in self.stdout.splitlines()
+            if line.startswith("phase ") and ": done in " in line
+        ]
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:  # shown by failed asserts
+        return (
+            f"backendpick {' '.join(self.args)} -> exit {self.returncode} in {self.seconds:.1f}s\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Fake hardware: a probe root, a PATH directory, and extra variables (CUDA_VERSION)."""
+
+    name: str
+    root: Path
+    bin: Path
+    env: dict = field(default_factory=dict)
+
+
+_PROBE_TOOLS = ("nvidia-smi", "rocminfo", "rocm_agent_enumerator")
+
+
+def _script(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o755)
+
+
+def make_machine(
+    base: Path,
+    name: str,
+    *,
+    driver: str | None = None,
+    gpus: tuple[tuple[str, str], ...] = (),
+    cuda: str | None = None,
+    nvcc: str | None = None,
+    env: dict | None = None,
+) -> Machine:
+    """A fake machine: ``driver`` in /sys/module/nvidia/version, ``gpus`` as (name, compute
+    capability) rows of a fake ``nvidia-smi``. ``cuda`` is the CUDA version its banner shows;
+    ``nvcc`` puts a CUDA compiler of that version (with a C++ compiler and ninja) on PATH."""
+    root, bindir = base / name / "root", base / name / "bin"
+    root.mkdir(parents=True)
+    bindir.mkdir(parents=True)
+    if driver:
+        sysdir = root / "sys" / "module" / "nvidia"
+        sysdir.mkdir(parents=True)
+        (sysdir / "version").write_text(driver + "\n")
+    if gpus:
+        rows = "".join(
+            f"{i}, {gpu}, {driver}, {cap}, GPU-{i:08d}-0000-0000-0000-000000000000, 81920\n"
+            for i, (gpu, cap) in enumerate(gpus)
+        )
+        banner = f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda or '12.4'}     |\n"
+        (base / name / "query.csv").write_text(rows)
+        (base / name / "banner.txt").write_text(banner)
+        _script(
+            bindir / "nvidia-smi",
+            "#!/bin/sh\n"
+            f'case "$*" in\n  *--query-gpu*) exec cat "{base / name / "query.csv"}" ;;\n'
+            f'  *) exec cat "{base / name / "banner.txt"}" ;;\nesac\n',
+        )
+    if nvcc:
+        # A CUDA devel image: flash-attn's source build finds its toolchain (the world's
+        # flash-attn compiles nothing, so fakes do).
+        _script(bindir / "nvcc", "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+                f"echo 'Cuda compilation tools, release {nvcc}, V{nvcc}.131'\n")
+        for tool in ("c++", "ninja"):
+            if not shutil.which(tool, path="/usr/bin:/bin"):
+                _script(bindir / tool, f"#!/bin/sh\necho 'fake {tool} 1.0'\n")
+    # A real tool on this host (a GPU CI runner) must not answer for the fake machine.
+    for tool in _PROBE_TOOLS:
+        if not (bindir / tool).exists() and shutil.which(tool, path="/usr/bin:/bin"):
+            _script(bindir / tool, f"#!/bin/sh\necho '{tool}: no device (fake machine {name})' >&2\nexit 9\n")
+    return Machine(name, root, bindir, dict(env or {}))
+
+
+# Plain packages the scenarios need on the user's default index (added to the world's pypi).
+EXTRA_PYPI = {
+    # An ordinary package that pulls a backend package in: the fence must move torchvision
+    # into the backend phase instead of letting the rest phase take it from PyPI/hostile.
+    "vision-helper": ("1.0", ["torchvision"]),
+    # An ordinary package that pulls a no-build-isolation package in: flash-attn must still be
+    # built in the build phase, against the backend's torch.
+    "attn-helper": ("1.0", ["flash-attn"]),
+    # An ordinary package that wants another torch: nothing in the rest phase may replace it.
+    "wants-newer-torch": ("1.0", ["torch>=2.7"]),
+}
+
+
+def _add_pypi_extras(server: IndexServer) -> None:
+    directory = server.index_dir("pypi")
+    for name, (version, requires) in EXTRA_PYPI.items():
+        if not list(directory.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+            make_wheel(directory, name, version, requires=requires, attrs={"__index__": "pypi"})
+
+
+class Lab:
+    """The world, fake machines, and a hermetic way to run backendpick and pip."""
+
+    def __init__(self, world: World, base: Path):
+        self.world = world
+        self.server = world.server
+        self.base = base
+        self.template = world.server.base_url + "/{backend}/simple"
+        self.empty_project = base / "empty-project"
+        self.empty_project.mkdir()
+        self.home = base / "home"
+        self.home.mkdir()
+        self.cache = base / "cache"
+        self.xdg_config_dirs = base / "xdg-config-dirs"  # empty: no /etc/xdg/pip/pip.conf
+        self.xdg_config_dirs.mkdir()
+        machines = base / "machines"
+        a100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
+        self.machines = {
+            m.name: m
+            for m in (
+                make_machine(machines, "none"),
+                make_machine(machines, "nvidia-560-a100", driver="560.35.03", gpus=a100, cuda="12.6"),
+                make_machine(machines, "nvidia-550-a100", driver="550.127.05", gpus=a100, cuda="12.4"),
+                make_machine(
+                    machines, "nvidia-570-rtx5090", driver="570.133.20",
+                    gpus=(("NVIDIA GeForce RTX 5090", "12.0"),), cuda="12.8",
+                ),
+                make_machine(
+                    machines, "nvidia-570-v100", driver="570.133.20",
+                    gpus=(("Tesla V100-SXM2-32GB", "7.0"),), cuda="12.8",
+                ),
+                make_machine(
+                    machines, "nvidia-575-v100-rtx5090", driver="575.51.03",
+                    gpus=(("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA GeForce RTX 5090", "12.0")), cuda="12.9",
+                ),
+                make_machine(machines, "container-cuda126", env={"CUDA_VERSION": "12.6.3"}),
+                # docker build FROM nvidia/cuda:12.4.1-devel: no GPU, but a CUDA toolchain.
+                make_machine(machines, "cuda124-devel", nvcc="12.4", env={"CUDA_VERSION": "12.4.1"}),
+            )
+        }
+        _add_pypi_extras(self.server)
+        self._venvs = 0
+
+    # -- environments -----------------------------------------------------------------------
+
+    def env(self, machine: str = "none", pip_conf: Path | None = None, **extra: str) -> dict[str, str]:
+        """World.env plus fake hardware; the runner's own BACKENDPICK_*/CUDA_VERSION dropped."""
+        m = self.machines[machine]
+        env = self.world.env(pip_conf)
+        for key in list(env):
+            if key.startswith("BACKENDPICK_") or key in ("CUDA_VERSION", "XDG_CONFIG_HOME"):
+                del env[key]
+        env.update(
+            BACKENDPICK_PROBE_ROOT=str(m.root),
+            PATH=f"{m.bin}:/usr/bin:/bin",
+            BACKENDPICK_INDEX_URL=self.template,
+            HOME=str(self.home),
+            XDG_CACHE_HOME=str(self.cache),
+            XDG_CONFIG_DIRS=str(self.xdg_config_dirs),
+            NO_COLOR="1",
+            TERM="dumb",
+        )
+        env.update(m.env)
+        env.update(extra)
+        return env
+
+    def run(
+        self,
+        *args: str,
+        machine: str = "none",
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = TIMEOUT,
+        **extra: str,
+    ) -> Result:
+        """Run ``backendpick *args`` (this checkout) as its own process."""
+        if "install" in args and "--dry-run" not in args:
+            # Never the runner's interpreter: install targets --python or VIRTUAL_ENV only.
+            full = env if env is not None else self.env(machine, **extra)
+            assert "--python" in args or "VIRTUAL_ENV" in full, "install without a target venv"
+        argv = [sys.executable, "-c", _LAUNCH.format(root=str(ROOT)), *args]
+        started = time.perf_counter()
+        proc = subprocess.run(
+            argv,
+            env=env if env is not None else self.env(machine, **extra),
+            cwd=str(cwd or self.empty_project),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(tuple(args), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
+
+    def pip(self, venv: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(venv_python(venv)), "-m", "pip", *args],
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+
+    def python(self, venv: Path, code: str) -> str:
+        proc = subprocess.run(
+            [str(venv_python(venv)), "-c", code], env=self.env(), capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def versions(self, venv: Path) -> dict[str, str]:
+        return installed_versions(venv, self.env())
+
+    def new_venv(self) -> Path:
+        self._venvs += 1
+        return self.world.new_venv(self.base / "venvs" / f"v{self._venvs}")
+
+
+def ok(res: Result, code: int = 0) -> Result:
+    """``res`` exited with ``code``; otherwise fail showing its whole output (asserts truncate)."""
+    if res.returncode != code:
+        pytest.fail(f"expected exit {code}\n{res!r}", pytrace=False)
+    return res
+
+
+def py(venv: Path) -> str:
+    return str(venv_python(venv))
