@@ -42,11 +42,6 @@ class NoBackendError(BackendpickError):
     exit_code = EXIT_NO_BACKEND
 
 
-class IndexReadError(BackendpickError):
-    """A package index could not be read."""
-
-    exit_code = EXIT_INSTALL_FAILED
-
 
 class InstallError(BackendpickError):
     """A pip phase failed."""

@@ -128,9 +128,6 @@ class IndexClient:
         return files
 
 
-def release_of(version: Version) -> tuple:
-    return version.release
-
 
 def matching_versions(
     files: Iterable[FileLink],

@@ -24,7 +24,6 @@ class Output:
         term_ok = os.environ.get("TERM", "") != "dumb"
         self.fancy = not json_mode and term_ok and _isatty(self.stdout)
         self.color = self.fancy and not os.environ.get("NO_COLOR")
-        self._console = None
 
     # -- low level ------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
