@@ -22,15 +22,17 @@ class Output:
         self.verbose = verbose
         self.quiet = quiet
         term_ok = os.environ.get("TERM", "") != "dumb"
-        self.fancy = not json_mode and term_ok and _isatty(self.stdout)
+        # rich is a dependency, but a broken or partial environment must still get output.
+        self.fancy = not json_mode and term_ok and _isatty(self.stdout) and _have_rich()
         self.color = self.fancy and not os.environ.get("NO_COLOR")
 
     # -- low level ------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
         from rich.console import Console
 
+        # NO_COLOR: no escape codes at all (bold and italic included), only the table's lines.
         return Console(file=self.stderr if stderr else self.stdout, no_color=not self.color,
-                       highlight=False, soft_wrap=True)
+                       color_system="auto" if self.color else None, highlight=False, soft_wrap=True)
 
     def line(self, text: str = "") -> None:
         print(text, file=self.stdout, flush=True)
@@ -85,6 +87,12 @@ def _plain_value(value: Any) -> str:
         return "-"
     text = str(value)
     return json.dumps(text) if (" " in text or '"' in text) else text
+
+
+def _have_rich() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -1,0 +1,89 @@
+"""The one renderer: rich on a terminal, stable plain lines elsewhere, NO_COLOR respected."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from backendpick import output as output_mod
+from backendpick.commands.install import _Progress
+from backendpick.output import Output
+from backendpick.plan import Phase
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+ROWS = [(0, "nvidia", "NVIDIA A100-SXM4-80GB", "535.183.01", "8.0", "")]
+COLUMNS = ["Index", "Vendor", "Name", "Driver", "Arch", "Note"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "120")
+
+
+def test_a_terminal_gets_a_rich_table() -> None:
+    out = Output(stdout=Tty(), stderr=io.StringIO())
+    assert out.fancy
+    out.table("GPU", COLUMNS, ROWS)
+    text = out.stdout.getvalue()
+    assert "┃" in text and "NVIDIA A100-SXM4-80GB" in text and "gpu:" not in text
+
+
+def test_no_color_keeps_the_table_and_drops_every_escape_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = Output(stdout=Tty(), stderr=io.StringIO())
+    out.table("GPU", COLUMNS, ROWS)
+    text = out.stdout.getvalue()
+    assert "NVIDIA A100-SXM4-80GB" in text and "\x1b[" not in text
+
+
+def test_logs_get_plain_key_value_lines() -> None:
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    assert not out.fancy
+    out.table("GPU", COLUMNS, ROWS)
+    assert out.stdout.getvalue() == (
+        'gpu: index=0 vendor=nvidia name="NVIDIA A100-SXM4-80GB" driver=535.183.01 arch=8.0 note=-\n'
+    )
+
+
+def test_a_dumb_terminal_or_missing_rich_falls_back_to_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    assert not Output(stdout=Tty()).fancy
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(output_mod, "_have_rich", lambda: False)
+    out = Output(stdout=Tty(), stderr=io.StringIO())
+    assert not out.fancy
+    out.table("GPU", COLUMNS, ROWS)
+    assert out.stdout.getvalue().startswith("gpu: index=0")
+
+
+def test_json_mode_keeps_stdout_one_document() -> None:
+    out = Output(json_mode=True, stdout=Tty(), stderr=io.StringIO())
+    assert not out.fancy
+    out.info("progress goes to stderr")
+    out.emit_json({"backend": "cu124"})
+    assert json.loads(out.stdout.getvalue()) == {"backend": "cu124"}
+    assert "progress" in out.stderr.getvalue()
+
+
+def test_install_progress_on_a_terminal_and_in_logs() -> None:
+    phase = Phase("backend", ("torch",), ("py", "-m", "pip", "install", "torch"))
+    for stdout in (Tty(), io.StringIO()):
+        out = Output(stdout=stdout, stderr=io.StringIO())
+        progress = _Progress(out)
+        progress.start(phase)
+        progress.line("Collecting torch")
+        progress.note("a build-phase note")
+        progress.end(phase, 1.25)
+        text = stdout.getvalue()
+        assert "phase backend: done in 1.2s" in text and "a build-phase note" in text
+        if not out.fancy:
+            assert "  $ py -m pip install torch" in text
