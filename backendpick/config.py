@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,16 +47,13 @@ GITHUB_SOURCE = "github"  # in a prebuilt list: the project's own GitHub release
 
 
 def _load_toml(path: Path) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on 3.9/3.10 only
-        import tomli as tomllib
+    from backendpick.facts import read_toml
+
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return read_toml(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 

@@ -122,7 +122,8 @@ def sort_key(b: Backend) -> tuple:
     return (_KIND_ORDER[b.kind], b.version)
 
 
-def _load_toml(path: Path) -> dict:
+def read_toml(path: Path) -> dict:
+    """tomllib on 3.11+, tomli before; raises OSError or ValueError (TOMLDecodeError)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
@@ -169,5 +170,11 @@ def build(raw: dict) -> Facts:
 
 
 @lru_cache(maxsize=1)
+def raw() -> dict:
+    """facts.toml as parsed, once per process (``load`` and the prebuilt rows both read it)."""
+    return read_toml(Path(__file__).parent / "data" / "facts.toml")
+
+
+@lru_cache(maxsize=1)
 def load() -> Facts:
-    return build(_load_toml(Path(__file__).parent / "data" / "facts.toml"))
+    return build(raw())

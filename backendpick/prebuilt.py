@@ -104,9 +104,9 @@ def _package(name: str, row: dict) -> Package:
 @lru_cache(maxsize=1)
 def packages() -> dict[str, Package]:
     """The ``[prebuilt]`` rows of facts.toml, by normalized name (read only when a build runs)."""
-    from backendpick.facts import _load_toml
+    from backendpick import facts
 
-    raw = _load_toml(Path(__file__).parent / "data" / "facts.toml").get("prebuilt", {})
+    raw = facts.raw().get("prebuilt", {})
     return {normalize(name): _package(normalize(name), row) for name, row in raw.items()}
 
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
+from backendpick.commands.verify import where_flags
 from backendpick.config import normalize
 from backendpick.errors import InstallError
 from backendpick.output import Output
@@ -64,10 +65,6 @@ class _Progress:
             self.status = None
 
 
-def _python_flag(req: Request) -> str:
-    return f" --python {req.python}" if req.python is not None else ""
-
-
 def run(out: Output, req: Request, *, dry_run: bool) -> int:
     if dry_run:
         prepared = prepare(req)
@@ -91,7 +88,7 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
     snapshot = None
     if prepared.plan.active:
         snapshot = history.record(prepared.target, state_dir(prepared.target))
-        out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{_python_flag(req)} {snapshot.id}")
+        out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}")
     attempts = 0
     while True:
         try:
@@ -113,7 +110,7 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
         except InstallError as exc:
             if snapshot is not None:
                 exc.hint = (exc.hint + "; " if exc.hint else "") + \
-                    f"to return to the environment before this install: backendpick restore{_python_flag(req)} {snapshot.id}"
+                    f"to return to the environment before this install: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}"
             raise
 
     plan = prepared.plan
@@ -143,8 +140,6 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
     """The checks of ``verify`` on our own result. A problem this install caused (a package it
     changed, or a problem that was not there before) is backendpick's failure; one it inherited
     and did not touch is a warning with its fix."""
-    from backendpick.commands.verify import where_flags
-
     facts = facts_mod.load()
     settings = prepared.settings
     before = prepared.target

@@ -22,6 +22,7 @@ from backendpick.index import IndexClient
 from backendpick.offers import Offers, candidate_kinds, gather, index_url_for
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
+from backendpick.commands.detect import explicit_choice
 from backendpick.select import Decision, Explicit, choose, table_offers
 
 
@@ -55,7 +56,7 @@ class Prepared:
     user_env: dict
 
 
-def _torch_spec(reqs, family: set[str]) -> SpecifierSet:
+def _torch_spec(reqs) -> SpecifierSet:
     spec = SpecifierSet()
     for r in reqs:
         if config.normalize(r.name) == "torch":
@@ -80,14 +81,13 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
     wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(req.extra_backend)
 
-    value = str(settings.backend.value).strip().lower()
-    explicit = None if value == "auto" else Explicit(Backend.parse(value), settings.backend.source)
+    explicit = explicit_choice(settings)
     template = settings.index_url.value
     warnings: list[str] = list(hardware.warnings)
     offers: Offers | None = None
+    client = IndexClient(pip_config)  # one page cache for every index look-up of this plan
     if wants_backend:
-        client = IndexClient(pip_config)
-        spec = _torch_spec(reqs, family)
+        spec = _torch_spec(reqs)
         if explicit is not None:
             offers = gather(facts, client, template, [explicit.backend], spec, target)
             if explicit.backend not in offers.versions:
@@ -110,7 +110,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         raise _no_backend(facts, hardware, decision, reqs, settings)
     if wants_backend and offers is not None and decision.backend not in offers.versions:
         raise NoBackendError(
-            f"no torch matching '{_torch_spec(reqs, family) or 'any'}' for Python {target.python_version_text} "
+            f"no torch matching '{_torch_spec(reqs) or 'any'}' for Python {target.python_version_text} "
             f"on the {decision.backend} index ({config.redact(index_url_for(template, decision.backend))})",
             hint=_available_hint(offers),
         )
@@ -148,7 +148,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     if backend_phase is not None and offers is not None and offers.source == "index":
         # What the backend phase installs, including what a backend switch reinstalls.
         phase_reqs = [Requirement(r) for r in backend_phase.requirements]
-        _check_family_published(IndexClient(pip_config), plan.index_url, decision.backend, phase_reqs, family, target)
+        _check_family_published(client, plan.index_url, decision.backend, phase_reqs, family, target)
     if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
         # Imported only when a build phase runs: prebuilt wheels, wheel cache, source builds.
         from backendpick import prebuilt
@@ -250,7 +250,7 @@ def _explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, 
 
 
 def _no_backend(facts: Facts, hw: Hardware, decision: Decision, reqs, settings) -> NoBackendError:
-    spec = _torch_spec(reqs, set(settings.backend_packages))
+    spec = _torch_spec(reqs)
     lines = list(decision.rejected)
     gpus = [a for a in hw.accelerators if a.ignored is None]
     working = []

@@ -15,10 +15,10 @@ import pytest
 from backendpick import facts as facts_mod
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
 from backendpick.errors import ConfigError
-from backendpick.facts import _load_toml, build, dotted, show, sort_key
+from backendpick.facts import read_toml, build, dotted, show, sort_key
 
 FACTS = facts_mod.load()
-RAW = _load_toml(Path(facts_mod.__file__).parent / "data" / "facts.toml")
+RAW = read_toml(Path(facts_mod.__file__).parent / "data" / "facts.toml")
 
 CUDA_ROWS = list(FACTS.cuda_drivers)
 ALL_OFFERED = sorted({(release, b) for release, backends in FACTS.releases.items() for b in backends},
