@@ -79,6 +79,14 @@ class TorchInfo:
     def to_json(self) -> dict:
         return {"version": self.version, "cuda": self.cuda, "hip": self.hip, "cxx11abi": self.cxx11abi}
 
+    def built_with(self) -> dict:
+        """What a build against this torch depends on, as the wheel cache records it."""
+        return {"torch": self.version, "backend": self.backend, "cxx11abi": self.cxx11abi}
+
+    def same_build(self, other: TorchInfo) -> bool:
+        """Whether an extension built against one loads against the other."""
+        return self.built_with() == other.built_with()
+
 
 def _major_minor(text: str | None) -> tuple[int, int] | None:
     m = re.match(r"\s*(\d+)\.(\d+)", text or "")
@@ -87,7 +95,7 @@ def _major_minor(text: str | None) -> tuple[int, int] | None:
 
 def predict_torch(version: str, backend, facts) -> TorchInfo:
     """The torch a backend phase will install, from the index's offer: its CUDA or HIP comes
-    from the backend, its C++ ABI from the release (facts.toml [torch.abi])."""
+    from the backend, its C++ ABI from the release and backend (facts.toml [torch.abi])."""
     from packaging.version import Version
 
     from backendpick.backend import CUDA, ROCM
@@ -97,7 +105,7 @@ def predict_torch(version: str, backend, facts) -> TorchInfo:
         version,
         cuda=backend.version_text if backend.kind == CUDA else None,
         hip=backend.version_text if backend.kind == ROCM else None,
-        cxx11abi=release >= facts.cxx11abi_from[:2],
+        cxx11abi=facts.cxx11abi(release, backend),
     )
 
 
@@ -126,6 +134,7 @@ def torch_info(python: Path, *, timeout: float = TORCH_TIMEOUT) -> TorchInfo:
 class Problem:
     message: str
     hint: str
+    tool: str = ""  # compiler, cxx or ninja
 
 
 @dataclass(frozen=True)
@@ -263,6 +272,7 @@ def inspect_toolchain(torch: TorchInfo, *, what: str, env: Mapping[str, str], ta
             "ninja was not found (in the environment or on PATH); without it torch compiles one file at a time",
             "keep ninja in the build requirements ([tool.backendpick] build-requirements), or install it: "
             "apt-get install ninja-build",
+            tool="ninja",
         ))
     extra = {}
     if bin_dir is not None and str(bin_dir) not in env.get("PATH", "").split(os.pathsep):

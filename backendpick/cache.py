@@ -6,6 +6,9 @@ stored under a key of exactly those, and the next install with that key (another
 rebuilt Docker layer with the cache mounted) installs it in seconds instead of compiling again.
 
 Layout: ``<root>/<name>/<version>/<digest of the key>/`` holding the wheel and ``key.json``.
+``key.json`` also records ``built_with``: the torch (version, backend, C++ ABI) read from the
+environment the wheel was built in. An entry is used only when that torch is the key's: an
+entry without it (written by an older backendpick, or by hand) is never trusted.
 An entry is written to a temporary directory and renamed into place, so a reader never sees
 half an entry and two installs storing the same key at once both end with one good entry.
 """
@@ -80,12 +83,23 @@ def arch_covers(have: str, want: str) -> bool:
     return have == want or have == DEFAULT_ARCH
 
 
+def built_with(key: Key) -> dict:
+    """What ``built_with`` must say for an entry to serve ``key``."""
+    return {"torch": key.torch, "backend": key.backend, "cxx11abi": key.cxx11abi}
+
+
 @dataclass(frozen=True)
 class Entry:
     key: Key
     wheel: Path
     created: float
     size: int
+    built_with: dict | None = None  # the torch the build saw; None: not recorded, not trusted
+
+    @property
+    def proven(self) -> bool:
+        """Whether the torch recorded at build time is the torch of its key."""
+        return self.built_with == built_with(self.key)
 
     @property
     def directory(self) -> Path:
@@ -97,6 +111,7 @@ class Entry:
             "wheel": str(self.wheel),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.created)),
             "size": self.size,
+            "built_with": self.built_with,
         }
 
 
@@ -120,7 +135,9 @@ def _read(directory: Path) -> Entry | None:
         stat = wheel.stat()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Entry(key, wheel, float(data.get("created", stat.st_mtime)), stat.st_size)
+    seen = data.get("built_with")
+    return Entry(key, wheel, float(data.get("created", stat.st_mtime)), stat.st_size,
+                 seen if isinstance(seen, dict) else None)
 
 
 def entries(base: Path, names: Iterable[str] = ()) -> list[Entry]:
@@ -141,14 +158,14 @@ def entries(base: Path, names: Iterable[str] = ()) -> list[Entry]:
 def lookup(base: Path, key: Key) -> Entry | None:
     """The entry for ``key``: the exact one, else one whose architectures cover it."""
     exact = _read(entry_dir(base, key))
-    if exact is not None and exact.key == key:
+    if exact is not None and exact.key == key and exact.proven:
         return exact
     version_dir = base / key.name / normalize_version(key.version)
     if not version_dir.is_dir():
         return None
     for directory in sorted(version_dir.iterdir()):
         entry = _read(directory)
-        if (entry is not None and entry.key.same_build_target(key)
+        if (entry is not None and entry.proven and entry.key.same_build_target(key)
                 and normalize_version(entry.key.version) == normalize_version(key.version)
                 and arch_covers(entry.key.arch, key.arch)):
             return entry
@@ -160,7 +177,7 @@ def newest(base: Path, key: Key, specifier: SpecifierSet) -> Entry | None:
     so the version cannot be chosen there)."""
     best: tuple[Version, Entry] | None = None
     for entry in entries(base, [key.name]):
-        if not (entry.key.same_build_target(key) and arch_covers(entry.key.arch, key.arch)):
+        if not (entry.proven and entry.key.same_build_target(key) and arch_covers(entry.key.arch, key.arch)):
             continue
         try:
             version = Version(entry.key.version)
@@ -171,12 +188,20 @@ def newest(base: Path, key: Key, specifier: SpecifierSet) -> Entry | None:
     return best[1] if best else None
 
 
-def store(base: Path, key: Key, wheel: Path) -> Entry:
+class NotProven(ValueError):
+    """The torch a wheel was built against is not the torch of the key it would be stored under."""
+
+
+def store(base: Path, key: Key, wheel: Path, seen: dict) -> Entry:
     """Copy ``wheel`` into the cache under ``key`` and return the stored entry.
 
-    Raises OSError when the cache cannot be written (a read-only mount); the caller then
-    installs from where the wheel was built.
+    ``seen`` is the torch the build saw (``built_with`` of a TorchInfo); a wheel built against
+    another torch than the key's raises NotProven and is not stored: it would poison every
+    later install with that key. Raises OSError when the cache cannot be written (a read-only
+    mount); the caller then installs from where the wheel was built.
     """
+    if seen != built_with(key):
+        raise NotProven(f"the build saw torch {seen}, the cache key says {built_with(key)}")
     existing = lookup(base, key)
     if existing is not None and existing.key == key:
         return existing
@@ -184,11 +209,11 @@ def store(base: Path, key: Key, wheel: Path) -> Entry:
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=base))
     try:
         shutil.copy2(wheel, staging / wheel.name)
-        record = {**asdict(key), "wheel": wheel.name, "created": time.time()}
+        record = {**asdict(key), "wheel": wheel.name, "created": time.time(), "built_with": dict(seen)}
         (staging / KEY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         dest = entry_dir(base, key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists() and _read(dest) is None:
+        if dest.exists() and (_read(dest) is None or not _read(dest).proven):
             shutil.rmtree(dest, ignore_errors=True)  # a broken entry (disk full, killed copy)
         try:
             os.rename(staging, dest)
@@ -223,4 +248,4 @@ def clear(base: Path, names: Iterable[str] = ()) -> list[Entry]:
     return removed
 
 
-__all__ = ["ENV_CACHE_DIR", "Entry", "Key", "clear", "entries", "lookup", "newest", "root", "store"]
+__all__ = ["ENV_CACHE_DIR", "Entry", "Key", "NotProven", "built_with", "clear", "entries", "lookup", "newest", "root", "store"]

@@ -47,6 +47,14 @@ class Facts:
     no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
     extensions: dict = field(default_factory=dict)  # name -> compiled extension module names
     cxx11abi_from: tuple[int, ...] = (2, 7)  # first torch release whose wheels use the CXX11 ABI
+    # torch (major, minor) -> backend names whose builds use the CXX11 ABI before cxx11abi_from
+    cxx11abi_early: dict = field(default_factory=dict)
+
+    def cxx11abi(self, release: tuple[int, ...], backend) -> bool:
+        """Whether the Linux wheels of torch ``release`` for ``backend`` use the CXX11 ABI."""
+        if tuple(release[:2]) >= tuple(self.cxx11abi_from[:2]):
+            return True
+        return str(backend) in self.cxx11abi_early.get(tuple(release[:2]), frozenset())
 
     # -- NVIDIA ---------------------------------------------------------------------------------
     def max_cuda_for_driver(self, driver: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -166,6 +174,7 @@ def build(raw: dict) -> Facts:
         no_build_isolation={k: tuple(v) for k, v in raw["packages"]["no-build-isolation"].items()},
         extensions={k: tuple(v) for k, v in raw["packages"].get("extensions", {}).items()},
         cxx11abi_from=dotted(torch["abi"]["cxx11-from"]),
+        cxx11abi_early={dotted(k): frozenset(v) for k, v in torch["abi"].get("cxx11-early", {}).items()},
     )
 
 

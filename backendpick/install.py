@@ -96,6 +96,8 @@ def execute(
     time of a long build); without it they go to stderr."""
     note = on_note or _stderr_note
     results: list[PhaseResult] = []
+    built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
+    _check_before_changes(plan, user_env)
     log_dir.mkdir(parents=True, exist_ok=True)
     current: Target | None = None
     phases = list(plan.phases)
@@ -116,6 +118,7 @@ def execute(
             ran, elapsed = _run_build(plan, phase, target=current, env=env, on_phase_start=on_phase_start,
                                       on_line=on_line, on_note=note, log_dir=log_dir)
             on_phase_end(ran, elapsed)
+            built = ran
             results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
             # The rest phase installs the wheels as they really ended up (chosen again when the
             # torch prediction missed), or none when the build phase had to install them itself.
@@ -133,8 +136,40 @@ def execute(
         if not res.ok:
             _failed(plan, phase, phase, res, log_path)
         on_phase_end(phase, elapsed)
+        if phase.name == BUILD:
+            built = phase
         results.append(PhaseResult(phase.name, elapsed))
+    if built is not None:
+        from backendpick import builds
+
+        # What each build package was built or downloaded for, for verify (state folder).
+        builds.after_install(plan.constraints_path.parent, built, target.python)
     return results
+
+
+def _check_before_changes(plan: Plan, env: dict) -> None:
+    """A source build the plan already foresees (from the torch it predicts) is checked before
+    the first pip phase: a missing or wrong compiler stops here, with the environment as it was,
+    instead of after gigabytes of torch are installed."""
+    from backendpick import buildenv, prebuilt
+
+    phase = next((p for p in plan.phases if p.name == BUILD and p.skip is None and p.steps), None)
+    ctx = phase.context if phase is not None else None
+    if not isinstance(ctx, prebuilt.BuildContext) or ctx.torch is None or not ctx.build.checks:
+        return
+    building = [s for s in phase.steps if s.how == SOURCE]
+    tools = prebuilt.toolchain(phase.steps, ctx, env) if building else None
+    if tools is None:
+        return
+    # The build-requirements phase installs ninja into the environment before any build.
+    reqs = next((p for p in plan.phases if p.name == BUILD_REQS and p.skip is None), None)
+    if reqs is not None and any(normalize(Requirement(r).name) == "ninja" for r in reqs.requirements):
+        tools = replace(tools, problems=tuple(p for p in tools.problems if p.tool != "ninja"))
+    first = next((p for p in plan.phases if p.skip is None), phase)
+    buildenv.check(tools, what=", ".join(_what(s) for s in building),
+                   why="\n".join([redact(s.note) for s in building]
+                                  + [f"checked for torch {_torch_words(ctx.torch)}, before phase '{first.name}': "
+                                     "nothing was installed or removed"]))
 
 
 def _failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path) -> None:
@@ -184,15 +219,21 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
     ctx = phase.context
     assert isinstance(ctx, prebuilt.BuildContext)
     steps = list(phase.steps)
-    installed = target.get("torch")  # target: as the backend phase left it
-    if ctx.predicted and (installed is None or installed.version != ctx.torch.version):
-        # pip resolved another torch than the plan expected (a companion's exact pin): choose
-        # each wheel again for the torch that is really there.
-        say(f"the backend phase installed torch {installed.version if installed else '(none)'}, "
-            f"not {ctx.torch.version}; choosing the build phase's wheels again")
-        ctx = replace(ctx, torch=None, predicted=False)
-        steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
-                 if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
+    if ctx.predicted:
+        # The plan chose for the torch it expected; read what the backend phase really left
+        # (version, CUDA or HIP, C++ ABI) and choose again when any of it differs: pip may have
+        # resolved another torch (a companion's exact pin), or the ABI table may be wrong for
+        # this build.
+        real = buildenv.torch_info(target.python)
+        if not real.same_build(ctx.torch):
+            say(f"the backend phase installed torch {_torch_words(real)}, not {_torch_words(ctx.torch)} as "
+                "predicted; choosing the build phase's wheels again")
+            steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
+                     if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
+            ctx = replace(ctx, torch=real, predicted=False)
+            steps = prebuilt.resolve(steps, ctx, env)
+        else:
+            ctx = replace(ctx, torch=real, predicted=False)
     if ctx.torch is None and any(s.how in (PENDING, SOURCE) for s in steps):
         ctx = replace(ctx, torch=buildenv.torch_info(target.python))
         steps = prebuilt.resolve(steps, ctx, env)
@@ -222,8 +263,13 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
                                  on_note=say)
             key = prebuilt.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
             try:
-                stored = cache.store(ctx.cache_root, key, wheel).wheel
+                # The torch this build compiled against: the one read from the environment
+                # it ran in (pip wheel --no-build-isolation imports the target's torch).
+                stored = cache.store(ctx.cache_root, key, wheel, ctx.torch.built_with()).wheel
                 say(f"{step.name} {key.version}: stored in the wheel cache: {stored}")
+            except cache.NotProven as exc:  # pragma: no cover - the key is made from ctx.torch
+                stored = wheel
+                say(f"warning: {step.name} {key.version} not stored in the wheel cache: {exc}")
             except OSError as exc:
                 stored = wheel  # the build is good; only reuse is lost
                 say(f"warning: cannot write the wheel cache {ctx.cache_root} ({exc}); installing from {wheel}")
@@ -240,6 +286,12 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
     if res is not None and not res.ok:
         _failed(plan, planned, phase, res, log_path)
     return phase, elapsed
+
+
+def _torch_words(torch) -> str:
+    """``2.5.1+cu124 (CUDA 12.4, C++11 ABI off)``."""
+    gpu = f"CUDA {torch.cuda}" if torch.cuda else f"HIP {torch.hip}" if torch.hip else "CPU"
+    return f"{torch.version} ({gpu}, C++11 ABI {'on' if torch.cxx11abi else 'off'})"
 
 
 def _build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str], None], log,

@@ -304,6 +304,20 @@ def fold_builds(phases: Sequence[Phase]) -> tuple[Phase, ...]:
     return tuple(out)
 
 
+def torch_changes(backend_reqs: Sequence[Requirement], removed: Mapping[str, Installed], target: Target) -> bool:
+    """Whether the backend phase replaces the installed torch: a backend switch removes it, or
+    the requested torch does not fit the installed one. (pip moving torch for a companion's
+    exact pin is not foreseeable here; install records the torch of each build and verify
+    names the mismatch.)"""
+    torch = target.get("torch")
+    if torch is None:
+        return bool(backend_reqs)  # builds left without a torch meet a new one
+    if "torch" in removed:
+        return True
+    wanted = [r for r in backend_reqs if normalize(r.name) == "torch" and marker_ok(r, target.markers)]
+    return any(r.url or not r.specifier.contains(Version(torch.version), prereleases=True) for r in wanted)
+
+
 def env_delta(phase_env: Mapping[str, str], user_env: Mapping[str, str]) -> tuple[dict, tuple[str, ...]]:
     """What a phase sets and unsets relative to the user's environment (shown by --dry-run)."""
     changed = {k: v for k, v in phase_env.items() if user_env.get(k) != v}
@@ -380,6 +394,10 @@ def build(
     )
     removed = dict(installed_family) if mismatched else {}
     removed.update({n: d for n, d in target.installed.items() if n in reinstall_names})
+    if torch_changes(backend_reqs, removed, target):
+        # Every installed build package was compiled against the torch that goes: each is
+        # removed and installed again from a build for the new torch (cache, prebuilt, source).
+        removed.update({n: d for n, d in target.installed.items() if n in nbi})
     installed_after_remove = {k: v for k, v in target.installed.items() if k not in removed}
     phases: list[Phase] = []
     if removed:

@@ -393,10 +393,17 @@ def cache_key(ctx: BuildContext, name: str, version: str, arch_key: str) -> cach
 
 
 def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...]:
-    """``pip wheel`` for one package: the build phase's command with wheel, --no-deps and -w."""
+    """``pip wheel`` for one package: the build phase's command with wheel, --no-deps and -w.
+
+    ``--no-cache-dir``: pip caches a wheel it built from an sdist with a known hash (every PyPI
+    sdist) and hands it back on the next build whatever torch is installed now; this build
+    must compile against the torch that is there. ``--no-binary``: a wheel of the package on
+    the index or in a find-links folder is not a build against this torch either. Both only
+    for this command: every other pip run keeps the user's cache."""
     head = list(ctx.head)
     at = head.index("install")
-    return tuple(head[:at] + ["wheel"] + head[at + 1:] + ["--no-deps", "-w", str(ctx.staging / name), requirement])
+    return tuple(head[:at] + ["wheel", "--no-cache-dir"] + head[at + 1:]
+                 + ["--no-binary", name, "--no-deps", "-w", str(ctx.staging / name), requirement])
 
 
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,

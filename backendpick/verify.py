@@ -219,6 +219,56 @@ def _xformers(target: Target, tb: TorchBuild, version: str, fix_stack) -> list[P
     return out
 
 
+def build_record_problems(target: Target, records: dict, tb: TorchBuild | None, build_packages: Iterable[str],
+                          python_flag: str, *, cxx11abi: bool | None = None) -> tuple[list[Problem], list[Problem]]:
+    """Each installed build package against what install recorded it was built for (builds.py).
+
+    Returns (problems, warnings): a record naming another torch (version, CUDA or HIP, C++ ABI
+    when ``cxx11abi`` is known) is a problem; a package without a record of its installed
+    version (installed by plain pip) is a warning: nothing tells which torch it was built for."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    if tb is None:
+        return problems, warnings  # stack_problems says torch is missing
+    for name in sorted(set(build_packages)):
+        dist = target.get(name)
+        if dist is None:
+            continue
+        fix = (f"backendpick install{python_flag} --backend {tb.backend} --reinstall {dist.name} {dist.name}"
+               "   # rebuilds it against the installed torch")
+        record = records.get(normalize(name))
+        if record is None or not record.matches(dist.version):
+            warnings.append(Problem(dist.name, f"{dist.name} {dist.version} has no record of the torch it was built "
+                                               "for (installed outside backendpick); it may not match torch "
+                                               f"{tb.version}", fix))
+            continue
+        differs = []
+        if record.torch != tb.version:
+            differs.append(f"version {tb.version}")
+        if _major_minor(record.cuda) != _major_minor(tb.cuda):
+            differs.append(f"CUDA {tb.cuda}" if tb.cuda else "no CUDA")
+        if _major_minor(record.hip) != _major_minor(tb.hip):
+            differs.append(f"HIP {tb.hip}" if tb.hip else "no HIP")
+        if cxx11abi is not None and record.cxx11abi != cxx11abi:
+            differs.append(f"C++11 ABI {'on' if cxx11abi else 'off'}")
+        if differs:
+            problems.append(Problem(dist.name, f"{dist.name} {dist.version} was {_how_words(record.how)} "
+                                               f"{record.torch_words()}, but the installed torch has "
+                                               f"{', '.join(differs)}", fix))
+    return problems, warnings
+
+
+def _major_minor(text: str | None) -> tuple[int, int] | None:
+    """``(6, 2)`` from ``6.2.41133-dd7f95766`` (torch.version.hip), None from None."""
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _how_words(how: str) -> str:
+    return {"prebuilt": "downloaded prebuilt for", "cache": "taken from the wheel cache for",
+            "source": "built from source against"}.get(how, "installed for")
+
+
 def stale_packages(problems: Iterable[Problem]) -> list[str]:
     """Installed companions that must be replaced (install removes and reinstalls them)."""
     return sorted({p.package for p in problems if p.package != "torch"})

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
-from backendpick.commands.verify import where_flags
+from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
 from backendpick.errors import InstallError
 from backendpick.output import Output
@@ -163,6 +163,12 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
         (ours if mine else inherited).append(p)
     for p in extension_problems(after, facts, flag, prepared.plan.backend):
         (ours if normalize(p.package) in changed else inherited).append(p)
+    # A build package left next to a torch it was not built for (the torch moved under it).
+    known_builds = {(normalize(p.package), p.message) for p in build_records(before, torch_build(before, facts), nbi,
+                                                                                  flag, runtime=False)[0]}
+    for p in build_records(after, torch_build(after, facts), nbi, flag, runtime=False)[0]:
+        mine = normalize(p.package) in changed or (normalize(p.package), p.message) not in known_builds
+        (ours if mine else inherited).append(p)
     for p in inherited:
         out.warn(f"{p.package}: {p.message} (not caused by this install; fix: {p.fix})")
     if ours:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backendpick import config, facts as facts_mod, requirements, target as target_mod
@@ -12,6 +12,7 @@ from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
 from backendpick.verify import (
     Problem,
+    build_record_problems,
     extension_problems,
     missing_problems,
     pip_check_problems,
@@ -26,6 +27,7 @@ class Report:
     torch: dict | None
     packages: list
     problems: list
+    warnings: list = field(default_factory=list)  # Problems that do not make the stack inconsistent
 
     @property
     def ok(self) -> bool:
@@ -38,6 +40,7 @@ class Report:
             "torch": self.torch,
             "packages": self.packages,
             "problems": [p.to_json() for p in self.problems],
+            "warnings": [p.to_json() for p in self.warnings],
         }
 
 
@@ -70,6 +73,8 @@ def check(
     )
     problems += missing_problems(target, wanted, nbi, flag, from_project=from_project)
     tb = torch_build(target, facts)
+    built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime)
+    problems += built
     if runtime and tb is not None:
         problems += extension_problems(target, facts, flag, tb.backend)
         # pip check repeats what the metadata checks already said about a package; keep the
@@ -81,7 +86,27 @@ def check(
         for n, d in sorted(target.installed.items())
         if n in family or n in nbi
     ]
-    return Report(target.python, tb.to_json() if tb else None, packages, problems)
+    return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded)
+
+
+def build_records(target: target_mod.Target, tb, nbi, flag: str, *, runtime: bool) -> tuple[list, list]:
+    """build_record_problems with the records of the target's state folder; the installed
+    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package."""
+    from backendpick import builds
+    from backendpick.plan import state_dir
+
+    if tb is None or not any(target.get(n) is not None for n in nbi):
+        return [], []
+    abi = None
+    if runtime:
+        from backendpick.buildenv import torch_info
+        from backendpick.errors import BackendpickError
+
+        try:
+            abi = torch_info(target.python).cxx11abi
+        except BackendpickError:
+            abi = None  # extension_problems reports a torch that does not import
+    return build_record_problems(target, builds.read(state_dir(target)), tb, nbi, flag, cxx11abi=abi)
 
 
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...]) -> int:
@@ -113,5 +138,8 @@ def render(out: Output, report: Report) -> None:
         out.line("torch: not installed")
     for p in report.problems:
         out.line(f"problem: {p.package}: {p.message}")
+        out.line(f"  fix: {p.fix}")
+    for p in report.warnings:
+        out.line(f"warning: {p.package}: {p.message}")
         out.line(f"  fix: {p.fix}")
     out.line("ok: the GPU stack is consistent" if report.ok else f"not ok: {len(report.problems)} problem(s)")

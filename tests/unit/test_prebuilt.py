@@ -8,6 +8,7 @@ setup.py (get_wheel_url) computes at the release tags the rows name.
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -293,7 +294,7 @@ def test_a_cached_build_comes_first(tmp_path, monkeypatch):
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"built")
     key = prebuilt.cache_key(ctx, "flash-attn", "2.7.4", "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0")
-    stored = cache.store(ctx.cache_root, key, wheel)
+    stored = cache.store(ctx.cache_root, key, wheel, ctx.torch.built_with())
     [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
     assert (step.how, step.wheel) == (CACHED, str(stored.wheel))
     # pip gets the cache entry's folder and the exact version: a command known before install.
@@ -323,8 +324,10 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
     assert step.how == SOURCE
     assert "no prebuilt wheel flash_attn-2.7.4+cu12torch2.5cxx11abiFALSE" in step.note
     assert "github: network unreachable (test)" in step.note
-    assert step.build_argv == ("/venv/bin/python", "-m", "pip", "wheel", "--no-build-isolation", "-c", "/state/c.txt",
-                               "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
+    # pip's wheel cache and any wheel of the package are off for this build only: it must
+    # compile against the installed torch.
+    assert step.build_argv == ("/venv/bin/python", "-m", "pip", "wheel", "--no-cache-dir", "--no-build-isolation",
+                               "-c", "/state/c.txt", "--no-binary", "flash-attn", "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
                                "flash-attn==2.7.4")
     jobs = str(min(4, buildenv.cpu_count()))  # 40 GB / 9 GB per job
     assert step.build_env == {"MAX_JOBS": jobs, "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
@@ -345,7 +348,7 @@ def test_unknown_version_uses_the_newest_cached_or_folder_wheel(tmp_path, monkey
     for v in ("2.6.3", "2.7.4"):
         wheel = tmp_path / f"flash_attn-{v}-cp311-cp311-linux_x86_64.whl"
         wheel.write_bytes(b"built")
-        cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", v, "default"), wheel)
+        cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", v, "default"), wheel, ctx.torch.built_with())
     unknown = BuildStep("flash-attn<2.7", "flash-attn", note="cannot read https://i/simple/flash-attn/: timed out")
     [step] = prebuilt.resolve([unknown], ctx, ENV)
     assert (step.how, step.version) == (CACHED, "2.6.3")
@@ -359,12 +362,14 @@ def test_a_narrowed_request_reuses_a_build_for_all_architectures(tmp_path, monke
     ctx = _ctx(tmp_path)
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"built")
-    cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", "2.7.4", cache.DEFAULT_ARCH), wheel)
+    cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", "2.7.4", cache.DEFAULT_ARCH), wheel,
+                ctx.torch.built_with())
     [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
     assert step.how == CACHED
     # ... but not one built for other GPUs only, nor for another torch.
     other = _ctx(tmp_path / "o", gpu_caps=("9.0",))
-    cache.store(other.cache_root, prebuilt.cache_key(other, "flash-attn", "2.7.4", "TORCH_CUDA_ARCH_LIST=8.0"), wheel)
+    cache.store(other.cache_root, prebuilt.cache_key(other, "flash-attn", "2.7.4", "TORCH_CUDA_ARCH_LIST=8.0"), wheel,
+                other.torch.built_with())
     assert prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], other, ENV)[0].how == SOURCE
     newer = replace(ctx, torch=TorchInfo("2.6.0+cu124", cuda="12.4", cxx11abi=False))
     assert prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], newer, ENV)[0].how == SOURCE
@@ -434,15 +439,15 @@ def test_cache_store_lookup_list_clear(tmp_path):
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"x" * 10)
     root = tmp_path / "cache"
-    entry = cache.store(root, _key(), wheel)
+    entry = cache.store(root, _key(), wheel, cache.built_with(_key()))
     assert entry.wheel.read_bytes() == b"x" * 10 and entry.size == 10
-    assert cache.store(root, _key(), wheel) == entry  # storing again keeps the one entry
+    assert cache.store(root, _key(), wheel, cache.built_with(_key())) == entry  # storing again keeps the one entry
     assert cache.lookup(root, _key()) == entry
     assert cache.lookup(root, _key(python="cp312")) is None
     assert cache.lookup(root, _key(cxx11abi=True)) is None
     other = tmp_path / "mamba_ssm-2.2.4-cp311-cp311-linux_x86_64.whl"
     other.write_bytes(b"m")
-    cache.store(root, _key(name="mamba-ssm", version="2.2.4"), other)
+    cache.store(root, _key(name="mamba-ssm", version="2.2.4"), other, cache.built_with(_key()))
     assert [e.key.name for e in cache.entries(root)] == ["flash-attn", "mamba-ssm"]
     assert [e.key.name for e in cache.entries(root, ["Mamba_SSM"])] == ["mamba-ssm"]
     assert [e.key.name for e in cache.clear(root, ["mamba-ssm"])] == ["mamba-ssm"]
@@ -458,7 +463,27 @@ def test_a_broken_entry_is_ignored_and_replaced(tmp_path):
     broken.mkdir(parents=True)
     (broken / "key.json").write_text("{not json")
     assert cache.lookup(root, _key()) is None and cache.entries(root) == []
-    assert cache.store(root, _key(), wheel).wheel.parent == broken
+    assert cache.store(root, _key(), wheel, cache.built_with(_key())).wheel.parent == broken
+
+
+def test_only_an_entry_proven_to_belong_to_the_torch_of_its_key_is_used(tmp_path):
+    wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
+    wheel.write_bytes(b"w")
+    root = tmp_path / "cache"
+    # A wheel that came from another torch (pip's cache handed back an old build) is refused.
+    with pytest.raises(cache.NotProven):
+        cache.store(root, _key(), wheel, {**cache.built_with(_key()), "torch": "2.4.1+cu124"})
+    assert cache.entries(root) == []
+    entry = cache.store(root, _key(), wheel, cache.built_with(_key()))
+    assert entry.proven and cache.lookup(root, _key()) == entry
+    # An entry without the record of the torch its build saw (an older backendpick) is not used.
+    record = entry.directory / cache.KEY_FILE
+    data = json.loads(record.read_text())
+    del data["built_with"]
+    record.write_text(json.dumps(data))
+    assert cache.lookup(root, _key()) is None
+    assert cache.newest(root, _key(), SpecifierSet(">=2")) is None
+    assert cache.store(root, _key(), wheel, cache.built_with(_key())).proven  # replaced by a proven one
 
 
 def test_cache_write_failure_is_an_oserror(tmp_path):
@@ -467,7 +492,7 @@ def test_cache_write_failure_is_an_oserror(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("file")
     with pytest.raises(OSError):
-        cache.store(blocker / "cache", _key(), wheel)
+        cache.store(blocker / "cache", _key(), wheel, cache.built_with(_key()))
 
 
 # -- settings -------------------------------------------------------------------------------------------
