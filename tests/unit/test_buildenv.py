@@ -321,3 +321,30 @@ def test_a_failed_build_names_its_log_and_the_memory_fix(tmp_path, monkeypatch):
     assert err.message.startswith("building flash-attn 2.7.4 from source failed after 0s (pip exit 1); ")
     assert err.hint.startswith(f"full build output: {log_path}") and "MAX_JOBS" in err.hint
     assert "error: nvcc died" in err.details
+
+
+@pytest.mark.parametrize(
+    ("version", "backend", "abi"),
+    [
+        ("2.5.1", "cu124", False),
+        ("2.6.0", "cu124", False),  # manylinux2014, old ABI (pytorch/pytorch#141565)
+        ("2.6.0", "cpu", False),
+        ("2.6.0", "cu126", True),  # CUDA 12.6 moved to the CXX11 ABI in 2.6 (pytorch/pytorch#142064)
+        ("2.6.0", "rocm6.2.4", True),
+        ("2.7.1", "cu118", True),  # every Linux build from 2.7 on
+        ("2.9.1", "cpu", True),
+    ],
+)
+def test_the_predicted_abi_follows_release_and_backend(version, backend, abi):
+    from backendpick import facts
+    from backendpick.backend import Backend
+
+    predicted = buildenv.predict_torch(version, Backend.parse(backend), facts.load())
+    assert predicted.cxx11abi is abi
+
+
+def test_two_torches_are_the_same_build_only_in_version_gpu_and_abi():
+    assert CU124.same_build(TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False))
+    assert not CU124.same_build(TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=True))
+    assert not CU124.same_build(TorchInfo("2.5.1+cu121", cuda="12.1", cxx11abi=False))
+    assert not CU124.same_build(TorchInfo("2.6.0+cu124", cuda="12.4", cxx11abi=False))

@@ -416,3 +416,52 @@ def test_fix_without_python_flag_has_none(tmp_path: Path) -> None:
     tgt = target(t, dist("torchvision", "0.20.1+cpu", "torch==2.5.1"), files=files)
     [p] = verify_cmd.check(tgt, _settings(tmp_path), python=None, runtime=False).problems
     assert p.fix == "backendpick install --backend cu124 torch==2.5.1 torchvision"
+
+
+# -- build records (builds.json) ----------------------------------------------------------------
+
+
+def _records(**kw):
+    from backendpick.builds import Record
+
+    base = dict(name="flash-attn", version="2.7.4", torch="2.5.1+cu124", cuda="12.4", hip=None, cxx11abi=False,
+                how="source")
+    base.update(kw)
+    return {"flash-attn": Record(**base)}
+
+
+def _build_check(records, torch_version="2.5.1+cu124", fa="2.7.4", abi=None):
+    t, files = torch(torch_version)
+    tgt = target(t, dist("flash-attn", fa, "torch"), files=files)
+    return verify.build_record_problems(tgt, records, verify.torch_build(tgt, FACTS), NBI, FLAG, cxx11abi=abi)
+
+
+def test_a_build_recorded_for_the_installed_torch_is_fine():
+    assert _build_check(_records()) == ([], [])
+    # the prebuilt wheel's METADATA may carry its local tag or not: the same release either way
+    assert _build_check(_records(version="2.7.4+cu12torch2.5cxx11abiFALSE"), fa="2.7.4") == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("torch_version", "abi", "says"),
+    [
+        ("2.6.0+cu124", None, "version 2.6.0+cu124"),
+        ("2.5.1+cu121", None, "CUDA 12.1"),
+        ("2.5.1+cpu", None, "no CUDA"),
+        ("2.5.1+cu124", True, "C++11 ABI on"),
+    ],
+)
+def test_a_build_recorded_for_another_torch_is_a_problem_with_the_fix(torch_version, abi, says):
+    problems, warnings = _build_check(_records(), torch_version=torch_version, abi=abi)
+    assert warnings == []
+    [p] = problems
+    assert p.package == "flash-attn" and says in p.message
+    assert "built from source against torch 2.5.1+cu124 (CUDA 12.4, C++11 ABI off)" in p.message
+    assert p.fix.startswith(f"backendpick install{FLAG} --backend ") and "--reinstall flash-attn flash-attn" in p.fix
+
+
+def test_a_build_package_without_a_record_is_a_warning_not_silence():
+    for records in ({}, _records(version="2.6.3")):  # none, or one about another install
+        problems, [w] = _build_check(records)
+        assert problems == [] and "no record of the torch it was built for" in w.message
+        assert "--reinstall flash-attn flash-attn" in w.fix
