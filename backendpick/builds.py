@@ -95,6 +95,15 @@ def update(state: Path, new: Iterable[Record], installed: Mapping[str, str]) -> 
     return records
 
 
+def forget(state: Path, names: Iterable[str]) -> None:
+    """Drop the records of ``names`` (reinstalled by something that does not record builds, such
+    as restore): verify then warns that nothing says which torch they were built for."""
+    records = read(state)
+    drop = {n for n in names if n in records}
+    if drop:
+        write(state, {n: r for n, r in records.items() if n not in drop})
+
+
 def from_torch(name: str, version: str, torch, how: str, wheel: str | None = None) -> Record:
     """A record for a package built or chosen for ``torch`` (a buildenv.TorchInfo)."""
     return Record(name, version, torch.version, torch.cuda, torch.hip, torch.cxx11abi, how, wheel)
@@ -120,4 +129,4 @@ def after_install(state: Path, phase, python: Path) -> None:
     update(state, new, installed)
 
 
-__all__ = ["FILE", "Record", "after_install", "from_torch", "path", "read", "update", "write"]
+__all__ = ["FILE", "Record", "after_install", "forget", "from_torch", "path", "read", "update", "write"]

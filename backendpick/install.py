@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 
 from backendpick import runner
 from backendpick.config import normalize, redact
-from backendpick.errors import InstallError
+from backendpick.errors import BackendpickError, InstallError
 from backendpick.plan import BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
 from backendpick.target import Target, inspect
 
@@ -142,8 +142,14 @@ def execute(
     if built is not None:
         from backendpick import builds
 
-        # What each build package was built or downloaded for, for verify (state folder).
-        builds.after_install(plan.constraints_path.parent, built, target.python)
+        # What each build package was built or downloaded for, for verify (state folder). The
+        # install itself succeeded: a record that cannot be written is a warning, and verify
+        # then warns that the package has no record.
+        try:
+            builds.after_install(plan.constraints_path.parent, built, target.python)
+        except (BackendpickError, OSError) as exc:
+            note(f"warning: cannot record what {', '.join(sorted(plan.building))} were built for: "
+                 f"{getattr(exc, 'message', exc)}")
     return results
 
 

@@ -52,9 +52,26 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
             if not res.ok:
                 tail = "\n".join(res.stdout.splitlines()[-20:])
                 raise InstallError(f"restore phase '{ph.name}' failed (pip exit {res.returncode})", details=tail)
+        _forget_builds(state, phases)
         left = history.differences(snap, target_mod.inspect(target.python))
         if left:
             raise InstallError(f"restore of snapshot {snap.id} did not bring everything back: {'; '.join(left[:5])}",
                                hint="the package index may no longer offer those versions")
         out.info(f"restored snapshot {snap.id}")
     return 0
+
+
+def _forget_builds(state: Path, phases) -> None:
+    """Build packages restore reinstalled carry no record of the torch they were built for."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from backendpick import builds
+
+    names = []
+    for ph in phases:
+        for text in ph.requirements:
+            try:
+                names.append(config.normalize(Requirement(text).name))
+            except InvalidRequirement:
+                continue
+    builds.forget(state, names)

@@ -276,9 +276,9 @@ def test_a_wrong_nvcc_stops_the_install_before_torch_is_installed(bench: Bench) 
     venv = lab.new_venv()
     before = lab.versions(venv)
     res = ok(bench.install(venv, "--backend", "cu124", "torch==2.5.1", "flash-attn"), 1)
+    assert res.phases_run == [], res
+    assert lab.versions(venv) == before  # torch was never installed
     assert "error: cannot build flash-attn 2.7.4 from source: nvcc at " in res.stderr, res
     assert "is CUDA 11.8, but torch 2.5.1+cu124 was built with CUDA 12.4" in res.stderr, res
     assert "hint: install the CUDA 12.4 toolkit" in res.stderr, res
     assert "nothing was installed or removed" in res.stderr, res
-    assert res.phases_run == [], res
-    assert lab.versions(venv) == before

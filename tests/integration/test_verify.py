@@ -275,10 +275,14 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     proc = backendpick("verify", "--python", py, "--json", env=env, cwd=proj)
     assert proc.returncode == 0, out(proc)
     report = json.loads(proc.stdout)  # stdout is exactly one JSON document
-    # {"ok": bool, "torch": {...}, "packages": [...], "problems": [{"package", "message", "fix"}]}
-    assert {"ok", "torch", "packages", "problems"} <= set(report)
-    assert set(report) - {"ok", "torch", "packages", "problems"} <= {"python"}
+    # {"ok": bool, "torch": {...}, "packages": [...], "problems": [{"package", "message", "fix"}],
+    #  "warnings": [same shape]}
+    assert {"ok", "torch", "packages", "problems", "warnings"} <= set(report)
+    assert set(report) - {"ok", "torch", "packages", "problems", "warnings"} <= {"python"}
     assert report["ok"] is True and report["problems"] == []
+    # flash-attn came from plain pip: nothing records the torch it was built for.
+    [warning] = report["warnings"]
+    assert warning["package"] == "flash-attn" and "no record of the torch it was built for" in warning["message"]
     assert report["torch"] == {"version": "2.5.1+cu124", "backend": "cu124", "cuda": "12.4", "hip": None}
     assert {p["name"].lower(): p["version"] for p in report["packages"]} == {
         "torch": "2.5.1+cu124", "torchvision": "0.20.1+cu124", "xformers": "0.0.28.post3", "flash-attn": "2.7.4",
@@ -290,6 +294,8 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     assert text.stdout.splitlines() == [
         f"python: {py}",
         "torch: 2.5.1+cu124 (cu124, CUDA 12.4)",
+        f"warning: flash-attn: {warning['message']}",
+        f"  fix: {warning['fix']}",
         "ok: the GPU stack is consistent",
     ]
 
