@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from backendpick.backend import CPU, Backend, local_tag_backend
 from backendpick.config import Settings, normalize, redact
@@ -318,6 +318,14 @@ def torch_changes(backend_reqs: Sequence[Requirement], removed: Mapping[str, Ins
     return any(r.url or not r.specifier.contains(Version(torch.version), prereleases=True) for r in wanted)
 
 
+def _same_release(dist: Installed) -> str:
+    """``flash-attn==2.7.4`` for an installed ``2.7.4`` (or ``2.7.4+cu12torch2.5cxx11abiFALSE``)."""
+    try:
+        return f"{dist.name}=={Version(dist.version).public}"
+    except InvalidVersion:
+        return dist.name
+
+
 def env_delta(phase_env: Mapping[str, str], user_env: Mapping[str, str]) -> tuple[dict, tuple[str, ...]]:
     """What a phase sets and unsets relative to the user's environment (shown by --dry-run)."""
     changed = {k: v for k, v in phase_env.items() if user_env.get(k) != v}
@@ -394,10 +402,13 @@ def build(
     )
     removed = dict(installed_family) if mismatched else {}
     removed.update({n: d for n, d in target.installed.items() if n in reinstall_names})
+    rebuilt: dict[str, Installed] = {}
     if torch_changes(backend_reqs, removed, target):
         # Every installed build package was compiled against the torch that goes: each is
-        # removed and installed again from a build for the new torch (cache, prebuilt, source).
-        removed.update({n: d for n, d in target.installed.items() if n in nbi})
+        # removed and installed again, at the same version, from a build for the new torch
+        # (cache, prebuilt, source). One the user names keeps the user's requirement.
+        rebuilt = {n: d for n, d in target.installed.items() if n in nbi and n not in removed}
+        removed.update(rebuilt)
     installed_after_remove = {k: v for k, v in target.installed.items() if k not in removed}
     phases: list[Phase] = []
     if removed:
@@ -405,7 +416,8 @@ def build(
         names = {normalize(r.name) for r in backend_reqs}
         backend_reqs += [Requirement(d.name) for n, d in sorted(removed.items()) if n in family and n not in names]
         names = {normalize(r.name) for r in build_reqs}
-        build_reqs += [Requirement(d.name) for n, d in sorted(removed.items()) if n in nbi and n not in names]
+        build_reqs += [Requirement(_same_release(d) if n in rebuilt else d.name)
+                       for n, d in sorted(removed.items()) if n in nbi and n not in names]
         phases.append(Phase(REMOVE, tuple(to_remove), tuple(pip + ["uninstall", "-y", *to_remove])))
 
     if backend_reqs:
@@ -453,11 +465,14 @@ def build(
             )
         )
         skip = satisfied(build_reqs, installed_after_remove, target.markers)
+        # --no-cache-dir: pip's wheel cache would hand back a wheel it built earlier from the
+        # same sdist, against whatever torch was installed then (issue 8). Only this phase.
         phases.append(
             Phase(
                 BUILD,
                 tuple(str(r) for r in build_reqs),
-                tuple(pip + ["install", "--no-build-isolation", *cflag, *rest_options, *[str(r) for r in build_reqs]]),
+                tuple(pip + ["install", "--no-cache-dir", "--no-build-isolation", *cflag, *rest_options,
+                             *[str(r) for r in build_reqs]]),
                 no_build_isolation=True,
                 constraints=constraint_lines,
                 skip=None if skip else "already installed",

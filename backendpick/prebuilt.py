@@ -399,10 +399,11 @@ def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...
     sdist) and hands it back on the next build whatever torch is installed now; this build
     must compile against the torch that is there. ``--no-binary``: a wheel of the package on
     the index or in a find-links folder is not a build against this torch either. Both only
-    for this command: every other pip run keeps the user's cache."""
+    for the build phase: every other pip run keeps the user's cache."""
     head = list(ctx.head)
     at = head.index("install")
-    return tuple(head[:at] + ["wheel", "--no-cache-dir"] + head[at + 1:]
+    rest = [a for a in head[at + 1:] if a != "--no-cache-dir"]
+    return tuple(head[:at] + ["wheel", "--no-cache-dir"] + rest
                  + ["--no-binary", name, "--no-deps", "-w", str(ctx.staging / name), requirement])
 
 

@@ -92,7 +92,7 @@ def test_script_structure(tmp_path: Path) -> None:
     assert phases["backend"] == (
         "env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null "
         f"\"$PY\" -m pip install --index-url {INDEX} 'torch<2.10,>=2.5' torchvision xformers")
-    assert phases["build"] == "\"$PY\" -m pip install --no-build-isolation -c \"$CONSTRAINTS\" 'flash-attn>=2.6'"
+    assert phases["build"] == "\"$PY\" -m pip install --no-cache-dir --no-build-isolation -c \"$CONSTRAINTS\" 'flash-attn>=2.6'"
     assert phases["rest"] == "\"$PY\" -m pip install -c \"$CONSTRAINTS\" 'transformers>=4.40' tqdm"
     # The constraints are written once, after the backend phase and before the first later one.
     writer = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c ')]
@@ -198,7 +198,7 @@ def test_script_runs_its_phases_in_order(tmp_path: Path) -> None:
     assert calls == [
         f"install --index-url {INDEX} torch<2.10,>=2.5 torchvision xformers",
         f"install -c {tmp_path / 'constraints.txt'} setuptools wheel packaging psutil ninja einops",
-        f"install --no-build-isolation -c {tmp_path / 'constraints.txt'} flash-attn>=2.6",
+        f"install --no-cache-dir --no-build-isolation -c {tmp_path / 'constraints.txt'} flash-attn>=2.6",
         f"install -c {tmp_path / 'constraints.txt'} transformers>=4.40 tqdm",
     ]
     assert "torch<0" in constraints  # nothing installed by the stand-in: fenced

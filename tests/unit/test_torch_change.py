@@ -53,6 +53,10 @@ def test_a_torch_change_removes_and_rebuilds_every_installed_build_package(tmp_p
     build = phases["build"]
     assert build.skip is None
     assert {config.normalize(Requirement(r).name) for r in build.requirements} >= {"flash-attn", "mamba-ssm"}
+    # What the user did not name comes back at the version that was installed.
+    assert "mamba-ssm==2.2.4" in build.requirements
+    if "flash-attn" in reqs:
+        assert "flash-attn" in build.requirements
 
 
 def test_torch_kept_keeps_the_builds(tmp_path):
