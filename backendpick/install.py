@@ -269,13 +269,12 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
                                  on_note=say)
             key = prebuilt.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
             try:
-                # The torch this build compiled against: the one read from the environment
-                # it ran in (pip wheel --no-build-isolation imports the target's torch).
+                # The torch this build compiled against: the one read from the environment it
+                # ran in after the backend phase (pip wheel --no-build-isolation, without pip's
+                # cache or any wheel of the package, imports the target's torch). The key is
+                # made from the same torch, so the entry is proven.
                 stored = cache.store(ctx.cache_root, key, wheel, ctx.torch.built_with()).wheel
                 say(f"{step.name} {key.version}: stored in the wheel cache: {stored}")
-            except cache.NotProven as exc:  # pragma: no cover - the key is made from ctx.torch
-                stored = wheel
-                say(f"warning: {step.name} {key.version} not stored in the wheel cache: {exc}")
             except OSError as exc:
                 stored = wheel  # the build is good; only reuse is lost
                 say(f"warning: cannot write the wheel cache {ctx.cache_root} ({exc}); installing from {wheel}")
