@@ -1,14 +1,14 @@
 """``backendpick detect`` as users run it: a real subprocess on a fake machine.
 
-Each run gets the environment of ``FakeMachine`` (fake vendor tools only, probe root under
-tmp_path, nothing from the real environment) and a fresh working directory.
+Each run gets the test environment (``tests.support.hermetic.subprocess_env``) on a
+``FakeMachine`` (fake vendor tools only, probe root under tmp_path, nothing from the real
+environment), goes through the one launcher (``tests.support.lab.launch``) and has a fresh
+working directory.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import pytest
 
 from backendpick import __version__
 from tests.support.fakehw import SCENARIOS, FakeMachine
+from tests.support.hermetic import subprocess_env
+from tests.support.lab import Result, launch
 
 # The backend each scenario should get under the default (strict) policy. From the scenario
 # READMEs, checked against backendpick/data/facts.toml; where they differ, the note says why.
@@ -59,11 +61,8 @@ ACCELERATOR_COUNT = {
 ACCELERATOR_KEYS = {"vendor", "name", "driver_version", "compute_capability", "arch"}
 
 
-def run_cli(machine: FakeMachine, *args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backendpick", *args],
-        env=machine.cli_env(**env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
-    )
+def run_cli(machine: FakeMachine, *args: str, cwd: Path, timeout: float = 60, **env: str) -> Result:
+    return launch(*args, env=subprocess_env(machine=machine, extra=env), cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture

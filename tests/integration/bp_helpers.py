@@ -1,5 +1,6 @@
 """Helpers for the verify / guards / examples tests: fake machines, broken environments,
-private indexes and running ``python -m backendpick`` as a user would.
+private indexes and running backendpick as a user would (through the one launcher,
+``tests.support.lab.launch``/``spawn``, in the one recipe's environment).
 
 Everything builds on the session ``world`` (tests/support/world.py) without changing what
 other tests see: broken environments are venv clones changed with plain pip, and the extra
@@ -9,16 +10,16 @@ packages some tests need live in private indexes (new directories on the same se
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tests.support.dists import make_wheel
 from tests.support.fakehw import FakeMachine
+from tests.support.hermetic import subprocess_env
+from tests.support.lab import Result, launch
 from tests.support.venvs import write_pip_conf
 from tests.support.world import World
 
@@ -53,38 +54,26 @@ def template_url(world: World) -> str:
 
 
 def bp_env(world: World, machine: FakeMachine, pip_conf: Path | None = None, **extra: str) -> dict[str, str]:
-    """Environment of a ``python -m backendpick`` child on ``machine`` against the world."""
-    env = world.env(pip_conf) if pip_conf is not None else world.env()
-    env.update(machine.cli_env())
-    env["BACKENDPICK_INDEX_URL"] = template_url(world)
-    env.update(extra)
-    return env
+    """Environment of a backendpick child on ``machine`` against the world (``pip_conf``:
+    default the simulated user config)."""
+    return subprocess_env(world.pip_conf if pip_conf is None else pip_conf, machine=machine,
+                          extra={"BACKENDPICK_INDEX_URL": template_url(world), **extra})
 
 
 def pip_env(world: World) -> dict[str, str]:
-    """For plain pip and listings in the test: no pip configuration, no PYTHONPATH."""
-    return world.env(Path(os.devnull))
+    """For plain pip and listings in the test: no pip configuration at all."""
+    return subprocess_env()
 
 
-def backendpick(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backendpick", *map(str, args)],
-        env=dict(env), cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout,
-    )
+def backendpick(*args: str | Path, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT) -> Result:
+    return launch(*args, env=env, cwd=cwd, timeout=timeout)
 
 
-def spawn(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "backendpick", *map(str, args)],
-        env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def out(proc: subprocess.CompletedProcess) -> str:
+def out(proc: Result | subprocess.CompletedProcess) -> str:
     return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def verify_json(python: Path, *, env: Mapping[str, str], cwd: Path, extra: Iterable[str] = ()) -> tuple[int, dict, subprocess.CompletedProcess]:
+def verify_json(python: Path, *, env: Mapping[str, str], cwd: Path, extra: Iterable[str] = ()) -> tuple[int, dict, Result]:
     proc = backendpick("verify", "--python", python, "--json", *extra, env=env, cwd=cwd)
     assert proc.returncode in (0, 1), out(proc)
     return proc.returncode, json.loads(proc.stdout), proc
@@ -101,7 +90,7 @@ def fix_argv(fix: str) -> list[str]:
     return words[1:]
 
 
-def run_fix(fix: str, *, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def run_fix(fix: str, *, env: Mapping[str, str], cwd: Path) -> Result:
     return backendpick(*fix_argv(fix), env=env, cwd=cwd)
 
 

@@ -6,15 +6,14 @@ Each test runs ``python -m backendpick install`` against the session world with:
   in a second, like the world's, and also records the build variables it saw (MAX_JOBS, the
   architecture lists, FLASH_ATTENTION_FORCE_BUILD), so the limits are visible in the result;
 * a private index directory per test standing for the project's GitHub releases;
-* a fake machine (one A100, probe root with 16 GB of free memory) and fake ``nvcc``, ``c++``
-  and ``ninja`` on PATH, so no test depends on this host's toolchain or GPUs;
+* a fake machine (one A100, probe root with 16 GB of free memory, fake ``nvcc``, ``c++`` and
+  ``ninja`` on its PATH), so no test depends on this host's toolchain or GPUs;
 * its own wheel cache folder (``BACKENDPICK_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -27,13 +26,14 @@ import pytest
 
 from tests.support.dists import make_sdist, make_wheel
 from tests.support.fakehw import FakeMachine
+from tests.support.hermetic import subprocess_env
 from tests.support.index import IndexServer
+from tests.support.lab import Result, launch
 from tests.support.venvs import installed_versions, venv_python, write_pip_conf
 from tests.support.world import World
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
 VERSION = "2.7.4"
 PY = f"cp{sys.version_info[0]}{sys.version_info[1]}"
@@ -42,10 +42,6 @@ PREBUILT = f"flash_attn-{VERSION}+cu12torch2.5cxx11abiFALSE-{PY}-{PY}-linux_{pla
 SDIST = f"flash_attn-{VERSION}.tar.gz"
 BUILD_VARS = ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST", "FLASH_ATTN_CUDA_ARCHS", "FLASH_ATTENTION_FORCE_BUILD")
 A100 = "0, NVIDIA A100-SXM4-80GB, 550.54.14, 8.0, GPU-00000000-0000-0000-0000-000000000000, 81920\n"
-
-# Variables of this host that would change what the build phase decides.
-_HOST_VARS = ("CUDA_HOME", "CUDA_PATH", "ROCM_HOME", "ROCM_PATH", "CXX", "VIRTUAL_ENV", *BUILD_VARS,
-              "BACKENDPICK_BACKEND", "BACKENDPICK_CACHE_DIR", "XDG_CACHE_HOME")
 
 
 def _flash_attn_setup_py() -> str:
@@ -99,17 +95,11 @@ def _prebuilt_wheel(server: IndexServer, releases: str) -> Path:
     )
 
 
-def _script(path: Path, body: str) -> None:
-    path.write_text("#!/bin/sh\n" + body, encoding="utf-8")
-    path.chmod(0o755)
-
-
 @dataclass
 class Scene:
     world: World
     base: Path
-    machine: FakeMachine
-    tools: Path  # fake c++, ninja and (unless removed) nvcc
+    machine: FakeMachine  # with fake c++, ninja and (unless removed) nvcc
     cache: Path
     project: Path
     pip_conf: Path
@@ -120,26 +110,18 @@ class Scene:
         return self.world.server.base_url + f"/{self.releases}/files/{{filename}}"
 
     def env(self) -> dict[str, str]:
-        env = self.world.env(self.pip_conf)
-        for key in _HOST_VARS:
-            env.pop(key, None)
-        env.update(self.machine.cli_env())
-        env.update(
-            PATH=f"{self.tools}{os.pathsep}{self.machine.path}",
-            BACKENDPICK_INDEX_URL=self.world.url("cpu").replace("/cpu/", "/{backend}/"),
-            BACKENDPICK_CACHE_DIR=str(self.cache),
-            PYTHONPATH=str(REPO),
-            TERM="dumb",
-        )
-        return env
+        return subprocess_env(self.pip_conf, machine=self.machine, extra={
+            "BACKENDPICK_INDEX_URL": self.world.url("cpu").replace("/cpu/", "/{backend}/"),
+            "BACKENDPICK_CACHE_DIR": str(self.cache),
+        })
 
-    def backendpick(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "backendpick", *args],
-            env=self.env(), cwd=self.base, capture_output=True, text=True, timeout=TIMEOUT,
-        )
+    def backendpick(self, *args: str) -> Result:
+        return launch(*args, env=self.env(), cwd=self.base, timeout=TIMEOUT)
 
-    def install(self, venv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    def no_nvcc(self) -> None:
+        (self.machine.bin / "nvcc").unlink()
+
+    def install(self, venv: Path, *extra: str) -> Result:
         return self.backendpick("install", "--python", str(venv_python(venv)), "--backend", "cu124",
                                 "torch==2.5.1", "flash-attn", "--project", str(self.project), *extra)
 
@@ -150,7 +132,7 @@ class Scene:
     def flash_attn(self, venv: Path) -> dict:
         code = ("import flash_attn, json; print(json.dumps({'prebuilt': flash_attn.prebuilt, "
                 "'env': getattr(flash_attn, 'build_env', None), 'torch': getattr(flash_attn, 'torch_version', None)}))")
-        proc = subprocess.run([str(venv_python(venv)), "-c", code], env=self.world.env(Path(os.devnull)),
+        proc = subprocess.run([str(venv_python(venv)), "-c", code], env=subprocess_env(),
                               capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
@@ -164,28 +146,21 @@ def scene(world: World, server: IndexServer, tmp_path: Path) -> Scene:
     _private_pypi(server)
     machine = FakeMachine(tmp_path)
     machine.driver("550.54.14").nvidia_smi(query=A100)
-    meminfo = machine.root / "proc" / "meminfo"
-    meminfo.parent.mkdir(parents=True, exist_ok=True)
-    meminfo.write_text("MemTotal:       65536000 kB\nMemAvailable:   16777216 kB\n")  # 16 GB free
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    _script(tools / "nvcc", 'echo "nvcc: NVIDIA (R) Cuda compiler driver"\n'
-                            'echo "Cuda compilation tools, release 12.4, V12.4.131"\n')
-    _script(tools / "c++", "exit 0\n")
-    _script(tools / "ninja", "echo 1.11.1\n")
+    machine.meminfo(65536000, 16777216)  # 16 GB free
+    machine.nvcc("12.4").tool("c++", "exit 0\n").tool("ninja", "echo 1.11.1\n")
     project = tmp_path / "project"
     project.mkdir()
     conf = write_pip_conf(tmp_path / "pip.conf", index_url=world.url("bp-build"))
-    return Scene(world, tmp_path, machine, tools, tmp_path / "wheel-cache", project, conf, f"bp-rel-{tmp_path.name}")
+    return Scene(world, tmp_path, machine, tmp_path / "wheel-cache", project, conf, f"bp-rel-{tmp_path.name}")
 
 
-def _output(proc: subprocess.CompletedProcess[str]) -> str:
+def _output(proc: Result | subprocess.CompletedProcess[str]) -> str:
     return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: IndexServer) -> None:
     _prebuilt_wheel(server, scene.releases)
-    (scene.tools / "nvcc").unlink()  # nothing is compiled, so no toolkit is needed
+    scene.no_nvcc()  # nothing is compiled, so no toolkit is needed
     empty = scene.base / "offline-wheels"
     empty.mkdir()
     # A folder without the file first, then the mirror: the order of the list is the order tried.
@@ -233,7 +208,7 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
     assert f"-f {key_file.parent} flash-attn==2.7.4" in dry.stdout, _output(dry)
     # With torch installed (and kept), the plan chooses now: the dry run is the exact command.
     torch = subprocess.run([str(venv_python(second)), "-m", "pip", "install", "--index-url", scene.world.url("cu124"),
-                            "torch==2.5.1"], env=scene.world.env(Path(os.devnull)), capture_output=True, text=True,
+                            "torch==2.5.1"], env=subprocess_env(), capture_output=True, text=True,
                            timeout=TIMEOUT)
     assert torch.returncode == 0, torch.stderr
     dry = scene.install(second, "--dry-run")
@@ -262,7 +237,7 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
 
 
 def test_missing_nvcc_fails_before_building_with_the_fix(scene: Scene, server: IndexServer) -> None:
-    (scene.tools / "nvcc").unlink()
+    scene.no_nvcc()
     venv = scene.world.new_venv(scene.base)
     server.clear_log()
 

@@ -31,7 +31,6 @@ from tests.integration.bp_helpers import (
     pip_from,
     private_index,
     project,
-    spawn,
     template_url,
     torch_stack,
     verify_json,
@@ -40,6 +39,7 @@ from tests.integration.bp_helpers import (
 )
 from tests.support.dists import make_wheel
 from tests.support.index import IndexServer
+from tests.support.lab import spawn
 from tests.support.venvs import venv_python
 from tests.support.world import World
 

@@ -12,8 +12,10 @@
   ``nvidia-smi``, which would leak the host's hardware into every scenario.
 
 It is filled either from a scenario directory under ``tests/data/hardware`` (see that folder's
-file names) or programmatically, and hands back the environment a probe or a ``backendpick``
-subprocess should run with. Nothing is read from the real machine's environment.
+file names) or programmatically. ``env`` is what the machine contributes to an environment
+(nothing read from the real machine); a subprocess gets it through the one recipe,
+``tests.support.hermetic.subprocess_env(machine=...)``, and an in-process probe through
+``settings()``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 HARDWARE = Path(__file__).resolve().parent.parent / "data" / "hardware"
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 SCENARIOS = sorted(p.name for p in HARDWARE.iterdir() if p.is_dir()) if HARDWARE.is_dir() else []
 
@@ -292,6 +293,24 @@ exit {int(exit_code)}
     def pci_device(self, slot: str, cls: str, vendor: str, device: str) -> FakeMachine:
         return self.pci_devices([f"{slot} {cls} {vendor} {device}"])
 
+    def nvcc(self, release: str) -> FakeMachine:
+        """A CUDA toolkit's ``nvcc`` of ``release`` (``12.4``) on PATH, as in a -devel image.
+        The test environment points CUDA_HOME at it (``tests.support.hermetic``)."""
+        _script(self.bin / "nvcc", "echo 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+                                   f"echo 'Cuda compilation tools, release {release}, V{release}.131'\n")
+        return self
+
+    def tool(self, name: str, body: str) -> FakeMachine:
+        """Any other executable on the machine's PATH (a fake ``c++`` or ``ninja``): ``body``
+        is its /bin/sh script."""
+        _script(self.bin / name, body)
+        return self
+
+    def meminfo(self, total_kb: int, available_kb: int) -> FakeMachine:
+        """``/proc/meminfo`` below the probe root (what source builds size MAX_JOBS by)."""
+        _write(self.root / "proc/meminfo", f"MemTotal:       {total_kb} kB\nMemAvailable:   {available_kb} kB\n")
+        return self
+
     def set_env(self, values: Mapping[str, str]) -> FakeMachine:
         self.extra_env.update(values)
         return self
@@ -318,13 +337,6 @@ exit {int(exit_code)}
                 "BACKENDPICK_PROBE_TIMEOUT": f"{self.timeout:g}",
             }
         )
-        return env
-
-    def cli_env(self, **extra: str) -> dict[str, str]:
-        """``env`` plus what a ``python -m backendpick`` child needs: the source tree, no colour."""
-        env = self.env
-        env.update({"PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-        env.update(extra)
         return env
 
     def settings(self, **overrides):

@@ -1,10 +1,9 @@
-"""The harness of the plan/install tests: fake machines, and a hermetic way to run backendpick
-and pip against the test world (``Lab``).
+"""The harness: the one launcher of backendpick processes (``launch``/``spawn``), and ``Lab``,
+fake machines plus a hermetic way to run backendpick and pip against the test world.
 
-Every backendpick process runs hermetically (``Lab.env``): the world's environment
-(``World.env``: no PIP_* of this machine, the simulated user pip.conf with a hostile
-extra index), fake hardware (``BACKENDPICK_PROBE_ROOT`` and a PATH with a fake
-``nvidia-smi``), and the world's local indexes as the backend index template.
+Every environment comes from the one recipe, ``tests.support.hermetic.subprocess_env``;
+``Lab.env`` adds the simulated user pip.conf (with a hostile extra index), a fake machine
+(``tests.support.fakehw.FakeMachine``) and the world's local indexes as the backend index template.
 """
 
 from __future__ import annotations
@@ -14,12 +13,15 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.dists import make_wheel
+from tests.support.fakehw import FakeMachine
+from tests.support.hermetic import host_bin, subprocess_env
 from tests.support.index import IndexServer
 from tests.support.venvs import installed_versions, venv_python
 from tests.support.world import (
@@ -27,7 +29,7 @@ from tests.support.world import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-# backendpick from this checkout. World.env sets PYTHONDONTWRITEBYTECODE (for pip's children);
+# backendpick from this checkout. The recipe sets PYTHONDONTWRITEBYTECODE (for pip's children);
 # backendpick's own modules may keep their bytecode, as an installed copy would.
 _LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
@@ -87,71 +89,65 @@ class Result:
         )
 
 
-@dataclass(frozen=True)
-class Machine:
-    """Fake hardware: a probe root, a PATH directory, and extra variables (CUDA_VERSION)."""
-
-    name: str
-    root: Path
-    bin: Path
-    env: dict = field(default_factory=dict)
+def argv(*args: str | Path) -> list[str]:
+    """The command line of ``backendpick *args`` run from this checkout."""
+    return [sys.executable, "-c", _LAUNCH.format(root=str(ROOT)), *map(str, args)]
 
 
-_PROBE_TOOLS = ("nvidia-smi", "rocminfo", "rocm_agent_enumerator")
+def launch(*args: str | Path, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT) -> Result:
+    """Run ``backendpick *args`` to its end: the one launcher every test uses."""
+    started = time.perf_counter()
+    proc = subprocess.run(argv(*args), env=dict(env), cwd=str(cwd), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    return Result(tuple(map(str, args)), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
 
 
-def _script(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o755)
+def spawn(*args: str | Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
+    """Start ``backendpick *args`` without waiting (stdout and stderr together, as text)."""
+    return subprocess.Popen(argv(*args), env=dict(env), cwd=str(cwd), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def make_machine(
-    base: Path,
-    name: str,
-    *,
-    driver: str | None = None,
-    gpus: tuple[tuple[str, str], ...] = (),
-    cuda: str | None = None,
-    nvcc: str | None = None,
-    env: dict | None = None,
-) -> Machine:
-    """A fake machine: ``driver`` in /sys/module/nvidia/version, ``gpus`` as (name, compute
-    capability) rows of a fake ``nvidia-smi``. ``cuda`` is the CUDA version its banner shows;
-    ``nvcc`` puts a CUDA compiler of that version (with a C++ compiler and ninja) on PATH."""
-    root, bindir = base / name / "root", base / name / "bin"
-    root.mkdir(parents=True)
-    bindir.mkdir(parents=True)
-    if driver:
-        sysdir = root / "sys" / "module" / "nvidia"
-        sysdir.mkdir(parents=True)
-        (sysdir / "version").write_text(driver + "\n")
-    if gpus:
-        rows = "".join(
-            f"{i}, {gpu}, {driver}, {cap}, GPU-{i:08d}-0000-0000-0000-000000000000, 81920\n"
-            for i, (gpu, cap) in enumerate(gpus)
-        )
-        banner = f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda or '12.4'}     |\n"
-        (base / name / "query.csv").write_text(rows)
-        (base / name / "banner.txt").write_text(banner)
-        _script(
-            bindir / "nvidia-smi",
-            "#!/bin/sh\n"
-            f'case "$*" in\n  *--query-gpu*) exec cat "{base / name / "query.csv"}" ;;\n'
-            f'  *) exec cat "{base / name / "banner.txt"}" ;;\nesac\n',
-        )
-    if nvcc:
-        # A CUDA devel image: flash-attn's source build finds its toolchain (the world's
-        # flash-attn compiles nothing, so fakes do).
-        _script(bindir / "nvcc", "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
-                f"echo 'Cuda compilation tools, release {nvcc}, V{nvcc}.131'\n")
-        for tool in ("c++", "ninja"):
-            if not shutil.which(tool, path="/usr/bin:/bin"):
-                _script(bindir / tool, f"#!/bin/sh\necho 'fake {tool} 1.0'\n")
-    # A real tool on this host (a GPU CI runner) must not answer for the fake machine.
-    for tool in _PROBE_TOOLS:
-        if not (bindir / tool).exists() and shutil.which(tool, path="/usr/bin:/bin"):
-            _script(bindir / tool, f"#!/bin/sh\necho '{tool}: no device (fake machine {name})' >&2\nexit 9\n")
-    return Machine(name, root, bindir, dict(env or {}))
+A100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
+
+
+def nvidia_machine(base: Path, *, driver: str, gpus: tuple[tuple[str, str], ...], cuda: str) -> FakeMachine:
+    """A loaded ``driver`` and ``gpus`` as (name, compute capability) rows of ``nvidia-smi``,
+    whose banner shows CUDA ``cuda``."""
+    rows = "".join(
+        f"{i}, {gpu}, {driver}, {cap}, GPU-{i:08d}-0000-0000-0000-000000000000, 81920\n"
+        for i, (gpu, cap) in enumerate(gpus)
+    )
+    banner = f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda}     |\n"
+    return FakeMachine(base).sys_driver(driver + "\n").nvidia_smi(query=rows, banner=banner)
+
+
+def lab_machines(base: Path) -> dict[str, FakeMachine]:
+    """The machines of ``Lab.machines``, by name."""
+    return {
+        "none": FakeMachine(base / "none"),
+        "nvidia-560-a100": nvidia_machine(base / "nvidia-560-a100", driver="560.35.03", gpus=A100, cuda="12.6"),
+        "nvidia-550-a100": nvidia_machine(base / "nvidia-550-a100", driver="550.127.05", gpus=A100, cuda="12.4"),
+        "nvidia-570-rtx5090": nvidia_machine(
+            base / "nvidia-570-rtx5090", driver="570.133.20", gpus=(("NVIDIA GeForce RTX 5090", "12.0"),), cuda="12.8"),
+        "nvidia-570-v100": nvidia_machine(
+            base / "nvidia-570-v100", driver="570.133.20", gpus=(("Tesla V100-SXM2-32GB", "7.0"),), cuda="12.8"),
+        "nvidia-575-v100-rtx5090": nvidia_machine(
+            base / "nvidia-575-v100-rtx5090", driver="575.51.03",
+            gpus=(("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA GeForce RTX 5090", "12.0")), cuda="12.9"),
+        "container-cuda126": FakeMachine(base / "container-cuda126").set_env({"CUDA_VERSION": "12.6.3"}),
+        "cuda124-devel": _devel(FakeMachine(base / "cuda124-devel")).set_env({"CUDA_VERSION": "12.4.1"}),
+    }
+
+
+def _devel(machine: FakeMachine) -> FakeMachine:
+    """docker build FROM nvidia/cuda:12.4.1-devel: no GPU, but a CUDA toolchain. The world's
+    flash-attn compiles nothing, so fakes stand in for a C++ compiler and ninja the host lacks."""
+    machine.nvcc("12.4")
+    for tool in ("c++", "ninja"):
+        if not shutil.which(tool, path=str(host_bin())):
+            machine.tool(tool, f"echo 'fake {tool} 1.0'\n")
+    return machine
 
 
 # Plain packages the scenarios need on the user's default index (added to the world's pypi).
@@ -187,58 +183,20 @@ class Lab:
         self.home = base / "home"
         self.home.mkdir()
         self.cache = base / "cache"
-        self.xdg_config_dirs = base / "xdg-config-dirs"  # empty: no /etc/xdg/pip/pip.conf
-        self.xdg_config_dirs.mkdir()
-        machines = base / "machines"
-        a100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
-        self.machines = {
-            m.name: m
-            for m in (
-                make_machine(machines, "none"),
-                make_machine(machines, "nvidia-560-a100", driver="560.35.03", gpus=a100, cuda="12.6"),
-                make_machine(machines, "nvidia-550-a100", driver="550.127.05", gpus=a100, cuda="12.4"),
-                make_machine(
-                    machines, "nvidia-570-rtx5090", driver="570.133.20",
-                    gpus=(("NVIDIA GeForce RTX 5090", "12.0"),), cuda="12.8",
-                ),
-                make_machine(
-                    machines, "nvidia-570-v100", driver="570.133.20",
-                    gpus=(("Tesla V100-SXM2-32GB", "7.0"),), cuda="12.8",
-                ),
-                make_machine(
-                    machines, "nvidia-575-v100-rtx5090", driver="575.51.03",
-                    gpus=(("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA GeForce RTX 5090", "12.0")), cuda="12.9",
-                ),
-                make_machine(machines, "container-cuda126", env={"CUDA_VERSION": "12.6.3"}),
-                # docker build FROM nvidia/cuda:12.4.1-devel: no GPU, but a CUDA toolchain.
-                make_machine(machines, "cuda124-devel", nvcc="12.4", env={"CUDA_VERSION": "12.4.1"}),
-            )
-        }
+        self.machines = lab_machines(base / "machines")
         _add_pypi_extras(self.server)
         self._venvs = 0
 
     # -- environments -----------------------------------------------------------------------
 
     def env(self, machine: str = "none", pip_conf: Path | None = None, **extra: str) -> dict[str, str]:
-        """World.env plus fake hardware; the runner's own BACKENDPICK_*/CUDA_VERSION dropped."""
-        m = self.machines[machine]
-        env = self.world.env(pip_conf)
-        for key in list(env):
-            if key.startswith("BACKENDPICK_") or key in ("CUDA_VERSION", "XDG_CONFIG_HOME"):
-                del env[key]
-        env.update(
-            BACKENDPICK_PROBE_ROOT=str(m.root),
-            PATH=f"{m.bin}:/usr/bin:/bin",
-            BACKENDPICK_INDEX_URL=self.template,
-            HOME=str(self.home),
-            XDG_CACHE_HOME=str(self.cache),
-            XDG_CONFIG_DIRS=str(self.xdg_config_dirs),
-            NO_COLOR="1",
-            TERM="dumb",
+        """The recipe (``subprocess_env``) with the simulated user pip.conf unless ``pip_conf``,
+        fake hardware ``machine``, the lab's home and cache, and the world's backend indexes."""
+        return subprocess_env(
+            self.world.pip_conf if pip_conf is None else pip_conf,
+            machine=self.machines[machine], home=self.home, cache=self.cache,
+            extra={"BACKENDPICK_INDEX_URL": self.template, **extra},
         )
-        env.update(m.env)
-        env.update(extra)
-        return env
 
     def run(
         self,
@@ -254,17 +212,8 @@ class Lab:
             # Never the runner's interpreter: install targets --python or VIRTUAL_ENV only.
             full = env if env is not None else self.env(machine, **extra)
             assert "--python" in args or "VIRTUAL_ENV" in full, "install without a target venv"
-        argv = [sys.executable, "-c", _LAUNCH.format(root=str(ROOT)), *args]
-        started = time.perf_counter()
-        proc = subprocess.run(
-            argv,
-            env=env if env is not None else self.env(machine, **extra),
-            cwd=str(cwd or self.empty_project),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return Result(tuple(args), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
+        return launch(*args, env=env if env is not None else self.env(machine, **extra),
+                      cwd=cwd or self.empty_project, timeout=timeout)
 
     def pip(self, venv: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -1,4 +1,4 @@
-"""Virtual environments and hermetic subprocess environments for pip.
+"""Virtual environments for the tests (their environment: ``tests.support.hermetic``).
 
 A template venv is created once per session; tests get cheap copies of it.
 Always run pip as ``<venv>/bin/python -m pip``: console scripts copied from the
@@ -15,25 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-# Variables that would leak the runner's interpreter or target into child pythons.
-_DROPPED_VARS = {
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "VIRTUAL_ENV",
-    "__PYVENV_LAUNCHER__",
-}
-_PROXY_VARS = (
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-)
-# Nothing listens on the discard port, so any non-local request fails at once.
-_DEAD_PROXY = "http://127.0.0.1:9"
-_LOCAL_HOSTS = "127.0.0.1,localhost"
+from tests.support.hermetic import subprocess_env
 
 
 def venv_python(venv: Path) -> Path:
@@ -46,45 +28,6 @@ def venv_python(venv: Path) -> Path:
 
 def _scripts_dir(venv: Path) -> Path:
     return Path(venv) / ("Scripts" if os.name == "nt" else "bin")
-
-
-def hermetic_env(
-    pip_conf: Path,
-    extra: Mapping[str, str] | None = None,
-    *,
-    cache_dir: Path | None = None,
-) -> dict[str, str]:
-    """``os.environ`` made safe for pip subprocesses.
-
-    All ``PIP_*`` variables are removed and ``PIP_CONFIG_FILE`` points at
-    ``pip_conf``, which makes pip skip the user config file (global files such
-    as /etc/pip.conf are still read; pip offers no way to skip them).
-    Proxies point at a dead local port with 127.0.0.1 exempt, so anything that
-    tries the real network fails fast instead of silently succeeding. The pip
-    cache is disabled unless ``cache_dir`` (or ``PIP_CACHE_DIR`` in ``extra``)
-    is given, so built wheels are never reused across tests. ``extra`` is
-    applied last and may override anything.
-    """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.upper().startswith("PIP_") and key not in _DROPPED_VARS
-    }
-    env["PIP_CONFIG_FILE"] = str(pip_conf)
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["PIP_NO_INPUT"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for var in _PROXY_VARS:
-        env[var] = _DEAD_PROXY
-    env["no_proxy"] = env["NO_PROXY"] = _LOCAL_HOSTS
-    extra = dict(extra or {})
-    if cache_dir is not None:
-        extra.setdefault("PIP_CACHE_DIR", str(cache_dir))
-    if "PIP_CACHE_DIR" not in extra:
-        # PIP_NO_CACHE_DIR would win over any PIP_CACHE_DIR, so set only one.
-        env["PIP_NO_CACHE_DIR"] = "1"
-    env.update(extra)
-    return env
 
 
 def write_pip_conf(
@@ -126,7 +69,7 @@ def make_template_venv(
     removed unless ``keep_setuptools`` so tests behave the same on every Python.
     """
     path = Path(path)
-    env = hermetic_env(Path(os.devnull))
+    env = subprocess_env()
     subprocess.run(
         [str(python), "-m", "venv", str(path)],
         env=env,

@@ -27,10 +27,10 @@ from .dists import (
     make_wheel,
     repack_with_deps,
 )
+from .hermetic import subprocess_env
 from .index import IndexServer
 from .venvs import (
     clone_venv,
-    hermetic_env,
     make_template_venv,
     venv_python,
     write_pip_conf,
@@ -80,8 +80,9 @@ class World:
         return self.server.url(name)
 
     def env(self, pip_conf: Path | None = None, /, **extra: str) -> dict[str, str]:
-        """Hermetic environment with ``pip_conf`` (default: simulated user config)."""
-        return hermetic_env(self.pip_conf if pip_conf is None else pip_conf, extra)
+        """The test environment (``subprocess_env``) with ``pip_conf`` (default: the simulated
+        user config) and no hardware."""
+        return subprocess_env(self.pip_conf if pip_conf is None else pip_conf, extra=extra)
 
     def new_venv(self, tmp_path: Path) -> Path:
         """A fresh clone of the template venv under ``tmp_path``."""
