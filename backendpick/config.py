@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from backendpick.backend import Backend
 from backendpick.errors import ConfigError
 from backendpick.facts import Facts
 
@@ -203,7 +204,7 @@ class BuildSettings:
 class Settings:
     project_dir: Path
     pyproject: Pyproject
-    backend: Setting  # "auto" or a backend name
+    backend: Setting  # "auto" or a backend name, as given
     index_url: Setting
     cuda_compat: Setting
     backend_packages: tuple[str, ...]
@@ -213,6 +214,7 @@ class Settings:
     # "github" applies to packages not named here)
     prebuilt: dict = field(default_factory=dict)
     build: BuildSettings = field(default_factory=BuildSettings)
+    chosen_backend: Backend | None = None  # ``backend`` parsed once; None: auto (detect)
 
 
 def normalize(name: str) -> str:
@@ -244,7 +246,7 @@ def load(
     pyproject = read_pyproject(project_dir)
     tool = pyproject.tool
     backend_s = _pick(backend, env, ENV_BACKEND, tool, "backend", "auto", pyproject.path)
-    _check_backend_name(backend_s)
+    chosen = _parse_backend(backend_s)
     index_s = _pick(index_url, env, ENV_INDEX_URL, tool, "index-url", facts.default_index_url, pyproject.path)
     if "{backend}" not in index_s.value:
         raise ConfigError(
@@ -306,16 +308,16 @@ def load(
         trusted_hosts=trusted,
         prebuilt=prebuilt,
         build=build,
+        chosen_backend=chosen,
     )
 
 
-def _check_backend_name(s: Setting) -> None:
-    from backendpick.backend import Backend
-
-    if not isinstance(s.value, str) or s.value.strip().lower() == "auto":
-        return
+def _parse_backend(s: Setting) -> Backend | None:
+    """The backend a setting names, None for auto; a wrong name says where it came from."""
+    if s.value.strip().lower() == "auto":
+        return None
     try:
-        Backend.parse(s.value)
+        return Backend.parse(s.value)
     except ConfigError as exc:
         raise ConfigError(f"{exc.message} (from {s.source})", hint=exc.hint) from None
 

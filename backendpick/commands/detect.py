@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backendpick import config, facts as facts_mod
-from backendpick.backend import Backend
 from backendpick.hardware import Hardware
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
@@ -25,10 +24,9 @@ class Detection:
 
 
 def explicit_choice(settings: config.Settings) -> Explicit | None:
-    value = str(settings.backend.value).strip().lower()
-    if value == "auto":
+    if settings.chosen_backend is None:
         return None
-    return Explicit(Backend.parse(value), settings.backend.source)
+    return Explicit(settings.chosen_backend, settings.backend.source)
 
 
 def detect(settings: config.Settings, offers=None) -> Detection:
