@@ -6,6 +6,9 @@ re-exported here, so importing one helper never drags in the others.
 * ``dists``: tiny wheels and sdists written with zipfile/tarfile, fake torch
   builds, and wheels repacked from the test runner's own setuptools/wheel.
 * ``index``: a PEP 503/691 simple-index server on 127.0.0.1 with a request log.
-* ``venvs``: template venvs, cheap clones, hermetic environments for pip.
+* ``hermetic``: the one recipe for every test subprocess's environment (``subprocess_env``).
+* ``fakehw``: the one fake machine type (probe root, fake vendor tools, fake toolkits).
+* ``lab``: the one launcher of backendpick processes, and ``Lab`` on top of the world.
+* ``venvs``: template venvs and cheap clones.
 * ``world``: the fake package world (backend indexes, "pypi", "hostile").
 """
