@@ -322,7 +322,9 @@ exit {int(exit_code)}
 
     @property
     def env(self) -> dict[str, str]:
-        """The whole environment for a probe or a ``backendpick`` child: nothing from os.environ.
+        """The machine's variables, nothing from os.environ: the whole environment of an
+        in-process probe (``settings``); a subprocess gets them through the one recipe,
+        ``tests.support.hermetic.subprocess_env(machine=...)``.
 
         The scenario's own variables are kept (``CUDA_VERSION`` of a container image, say),
         except ``PATH`` and ``HOME``, which must not point at the real machine.

@@ -3,7 +3,6 @@ architecture lists), which never override what the user set."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from backendpick import buildenv, prebuilt
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import InstallError
+from tests.support.hermetic import subprocess_env
 
 CU124 = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
 ROCM62 = TorchInfo("2.5.1+rocm6.2", hip="6.2.41133-dd7f95766")
@@ -296,7 +296,7 @@ def _build(tmp_path: Path, exit_code: int, monkeypatch):
     log_path = tmp_path / "build.log"
     with log_path.open("w") as log:
         def call():
-            return install._build_wheel(plan, phase, step, env=dict(os.environ), tee=lines.append,
+            return install._build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
                                         log=log, log_path=log_path, on_note=notes.append)
         if exit_code:
             with pytest.raises(InstallError) as err:
