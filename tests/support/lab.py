@@ -208,12 +208,11 @@ class Lab:
         **extra: str,
     ) -> Result:
         """Run ``backendpick *args`` (this checkout) as its own process."""
+        full = env if env is not None else self.env(machine, **extra)
         if "install" in args and "--dry-run" not in args:
             # Never the runner's interpreter: install targets --python or VIRTUAL_ENV only.
-            full = env if env is not None else self.env(machine, **extra)
             assert "--python" in args or "VIRTUAL_ENV" in full, "install without a target venv"
-        return launch(*args, env=env if env is not None else self.env(machine, **extra),
-                      cwd=cwd or self.empty_project, timeout=timeout)
+        return launch(*args, env=full, cwd=cwd or self.empty_project, timeout=timeout)
 
     def pip(self, venv: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
