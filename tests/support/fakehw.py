@@ -81,7 +81,8 @@ def _q(path: Path) -> str:
 class FakeMachine:
     """Builder of a fake machine under ``base`` (a pytest ``tmp_path``)."""
 
-    def __init__(self, base: Path, *, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, base: Path, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None):
+        self.name = name or Path(base).name  # what tests call it (``Lab.machines`` keys)
         self.base = Path(base) / "fakehw"
         self.root = self.base / "root"
         self.bin = self.base / "bin"

@@ -108,46 +108,59 @@ def spawn(*args: str | Path, env: Mapping[str, str], cwd: Path) -> subprocess.Po
                             stderr=subprocess.STDOUT, text=True)
 
 
-A100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
-
-
-def nvidia_machine(base: Path, *, driver: str, gpus: tuple[tuple[str, str], ...], cuda: str) -> FakeMachine:
-    """A loaded ``driver`` and ``gpus`` as (name, compute capability) rows of ``nvidia-smi``,
-    whose banner shows CUDA ``cuda``."""
-    rows = "".join(
-        f"{i}, {gpu}, {driver}, {cap}, GPU-{i:08d}-0000-0000-0000-000000000000, 81920\n"
-        for i, (gpu, cap) in enumerate(gpus)
-    )
-    banner = f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda}     |\n"
-    return FakeMachine(base).sys_driver(driver + "\n").nvidia_smi(query=rows, banner=banner)
+def make_machine(
+    base: Path,
+    name: str,
+    *,
+    driver: str | None = None,
+    gpus: tuple[tuple[str, str], ...] = (),
+    cuda: str | None = None,
+    nvcc: str | None = None,
+    env: dict | None = None,
+) -> FakeMachine:
+    """A ``FakeMachine`` under ``base/name``: ``driver`` in /sys/module/nvidia/version, ``gpus``
+    as (name, compute capability) rows of its ``nvidia-smi``, whose banner shows CUDA ``cuda``;
+    ``nvcc`` puts a CUDA compiler of that version on its PATH (a -devel image: the test
+    environment points CUDA_HOME at it), with fakes for a C++ compiler and ninja the host lacks
+    (the world's flash-attn compiles nothing)."""
+    machine = FakeMachine(base / name)
+    if driver:
+        machine.sys_driver(driver + "\n")
+    if gpus:
+        rows = "".join(
+            f"{i}, {gpu}, {driver}, {cap}, GPU-{i:08d}-0000-0000-0000-000000000000, 81920\n"
+            for i, (gpu, cap) in enumerate(gpus)
+        )
+        banner = f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda or '12.4'}     |\n"
+        machine.nvidia_smi(query=rows, banner=banner)
+    if nvcc:
+        machine.nvcc(nvcc)
+        for tool in ("c++", "ninja"):
+            if not shutil.which(tool, path=str(host_bin())):
+                machine.tool(tool, f"echo 'fake {tool} 1.0'\n")
+    return machine.set_env(env or {})
 
 
 def lab_machines(base: Path) -> dict[str, FakeMachine]:
     """The machines of ``Lab.machines``, by name."""
+    a100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
     return {
-        "none": FakeMachine(base / "none"),
-        "nvidia-560-a100": nvidia_machine(base / "nvidia-560-a100", driver="560.35.03", gpus=A100, cuda="12.6"),
-        "nvidia-550-a100": nvidia_machine(base / "nvidia-550-a100", driver="550.127.05", gpus=A100, cuda="12.4"),
-        "nvidia-570-rtx5090": nvidia_machine(
-            base / "nvidia-570-rtx5090", driver="570.133.20", gpus=(("NVIDIA GeForce RTX 5090", "12.0"),), cuda="12.8"),
-        "nvidia-570-v100": nvidia_machine(
-            base / "nvidia-570-v100", driver="570.133.20", gpus=(("Tesla V100-SXM2-32GB", "7.0"),), cuda="12.8"),
-        "nvidia-575-v100-rtx5090": nvidia_machine(
-            base / "nvidia-575-v100-rtx5090", driver="575.51.03",
-            gpus=(("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA GeForce RTX 5090", "12.0")), cuda="12.9"),
-        "container-cuda126": FakeMachine(base / "container-cuda126").set_env({"CUDA_VERSION": "12.6.3"}),
-        "cuda124-devel": _devel(FakeMachine(base / "cuda124-devel")).set_env({"CUDA_VERSION": "12.4.1"}),
+        m.name: m
+        for m in (
+            make_machine(base, "none"),
+            make_machine(base, "nvidia-560-a100", driver="560.35.03", gpus=a100, cuda="12.6"),
+            make_machine(base, "nvidia-550-a100", driver="550.127.05", gpus=a100, cuda="12.4"),
+            make_machine(base, "nvidia-570-rtx5090", driver="570.133.20",
+                         gpus=(("NVIDIA GeForce RTX 5090", "12.0"),), cuda="12.8"),
+            make_machine(base, "nvidia-570-v100", driver="570.133.20",
+                         gpus=(("Tesla V100-SXM2-32GB", "7.0"),), cuda="12.8"),
+            make_machine(base, "nvidia-575-v100-rtx5090", driver="575.51.03",
+                         gpus=(("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA GeForce RTX 5090", "12.0")), cuda="12.9"),
+            make_machine(base, "container-cuda126", env={"CUDA_VERSION": "12.6.3"}),
+            # docker build FROM nvidia/cuda:12.4.1-devel: no GPU, but a CUDA toolchain.
+            make_machine(base, "cuda124-devel", nvcc="12.4", env={"CUDA_VERSION": "12.4.1"}),
+        )
     }
-
-
-def _devel(machine: FakeMachine) -> FakeMachine:
-    """docker build FROM nvidia/cuda:12.4.1-devel: no GPU, but a CUDA toolchain. The world's
-    flash-attn compiles nothing, so fakes stand in for a C++ compiler and ninja the host lacks."""
-    machine.nvcc("12.4")
-    for tool in ("c++", "ninja"):
-        if not shutil.which(tool, path=str(host_bin())):
-            machine.tool(tool, f"echo 'fake {tool} 1.0'\n")
-    return machine
 
 
 # Plain packages the scenarios need on the user's default index (added to the world's pypi).
