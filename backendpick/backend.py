@@ -75,6 +75,38 @@ class Backend:
         return self.version < other.version
 
 
+def suggest(text: str, known: list[Backend]) -> str | None:
+    """``did you mean cu124?`` for ``cu12.4``, ``cuda12.4``, ``AUTO``; for a bare ``cuda`` or
+    ``rocm``, the newest known backend of that kind and ``auto``. None: no good guess."""
+    raw = text.strip().lower()
+    if raw == "auto":
+        return "did you mean auto?"
+    squeezed = re.sub(r"[\s_-]+", "", raw)
+    if squeezed in (CUDA, "cu", ROCM):
+        kind = CUDA if squeezed != ROCM else ROCM
+        newest = [b for b in known if b.kind == kind]
+        if newest:
+            form = "cuXY" if kind == CUDA else "rocmX.Y"
+            return f"did you mean {max(newest).name} (the newest known {form}) or auto (detect it)?"
+        return "name a version, or use auto to detect it"
+    m = re.match(r"^(?:cuda|cu)(\d{2})\.?(\d)$", squeezed)
+    if m:
+        return f"did you mean cu{m.group(1)}{m.group(2)}?"
+    m = re.match(r"^(?:cuda|cu)(\d{2})$", squeezed)
+    if m:  # a major version only: CUDA 12 -> the newest known cu12X
+        same = [b for b in known if b.kind == CUDA and b.version[0] == int(m.group(1))]
+        if same:
+            return f"did you mean {max(same).name} (the newest known CUDA {m.group(1)}, e.g. cu124 for 12.4)?"
+    m = re.match(r"^rocm(\d+(?:\.\d+){1,2})$", squeezed.replace("rocm.", "rocm"))
+    if m:
+        return f"did you mean rocm{m.group(1)}?"
+    names = [b.name for b in known] + ["auto"]
+    import difflib
+
+    close = difflib.get_close_matches(squeezed, names, n=1)
+    return f"did you mean {close[0]}?" if close else None
+
+
 def local_tag_backend(version: str) -> Backend | None:
     """The backend named by a version's local tag: ``2.5.1+cu124`` gives cu124, untagged None."""
     if "+" not in version:

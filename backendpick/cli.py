@@ -28,6 +28,18 @@ pyproject.toml, then detection. Exit codes: 0 done, 1 install failed, 2 usage or
 error, 3 no compatible backend, 4 environment locked by another backendpick.
 """
 
+def _python_value(ctx, param, value: str | None) -> Path | None:
+    """``--python ''`` is a mistake (a shell variable that was not set), not the current
+    directory, which is what a Path type would make of it."""
+    if value is None:
+        return None
+    if not value.strip():
+        from backendpick.errors import ConfigError
+
+        raise ConfigError("--python is empty", hint="pass --python PATH (an interpreter or a venv directory)")
+    return Path(value)
+
+
 project_option = click.option(
     "--project",
     "project_dir",
@@ -79,7 +91,7 @@ def _plan_options(func):
         project_option,
         click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME."),
         click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735)."),
-        click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+        click.option("--python", "python", type=str, default=None, callback=_python_value,
                      help="Interpreter (or venv directory) to install into. Default: the active venv, else this Python."),
         backend_option,
         click.option("--index-url", default=None, metavar="TEMPLATE",
@@ -150,7 +162,7 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, **kw) ->
 @click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path), help="Requirements that must be installed.")
 @project_option
-@click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+@click.option("--python", "python", type=str, default=None, callback=_python_value,
               help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
 @json_option
 def verify(requirement, files, project_dir: Path, python: Path | None, json_mode: bool) -> int:
@@ -167,7 +179,7 @@ def verify(requirement, files, project_dir: Path, python: Path | None, json_mode
     "  backendpick restore 20261121-101500-0 --dry-run"
 )
 @click.argument("snapshot", required=False)
-@click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+@click.option("--python", "python", type=str, default=None, callback=_python_value,
               help="Interpreter (or venv directory). Default: the active venv, else this Python.")
 @project_option
 @click.option("--index-url", default=None, metavar="TEMPLATE", help="Backend index template with {backend}.")
@@ -213,23 +225,46 @@ def cache_clear(names: tuple, json_mode: bool) -> int:
     return command.clear(Output(json_mode=json_mode), names)
 
 
+def _wants_json(args: list[str]) -> bool:
+    """Whether the command line asked for JSON, read before click parses it: a usage error
+    must be a JSON object too. Words after ``--`` are arguments, not flags."""
+    words = args[: args.index("--")] if "--" in args else args
+    if "--json" in words or "--format=json" in words:
+        return True
+    return any(a == "--format" and b == "json" for a, b in zip(words, words[1:]))
+
+
+def _fail(json_mode: bool, code: int, message: str, hint: str | None = None, details: str | None = None) -> None:
+    """The one-line error on stderr; with --json also the one JSON object on stdout."""
+    from backendpick.output import Output
+
+    out = Output()
+    out.error(message, hint, details)
+    if json_mode:
+        out.emit_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = _wants_json(args)
     try:
-        rv = cli.main(args=argv, prog_name="backendpick", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="backendpick", standalone_mode=False)
     except BackendpickError as exc:
         if os.environ.get("BACKENDPICK_DEBUG"):
             raise
-        from backendpick.output import Output
-
-        Output().error(exc.message, exc.hint, exc.details)
-        sys.exit(int(exc.exit_code))
+        _fail(json_mode, int(exc.exit_code), exc.message, exc.hint, exc.details)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(json_mode, 130, "aborted")
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+        if not json_mode:
+            exc.show()
+            sys.exit(code)
+        hint = None
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f"see {exc.ctx.command_path} --help"
+        _fail(json_mode, code, exc.format_message(), hint)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail(json_mode, 130, "interrupted")
     sys.exit(rv if isinstance(rv, int) else 0)

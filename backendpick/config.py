@@ -79,6 +79,8 @@ def read_pyproject(project_dir: Path) -> Pyproject:
             raise ConfigError(f"project directory {project_dir} does not exist")
         return Pyproject(None)
     data = _load_toml(path)
+    if not isinstance(data.get("tool", {}), dict):
+        raise ConfigError(f"{path}: [tool] must be a table")
     tool = data.get("tool", {}).get("backendpick", {})
     if not isinstance(tool, dict):
         raise ConfigError(f"{path}: [tool.backendpick] must be a table")
@@ -246,7 +248,7 @@ def load(
     pyproject = read_pyproject(project_dir)
     tool = pyproject.tool
     backend_s = _pick(backend, env, ENV_BACKEND, tool, "backend", "auto", pyproject.path)
-    chosen = _parse_backend(backend_s)
+    chosen = _parse_backend(backend_s, facts)
     index_s = _pick(index_url, env, ENV_INDEX_URL, tool, "index-url", facts.default_index_url, pyproject.path)
     if "{backend}" not in index_s.value:
         raise ConfigError(
@@ -312,14 +314,25 @@ def load(
     )
 
 
-def _parse_backend(s: Setting) -> Backend | None:
-    """The backend a setting names, None for auto; a wrong name says where it came from."""
+def _parse_backend(s: Setting, facts: Facts) -> Backend | None:
+    """The backend a setting names, None for auto; a wrong name says where it came from.
+
+    Exactly as its index is named (``cu124``): ``CU124`` or ``cu12.4`` would be a guess about
+    what the user meant, so it is an error that says what to write."""
+    from backendpick.backend import suggest
+
+    if not isinstance(s.value, str):
+        raise ConfigError(f"backend from {s.source} must be a string, not {type(s.value).__name__}")
     if s.value.strip().lower() == "auto":
         return None
     try:
-        return Backend.parse(s.value)
+        parsed = Backend.parse(s.value)
     except ConfigError as exc:
-        raise ConfigError(f"{exc.message} (from {s.source})", hint=exc.hint) from None
+        hint = suggest(s.value, facts.all_backends()) or exc.hint
+        raise ConfigError(f"{exc.message} (from {s.source})", hint=hint) from None
+    if parsed.name != s.value:
+        raise ConfigError(f"'{s.value}' is not a backend name (from {s.source})", hint=f"did you mean {parsed.name}?")
+    return parsed
 
 
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -49,5 +49,21 @@ class InstallError(BackendpickError):
     exit_code = EXIT_INSTALL_FAILED
 
 
+class StateError(BackendpickError):
+    """backendpick's own files in the target (snapshots, lock, state directory) are damaged or
+    not writable; the message names the file and how to repair it."""
+
+    exit_code = EXIT_USAGE
+
+
+class Stopped(BackendpickError):
+    """SIGINT or SIGTERM ended the run (after stopping pip); exits 128 + the signal number,
+    as the shell reports a process killed by it (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, *, signum: int, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.exit_code = ExitCode(128 + signum)
+
+
 class LockTimeout(BackendpickError):
     exit_code = EXIT_LOCKED

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from backendpick.backend import local_tag_backend
 from backendpick.config import normalize as _normalize
-from backendpick.errors import ConfigError
+from backendpick.errors import ConfigError, StateError
+from backendpick.fsutil import write_atomic
 from backendpick.plan import Phase, env_delta, pip_argv
 from backendpick.target import Target
 
@@ -31,8 +32,20 @@ class Snapshot:
 
 
 def record(target: Target, state_dir: Path) -> Snapshot:
+    """Write a snapshot of ``target``. Not being able to is an error: a change without its
+    snapshot has no way back."""
     folder = state_dir / "history"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _record(target, folder)
+    except OSError as exc:
+        what = f"{folder} is not a directory" if folder.exists() and not folder.is_dir() else (exc.strerror or str(exc))
+        raise StateError(f"cannot record a snapshot in {folder}: {what}",
+                         hint=f"make {folder} a writable directory (or remove it; older snapshots are in it), "
+                              "then run again") from None
+
+
+def _record(target: Target, folder: Path) -> Snapshot:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = 0
     while (folder / f"{stamp}-{n}.json").exists():
@@ -43,7 +56,7 @@ def record(target: Target, state_dir: Path) -> Snapshot:
         for key, d in sorted(target.installed.items())
     }
     path = folder / f"{snap_id}.json"
-    path.write_text(json.dumps({"id": snap_id, "python": str(target.python), "packages": packages}, indent=1))
+    write_atomic(path, json.dumps({"id": snap_id, "python": str(target.python), "packages": packages}, indent=1))
     return Snapshot(snap_id, path, packages)
 
 
@@ -60,7 +73,17 @@ def _url(direct_url_json: str | None) -> str | None:
 
 
 def snapshots(state_dir: Path) -> list[Path]:
-    return sorted((state_dir / "history").glob("*.json"))
+    folder = state_dir / "history"
+    if folder.exists() and not folder.is_dir():
+        raise StateError(f"{folder} is not a directory, so no snapshot can be read",
+                         hint=f"remove it (rm {folder}); backendpick records snapshots there")
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StateError(f"cannot read the snapshots in {folder}: {exc.strerror or exc}",
+                         hint=f"make {folder} readable (chmod u+rwx {folder})") from None
 
 
 def load(state_dir: Path, snap_id: str | None) -> Snapshot:
@@ -75,8 +98,34 @@ def load(state_dir: Path, snap_id: str | None) -> Snapshot:
         if not matches:
             raise ConfigError(f"no snapshot '{snap_id}'", hint=f"known: {', '.join(p.stem for p in paths[-5:])}")
         path = matches[0]
-    data = json.loads(path.read_text())
-    return Snapshot(data["id"], path, data["packages"])
+    return _parse(path, [p.stem for p in paths if p != path])
+
+
+def _parse(path: Path, others: list[str]) -> Snapshot:
+    """A snapshot file as written by ``record``; anything else (empty, truncated, edited) is an
+    error naming the file, never a traceback and never a partial restore."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = _shape_problem(data)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    except ValueError as exc:  # JSON and UTF-8 errors
+        problem = "empty file" if not path.stat().st_size else f"not valid JSON ({exc})"
+    if problem:
+        hint = f"restore another snapshot ({', '.join(others[-3:])})" if others else "no other snapshot is recorded"
+        raise StateError(f"snapshot {path} is damaged: {problem}",
+                         hint=f"{hint}, or remove the damaged file (rm {path})")
+    return Snapshot(str(data.get("id") or path.stem), path, data["packages"])
+
+
+def _shape_problem(data) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("packages"), dict):
+        return "no table of packages"
+    for key, p in data["packages"].items():
+        if not (isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("version"), str)
+                and isinstance(p.get("direct_url"), (str, type(None)))):
+            return f"entry {key!r} has no name and version"
+    return None
 
 
 def restore_phases(snapshot: Snapshot, target: Target, *, index_template: str, runner_python: str,

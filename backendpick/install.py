@@ -26,6 +26,7 @@ from packaging.requirements import Requirement
 from backendpick import runner
 from backendpick.config import normalize, redact
 from backendpick.errors import BackendpickError, InstallError
+from backendpick.fsutil import write_atomic
 from backendpick.plan import BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
 from backendpick.target import Target, inspect
 
@@ -110,7 +111,7 @@ def execute(
             # Once, after the backend phase: later phases cannot change what it pins.
             current = inspect(target.python, tags=False)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
-            plan.constraints_path.write_text("\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
+            write_atomic(plan.constraints_path, "\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
         env = {k: v for k, v in user_env.items() if k not in phase.unset}
         env.update(phase.env)
         env.setdefault("PIP_NO_INPUT", "1")

@@ -12,17 +12,67 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from backendpick.errors import LockTimeout
+from backendpick.errors import ConfigError, LockTimeout, StateError
 
 DEFAULT_TIMEOUT = 900.0  # a flash-attn source build can hold it for a long time
 
 
-def _timeout(env) -> float:
-    raw = env.get("BACKENDPICK_LOCK_TIMEOUT", "")
-    try:
-        return float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
+def timeout(env) -> float:
+    """BACKENDPICK_LOCK_TIMEOUT in seconds; a value that is not a number is an error, never the
+    default in silence (a CI job that meant 10 would otherwise wait 15 minutes)."""
+    raw = env.get("BACKENDPICK_LOCK_TIMEOUT", "").strip()
+    if not raw:
         return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # also rejects nan
+        raise ConfigError(f"BACKENDPICK_LOCK_TIMEOUT={raw!r} is not a number of seconds",
+                          hint="set it to seconds to wait for another backendpick, e.g. 600, or unset it")
+    return value
+
+
+# Locks this process holds: (open lock file, what it says about us). runner.stream passes
+# their descriptors to pip, so the lock lives as long as pip does (see runner.stream).
+_held: list = []
+
+
+def held_fds() -> tuple[int, ...]:
+    return tuple(f.fileno() for f, _ in _held)
+
+
+def note_child(pid: int | None) -> None:
+    """Name the pip run in progress in the lock file, for the message of a waiting run."""
+    for f, who in _held:
+        try:
+            _write(f, who + (f" (pip pid {pid})" if pid else ""))
+        except OSError:
+            pass  # the message is a courtesy; the flock is what excludes
+
+
+def _write(f, text: str) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(text)
+    f.flush()
+
+
+def _open(state_dir: Path):
+    """The lock file, or a StateError that says how to repair what is in its place."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StateError(f"{state_dir} is not a directory, so backendpick cannot keep its lock and snapshots there",
+                         hint=f"move it away (mv {state_dir} {state_dir}.bak) and run again")
+    path = state_dir / "lock"
+    if path.is_dir():
+        raise StateError(f"{path} is a directory, not backendpick's lock file",
+                         hint=f"remove it (rm -r {path}) and run again")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return path.open("a+")
+    except OSError as exc:
+        raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}",
+                         hint=f"make {state_dir} a directory you can write") from None
 
 
 @contextmanager
@@ -32,17 +82,15 @@ def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterat
     import fcntl  # POSIX only; imported here so the rest of backendpick stays importable elsewhere
 
     env = os.environ if env is None else env
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "lock"
+    limit = timeout(env)  # checked before anything waits, so a bad value fails every run
     waited = False
-    with path.open("a+") as f:
+    with _open(state_dir) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             waited = True
             f.seek(0)
             holder = f.read().strip() or "another process"
-            limit = _timeout(env)
             on_wait(f"waiting for {holder} to finish with this environment (up to {limit:g}s)")
             deadline = time.monotonic() + limit
             while True:
@@ -56,13 +104,13 @@ def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterat
                             hint="wait for it to finish, or raise BACKENDPICK_LOCK_TIMEOUT",
                         ) from None
                     time.sleep(0.2)
-        f.seek(0)
-        f.truncate()
-        f.write(f"backendpick pid {os.getpid()}")
-        f.flush()
+        who = f"backendpick pid {os.getpid()}"
+        _write(f, who)
+        _held.append((f, who))
         try:
             yield waited
         finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            _held.remove((f, who))
+            _write(f, "")
+            # No explicit unlock: closing our descriptor releases the lock unless a pip we
+            # started still holds the inherited one (it then ends with pip).

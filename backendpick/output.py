@@ -43,6 +43,11 @@ class Output:
             return
         print(text, file=self.stderr if self.json_mode else self.stdout, flush=True)
 
+    def result(self, text: str) -> None:
+        """The outcome line (``installed for cu124 ...``): shown even with -q, which hides only
+        progress. In JSON mode it goes to stderr; the JSON object carries the same."""
+        print(text, file=self.stderr if self.json_mode else self.stdout, flush=True)
+
     def warn(self, text: str) -> None:
         print(f"warning: {text}", file=self.stderr, flush=True)
 

@@ -47,6 +47,10 @@ def read_file(path: Path, *, constraints: bool = False, _seen: frozenset = froze
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read requirements file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"requirements file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})",
+                          hint="save it as UTF-8 (iconv -f latin1 -t utf-8)") from None
     reqs: list[Requirement] = []
     cons: list[Requirement] = []
     options: list[str] = []
@@ -104,18 +108,37 @@ def from_pyproject(pyproject: Pyproject, extras: Iterable[str], groups: Iterable
         )
     where = str(pyproject.path)
     project = pyproject.project
-    reqs = [parse_requirement(r, f"{where} [project].dependencies") for r in project.get("dependencies", [])]
+    if not isinstance(project, dict):
+        raise ConfigError(f"{where}: [project] must be a table, not {type(project).__name__}")
+    deps = _string_list(project.get("dependencies", []), f"{where}: [project].dependencies")
+    reqs = [parse_requirement(r, f"{where} [project].dependencies") for r in deps]
     optional = project.get("optional-dependencies", {})
+    if not isinstance(optional, dict):
+        raise ConfigError(f"{where}: [project.optional-dependencies] must be a table of lists, "
+                          f"not {type(optional).__name__}")
     for extra in extras:
         key = next((k for k in optional if normalize(k) == normalize(extra)), None)
         if key is None:
             raise ConfigError(f"{where} has no optional-dependencies group '{extra}'",
                               hint=f"known: {', '.join(optional) or 'none'}")
-        reqs += [parse_requirement(r, f"{where} [project.optional-dependencies].{key}") for r in optional[key]]
+        items = _string_list(optional[key], f"{where}: [project.optional-dependencies].{key}")
+        reqs += [parse_requirement(r, f"{where} [project.optional-dependencies].{key}") for r in items]
     all_groups = pyproject.data.get("dependency-groups", {})
+    if not isinstance(all_groups, dict):
+        raise ConfigError(f"{where}: [dependency-groups] must be a table of lists, not {type(all_groups).__name__}")
     for group in groups:
         reqs += _group(all_groups, group, where, ())
     return Wanted(tuple(reqs))
+
+
+def _string_list(value, where: str) -> list:
+    """A list of strings, or an error naming the key: a string would be split into characters
+    (``dependencies = "torch"`` installing ``t``, ``o``, ``r``... from the user's index)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        got = type(value).__name__ if not isinstance(value, list) else "a list with non-strings"
+        example = f' (write ["{value}"])' if isinstance(value, str) else ""
+        raise ConfigError(f"{where} must be a list of requirement strings, not {got}{example}")
+    return value
 
 
 def _group(groups: dict, name: str, where: str, stack: tuple[str, ...]) -> list[Requirement]:
@@ -126,6 +149,8 @@ def _group(groups: dict, name: str, where: str, stack: tuple[str, ...]) -> list[
     if key in stack:
         raise ConfigError(f"{where}: dependency group '{key}' includes itself ({' -> '.join(stack + (key,))})")
     out: list[Requirement] = []
+    if not isinstance(groups[key], list):
+        raise ConfigError(f"{where}: [dependency-groups].{key} must be a list, not {type(groups[key]).__name__}")
     for item in groups[key]:
         if isinstance(item, str):
             out.append(parse_requirement(item, f"{where} [dependency-groups].{key}"))

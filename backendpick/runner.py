@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,22 @@ def stream(
 ) -> Result:
     """Run ``argv`` (pip), handing each output line to ``on_line`` as it comes.
 
-    stderr is merged into stdout so the log keeps pip's own order. Ctrl-C stops the child
-    group too, so an interrupted build does not keep compiling in the background.
+    stderr is merged into stdout so the log keeps pip's own order.
+
+    pip runs in a process group of its own, so that stopping it stops the compilers and build
+    backends it started too. Two things keep it from outliving backendpick unnoticed:
+
+    * Inside ``stop_children_on_signals`` (install and restore), SIGINT and SIGTERM stop pip's
+      whole group (SIGTERM, then SIGKILL after a grace period), wait for it, and only then end
+      backendpick with ``Interrupted``. A group signal (docker stop, CI cancel, ``timeout``)
+      would not reach pip's own group otherwise.
+    * pip inherits the descriptors of the environment locks this process holds (``lock.py``).
+      flock belongs to the open file, not the process, so the lock stays held until pip exits
+      too: after a ``kill -9`` of backendpick (no handler runs), a second backendpick waits for
+      the orphaned pip instead of writing beside it. The kernel releases it when pip ends.
     """
+    from backendpick import lock
+
     args = tuple(str(a) for a in argv)
     try:
         proc = subprocess.Popen(
@@ -95,9 +110,12 @@ def stream(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=sys.platform != "win32",
+            pass_fds=lock.held_fds(),
         )
     except OSError as exc:
         return Result(args, None, "", "", error=f"could not run {args[0]}: {exc.strerror or exc}")
+    _children.add(proc)
+    lock.note_child(proc.pid)
     lines: list[str] = []
     assert proc.stdout is not None
     try:
@@ -106,11 +124,75 @@ def stream(
             lines.append(line)
             on_line(line)
         proc.wait()
-    except KeyboardInterrupt:
-        _kill_group(proc)
-        proc.wait()
+    except BaseException:
+        # Ctrl-C, Interrupted from the signal handler, or a bug in on_line: pip must not go on.
+        _stop_group(proc)
         raise
+    finally:
+        _children.discard(proc)
+        lock.note_child(None)
     return Result(args, proc.returncode, "\n".join(lines), "")
+
+
+GRACE_SECONDS = 10.0  # pip cleans up its temporary build folders on SIGTERM
+_children: set = set()  # pip runs in progress (stream), stopped by the signal handler
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the child's group, SIGKILL after the grace period, and wait for the child.
+
+    A second Ctrl-C while this waits is held back (then delivered), so it cannot leave pip
+    running."""
+    blocked = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+    if blocked:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        _terminate(proc)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None and sys.platform != "win32":
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    # The group may outlive its leader (a compiler started by pip): end it in any case.
+    _kill_group(proc)
+    proc.wait()
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while ``stop_children_on_signals`` was active."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_children_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread; ``stream`` stops pip's group
+    before the exception leaves it. The previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _text(data: bytes | None) -> str:

@@ -130,27 +130,51 @@ class Target:
         return self.installed.get(normalize(name))
 
 
-def choose_python(flag: Path | None, env: Mapping[str, str] | None = None) -> Path:
-    """--python, else the active virtual environment, else this interpreter."""
+def choose_python(flag: Path | str | None, env: Mapping[str, str] | None = None) -> Path:
+    """--python, else the active virtual environment, else this interpreter.
+
+    A flag or VIRTUAL_ENV that names nothing usable is an error naming it: falling back to
+    another interpreter would install into an environment the user did not mean."""
     env = os.environ if env is None else env
     if flag is not None:
+        if str(flag).strip() == "":
+            raise ConfigError("--python is empty", hint="pass --python PATH (an interpreter or a venv directory)")
         path = Path(flag)
         if path.is_dir():  # a venv directory is what people often pass
-            candidates = [path / "bin" / "python", path / "Scripts" / "python.exe"]
-            path = next((c for c in candidates if c.exists()), path)
+            return _venv_python(path, "--python")
         return path
     venv = env.get("VIRTUAL_ENV")
     if venv:
-        for c in (Path(venv) / "bin" / "python", Path(venv) / "Scripts" / "python.exe"):
-            if c.exists():
-                return c
+        return _venv_python(Path(venv), "VIRTUAL_ENV")
     return Path(sys.executable)
+
+
+def _venv_python(directory: Path, source: str) -> Path:
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ConfigError(f"cannot read the directory {directory} (from {source}): permission denied",
+                          hint="pass a directory you can read, or the interpreter itself")
+    candidates = [directory / "bin" / "python", directory / "Scripts" / "python.exe"]
+    for c in candidates:
+        if c.exists():
+            return c
+        if c.is_symlink():
+            raise ConfigError(f"{c} (from {source}) is a broken link to {os.readlink(c)}",
+                              hint=f"the interpreter the venv was made with is gone; recreate it: "
+                                   f"python -m venv --clear {directory}")
+    raise ConfigError(f"{directory} (from {source}) is not a virtual environment: it has no bin/python",
+                      hint="pass the venv directory or the interpreter itself")
 
 
 def inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Target:
     """``tags=False`` skips the wheel tags (only index queries need them; a few tens of ms)."""
     from backendpick.config import normalize
 
+    if not python.exists() and python.is_symlink():
+        raise ConfigError(f"target interpreter {python} is a broken link to {os.readlink(python)}",
+                          hint="recreate the virtual environment, or pass --python PATH to a working python")
+    if python.exists() and not os.access(python, os.X_OK):
+        raise ConfigError(f"target interpreter {python} is not executable",
+                          hint="pass --python PATH to a python you can run")
     if not python.exists():
         raise ConfigError(f"target interpreter {python} does not exist", hint="pass --python PATH to an existing python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}

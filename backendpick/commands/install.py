@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from backendpick import facts as facts_mod, history, install as executor, lock, target as target_mod
+import signal
+
+from backendpick import facts as facts_mod, history, install as executor, lock, runner, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
 from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
-from backendpick.errors import InstallError
+from backendpick.errors import InstallError, Stopped
 from backendpick.output import Output
 from backendpick.plan import state_dir
 from backendpick.verify import dependency_problems, extension_problems, stack_problems, torch_build
@@ -69,7 +71,7 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
     if dry_run:
         prepared = prepare(req)
         if out.json_mode:
-            out.emit_json(prepared.plan.to_json())
+            out.emit_json({"ok": True, **prepared.plan.to_json()})
         else:
             for phase in prepared.plan.active:
                 out.line(phase.command_line())
@@ -78,9 +80,18 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
         return 0
 
     target = target_mod.inspect(target_mod.choose_python(req.python))
-    with lock.hold(state_dir(target), on_wait=out.info) as waited:
-        # After a wait another run changed the environment: look again.
-        return _install_locked(out, req, None if waited else target)
+    try:
+        with runner.stop_children_on_signals(), lock.hold(state_dir(target), on_wait=out.info) as waited:
+            # After a wait another run changed the environment: look again.
+            return _install_locked(out, req, None if waited else target)
+    except (runner.Interrupted, KeyboardInterrupt) as exc:
+        raise stopped(exc, "the environment is unchanged") from None
+
+
+def stopped(exc: BaseException, state: str, hint: str | None = None) -> Stopped:
+    """Ctrl-C (SIGINT) or SIGTERM, after any pip run was stopped (runner.stream waits for it)."""
+    signum = exc.signum if isinstance(exc, runner.Interrupted) else signal.SIGINT
+    return Stopped(f"stopped by {signal.Signals(signum).name}; {state}", signum=signum, hint=hint)
 
 
 def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
@@ -89,6 +100,17 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
     if prepared.plan.active:
         snapshot = history.record(prepared.target, state_dir(prepared.target))
         out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}")
+    try:
+        return _run_phases(out, req, prepared, snapshot)
+    except (runner.Interrupted, KeyboardInterrupt) as exc:
+        if snapshot is None:
+            raise
+        raise stopped(exc, "pip was stopped and the environment may be partly changed",
+                      f"to return to the environment before this install: backendpick restore"
+                      f"{where_flags(req.python, prepared.settings)} {snapshot.id}") from None
+
+
+def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     attempts = 0
     while True:
         try:
@@ -119,6 +141,7 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
         _verify_result(out, prepared, req, snapshot)
     if out.json_mode:
         out.emit_json({
+            "ok": True,
             **plan.to_json(),
             "ran": [{"name": r.name, "seconds": round(r.seconds, 2), **({"builds": list(r.builds)} if r.builds else {})}
                     for r in ran],
@@ -128,9 +151,9 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
     else:
         if not ran:
             why = f" ({plan.decided_by}: {plan.reason})" if plan.decided_by == "installed" else ""
-            out.info(f"nothing to do: the environment already matches the plan for {plan.backend}{why}")
+            out.result(f"nothing to do: the environment already matches the plan for {plan.backend}{why}")
         else:
-            out.info(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
+            out.result(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
         for w in plan.warnings:
             out.warn(w)
     return 0

@@ -15,7 +15,7 @@ from packaging.specifiers import SpecifierSet
 
 from backendpick import config, facts as facts_mod, pipconf, plan as plan_mod, requirements, target as target_mod
 from backendpick.backend import CPU, Backend
-from backendpick.errors import NoBackendError
+from backendpick.errors import ConfigError, NoBackendError
 from backendpick.facts import Facts, show
 from backendpick.hardware import Hardware
 from backendpick.index import IndexClient
@@ -79,6 +79,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     hardware = probe(facts, ProbeSettings.from_env(env))
     family = set(settings.backend_packages)
     reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
+    _check_reinstall(req.reinstall, reqs, target, settings)
     wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(req.extra_backend)
 
     explicit = explicit_choice(settings)
@@ -157,6 +158,21 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
                                env=env, rest_options=wanted.rest_options,
                                predicted=_predicted_torch(facts, decision, offers))
     return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
+
+
+def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Settings) -> None:
+    """--reinstall NAME must be something this install installs: a requirement, or an installed
+    backend or build package (which their phases install again). Anything else would be removed
+    and never installed again, or ignored in silence."""
+    requested = {config.normalize(r.name) for r in reqs}
+    phased = set(settings.backend_packages) | set(settings.no_build_isolation)
+    for name in names:
+        key = config.normalize(name)
+        if key in requested or (key in phased and target.get(key) is not None):
+            continue
+        where = "is not installed and not requested" if target.get(key) is None else "is not among the requirements"
+        raise ConfigError(f"--reinstall {name}: {name} {where}, so this install would not install it again",
+                          hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
 
 
 def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
