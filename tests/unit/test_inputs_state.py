@@ -1,0 +1,316 @@
+"""Inputs pip accepts, bad inputs that must fail in one line, and backendpick's own state files
+when they are damaged (issue 9). Pure: no subprocess is started."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from backendpick import config, facts as facts_mod, history, lock, requirements
+from backendpick.backend import suggest
+from backendpick.cli import _wants_json, main
+from backendpick.errors import ConfigError, StateError
+from backendpick.fsutil import write_atomic
+from backendpick.target import Installed, Target, choose_python
+
+FACTS = facts_mod.load()
+
+
+def pyproject(tmp_path: Path, text: str) -> config.Pyproject:
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(text))
+    return config.read_pyproject(tmp_path)
+
+
+# -- wrong types in [project] and [tool.backendpick] ---------------------------------------------
+
+
+def test_dependencies_as_a_string_is_an_error_not_characters(tmp_path: Path) -> None:
+    pp = pyproject(tmp_path, '[project]\nname = "x"\ndependencies = "torch"\n')
+    with pytest.raises(ConfigError) as exc:
+        requirements.from_pyproject(pp, (), ())
+    assert "[project].dependencies must be a list of requirement strings, not str" in exc.value.message
+    assert '["torch"]' in exc.value.message
+    assert exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[project]\ndependencies = ["torch", 3]\n', "[project].dependencies"),
+    ('[project.optional-dependencies]\ngpu = "xformers"\n', "[project.optional-dependencies].gpu"),
+    ('[project]\noptional-dependencies = ["x"]\n', "[project.optional-dependencies]"),
+    ('dependency-groups = ["x"]\n', "[dependency-groups]"),
+    ('[dependency-groups]\ndev = "pytest"\n', "[dependency-groups].dev"),
+])
+def test_wrong_types_in_project_tables_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    pp = pyproject(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        requirements.from_pyproject(pp, ("gpu",) if "optional" in text else (), ("dev",) if "dev" in text else ())
+    assert key in exc.value.message
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[tool.backendpick]\nbackend = 124\n', "tool.backendpick.backend must be a str"),
+    ('[tool.backendpick]\nextra-backend-packages = "xformers"\n', "tool.backendpick.extra-backend-packages must be a list"),
+    ('tool = "x"\n', "[tool] must be a table"),
+])
+def test_wrong_types_in_tool_backendpick_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        pyproject(tmp_path, text)
+    assert key in exc.value.message
+
+
+# -- backend names ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, hint", [
+    ("cu12.4", "did you mean cu124?"),
+    ("CU124", "did you mean cu124?"),
+    ("cuda12.8", "did you mean cu128?"),
+    ("Rocm6.2", "did you mean rocm6.2?"),
+])
+def test_near_miss_backend_names_get_the_exact_name(tmp_path: Path, given: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(FACTS, project_dir=tmp_path, backend=given, env={})
+    assert f"'{given}' is not a backend name (from --backend)" in exc.value.message
+    assert exc.value.hint == hint
+
+
+@pytest.mark.parametrize("given, kind", [("cuda", "cuda"), ("rocm", "rocm")])
+def test_bare_vendor_suggests_the_newest_known_and_auto(tmp_path: Path, given: str, kind: str) -> None:
+    newest = max(b for b in FACTS.all_backends() if b.kind == kind)
+    with pytest.raises(ConfigError) as exc:
+        config.load(FACTS, project_dir=tmp_path, env={"BACKENDPICK_BACKEND": given})
+    assert "(from BACKENDPICK_BACKEND)" in exc.value.message
+    assert exc.value.hint == f"did you mean {newest.name} (the newest known) or auto (detect it)?"
+
+
+def test_exact_backend_names_still_load(tmp_path: Path) -> None:
+    for name in ("cu124", "rocm6.2.4", "cpu", "xpu", "auto"):
+        assert config.load(FACTS, project_dir=tmp_path, backend=name, env={}).backend.value == name
+    assert suggest("zzz", FACTS.all_backends()) is None
+
+
+# -- BACKENDPICK_LOCK_TIMEOUT ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["abc", "-5", "nan", "inf", "10s"])
+def test_bad_lock_timeout_is_an_error(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        with lock.hold(tmp_path / ".backendpick", on_wait=print, env={"BACKENDPICK_LOCK_TIMEOUT": raw}):
+            pass
+    assert f"BACKENDPICK_LOCK_TIMEOUT={raw!r} is not a number of seconds" in exc.value.message
+    assert exc.value.exit_code == 2
+
+
+def test_good_lock_timeout_values() -> None:
+    assert lock.timeout({"BACKENDPICK_LOCK_TIMEOUT": "2.5"}) == 2.5
+    assert lock.timeout({"BACKENDPICK_LOCK_TIMEOUT": " "}) == lock.DEFAULT_TIMEOUT
+    assert lock.timeout({}) == lock.DEFAULT_TIMEOUT
+
+
+# -- requirements files ---------------------------------------------------------------------------
+
+
+def test_non_utf8_requirements_file_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_bytes(b"torch\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as exc:
+        requirements.read_file(f)
+    assert exc.value.message == f"requirements file {f} is not UTF-8 text (byte 0xe9 on line 2)"
+
+
+# -- --python ----------------------------------------------------------------------------------
+
+
+def test_empty_python_flag_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="--python is empty"):
+        choose_python("")
+
+
+def _unreadable(monkeypatch, path: Path) -> None:
+    """chmod 0, and the same answer from the file system where root would read it anyway."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        import backendpick.target
+
+        real_access, real_iterdir = os.access, Path.iterdir
+        monkeypatch.setattr(backendpick.target.os, "access",
+                            lambda p, mode: False if Path(p) == path else real_access(p, mode))
+
+        def iterdir(self):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_iterdir(self)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+
+
+def test_unreadable_python_directory_is_named(tmp_path: Path, monkeypatch) -> None:
+    d = tmp_path / "venv"
+    (d / "bin").mkdir(parents=True)
+    _unreadable(monkeypatch, d)
+    try:
+        with pytest.raises(ConfigError) as exc:
+            choose_python(d)
+    finally:
+        d.chmod(0o755)
+    assert exc.value.message == f"cannot read the directory {d} (from --python): permission denied"
+
+
+def test_broken_venv_symlink_is_named(tmp_path: Path) -> None:
+    d = tmp_path / "venv"
+    (d / "bin").mkdir(parents=True)
+    (d / "bin" / "python").symlink_to(tmp_path / "gone" / "python3.12")
+    for flag, env, source in ((d, {}, "--python"), (None, {"VIRTUAL_ENV": str(d)}, "VIRTUAL_ENV")):
+        with pytest.raises(ConfigError) as exc:
+            choose_python(flag, env)
+        assert exc.value.message == f"{d / 'bin' / 'python'} (from {source}) is a broken link to {tmp_path / 'gone' / 'python3.12'}"
+        assert "python -m venv --clear" in exc.value.hint
+
+
+def test_directory_without_python_is_not_a_venv(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a virtual environment"):
+        choose_python(tmp_path)
+
+
+def test_broken_interpreter_link_is_named_by_inspect(tmp_path: Path) -> None:
+    from backendpick.target import inspect
+
+    link = tmp_path / "python"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="is a broken link to"):
+        inspect(link)
+
+
+# -- --json errors ------------------------------------------------------------------------------
+
+
+def test_json_mode_is_read_from_the_command_line() -> None:
+    assert _wants_json(["plan", "--json"])
+    assert _wants_json(["plan", "--format", "json"])
+    assert _wants_json(["plan", "--format=json"])
+    assert not _wants_json(["plan", "--format", "sh"])
+    assert not _wants_json(["plan", "--", "--json"])
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["plan", "--json", "--backend", "cu12.4", "torch"], 2, "'cu12.4' is not a backend name"),
+    (["plan", "--json", "--no-such-flag"], 2, "--no-such-flag"),
+    (["install", "--json", "--python", "", "torch"], 2, "--python is empty"),
+])
+def test_json_errors_are_one_object_on_stdout(tmp_path: Path, capsys, monkeypatch, args, code, text) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == code
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # exactly one JSON document
+    assert data["ok"] is False and data["exit_code"] == code and text in data["error"]
+    assert set(data) == {"ok", "error", "hint", "exit_code"}
+    assert f"error: {data['error']}" in captured.err
+
+
+# -- state files ---------------------------------------------------------------------------------
+
+
+def _target(tmp_path: Path, **versions: str) -> Target:
+    return Target(python=tmp_path / "python", prefix=tmp_path, version=(3, 12, 0), markers={}, tags=(),
+                  pip_version="24.0", purelib=tmp_path,
+                  installed={k: Installed(k, v) for k, v in versions.items()})
+
+
+def test_write_atomic_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    f = tmp_path / "constraints.txt"
+    f.write_text("old\n")
+    write_atomic(f, "new\n")
+    assert f.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["constraints.txt"]
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    f = tmp_path / "snap.json"
+    f.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(f, "\udcff", encoding="utf-8")
+    assert f.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.json"]
+
+
+def test_snapshots_are_written_whole(tmp_path: Path) -> None:
+    snap = history.record(_target(tmp_path, torch="2.5.1+cpu"), tmp_path / "state")
+    assert json.loads(snap.path.read_text())["packages"]["torch"]["version"] == "2.5.1+cpu"
+    assert history.load(tmp_path / "state", None).packages == snap.packages
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("", "empty file"),
+    ('{"packages": []}', "no table of packages"),
+    ('{"id": "x", "packages": {"torch": {"version": "2.5.1"}}}', "entry 'torch' has no name and version"),
+    ('{"id": "x", "pack', "not valid JSON"),
+])
+def test_damaged_snapshot_is_one_line_with_the_fix(tmp_path: Path, content: str, problem: str) -> None:
+    state = tmp_path / "state"
+    good = history.record(_target(tmp_path, torch="2.5.1+cpu"), state)
+    bad = state / "history" / "29991231-235959-0.json"
+    bad.write_text(content)
+    with pytest.raises(StateError) as exc:
+        history.load(state, None)
+    assert exc.value.message.startswith(f"snapshot {bad} is damaged: {problem}")
+    assert good.id in exc.value.hint and f"rm {bad}" in exc.value.hint
+    assert history.load(state, good.id).packages == good.packages  # the others still work
+
+
+def test_history_that_is_a_file_is_named(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "history").write_text("")
+    with pytest.raises(StateError, match="history is not a directory"):
+        history.snapshots(state)
+    with pytest.raises(StateError, match="cannot record a snapshot in .*history is not a directory"):
+        history.record(_target(tmp_path), state)
+
+
+def test_unreadable_history_is_named(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "state" / "history"
+    folder.mkdir(parents=True)
+    _unreadable(monkeypatch, folder)
+    try:
+        with pytest.raises(StateError) as exc:
+            history.snapshots(tmp_path / "state")
+    finally:
+        folder.chmod(0o755)
+    assert exc.value.message == f"cannot read the snapshots in {folder}: Permission denied"
+    assert "chmod" in exc.value.hint
+
+
+def test_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    state = tmp_path / ".backendpick"
+    state.write_text("")
+    with pytest.raises(StateError) as exc:
+        with lock.hold(state, on_wait=print, env={}):
+            pass
+    assert "is not a directory" in exc.value.message and f"mv {state}" in exc.value.hint
+
+
+def test_lock_that_is_a_directory_is_named(tmp_path: Path) -> None:
+    state = tmp_path / ".backendpick"
+    (state / "lock").mkdir(parents=True)
+    with pytest.raises(StateError) as exc:
+        with lock.hold(state, on_wait=print, env={}):
+            pass
+    assert exc.value.message == f"{state / 'lock'} is a directory, not backendpick's lock file"
+
+
+def test_lock_names_the_running_pip_and_is_handed_to_it(tmp_path: Path) -> None:
+    state = tmp_path / ".backendpick"
+    with lock.hold(state, on_wait=print, env={}):
+        [fd] = lock.held_fds()
+        lock.note_child(4242)
+        assert (state / "lock").read_text() == f"backendpick pid {os.getpid()} (pip pid 4242)"
+        lock.note_child(None)
+        assert (state / "lock").read_text() == f"backendpick pid {os.getpid()}"
+    assert lock.held_fds() == ()
+    assert (state / "lock").read_text() == ""
