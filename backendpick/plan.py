@@ -355,6 +355,7 @@ def build(
     user_env: Mapping[str, str],
     rest_options: Sequence[str] = (),
     user_constraints: Sequence[Requirement] = (),
+    rest_args: Sequence[str] = (),
     runner_python: str,
     offers_source: str = "index",
     extra_backend: Iterable[str] = (),
@@ -479,14 +480,16 @@ def build(
             )
         )
 
-    if rest_reqs:
+    if rest_reqs or rest_args:
         rest_lines = tuple(pins + kept + fences + nbi_fences + user_cons)
-        skip = satisfied(rest_reqs, installed_after_remove, target.markers)
+        # Editables and unnamed URLs (rest_args) always run: only pip knows what they hold.
+        skip = satisfied(rest_reqs, installed_after_remove, target.markers) or bool(rest_args)
+        words = [str(r) for r in rest_reqs] + list(rest_args)
         phases.append(
             Phase(
                 REST,
-                tuple(str(r) for r in rest_reqs),
-                tuple(pip + ["install", *cflag, *rest_options, *[str(r) for r in rest_reqs]]),
+                tuple(words),
+                tuple(pip + ["install", *cflag, *rest_options, *words]),
                 constraints=rest_lines,
                 skip=None if skip else "already installed",
             )

@@ -72,7 +72,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
         cuda_compat=req.cuda_compat, env=env,
     )
-    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups)
+    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env)
     if target is None:
         target = target_mod.inspect(target_mod.choose_python(req.python, env))
     pip_config = pipconf.read(env, target.prefix)
@@ -138,6 +138,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         user_env=env,
         rest_options=wanted.rest_options,
         user_constraints=wanted.constraints,
+        rest_args=wanted.rest_args,
         runner_python=sys.executable,
         offers_source=offers.source if offers else "table",
         extra_backend=req.extra_backend,
@@ -157,7 +158,60 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         plan = prebuilt.attach(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config,
                                env=env, rest_options=wanted.rest_options,
                                predicted=_predicted_torch(facts, decision, offers))
+    if wanted.hashes:
+        plan = _with_hashes(plan, wanted.hashes, state)
     return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
+
+
+def _with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan:
+    """Requirements with ``--hash`` (pip-compile --generate-hashes) reach pip in a requirements
+    file, the only place pip accepts hashes, one file per phase; pip then checks every file it
+    downloads, as ``pip install -r`` of the user's file would.
+
+    The backend phase installs its packages ``--no-deps``: in hash-checking mode pip needs a
+    hash for every dependency it installs, and the user's file lists torch's dependencies
+    (hashed) among the ordinary packages, which the rest phase installs. Hashes of PyPI's torch
+    do not match the backend index's builds; pip says so (generate them against that index)."""
+    from dataclasses import replace
+
+    from backendpick.fsutil import write_atomic
+
+    phases = []
+    for ph in plan.phases:
+        if ph.name not in (plan_mod.BACKEND, plan_mod.REST) or ph.skip is not None or ph.steps:
+            phases.append(ph)
+            continue
+        named = [w for w in ph.requirements if not w.startswith("-") and _hash_key(w) in hashes]
+        if not named:
+            phases.append(ph)
+            continue
+        lines = []
+        words = list(ph.requirements)
+        i = 0
+        while i < len(words):
+            w = words[i]
+            if w == "-e":
+                lines.append(f"-e {words[i + 1]}")
+                i += 2
+                continue
+            key = _hash_key(w)
+            lines.append(" ".join([w, *(f"--hash={h}" for h in hashes.get(key, ()))]))
+            i += 1
+        path = state / f"hashed-{ph.name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "\n".join(lines) + "\n")
+        head = list(ph.argv[: len(ph.argv) - len(ph.requirements)])
+        if ph.name == plan_mod.BACKEND:
+            head.append("--no-deps")
+        phases.append(replace(ph, requirements=("-r", str(path)), argv=(*head, "-r", str(path))))
+    return replace(plan, phases=tuple(phases))
+
+
+def _hash_key(word: str) -> str | None:
+    try:
+        return config.normalize(Requirement(word).name)
+    except Exception:  # a path or URL passed as written: it has no hash of its own
+        return None
 
 
 def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Settings) -> None:

@@ -314,3 +314,137 @@ def test_lock_names_the_running_pip_and_is_handed_to_it(tmp_path: Path) -> None:
         assert (state / "lock").read_text() == f"backendpick pid {os.getpid()}"
     assert lock.held_fds() == ()
     assert (state / "lock").read_text() == ""
+
+
+# -- requirement forms pip accepts -----------------------------------------------------------------
+
+from tests.support.dists import make_sdist, make_wheel  # noqa: E402
+
+HASH_A = "sha256:" + "a" * 64
+HASH_B = "sha256:" + "b" * 64
+
+
+def test_hashes_from_pip_compile_are_kept_per_package(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text(
+        "# pip-compile --generate-hashes\n"
+        f"torch==2.5.1 \\\n    --hash={HASH_A} \\\n    --hash={HASH_B}\n"
+        "    # via -r requirements.in\n"
+        f"tqdm==4.66.1 --hash {HASH_A}\n"
+    )
+    w = requirements.read_file(f, env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == ["torch==2.5.1", "tqdm==4.66.1"]
+    assert w.hashes == {"torch": (HASH_A, HASH_B), "tqdm": (HASH_A,)}
+
+
+def test_a_malformed_hash_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text("torch==2.5.1 --hash=md5:abc\n")
+    with pytest.raises(ConfigError, match=r"req.txt:1: '--hash=md5:abc' is not a hash pip accepts"):
+        requirements.read_file(f, env={}, cwd=tmp_path)
+
+
+def test_env_vars_expand_as_pip_does(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text("torch==${TORCH_VERSION}\n--extra-index-url https://${TOKEN}@mirror.example/simple\n"
+                 "tqdm${lower_case_stays}\n")
+    with pytest.raises(ConfigError, match=r"tqdm\$\{lower_case_stays\}"):
+        requirements.read_file(f, env={"TORCH_VERSION": "2.5.1", "TOKEN": "t"}, cwd=tmp_path)
+    f.write_text("torch==${TORCH_VERSION}\n--extra-index-url https://${TOKEN}@mirror.example/simple\n")
+    w = requirements.read_file(f, env={"TORCH_VERSION": "2.5.1", "TOKEN": "t"}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == ["torch==2.5.1"]
+    assert w.rest_options == ("--extra-index-url", "https://t@mirror.example/simple")
+
+
+def test_nested_requirements_and_constraints_files(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.txt").write_text("tqdm\n-c pins.txt\n")
+    (tmp_path / "sub" / "pins.txt").write_text("tqdm==4.66.1\n")
+    f = tmp_path / "req.txt"
+    f.write_text("torch\n-r sub/base.txt\n")
+    w = requirements.read_file(f, env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == ["torch", "tqdm"]
+    assert [str(c) for c in w.constraints] == ["tqdm==4.66.1"]
+
+
+def _project(path: Path, deps: str, dynamic: str = "") -> Path:
+    path.mkdir(parents=True)
+    (path / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "my-proj"
+        version = "1.0"
+        dependencies = {deps}
+        {dynamic}
+        [project.optional-dependencies]
+        gpu = ["xformers"]
+    """))
+    return path
+
+
+def test_editable_projects_pass_to_pip_with_their_dependencies(tmp_path: Path) -> None:
+    _project(tmp_path / "pkg", '["torch>=2.4", "tqdm"]')
+    f = tmp_path / "req.txt"
+    f.write_text("-e ./pkg[gpu]\n")
+    w = requirements.read_file(f, env={}, cwd=tmp_path)
+    assert w.rest_args == ("-e", f"{tmp_path / 'pkg'}[gpu]")
+    assert [str(r) for r in w.requirements] == ["torch>=2.4", "tqdm", "xformers"]
+
+
+def test_editable_of_a_missing_directory_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text("-e ./nope\n")
+    with pytest.raises(ConfigError, match=r"req.txt:1: -e ./nope: .*nope is not a directory"):
+        requirements.read_file(f, env={}, cwd=tmp_path)
+
+
+def test_local_directory_becomes_a_direct_reference_with_its_dependencies(tmp_path: Path) -> None:
+    pkg = _project(tmp_path / "pkg", '["torch"]')
+    w = requirements.gather(["./pkg"], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == [f"my-proj @ {pkg.as_uri()}", "torch"]
+    assert w.rest_args == ()
+
+
+def test_local_directory_with_dynamic_dependencies_is_left_to_pip(tmp_path: Path) -> None:
+    pkg = _project(tmp_path / "pkg", "[]", 'dynamic = ["dependencies"]')
+    w = requirements.gather([str(pkg)], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == [f"my-proj @ {pkg.as_uri()}"]
+    setup_only = tmp_path / "legacy"
+    setup_only.mkdir()
+    (setup_only / "setup.py").write_text("from setuptools import setup\nsetup(name='legacy')\n")
+    w = requirements.gather(["./legacy"], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
+    assert w.requirements == () and w.rest_args == (str(setup_only),)
+
+
+def test_local_wheel_and_sdist_files(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path / "dist", "needs-torch", "1.0", requires=["torch>=2", "tqdm; extra == 'x'"])
+    sdist = make_sdist(tmp_path / "dist", "plain-sdist", "2.0", "from setuptools import setup\nsetup()\n")
+    w = requirements.gather([str(wheel), f"./dist/{sdist.name}"], [], config.Pyproject(None), (), (),
+                            env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == [
+        f"needs-torch @ {wheel.resolve().as_uri()}", "torch>=2", f"plain-sdist @ {sdist.resolve().as_uri()}"]
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("https://files.example/pkgs/needs_torch-1.0-py3-none-any.whl", "needs-torch @ https://files.example/pkgs/needs_torch-1.0-py3-none-any.whl"),
+    ("https://files.example/pkgs/plain-sdist-2.0.tar.gz", "plain-sdist @ https://files.example/pkgs/plain-sdist-2.0.tar.gz"),
+    ("git+https://github.com/org/proj.git@v1#egg=proj", "proj @ git+https://github.com/org/proj.git@v1"),
+    ("git+https://github.com/org/proj.git#egg=proj&subdirectory=py", "proj @ git+https://github.com/org/proj.git#subdirectory=py"),
+    ("proj @ git+https://github.com/org/proj.git", "proj @ git+https://github.com/org/proj.git"),
+])
+def test_urls_with_a_name_become_direct_references(tmp_path: Path, given: str, expected: str) -> None:
+    w = requirements.gather([given], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
+    assert [str(r) for r in w.requirements] == [expected] and w.rest_args == ()
+
+
+def test_vcs_url_without_egg_goes_to_pip_as_written(tmp_path: Path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text("git+https://github.com/org/proj.git@main\n-e git+https://github.com/org/other.git#egg=other\n")
+    w = requirements.read_file(f, env={}, cwd=tmp_path)
+    assert w.requirements == ()
+    assert w.rest_args == ("git+https://github.com/org/proj.git@main", "-e",
+                           "git+https://github.com/org/other.git#egg=other")
+
+
+def test_missing_local_path_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"the command line: ./missing-pkg does not exist"):
+        requirements.gather(["./missing-pkg"], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
