@@ -197,13 +197,15 @@ def _local_item(path: Path, extras: str, where: str) -> Wanted:
 def _url_item(text: str, where: str) -> Wanted:
     if _is_pep508(text):  # name @ URL
         return Wanted((Requirement(text),))
+    if text.startswith(_VCS):
+        # As written, #egg= or not: its dependencies are known only after a checkout (the fence
+        # catches a torch among them), and pip before 23.3 rejects ``name @ git+file:///...``.
+        return Wanted((), rest_args=(text,))
     url, _, fragment = text.partition("#")
     params = dict(p.partition("=")[::2] for p in fragment.split("&") if p)
-    name = params.get("egg")
-    if name is None and not text.startswith(_VCS):
-        filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-        name = _wheel_name(filename) if filename.endswith(".whl") else _sdist_name(filename)
-    if name is None:  # a VCS URL without #egg=: pip learns the name from the checkout
+    filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = params.get("egg") or (_wheel_name(filename) if filename.endswith(".whl") else _sdist_name(filename))
+    if name is None:  # an archive URL of another shape: pip learns the name from it
         return Wanted((), rest_args=(text,))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"{where}: #egg={name} is not a project name")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_wheel_url_with_an_unknown_dependency_on_torch_is_moved_by_the_fence(lab
 
 
 def git_repo(path: Path) -> Path:
-    make_project(path, "git-proj", ["torch==2.5.1"])
+    make_project(path, "git-proj", ["torch"])
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "init"]):
         subprocess.run([*git, *args], cwd=path, check=True, capture_output=True)
@@ -144,13 +145,11 @@ def test_vcs_urls_with_and_without_egg(lab: Lab, tmp_path: Path, egg: bool) -> N
     url = f"git+{repo.as_uri()}" + ("#egg=git-proj" if egg else "")
     venv = lab.new_venv()
     res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", url))
-    if egg:  # the name is known: its torch pin is read? no, a VCS URL is not read; the fence moves it
-        assert f"git-proj @ git+{repo.as_uri()}" in res.commands[-1]
-    else:
-        assert res.commands[-1].endswith(url)
+    # Passed as written; its dependencies are known only after a checkout: the fence moves torch.
+    assert res.commands[-1].endswith(shlex.quote(url))
     assert "a dependency needs torch" in res.stdout
     versions = lab.versions(venv)
-    assert versions["torch"] == "2.5.1+cpu" and versions["git-proj"] == "1.0"
+    assert versions["torch"].endswith("+cpu") and versions["git-proj"] == "1.0"
 
 
 def test_env_vars_nested_files_and_constraints(lab: Lab, tmp_path: Path) -> None:
@@ -248,10 +247,10 @@ def test_restore_checks_availability_first_and_snapshots_before(lab: Lab) -> Non
 
     # The real restore: snapshot first, so the restore itself can be undone.
     res = ok(lab.run("restore", "--python", py(venv), first))
-    undo = res.stdout.split("to undo this restore: ", 1)[1].split()[-1]
+    undo = res.stdout.split("to undo this restore: ", 1)[1].splitlines()[0].split()[-1]
     assert "torch" not in lab.versions(venv)
     res = ok(lab.run("restore", "--python", py(venv), undo))
-    assert lab.versions(venv)["torch"] == "2.5.1+cpu"
+    assert lab.versions(venv).get("torch") == "2.5.1+cpu", res
 
 
 # -- signals and the lock ----------------------------------------------------------------------------

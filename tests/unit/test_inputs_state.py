@@ -427,8 +427,6 @@ def test_local_wheel_and_sdist_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("given, expected", [
     ("https://files.example/pkgs/needs_torch-1.0-py3-none-any.whl", "needs-torch @ https://files.example/pkgs/needs_torch-1.0-py3-none-any.whl"),
     ("https://files.example/pkgs/plain-sdist-2.0.tar.gz", "plain-sdist @ https://files.example/pkgs/plain-sdist-2.0.tar.gz"),
-    ("git+https://github.com/org/proj.git@v1#egg=proj", "proj @ git+https://github.com/org/proj.git@v1"),
-    ("git+https://github.com/org/proj.git#egg=proj&subdirectory=py", "proj @ git+https://github.com/org/proj.git#subdirectory=py"),
     ("proj @ git+https://github.com/org/proj.git", "proj @ git+https://github.com/org/proj.git"),
 ])
 def test_urls_with_a_name_become_direct_references(tmp_path: Path, given: str, expected: str) -> None:
@@ -436,13 +434,15 @@ def test_urls_with_a_name_become_direct_references(tmp_path: Path, given: str, e
     assert [str(r) for r in w.requirements] == [expected] and w.rest_args == ()
 
 
-def test_vcs_url_without_egg_goes_to_pip_as_written(tmp_path: Path) -> None:
+def test_vcs_urls_go_to_pip_as_written(tmp_path: Path) -> None:
     f = tmp_path / "req.txt"
-    f.write_text("git+https://github.com/org/proj.git@main\n-e git+https://github.com/org/other.git#egg=other\n")
+    f.write_text("git+https://github.com/org/proj.git@main\n-e git+https://github.com/org/other.git#egg=other\n"
+                 "git+https://github.com/org/third.git#egg=third&subdirectory=py\n")
     w = requirements.read_file(f, env={}, cwd=tmp_path)
     assert w.requirements == ()
     assert w.rest_args == ("git+https://github.com/org/proj.git@main", "-e",
-                           "git+https://github.com/org/other.git#egg=other")
+                           "git+https://github.com/org/other.git#egg=other",
+                           "git+https://github.com/org/third.git#egg=third&subdirectory=py")
 
 
 def test_missing_local_path_is_named(tmp_path: Path) -> None:
