@@ -88,6 +88,8 @@ def _plan_options(func):
         click.argument("requirement", nargs=-1),
         click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
                      type=click.Path(dir_okay=False, path_type=Path), help="Requirements file (repeatable)."),
+        click.option("-e", "--editable", "editables", multiple=True, metavar="PATH",
+                     help="Install a local project (or VCS URL) in editable mode, as pip -e (repeatable)."),
         project_option,
         click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME."),
         click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735)."),
@@ -109,6 +111,7 @@ def _request(**kw):
 
     return Request(
         project_dir=kw["project_dir"], requirements=tuple(kw["requirement"]), files=tuple(kw["files"]),
+        editables=tuple(kw["editables"]),
         extras=tuple(kw["extras"]), groups=tuple(kw["groups"]), python=kw["python"], backend=kw["backend"],
         index_url=kw["index_url"], cuda_compat=kw["cuda_compat"],
     )

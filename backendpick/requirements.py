@@ -411,14 +411,18 @@ def _group(groups: dict, name: str, where: str, stack: tuple[str, ...]) -> list[
 
 def gather(
     args: Iterable[str], files: Iterable[Path], pyproject: Pyproject, extras: Iterable[str], groups: Iterable[str],
-    *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+    *, env: Mapping[str, str] | None = None, cwd: Path | None = None, editables: Iterable[str] = (),
 ) -> Wanted:
-    args, files = list(args), list(files)
-    if not args and not files:
+    args, files, editables = list(args), list(files), list(editables)
+    if not args and not files and not editables:
         return from_pyproject(pyproject, extras, groups)
     cwd = Path.cwd() if cwd is None else cwd
     reqs: list[Requirement] = []
     rest_args: list[str] = []
+    for value in editables:
+        item = editable(value, "the command line", cwd)
+        reqs += item.requirements
+        rest_args += item.rest_args
     for a in args:
         item = parse_item(a, "the command line", cwd)
         reqs += item.requirements

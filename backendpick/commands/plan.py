@@ -33,6 +33,7 @@ class Request:
     project_dir: Path = Path(".")
     requirements: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
+    editables: tuple[str, ...] = ()  # -e PATH or VCS URL, as pip -e
     extras: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     python: Path | None = None
@@ -72,7 +73,8 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
         cuda_compat=req.cuda_compat, env=env,
     )
-    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env)
+    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
+                                 editables=req.editables)
     if target is None:
         target = target_mod.inspect(target_mod.choose_python(req.python, env))
     pip_config = pipconf.read(env, target.prefix)

@@ -104,6 +104,15 @@ def test_editable_local_project_gets_torch_from_the_backend_phase(lab: Lab, tmp_
     assert lab.python(venv, "import my_proj, os; print(os.path.dirname(my_proj.__file__))") == str(tmp_path / "pkg" / "my_proj")
 
 
+def test_editable_dot_on_the_command_line(lab: Lab, tmp_path: Path) -> None:
+    pkg = make_project(tmp_path / "pkg", "dot-proj", ["torch==2.5.1"])
+    venv = lab.new_venv()
+    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "-e", ".", cwd=pkg))
+    assert res.phases_run == ["backend", "rest"] and res.commands[0].endswith("torch==2.5.1")
+    assert res.commands[1].endswith(f"-e {pkg}")
+    assert lab.versions(venv)["dot-proj"] == "1.0"
+
+
 def test_local_directory_wheel_and_sdist_paths(lab: Lab, tmp_path: Path) -> None:
     make_project(tmp_path / "proj", "dir-proj", ["torch==2.5.1"])
     wheel = make_wheel(tmp_path / "dist", "wheel-proj", "1.0", requires=["tqdm"])

@@ -448,3 +448,9 @@ def test_vcs_urls_go_to_pip_as_written(tmp_path: Path) -> None:
 def test_missing_local_path_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"the command line: ./missing-pkg does not exist"):
         requirements.gather(["./missing-pkg"], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path)
+
+
+def test_editable_on_the_command_line(tmp_path: Path) -> None:
+    _project(tmp_path / "pkg", '["torch"]')
+    w = requirements.gather([], [], config.Pyproject(None), (), (), env={}, cwd=tmp_path / "pkg", editables=["."])
+    assert w.rest_args == ("-e", str(tmp_path / "pkg")) and [str(r) for r in w.requirements] == ["torch"]
