@@ -17,7 +17,7 @@ import sys
 import threading
 from contextlib import contextmanager
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -48,6 +48,12 @@ class FenceHit:
 
     backend: tuple[str, ...]
     build: tuple[str, ...]
+    # name -> the version range pip reported the dependent needs (``==2.5.1``), so the retry
+    # installs a torch the dependent accepts rather than the newest one.
+    specs: dict = field(default_factory=dict)
+
+    def requirement(self, name: str) -> str:
+        return name + self.specs.get(name, "")
 
 
 class FenceConflict(Exception):
@@ -69,7 +75,12 @@ def constraint_lines(plan: Plan, target: Target, user_lines: list[str]) -> list[
 
 def fenced_needs(output: str, plan: Plan) -> FenceHit | None:
     """Names of fenced packages that pip's conflict report says something depends on."""
-    needed = {normalize(m) for m in re.findall(r"depends on ([A-Za-z0-9][A-Za-z0-9._-]*)", output)}
+    found = re.findall(r"depends on ([A-Za-z0-9][A-Za-z0-9._-]*)([<>=!~][^\s;\[]*)?", output)
+    needed = {normalize(m) for m, _ in found}
+    specs: dict = {}
+    for m, spec in found:
+        if spec and _valid_spec(spec):
+            specs.setdefault(normalize(m), []).append(spec)
     fenced_lines = set(re.findall(r"([A-Za-z0-9][A-Za-z0-9._-]*)<0\b", output))
     fenced = {normalize(n) for n in fenced_lines}
     hits = needed & fenced
@@ -78,7 +89,18 @@ def fenced_needs(output: str, plan: Plan) -> FenceHit | None:
     return FenceHit(
         backend=tuple(sorted(h for h in hits if h in plan.backend_names)),
         build=tuple(sorted(h for h in hits if h in plan.build_names)),
+        specs={h: ",".join(dict.fromkeys(specs[h])) for h in hits if h in specs},
     )
+
+
+def _valid_spec(text: str) -> bool:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        SpecifierSet(text)
+        return True
+    except InvalidSpecifier:
+        return False
 
 
 def execute(

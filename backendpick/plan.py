@@ -381,9 +381,10 @@ def build(
 
     # Packages discovered by an earlier attempt (install's retry) join their phase by name.
     present = {normalize(r.name) for r in backend_reqs}
-    backend_reqs += [Requirement(n) for n in extra_backend if normalize(n) not in present]
+    # Entries may carry the range a dependent needs (``torch==2.5.1``, from pip's report).
+    backend_reqs += [Requirement(n) for n in extra_backend if normalize(Requirement(n).name) not in present]
     present = {normalize(r.name) for r in build_reqs}
-    build_reqs += [Requirement(n) for n in extra_build if normalize(n) not in present]
+    build_reqs += [Requirement(n) for n in extra_build if normalize(Requirement(n).name) not in present]
 
     # The arch rule: leave out torch releases that lack a GPU's architecture.
     exclusions = torch_exclusions(decision, offered)

@@ -125,8 +125,8 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
             out.info(f"a dependency needs {', '.join(hit.backend + hit.build)}; moving it to its phase and running again")
             req = replace(
                 req,
-                extra_backend=tuple(sorted(set(req.extra_backend) | set(hit.backend))),
-                extra_build=tuple(sorted(set(req.extra_build) | set(hit.build))),
+                extra_backend=tuple(sorted(set(req.extra_backend) | {hit.requirement(n) for n in hit.backend})),
+                extra_build=tuple(sorted(set(req.extra_build) | {hit.requirement(n) for n in hit.build})),
             )
             prepared = prepare(req)
         except InstallError as exc:
