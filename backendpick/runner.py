@@ -63,6 +63,10 @@ def capture(
         return Result(args, None, "", "", error=f"could not run {args[0]}: {exc.strerror or exc}")
     try:
         out, err = proc.communicate(timeout=timeout)
+    except (KeyboardInterrupt, Interrupted):
+        _kill_group(proc)  # a probe or inspection is never worth finishing once stopped
+        proc.wait()
+        raise
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         try:
