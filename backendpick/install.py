@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 
 from backendpick import runner
 from backendpick.config import normalize, redact
-from backendpick.errors import BackendpickError, InstallError
+from backendpick.errors import BackendpickError, InstallError, StateError
 from backendpick.fsutil import write_atomic
 from backendpick.plan import BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, REST, SOURCE, Phase, Plan, fold, foldable
 from backendpick.target import Target, inspect
@@ -121,7 +121,8 @@ def execute(
     results: list[PhaseResult] = []
     built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
     _check_before_changes(plan, user_env)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    with _state_file(log_dir):
+        log_dir.mkdir(parents=True, exist_ok=True)
     current: Target | None = None
     phases = list(plan.phases)
     for i in range(len(phases)):
@@ -133,7 +134,8 @@ def execute(
             # Once, after the backend phase: later phases cannot change what it pins.
             current = inspect(target.python, tags=False)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(plan.constraints_path, "\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
+            with _state_file(plan.constraints_path):
+                write_atomic(plan.constraints_path, "\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
         env = {k: v for k, v in user_env.items() if k not in phase.unset}
         env.update(phase.env)
         env.setdefault("PIP_NO_INPUT", "1")
@@ -176,6 +178,7 @@ def execute(
     return results
 
 
+<<<<<<< HEAD
 def _check_before_changes(plan: Plan, env: dict) -> None:
     """A source build the plan already foresees (from the torch it predicts) is checked before
     the first pip phase: a missing or wrong compiler stops here, with the environment as it was,
@@ -199,6 +202,16 @@ def _check_before_changes(plan: Plan, env: dict) -> None:
                    why="\n".join([redact(s.note) for s in building]
                                   + [f"checked for torch {_torch_words(ctx.torch)}, before phase '{first.name}': "
                                      "nothing was installed or removed"]))
+=======
+@contextmanager
+def _state_file(path: Path) -> Iterator[None]:
+    """backendpick's own file in the state directory could not be written: one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}",
+                         hint=f"remove what is in its place (rm -r {path}) and run again") from None
+>>>>>>> c240841 (State files in the way (constraints, logs) are one line with the fix and the restore command)
 
 
 def _failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path) -> None:

@@ -15,7 +15,7 @@ from backendpick import facts as facts_mod, history, install as executor, lock, 
 from backendpick.commands.plan import Prepared, Request, prepare
 from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
-from backendpick.errors import InstallError, Stopped
+from backendpick.errors import InstallError, StateError, Stopped
 from backendpick.output import Output
 from backendpick.plan import state_dir
 from backendpick.verify import dependency_problems, extension_problems, stack_problems, torch_build
@@ -129,7 +129,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
                 extra_build=tuple(sorted(set(req.extra_build) | {hit.requirement(n) for n in hit.build})),
             )
             prepared = prepare(req)
-        except InstallError as exc:
+        except (InstallError, StateError) as exc:
             if snapshot is not None:
                 exc.hint = (exc.hint + "; " if exc.hint else "") + \
                     f"to return to the environment before this install: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}"

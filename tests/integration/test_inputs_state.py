@@ -344,3 +344,18 @@ def test_kill_9_leaves_the_lock_with_pip_until_pip_ends(lab: Lab, tmp_path: Path
         time.sleep(0.2)
     # pip gone: the kernel released the lock with it.
     ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "torch==2.5.1", BACKENDPICK_LOCK_TIMEOUT="5"))
+
+
+def test_state_files_in_the_way_are_named(lab: Lab) -> None:
+    venv = lab.new_venv()
+    state = venv / ".backendpick"
+    (state / "constraints.txt").mkdir(parents=True)
+    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "torch==2.5.1", "tqdm"), 2)
+    assert f"error: cannot write {state / 'constraints.txt'}: Is a directory" in res.stderr
+    assert "to return to the environment before this install: backendpick restore" in res.stderr
+    assert "Traceback" not in res.stderr
+    (state / "constraints.txt").rmdir()
+    state_file = lab.new_venv() / ".backendpick"
+    state_file.write_text("")
+    res = ok(lab.run("install", "--python", py(state_file.parent), "--backend", "cpu", "torch==2.5.1"), 2)
+    assert f"error: {state_file} is not a directory" in res.stderr
