@@ -172,8 +172,9 @@ def _terminate(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while ``stop_children_on_signals`` was active."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while ``stop_children_on_signals`` was active. A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

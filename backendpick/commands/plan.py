@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 
 from backendpick import config, facts as facts_mod, pipconf, plan as plan_mod, requirements, target as target_mod
@@ -212,7 +212,7 @@ def _with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Pla
 def _hash_key(word: str) -> str | None:
     try:
         return config.normalize(Requirement(word).name)
-    except Exception:  # a path or URL passed as written: it has no hash of its own
+    except InvalidRequirement:  # a path or URL passed as written: it has no hash of its own
         return None
 
 
