@@ -178,7 +178,6 @@ def execute(
     return results
 
 
-<<<<<<< HEAD
 def _check_before_changes(plan: Plan, env: dict) -> None:
     """A source build the plan already foresees (from the torch it predicts) is checked before
     the first pip phase: a missing or wrong compiler stops here, with the environment as it was,
@@ -202,7 +201,8 @@ def _check_before_changes(plan: Plan, env: dict) -> None:
                    why="\n".join([redact(s.note) for s in building]
                                   + [f"checked for torch {_torch_words(ctx.torch)}, before phase '{first.name}': "
                                      "nothing was installed or removed"]))
-=======
+
+
 @contextmanager
 def _state_file(path: Path) -> Iterator[None]:
     """backendpick's own file in the state directory could not be written: one line naming it."""
@@ -211,7 +211,6 @@ def _state_file(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}",
                          hint=f"remove what is in its place (rm -r {path}) and run again") from None
->>>>>>> c240841 (State files in the way (constraints, logs) are one line with the fix and the restore command)
 
 
 def _failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path) -> None:
