@@ -311,5 +311,8 @@ def test_bad_python_is_a_usage_error(world: World, tmp_path: Path) -> None:
     proc = backendpick("verify", "--python", tmp_path / "nope" / "bin" / "python", "--json",
                        env=bp_env(world, no_gpu(tmp_path)), cwd=tmp_path)
     assert proc.returncode == 2, out(proc)
-    assert proc.stdout == ""  # no half JSON document
+    # One whole JSON object for the error too (issue 9), never a half document.
+    data = json.loads(proc.stdout)
+    assert data == {"ok": False, "error": f"target interpreter {tmp_path / 'nope' / 'bin' / 'python'} does not exist",
+                    "hint": "pass --python PATH to an existing python", "exit_code": 2}
     assert proc.stderr.splitlines()[0] == f"error: target interpreter {tmp_path / 'nope' / 'bin' / 'python'} does not exist"
