@@ -70,6 +70,7 @@ def test_wrong_types_in_tool_backendpick_name_the_key(tmp_path: Path, text: str,
     ("CU124", "did you mean cu124?"),
     ("cuda12.8", "did you mean cu128?"),
     ("Rocm6.2", "did you mean rocm6.2?"),
+    ("cpu ", "did you mean cpu?"),
 ])
 def test_near_miss_backend_names_get_the_exact_name(tmp_path: Path, given: str, hint: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -84,7 +85,8 @@ def test_bare_vendor_suggests_the_newest_known_and_auto(tmp_path: Path, given: s
     with pytest.raises(ConfigError) as exc:
         config.load(FACTS, project_dir=tmp_path, env={"BACKENDPICK_BACKEND": given})
     assert "(from BACKENDPICK_BACKEND)" in exc.value.message
-    assert exc.value.hint == f"did you mean {newest.name} (the newest known) or auto (detect it)?"
+    form = "cuXY" if kind == "cuda" else "rocmX.Y"
+    assert exc.value.hint == f"did you mean {newest.name} (the newest known {form}) or auto (detect it)?"
 
 
 def test_exact_backend_names_still_load(tmp_path: Path) -> None:
