@@ -372,3 +372,31 @@ def test_fake_machine_env_is_hermetic(tmp_path):
     assert env["BACKENDPICK_PROBE_ROOT"] == str(m.root)
     assert env["HOME"] == str(m.home)
     assert sorted(p.name for p in m.sysbin.iterdir()) == ["cat", "sh", "sleep"]
+
+
+# -- *_VISIBLE_DEVICES -----------------------------------------------------------------------------
+def test_cuda_visible_devices_hides_gpus_by_uuid(tmp_path):
+    m = FakeMachine.from_scenario(tmp_path, "nvidia-mixed-p4000-a100")
+    hw = run_probe(m.set_env({"CUDA_VISIBLE_DEVICES": "GPU-06162320"}))
+    assert [(a.name, a.ignored) for a in hw.accelerators] == [
+        ("Quadro P4000", "hidden by CUDA_VISIBLE_DEVICES='GPU-06162320'"), ("NVIDIA A100-PCIE-40GB", None)]
+    assert [a.name for a in hw.by_vendor(NVIDIA)] == ["NVIDIA A100-PCIE-40GB"]
+    assert not any("CUDA_DEVICE_ORDER" in w for w in hw.warnings)
+
+
+def test_cuda_visible_devices_index_on_mixed_models_warns_about_order(tmp_path):
+    m = FakeMachine.from_scenario(tmp_path, "nvidia-mixed-p4000-a100")
+    hw = run_probe(m.set_env({"CUDA_VISIBLE_DEVICES": "1"}))
+    assert [a.name for a in hw.by_vendor(NVIDIA)] == ["NVIDIA A100-PCIE-40GB"]
+    assert any("CUDA_DEVICE_ORDER=PCI_BUS_ID" in w for w in hw.warnings)
+    ordered = run_probe(FakeMachine.from_scenario(tmp_path / "b", "nvidia-mixed-p4000-a100").set_env(
+        {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}))
+    assert not any("CUDA_DEVICE_ORDER" in w for w in ordered.warnings)
+
+
+def test_hip_visible_devices_hides_amd_gpus(tmp_path):
+    m = FakeMachine.from_scenario(tmp_path, "amd-mi300x")
+    hw = run_probe(m.set_env({"HIP_VISIBLE_DEVICES": "-1"}))
+    assert len(hw.accelerators) == 8 and hw.by_vendor(AMD) == []
+    hw = run_probe(FakeMachine.from_scenario(tmp_path / "b", "amd-mi300x").set_env({"ROCR_VISIBLE_DEVICES": "2,5"}))
+    assert [a.index for a in hw.by_vendor(AMD)] == [2, 5]
