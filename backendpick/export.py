@@ -11,7 +11,37 @@ import shlex
 
 from backendpick import __version__
 from backendpick.config import redact
+from backendpick.pipconf import SOURCE_KEYS
 from backendpick.plan import BACKEND, REMOVE, Plan
+
+# Variables that name package sources: the backend phase runs without any of them.
+_SOURCE_VARS = tuple(sorted("PIP_" + k.upper().replace("-", "_") for k in SOURCE_KEYS))
+
+# The backend phase runs with PIP_CONFIG_FILE=/dev/null (no extra index or find-links of the
+# machine that runs the script can supply torch); this prints ``export PIP_X=...`` lines that
+# give it back every other setting of that machine's pip configuration (cert, proxy, timeout,
+# trusted-host...), as install does. A variable already set wins, as it does for pip.
+_PIP_SETTINGS_SCRIPT = '''import ast, os, shlex, subprocess, sys
+source = set(sys.argv[1:])
+res = subprocess.run([sys.executable, "-m", "pip", "config", "list"], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, universal_newlines=True)
+values = {}
+for section in ("global", "install"):
+    for line in res.stdout.splitlines():
+        key, sep, raw = line.partition("=")
+        where, _, name = key.partition(".")
+        if not sep or where != section:
+            continue
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            continue
+        values[name] = " ".join(str(value).split())
+for name, value in sorted(values.items()):
+    var = "PIP_" + name.upper().replace("-", "_")
+    if var not in source and var not in os.environ and var != "PIP_CONFIG_FILE":
+        print("export %s=%s" % (var, shlex.quote(value)))
+'''
 
 _CONSTRAINTS_SCRIPT = '''import sys
 from importlib import metadata
@@ -44,7 +74,12 @@ def to_shell(plan: Plan) -> str:
         "# The same pip phases as `backendpick install`; set PYTHON to the interpreter to install into.",
         "set -eu",
         f'PY="${{PYTHON:-{python}}}"',
-        'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-/tmp/backendpick-constraints.txt}"',
+        "# The constraints file: BACKENDPICK_CONSTRAINTS, else a new private temporary file.",
+        'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-}"',
+        'if [ -z "$CONSTRAINTS" ]; then',
+        '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.XXXXXXXX")"',
+        "  trap 'rm -f \"$CONSTRAINTS\"' EXIT",
+        "fi",
     ]
     if "@" in plan.index_url.split("//", 1)[-1].split("/", 1)[0]:
         out.append("# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file.")
@@ -69,11 +104,18 @@ def to_shell(plan: Plan) -> str:
             else:
                 words.append(shlex.quote(redact(a)))
         env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(phase.env.items()) if k == "PIP_CONFIG_FILE"]
-        unset = [f"-u {k}" for k in phase.unset if k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX")]
+        unset = [f"-u {k}" for k in phase.unset if k in _SOURCE_VARS]
         if phase.name == BACKEND:
-            # Whatever the image's environment says, the backend phase reads no pip sources.
-            unset = ["-u PIP_INDEX_URL", "-u PIP_EXTRA_INDEX_URL", "-u PIP_FIND_LINKS", "-u PIP_NO_INDEX"]
+            # Whatever the image's environment says, the backend phase reads no pip sources
+            # (PIP_CONSTRAINT included: a constraint could pin torch to another build); the
+            # other settings of its pip configuration come back as variables, in a subshell.
+            unset = [f"-u {k}" for k in _SOURCE_VARS]
             env = ["PIP_CONFIG_FILE=/dev/null"]
+            out.append("(")
+            out.append(f'  eval "$("$PY" -c {shlex.quote(_PIP_SETTINGS_SCRIPT)} {" ".join(_SOURCE_VARS)})"')
+            out.append("  " + " ".join(["env", *unset, *env] + words))
+            out.append(")")
+            continue
         prefix = ["env", *unset, *env] if (env or unset) else []
         out.append(" ".join(prefix + words))
     return "\n".join(out) + "\n"

@@ -66,7 +66,7 @@ def phase_lines(script: str) -> dict[str, str]:
     out = {}
     for i, line in enumerate(lines):
         if line.startswith("# phase "):
-            out[line[len("# phase "):]] = next(x for x in lines[i + 1:] if "-m pip " in x)
+            out[line[len("# phase "):]] = next(x.strip() for x in lines[i + 1:] if "-m pip " in x)
     return out
 
 
@@ -85,12 +85,15 @@ def test_script_structure(tmp_path: Path) -> None:
     assert lines[0] == "#!/bin/sh"
     assert "set -eu" in lines
     assert f'PY="${{PYTHON:-{PY}}}"' in lines
-    assert 'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-/tmp/backendpick-constraints.txt}"' in lines
+    # No fixed, predictable name in the shared temporary folder.
+    assert "/tmp/backendpick-constraints.txt" not in script
+    assert '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.XXXXXXXX")"' in lines
     phases = phase_lines(script)
     assert list(phases) == ["backend", "build-requirements", "build", "rest"]
-    # The backend phase reads no pip source of the machine it runs on.
+    # The backend phase reads no pip source of the machine it runs on, PIP_CONSTRAINT included.
     assert phases["backend"] == (
-        "env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null "
+        "env -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_NO_INDEX "
+        "-u PIP_REQUIREMENT PIP_CONFIG_FILE=/dev/null "
         f"\"$PY\" -m pip install --index-url {INDEX} 'torch<2.10,>=2.5' torchvision xformers")
     assert phases["build"] == "\"$PY\" -m pip install --no-cache-dir --no-build-isolation -c \"$CONSTRAINTS\" 'flash-attn>=2.6'"
     assert phases["rest"] == "\"$PY\" -m pip install -c \"$CONSTRAINTS\" 'transformers>=4.40' tqdm"
@@ -168,24 +171,45 @@ def test_rest_options_credentials_are_not_written(tmp_path: Path) -> None:
 # -- the constraints step -----------------------------------------------------------------------
 
 
-def _run_script(script: str, tmp_path: Path) -> tuple[list[str], list[str]]:
-    """Run the whole script with PYTHON set to a stand-in: ``-m pip`` is logged, not run; all
-    else (the constraints step) runs on this interpreter. Returns (pip calls, constraints)."""
+_SEEN_VARS = ("PIP_CONFIG_FILE", "PIP_CONSTRAINT", "PIP_CERT", "PIP_TIMEOUT", "PIP_TRUSTED_HOST", "PIP_EXTRA_INDEX_URL")
+
+
+def _hermetic_pip_env(tmp_path: Path, pip_conf: str = "") -> dict[str, str]:
+    """No pip configuration of this machine: pip reads only ``pip_conf`` (as the image's own)."""
+    (tmp_path / "xdg").mkdir(exist_ok=True)
+    conf = tmp_path / "image-pip.conf"
+    conf.write_text(pip_conf)
+    return {"PATH": os.defpath, "HOME": str(tmp_path), "XDG_CONFIG_DIRS": str(tmp_path / "xdg"),
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PIP_CONFIG_FILE": str(conf)}
+
+
+def _run_script(script: str, tmp_path: Path, env: dict | None = None, constraints: bool = True):
+    """Run the whole script with PYTHON set to a stand-in: ``-m pip`` is logged (with the pip
+    variables it sees), not run, but for ``pip config``; all else (the constraints step) runs
+    on this interpreter. Returns (pip calls, constraints)."""
     fake = tmp_path / "fakepy"
     log = tmp_path / "pip-calls"
+    seen = " ".join(f"{v}=${{{v}-}}" for v in _SEEN_VARS)
     fake.write_text(f"""#!/bin/sh
-if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then shift 2; echo "$*" >> {shlex.quote(str(log))}; exit 0; fi
+if [ "$1" = "-m" ] && [ "$2" = "pip" ] && [ "$3" != "config" ]; then
+  shift 2; echo "$*" >> {shlex.quote(str(log))}; echo "  {seen}" >> {shlex.quote(str(log))}; exit 0
+fi
 exec {shlex.quote(sys.executable)} "$@"
 """)
     fake.chmod(0o755)
     path = tmp_path / "install.sh"
     path.write_text(script)
-    constraints = tmp_path / "constraints.txt"
-    env = {"PYTHON": str(fake), "BACKENDPICK_CONSTRAINTS": str(constraints), "PATH": os.defpath}
+    constraints_path = tmp_path / "constraints.txt"
+    env = {**(env or _hermetic_pip_env(tmp_path)), "PYTHON": str(fake)}
+    if constraints:
+        env["BACKENDPICK_CONSTRAINTS"] = str(constraints_path)
     proc = subprocess.run([SH, str(path)], env=env, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    calls = log.read_text().splitlines() if log.exists() else []
-    return calls, constraints.read_text().splitlines() if constraints.exists() else []
+    lines = log.read_text().splitlines() if log.exists() else []
+    calls = [x for x in lines if not x.startswith("  ")]
+    if env.get("BACKENDPICK_SEEN"):
+        return [x for x in lines], []
+    return calls, constraints_path.read_text().splitlines() if constraints_path.exists() else []
 
 
 def _run_constraints_step(script: str, tmp_path: Path) -> list[str]:
@@ -227,3 +251,34 @@ def test_constraints_step_does_not_fence_what_the_build_phase_builds(tmp_path: P
     assert [p.name for p in plan.phases] == ["backend", "build-requirements", "build"]
     lines = _run_constraints_step(export.to_shell(plan), tmp_path)
     assert not [x for x in lines if config.normalize(x.split("<")[0]) == "flash-attn"], lines
+
+
+@pytest.mark.allow_subprocess
+def test_backend_phase_keeps_the_machines_pip_settings_but_no_sources(tmp_path: Path) -> None:
+    """cert, timeout and trusted-host of the pip.conf of the machine running the script reach
+    the backend phase (as install does), its extra index and PIP_CONSTRAINT do not; later
+    phases read the configuration as it is."""
+    cert = tmp_path / "corp.pem"
+    cert.write_text("")
+    env = _hermetic_pip_env(tmp_path, f"[global]\ncert = {cert}\ntimeout = 77\ntrusted-host = mirror.corp\n"
+                                      "    other.corp\nextra-index-url = https://evil.example/simple\n"
+                                      "constraint = /etc/evil-constraints.txt\n")
+    env.update(PIP_CONSTRAINT="/etc/evil-constraints.txt", BACKENDPICK_SEEN="1")
+    lines, _ = _run_script(export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env)
+    assert lines[0].startswith("install --index-url ") and lines[2].startswith("install -c ")
+    assert lines[1].split() == ["PIP_CONFIG_FILE=/dev/null", "PIP_CONSTRAINT=", f"PIP_CERT={cert}", "PIP_TIMEOUT=77",
+                                "PIP_TRUSTED_HOST=mirror.corp", "other.corp", "PIP_EXTRA_INDEX_URL="]
+    # The rest phase: the user's own configuration, untouched.
+    assert lines[3].split()[:2] == [f"PIP_CONFIG_FILE={env['PIP_CONFIG_FILE']}", "PIP_CONSTRAINT=/etc/evil-constraints.txt"]
+
+
+@pytest.mark.allow_subprocess
+def test_constraints_go_to_a_private_temporary_file_removed_at_the_end(tmp_path: Path) -> None:
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**_hermetic_pip_env(tmp_path), "TMPDIR": str(tmpdir), "BACKENDPICK_SEEN": "1"}
+    lines, _ = _run_script(export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env, constraints=False)
+    rest = lines[2].split()
+    used = Path(rest[rest.index("-c") + 1])
+    assert used.parent == tmpdir and used.name.startswith("backendpick-constraints.") and used.name != "backendpick-constraints."
+    assert list(tmpdir.iterdir()) == []  # removed when the script ends
