@@ -11,7 +11,7 @@ import json
 import re
 import shlex
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Collection, Iterable
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
@@ -84,6 +84,21 @@ def _fix(python_flag: str, backend: Backend, packages: Iterable[str]) -> str:
     return f"backendpick install{python_flag} --backend {backend} {' '.join(packages)}"
 
 
+def torch_pin(tb: TorchBuild, offered: Collection[str] | None) -> str:
+    """How a fix names torch: pinned to the installed release, so pip fetches the companion that
+    suits it instead of moving torch, but only when the backend index offers that release.
+
+    ``offered``: public versions the backend index has for this target (empty: the index did
+    not answer, so nothing is known to be there); None: not asked, the installed one is trusted.
+    A torch from elsewhere (``pip install -U torch`` took 2.9.9+cpu from an extra index) is not
+    repeated: the fix names plain ``torch`` and lets the backend index decide.
+    """
+    public = Version(tb.version).public
+    if offered is not None and public not in offered:
+        return "torch"
+    return f"torch=={public}"
+
+
 def _cpp_lib(target: Target) -> dict | None:
     text = target.files.get("xformers/cpp_lib.json")
     if not text:
@@ -127,7 +142,9 @@ def stack_problems(
     *,
     python_flag: str = "",
     policy: str = "strict",
+    offered: Collection[str] | None = None,
 ) -> list[Problem]:
+    """``offered``: torch versions on the backend index (see ``torch_pin``)."""
     problems: list[Problem] = []
     tb = torch_build(target, facts)
     family = set(family)
@@ -138,10 +155,7 @@ def stack_problems(
                                     f"backendpick install{python_flag} torch"))
         return problems
     torch_version = Version(tb.version)
-    # The fix keeps the installed torch: without the pin pip could move torch to suit the
-    # newest companion instead of fetching the companion that suits torch.
-    torch_pin = f"torch=={tb.version.split('+')[0]}"
-    fix_stack = lambda pkgs: _fix(python_flag, tb.backend, [torch_pin, *pkgs])  # noqa: E731 - one-line helper
+    fix_stack = lambda pkgs: _fix(python_flag, tb.backend, [torch_pin(tb, offered), *pkgs])  # noqa: E731 - one-line helper
 
     if hardware is not None:
         problems += _torch_vs_hardware(tb, torch_version, hardware, facts, python_flag, policy)
@@ -283,6 +297,7 @@ def missing_problems(target: Target, requirements: Iterable[Requirement], build_
 
     nbi = set(build_packages)
     out = []
+    reported: set[str] = set()
     for req in requirements:
         if not marker_ok(req, target.markers):
             continue
@@ -291,8 +306,48 @@ def missing_problems(target: Target, requirements: Iterable[Requirement], build_
         fix = f"backendpick install{python_flag}" + ("" if from_project else f" {shlex.quote(str(req))}")
         if dist is None:
             out.append(Problem(req.name, f"{req} is required but not installed{note}", fix))
+            reported.add(normalize(req.name))
         elif not req.specifier.contains(Version(dist.version), prereleases=True):
             out.append(Problem(req.name, f"{req} is required but {dist.version} is installed", fix))
+            reported.add(normalize(req.name))
+        else:
+            # Installed, but what it needs may not be: a backend switch interrupted after its
+            # remove phase leaves the project's packages without torch.
+            for dep, needed_by in _missing_dependencies(target, req):
+                if normalize(dep.name) in reported:
+                    continue
+                reported.add(normalize(dep.name))
+                note = " (it builds against torch: backendpick installs it after torch with --no-build-isolation)" if normalize(dep.name) in nbi else ""
+                wants = dep.name + (f"[{','.join(sorted(dep.extras))}]" if dep.extras else "") + str(dep.specifier)
+                out.append(Problem(dep.name, f"{wants} is required by {needed_by} (for {req}) but not installed{note}", fix))
+    return out
+
+
+def _missing_dependencies(target: Target, req: Requirement) -> list[tuple[Requirement, str]]:
+    """Dependencies (at any depth) of the installed ``req`` that are not installed, each with the
+    installed distribution that requires it; extras only where asked for, markers respected."""
+    from backendpick.plan import marker_ok
+
+    out: list[tuple[Requirement, str]] = []
+    seen: set[tuple[str, str]] = set()
+    stack = [(req, "")]
+    while stack:
+        current, extra = stack.pop()
+        dist = target.get(current.name)
+        if dist is None:
+            continue
+        for ex in sorted(current.extras) or [""]:
+            if (normalize(dist.name), ex) in seen:
+                continue
+            seen.add((normalize(dist.name), ex))
+            for dep in _requires(dist):
+                if not marker_ok(dep, target.markers, ex):
+                    continue
+                if target.get(dep.name) is None:
+                    if all(normalize(d.name) != normalize(dep.name) for d, _ in out):
+                        out.append((dep, f"{dist.name} {dist.version}"))
+                else:
+                    stack.append((dep, ""))
     return out
 
 
@@ -350,7 +405,8 @@ def extension_problems(target: Target, facts: Facts, python_flag: str, backend: 
     return out
 
 
-def dependency_fix(python_flag: str, tb: TorchBuild | None, family: Iterable[str], package: str, dep: Requirement) -> str:
+def dependency_fix(python_flag: str, tb: TorchBuild | None, family: Iterable[str], package: str, dep: Requirement,
+                   offered: Collection[str] | None = None) -> str:
     """The command that repairs ``package``'s unmet dependency ``dep``.
 
     A companion at odds with torch is replaced by one that suits the installed torch (torch
@@ -361,7 +417,7 @@ def dependency_fix(python_flag: str, tb: TorchBuild | None, family: Iterable[str
         # One backend phase with torch pinned: it replaces a companion at odds with torch, and
         # installs every missing dependency of the stack from the backend index at once.
         extra = [] if normalize(package) == "torch" else [package]
-        return _fix(python_flag, tb.backend, [f"torch=={tb.version.split('+')[0]}", *extra])
+        return _fix(python_flag, tb.backend, [torch_pin(tb, offered), *extra])
     text = dep.name + (f"[{','.join(sorted(dep.extras))}]" if dep.extras else "") + str(dep.specifier)
     return f"backendpick install{python_flag} {shlex.quote(text)}"
 
@@ -373,7 +429,7 @@ _PIP_CHECK = (
 
 
 def pip_check_problems(target: Target, names: Iterable[str], python_flag: str, *, tb: TorchBuild | None = None,
-                       family: Iterable[str] = ()) -> list[Problem]:
+                       family: Iterable[str] = (), offered: Collection[str] | None = None) -> list[Problem]:
     """``pip check`` lines about the stack (other packages' problems are not ours to judge)."""
     if not target.pip_version:
         return []
@@ -392,7 +448,7 @@ def pip_check_problems(target: Target, names: Iterable[str], python_flag: str, *
         except InvalidRequirement:
             dep = None
         pkg = match.group("pkg") if match else (line.split() or ["?"])[0]
-        fix = dependency_fix(python_flag, tb, family, pkg, dep) if dep else f"backendpick install{python_flag}"
+        fix = dependency_fix(python_flag, tb, family, pkg, dep, offered) if dep else f"backendpick install{python_flag}"
         out.append(Problem(pkg, f"pip check: {line.strip()}", fix))
     return out
 

@@ -82,11 +82,12 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     family = set(settings.backend_packages)
     reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
     _check_reinstall(req.reinstall, reqs, target, settings)
-    wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(req.extra_backend)
+    warnings: list[str] = list(hardware.warnings)
+    extra_backend, extra_build = _pulled_in(req, reqs, wanted, target, settings, env, warnings)
+    wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(extra_backend)
 
     explicit = explicit_choice(settings)
     template = settings.index_url.value
-    warnings: list[str] = list(hardware.warnings)
     offers: Offers | None = None
     client = IndexClient(pip_config)  # one page cache for every index look-up of this plan
     if wants_backend:
@@ -143,8 +144,8 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         rest_args=wanted.rest_args,
         runner_python=sys.executable,
         offers_source=offers.source if offers else "table",
-        extra_backend=req.extra_backend,
-        extra_build=req.extra_build,
+        extra_backend=extra_backend,
+        extra_build=extra_build,
         reinstall=tuple(stale) + req.reinstall,
         warnings=warnings,
     )
@@ -229,6 +230,26 @@ def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Se
         where = "is not installed and not requested" if target.get(key) is None else "is not among the requirements"
         raise ConfigError(f"--reinstall {name}: {name} {where}, so this install would not install it again",
                           hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
+
+
+def _pulled_in(req: Request, reqs, wanted, target, settings, env: dict, warnings: list) -> tuple[tuple, tuple]:
+    """Backend and build packages for their phases: those an earlier attempt found (install's
+    retry), and those the ordinary requirements pull in (one pip resolution, when the rest
+    phase has anything to do), so the plan holds what install will run."""
+    from backendpick import transitive
+
+    family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
+    rest = [r for r in reqs if config.normalize(r.name) not in family and config.normalize(r.name) not in nbi]
+    backend, build = set(req.extra_backend), set(req.extra_build)
+    if rest and plan_mod.satisfied(rest, target.installed, target.markers) is not None:
+        found = transitive.find(plan_mod.pip_argv(target, sys.executable), rest, rest_options=wanted.rest_options,
+                                user_constraints=wanted.constraints, env=env, family=family, build=nbi)
+        # Installed ones are pinned for the rest phase already, as install's fences would do.
+        backend |= {n for n in found.backend if target.get(n) is None}
+        build |= {n for n in found.build if target.get(n) is None}
+        if found.note:
+            warnings.append(found.note)
+    return tuple(sorted(backend)), tuple(sorted(build))
 
 
 def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):

@@ -54,6 +54,22 @@ def where_flags(python: Path | None, settings: config.Settings) -> str:
     return flags
 
 
+def torch_offered(target: target_mod.Target, settings: config.Settings, backend, env: dict | None) -> frozenset:
+    """Public torch versions the backend index offers this target; empty when it does not answer."""
+    from packaging.specifiers import SpecifierSet
+
+    from backendpick import pipconf
+    from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, matching_versions
+    from backendpick.offers import index_url_for
+
+    client = IndexClient(pipconf.read(dict(os.environ if env is None else env), target.prefix))
+    try:
+        files = client.project(index_url_for(settings.index_url.value, backend), "torch")
+    except (PageNotFound, IndexUnavailable):
+        return frozenset()
+    return frozenset(v.public for v in matching_versions(files, "torch", SpecifierSet(), target.python_version_text, target.tags))
+
+
 def check(
     target: target_mod.Target,
     settings: config.Settings,
@@ -63,16 +79,21 @@ def check(
     from_project: bool = True,
     hardware=None,
     runtime: bool = True,
+    env: dict | None = None,
 ) -> Report:
     facts = facts_mod.load()
     flag = where_flags(python, settings)
     family = set(settings.backend_packages)
     nbi = set(settings.no_build_isolation)
+    tb = torch_build(target, facts)
+    offered = None
+    if runtime and tb is not None and any(n in family | nbi for n in target.installed if n != "torch"):
+        # Fixes for companions name torch's version: only one the backend index has.
+        offered = torch_offered(target, settings, tb.backend, env)
     problems: list[Problem] = stack_problems(
-        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value
+        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value, offered=offered
     )
     problems += missing_problems(target, wanted, nbi, flag, from_project=from_project)
-    tb = torch_build(target, facts)
     built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime)
     problems += built
     if runtime and tb is not None:
@@ -80,7 +101,8 @@ def check(
         # pip check repeats what the metadata checks already said about a package; keep the
         # first, more specific line.
         reported = {config.normalize(p.package) for p in problems}
-        problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family) if config.normalize(p.package) not in reported]
+        problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family, offered=offered)
+                     if config.normalize(p.package) not in reported]
     packages = [
         {"name": d.name, "version": d.version}
         for n, d in sorted(target.installed.items())

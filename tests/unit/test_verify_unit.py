@@ -277,7 +277,7 @@ def test_build_without_the_gpus_architecture() -> None:
 
 def test_missing_and_mismatched_requirements() -> None:
     t, _ = torch("2.5.1+cu124")
-    tgt = target(t, dist("tqdm", "4.0"))
+    tgt = target(t, dist("tqdm", "4.0"), dist("filelock", "3.16.1"), dist("typing-extensions", "4.12.2"))
     wanted = [Requirement("torch==2.5.1"), Requirement("flash-attn>=2.6"), Requirement("tqdm>=4.60"),
               Requirement('pywin32; sys_platform == "win32"')]
     problems = verify.missing_problems(tgt, wanted, NBI, FLAG)
@@ -287,6 +287,43 @@ def test_missing_and_mismatched_requirements() -> None:
         ("tqdm", "tqdm>=4.60 is required but 4.0 is installed"),
     ]
     assert all(p.fix == f"backendpick install{FLAG}" for p in problems)
+
+
+def test_missing_transitive_requirement_is_a_problem() -> None:
+    """A backend switch interrupted after its remove phase: the project's package is there, the
+    torch it needs is not. That is not ok (issue 9)."""
+    tgt = target(dist("needs-torch", "1.0", "torch>=2", "helper[fast]"), dist("helper", "1.0", 'speedups; extra == "fast"',
+                                                                             'never; extra == "other"'),
+                 dist("flash-attn", "2.7.4", "torch", "einops"))
+    problems = verify.missing_problems(tgt, [Requirement("needs-torch"), Requirement("flash-attn")], NBI, FLAG)
+    assert [(p.package, p.message) for p in problems] == [
+        ("torch", "torch>=2 is required by needs-torch 1.0 (for needs-torch) but not installed"),
+        ("speedups", 'speedups is required by helper 1.0 (for needs-torch) but not installed'),
+        ("einops", "einops is required by flash-attn 2.7.4 (for flash-attn) but not installed"),
+    ]
+    assert all(p.fix == f"backendpick install{FLAG}" for p in problems)
+    # Named on the command line: the fix installs that requirement again.
+    [p, *_] = verify.missing_problems(tgt, [Requirement("needs-torch")], NBI, FLAG, from_project=False)
+    assert p.fix == f"backendpick install{FLAG} needs-torch"
+
+
+def test_fix_names_only_a_torch_the_backend_index_offers() -> None:
+    """``pip install -U torch`` took 2.9.9+cpu from an extra index: the fix must not repeat it."""
+    t = dist("torch", "2.9.9+cpu", "filelock")
+    tgt = target(t, dist("filelock", "3.16.1"), dist("torchvision", "0.20.1+cpu", "torch==2.5.1"))
+    [p] = verify.stack_problems(tgt, FACTS, None, FAMILY, NBI, python_flag=FLAG, offered=frozenset({"2.5.1", "2.6.0"}))
+    assert p.fix == f"backendpick install{FLAG} --backend cpu torch torchvision"
+    # The index did not answer: nothing is known to be there, no version is named.
+    [p] = verify.stack_problems(tgt, FACTS, None, FAMILY, NBI, python_flag=FLAG, offered=frozenset())
+    assert "==" not in p.fix
+    # An offered torch is kept pinned.
+    tgt = target(dist("torch", "2.6.0+cpu"), dist("torchvision", "0.20.1+cpu", "torch==2.5.1"))
+    [p] = verify.stack_problems(tgt, FACTS, None, FAMILY, NBI, python_flag=FLAG, offered=frozenset({"2.5.1", "2.6.0"}))
+    assert p.fix == f"backendpick install{FLAG} --backend cpu torch==2.6.0 torchvision"
+    # pip check's fixes follow the same rule.
+    tb = verify.torch_build(target(t), FACTS)
+    fix = verify.dependency_fix(FLAG, tb, FAMILY, "xformers", Requirement("torch==2.5.1"), frozenset({"2.5.1"}))
+    assert fix == f"backendpick install{FLAG} --backend cpu torch xformers"
 
 
 def test_dependency_problems_from_metadata() -> None:

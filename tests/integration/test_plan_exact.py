@@ -1,0 +1,77 @@
+"""Dry run and export are exact (issue 9): the plan holds what install runs, transitive backend
+and build packages included, and the exported script installs what install installs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.dists import make_wheel
+from tests.support.lab import Lab, ok, py
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_torch(lab: Lab) -> None:
+    """An ordinary package on the user's index that depends on torch only through its metadata."""
+    directory = lab.server.index_dir("pypi")
+    if not list(directory.glob("needs_torch-1.0-*.whl")):
+        make_wheel(directory, "needs-torch", "1.0", requires=["torch"], attrs={"__index__": "pypi"})
+
+
+def _phase(plan: dict, name: str) -> dict | None:
+    return next((p for p in plan["phases"] if p["name"] == name), None)
+
+
+def test_plan_shows_the_backend_phase_a_transitive_torch_needs(lab: Lab) -> None:
+    venv = lab.new_venv()
+    plan = ok(lab.run("plan", "--python", py(venv), "--backend", "cpu", "needs-torch", "--json")).json()
+    backend, rest = _phase(plan, "backend"), _phase(plan, "rest")
+    assert backend is not None and backend["requirements"] == ["torch"], plan["phases"]
+    assert rest["requirements"] == ["needs-torch"]
+    assert "torch<0" not in rest["constraints"]
+    assert not [w for w in plan["warnings"] if "not fully resolved" in w]
+
+    dry = ok(lab.run("install", "--dry-run", "--python", py(venv), "--backend", "cpu", "needs-torch"))
+    assert dry.dry_run_commands == [p["command"] for p in plan["phases"] if not p["skip"]]
+    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "needs-torch"))
+    assert "running again" not in res.stdout, res
+    assert res.phases_run == ["backend", "rest"]
+    assert res.commands == dry.dry_run_commands
+    versions = lab.versions(venv)
+    assert versions["torch"].endswith("+cpu") and versions["needs-torch"] == "1.0"
+
+
+def test_plan_routes_transitive_torchvision_into_the_backend_phase(lab: Lab) -> None:
+    venv = lab.new_venv()
+    plan = ok(lab.run("plan", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "vision-helper",
+                      "--json")).json()
+    assert _phase(plan, "backend")["requirements"] == ["torch==2.5.1", "torchvision"]
+
+
+def test_build_package_without_a_wheel_is_routed_and_the_fallback_is_said(lab: Lab) -> None:
+    """flash-attn is only an sdist: the look-ahead builds nothing, stops there, still puts
+    flash-attn into the build phase, and the plan says the resolution fell short."""
+    venv = lab.new_venv()
+    plan = ok(lab.run("plan", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "attn-helper",
+                      "--json")).json()
+    assert _phase(plan, "build")["requirements"] == ["flash-attn"]
+    assert [w for w in plan["warnings"] if "not fully resolved" in w and "flash-attn" in w], plan["warnings"]
+
+
+def test_exported_script_installs_what_install_installs(lab: Lab, tmp_path: Path) -> None:
+    by_install, by_script = lab.new_venv(), lab.new_venv()
+    ok(lab.run("install", "--python", py(by_install), "--backend", "cpu", "needs-torch", "tqdm"))
+    script = ok(lab.run("plan", "--format", "sh", "--python", py(by_script), "--backend", "cpu", "needs-torch",
+                        "tqdm")).stdout
+    assert "torch<0" not in script
+    path = tmp_path / "install.sh"
+    path.write_text(script)
+    env = lab.env(PYTHON=py(by_script), TMPDIR=str(tmp_path))
+    ran = subprocess.run(["sh", str(path)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert lab.versions(by_script) == lab.versions(by_install)
+    assert [p.name for p in tmp_path.iterdir()] == ["install.sh"]  # its constraints file is gone
