@@ -5,7 +5,8 @@ shows no backend phase and install finds torch only when the rest phase hits its
 the plan asks pip once: ``pip install --dry-run --ignore-installed --report`` of the ordinary
 requirements, with the user's own pip configuration (the indexes the rest phase will use) and
 ``--only-binary :all:`` so nothing is built (flash-attn's sdist cannot even say what it needs
-without torch). pip reads the metadata from PEP 658 files where the index has them.
+without torch). pip 23.3 and later read only the metadata (PEP 658 files, or parts of the
+wheels); older pip downloads the wheels into its cache, where the rest phase finds them.
 
 When pip cannot resolve that way (a package only published as an sdist, an old pip, an index
 that does not answer), the plan says so and install's fence-and-retry stays the safety net. A

@@ -177,7 +177,10 @@ def test_dry_run_changes_nothing(lab: Lab, untouched: Path) -> None:
     res = lab.run("install", "--dry-run", "--python", py(venv), "--backend", "cu124", *STACK, machine=BUILD_HOST)
     ok(res)
     assert lab.versions(venv) == before
-    assert not [r for r in lab.server.log if r.kind == "file"]
+    # Only the look-ahead's resolution of the ordinary requirements reads files, from the user's
+    # index (pip before 23.3 downloads wheels even in a dry run; newer pip reads their PEP 658
+    # metadata): nothing of the backend indexes.
+    assert not [r for r in lab.server.log if r.kind == "file" and r.index not in ("pypi", "hostile")]
     assert not (venv / ".backendpick").exists()  # no lock, snapshot, constraints or log either
 
 
@@ -206,27 +209,29 @@ def test_transitive_backend_package_comes_from_the_backend_index(lab: Lab) -> No
     assert versions["torchvision"] == f"{TORCHVISION_FOR_TORCH['2.5.1']}+cu124"
     assert versions["torch"] == "2.5.1+cu124"
     assert versions["vision-helper"] == "1.0"
-    # The fence stopped the rest phase, torchvision moved into the backend phase, rest re-ran.
-    assert "torchvision" in res.stdout.split("running again")[0].splitlines()[-1]
-    assert res.phases_run == ["backend", "backend", "rest"]
+    # The plan found torchvision behind vision-helper: the backend phase installs it, no retry.
+    assert "running again" not in res.stdout
+    assert res.phases_run == ["backend", "rest"]
     backend_cmds = [c for c in res.commands if "--index-url" in c]
     assert "torchvision" in backend_cmds[-1].split()
     torchvision_files = [r.index for r in lab.server.log if r.kind == "file" and r.name.startswith("torchvision-")]
-    assert torchvision_files and set(torchvision_files) == {"cu124"}
-    # Done is done: the re-run finds nothing to do.
+    # The installed one is cu124's. (The plan's look-ahead resolves vision-helper against the
+    # user's indexes: pip before 23.3 downloads the wheels it resolved even in a dry run, the
+    # hostile torchvision included; it never installs them.)
+    assert "cu124" in torchvision_files
+    # Done is done: the re-run finds nothing to do, and reads no file at all.
+    lab.server.clear_log()
     again = ok(lab.run("install", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "vision-helper"))
     assert "nothing to do" in again.stdout and again.commands == []
-    # (pip still reads torchvision's page on the user's indexes while the fence rejects every
-    # version there; no file of theirs is ever taken.)
-    assert not [r for r in lab.server.log if r.kind == "file" and r.index in ("pypi", "hostile")
-                and not r.name.startswith("vision_helper-")]
+    assert not [r for r in lab.server.log if r.kind == "file"]
 
 
 def test_transitive_no_build_isolation_package_is_built_in_the_build_phase(lab: Lab) -> None:
     venv = lab.new_venv()
     res = ok(lab.run("install", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "attn-helper",
                      machine=BUILD_HOST))
-    assert "flash-attn" in res.stdout.split("running again")[0].splitlines()[-1]
+    # The plan found flash-attn behind attn-helper (pip stopped at its sdist, the name is enough).
+    assert "running again" not in res.stdout
     assert res.phases_run[-3:] == ["build-requirements", "build", "rest"]
     versions = lab.versions(venv)
     assert versions["attn-helper"] == "1.0" and versions["flash-attn"] == FLASH_ATTN_VERSION

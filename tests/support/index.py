@@ -7,6 +7,8 @@ files under ``root``::
     /<name>/simple/                 project list
     /<name>/simple/<project>/       links with #sha256=... and data-requires-python
 
+    /<name>/files/<wheel>.metadata  the wheel's METADATA (PEP 658/714, as PyPI serves it)
+
 Directories are read on every request, so files may be added while serving.
 Every request is logged so tests can assert which index served what.
 """
@@ -40,7 +42,7 @@ class RequestRecord:
 
     path: str  # raw request path, percent-decoded
     index: str | None  # first path segment, when it names an existing index
-    kind: str  # "root" | "project" | "file" | "other"
+    kind: str  # "root" | "project" | "file" | "metadata" | "other"
     name: str  # normalized project for "project", file name for "file", else ""
     status: int
     content_type: str  # "" for errors and files
@@ -104,6 +106,19 @@ def _read_requires_python(path: Path) -> str | None:
     return str(value).strip() if value else None
 
 
+def _wheel_metadata(path: Path) -> bytes | None:
+    """A wheel's ``*.dist-info/METADATA``, served as its PEP 658 metadata file."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                parts = member.split("/")
+                if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
+                    return zf.read(member)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
 def _negotiate(accept: str, json_api: bool) -> str:
     """Pick the response media type per PEP 691 content negotiation."""
     best, best_q = "text/html", 0.0
@@ -141,9 +156,9 @@ class IndexServer:
         self.json_api = json_api
         self._log: list[RequestRecord] = []
         self._lock = threading.Lock()
-        # (path, mtime_ns, size) -> (sha256, requires_python). Keyed on stat because
-        # tests may rewrite files (atomically) while the server runs.
-        self._file_info: dict[tuple[str, int, int], tuple[str, str | None]] = {}
+        # (path, mtime_ns, size) -> (sha256, requires_python, sha256 of the PEP 658 metadata).
+        # Keyed on stat because tests may rewrite files (atomically) while the server runs.
+        self._file_info: dict[tuple[str, int, int], tuple[str, str | None, str | None]] = {}
         self._host = host
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
@@ -222,15 +237,17 @@ class IndexServer:
 
     # -- internals ----------------------------------------------------------
 
-    def _info(self, path: Path) -> tuple[str, str | None]:
+    def _info(self, path: Path) -> tuple[str, str | None, str | None]:
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._lock:
             cached = self._file_info.get(key)
         if cached is None:
+            metadata = _wheel_metadata(path) if path.name.endswith(".whl") else None
             cached = (
                 hashlib.sha256(path.read_bytes()).hexdigest(),
                 _read_requires_python(path),
+                hashlib.sha256(metadata).hexdigest() if metadata is not None else None,
             )
             with self._lock:
                 self._file_info[key] = cached
@@ -262,9 +279,9 @@ class IndexServer:
             return None
         entries = []
         for path in files:
-            sha256, requires_python = self._info(path)
+            sha256, requires_python, meta = self._info(path)
             entries.append(
-                (path.name, f"../../files/{quote(path.name)}", sha256, requires_python)
+                (path.name, f"../../files/{quote(path.name)}", sha256, requires_python, meta)
             )
         if media == JSON_TYPE:
             body = {
@@ -276,14 +293,17 @@ class IndexServer:
                         "url": href,
                         "hashes": {"sha256": sha256},
                         **({"requires-python": rp} if rp else {}),
+                        **({"core-metadata": {"sha256": meta}, "dist-info-metadata": {"sha256": meta}} if meta else {}),
                     }
-                    for name, href, sha256, rp in entries
+                    for name, href, sha256, rp, meta in entries
                 ],
             }
             return json.dumps(body).encode("utf-8")
         links = []
-        for name, href, sha256, rp in entries:
+        for name, href, sha256, rp, meta in entries:
             rp_attr = f' data-requires-python="{html.escape(rp)}"' if rp else ""
+            if meta:
+                rp_attr += f' data-core-metadata="sha256={meta}" data-dist-info-metadata="sha256={meta}"'
             anchor = f'href="{html.escape(href)}#sha256={sha256}"{rp_attr}'
             links.append(f"<a {anchor}>{html.escape(name)}</a><br/>\n")
         return _html_page(f"Links for {project}", "".join(links))
@@ -318,6 +338,12 @@ class IndexServer:
                 return self._logged(path, index, "project", project, missing)
             page = _Response(HTTPStatus.OK, body, media)
             return self._logged(path, index, "project", project, page)
+        if section == "files" and len(rest) == 1 and rest[0].endswith(".whl.metadata"):
+            wheel = self.root / index / rest[0][: -len(".metadata")]
+            metadata = _wheel_metadata(wheel) if wheel.is_file() else None
+            if metadata is not None:
+                return self._logged(path, index, "metadata", rest[0], _Response(HTTPStatus.OK, metadata, _OCTET_STREAM))
+            return self._logged(path, index, "metadata", rest[0], _Response(HTTPStatus.NOT_FOUND))
         if section == "files" and len(rest) == 1:
             file_path = self.root / index / rest[0]
             if project_of(rest[0]) and file_path.is_file():
