@@ -72,14 +72,22 @@ def cli() -> None:
     "  BACKENDPICK_BACKEND=cu128 backendpick detect"
 )
 @project_option
+@click.option("--python", "python", type=click.Path(path_type=Path), default=None,
+              help="Interpreter (or venv) the choice is for. Default: the active venv, else this Python.")
 @backend_option
+@click.option("--index-url", default=None, metavar="TEMPLATE",
+              help="Backend index template with {backend} (default https://download.pytorch.org/whl/{backend}).")
 @compat_option
+@click.option("--offline", is_flag=True,
+              help="Do not ask the backend indexes what they offer; choose from the packaged release table.")
 @json_option
-def detect(project_dir: Path, backend: str | None, cuda_compat: str | None, json_mode: bool) -> int:
+def detect(project_dir: Path, python: Path | None, backend: str | None, index_url: str | None,
+           cuda_compat: str | None, offline: bool, json_mode: bool) -> int:
     from backendpick.commands import detect as command
     from backendpick.output import Output
 
-    return command.run(Output(json_mode=json_mode), project_dir=project_dir, backend=backend, cuda_compat=cuda_compat)
+    return command.run(Output(json_mode=json_mode), project_dir=project_dir, backend=backend, cuda_compat=cuda_compat,
+                       python=python, index_url=index_url, offline=offline)
 
 
 def _plan_options(func):

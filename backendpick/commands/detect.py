@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from backendpick import config, facts as facts_mod
@@ -12,15 +12,23 @@ from backendpick.probe import ProbeSettings, probe
 from backendpick.select import Decision, Explicit, choose, table_offers
 
 
+OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
+                "backend where the newest has no matching torch)")
+
+
 @dataclass(frozen=True)
 class Detection:
     hardware: Hardware
     decision: Decision
     settings: config.Settings
+    # "index": chosen as plan chooses; "table": from the packaged table (--offline, or no index answered)
+    offers_source: str = "table"
+    offer_warnings: tuple = ()
+    offline: bool = False
 
     @property
     def warnings(self) -> list[str]:
-        return list(self.hardware.warnings) + list(self.decision.warnings)
+        return list(self.hardware.warnings) + list(self.offer_warnings) + list(self.decision.warnings)
 
 
 def explicit_choice(settings: config.Settings) -> Explicit | None:
@@ -43,11 +51,48 @@ def detect(settings: config.Settings, offers=None) -> Detection:
     return Detection(hardware, decision, settings)
 
 
+def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict | None = None) -> Detection:
+    """The choice ``plan`` makes on this machine: the same candidates, the same index offers for
+    the project's torch specifier and the target Python, the same rule for an installed GPU torch."""
+    import os
+
+    from backendpick import pipconf, requirements, target as target_mod
+    from backendpick.commands.plan import _installed_backend, _keep_installed_gpu_backend, _torch_spec
+    from backendpick.errors import ConfigError
+    from backendpick.index import IndexClient
+    from backendpick.offers import candidate_kinds, gather
+
+    env = dict(os.environ if env is None else env)
+    facts = facts_mod.load()
+    hardware = probe(facts, ProbeSettings.from_env(env))
+    target = target_mod.inspect(target_mod.choose_python(python, env))
+    try:
+        wanted = requirements.gather((), (), settings.pyproject, (), ()).requirements
+    except ConfigError:
+        wanted = ()  # no project: any torch
+    explicit = explicit_choice(settings)
+    if explicit is not None:
+        candidates = [explicit.backend]
+    else:
+        kinds = candidate_kinds(hardware)
+        candidates = [b for b in facts.all_backends() if b.kind in kinds]
+        kept = _installed_backend(target, facts)
+        if kept is not None and kept.is_gpu and kept not in candidates:
+            candidates.append(kept)
+    offers = gather(facts, IndexClient(pipconf.read(env, target.prefix)), settings.index_url.value, candidates,
+                    _torch_spec(wanted), target)
+    decision = choose(hardware, facts, offers.releases, policy=settings.cuda_compat.value, explicit=explicit)
+    decision = _keep_installed_gpu_backend(decision, target, facts)
+    return Detection(hardware, decision, settings, offers.source, tuple(offers.warnings))
+
+
 def to_json(d: Detection) -> dict:
     return {
         "backend": d.decision.backend.name,
         "reason": d.decision.reason,
         "decided_by": d.decision.source,
+        "offers_source": d.offers_source,
+        "offline": d.offline,
         "cuda_compat": d.settings.cuda_compat.value,
         "accelerators": [a.to_json() for a in d.hardware.accelerators],
         "nvidia_driver": d.hardware.nvidia_driver,
@@ -89,6 +134,7 @@ def render(out: Output, d: Detection) -> None:
             ("backend", d.decision.backend.name),
             ("decided-by", d.decision.source),
             ("reason", d.decision.reason),
+            ("offers-from", OFFLINE_NOTE if d.offline else d.offers_source),
         ]
     )
     for r in d.decision.rejected:
@@ -97,10 +143,11 @@ def render(out: Output, d: Detection) -> None:
         out.warn(w)
 
 
-def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str | None) -> int:
+def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str | None, python: Path | None = None,
+        index_url: str | None = None, offline: bool = False) -> int:
     facts = facts_mod.load()
-    settings = config.load(facts, project_dir=project_dir, backend=backend, cuda_compat=cuda_compat)
-    d = detect(settings)
+    settings = config.load(facts, project_dir=project_dir, backend=backend, index_url=index_url, cuda_compat=cuda_compat)
+    d = replace(detect(settings), offline=True) if offline else detect_as_plan(settings, python=python)
     if out.json_mode:
         out.emit_json(to_json(d))
     else:

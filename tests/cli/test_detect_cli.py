@@ -61,7 +61,11 @@ ACCELERATOR_COUNT = {
 ACCELERATOR_KEYS = {"vendor", "name", "driver_version", "compute_capability", "arch"}
 
 
-def run_cli(machine: FakeMachine, *args: str, cwd: Path, timeout: float = 60, **env: str) -> Result:
+def run_cli(machine: FakeMachine, *args: str, cwd: Path, timeout: float = 60, offline: bool = True,
+            **env: str) -> Result:
+    """``detect`` runs with ``--offline`` (the packaged table; no index is asked) unless told."""
+    if args and args[0] == "detect" and offline:
+        args = (args[0], "--offline", *args[1:])
     return launch(*args, env=subprocess_env(machine=machine, extra=env), cwd=cwd, timeout=timeout)
 
 
@@ -150,6 +154,8 @@ def test_plain_output_is_stable_lines(tmp_path, workdir):
             "reason: Tesla T4 (sm 7.5); driver 525.147.05 supports CUDA 12.0 (driver table); "
             "cu118 is the newest build that runs here"
         ),
+        "offers-from: table (--offline: no backend index was asked; plan asks them and may choose an older backend "
+        "where the newest has no matching torch)",
         "rejected: cu132: needs CUDA 13.2, driver 525.147.05 supports CUDA 12.0 (driver table)",
         "rejected: cu130: needs CUDA 13.0, driver 525.147.05 supports CUDA 12.0 (driver table)",
         "rejected: cu129: needs CUDA 12.9, driver 525.147.05 supports CUDA 12.0 (driver table)",
@@ -166,6 +172,8 @@ def test_plain_output_without_gpu(tmp_path, workdir):
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == [
         "gpu: none found", "backend: cpu", "decided-by: detected", "reason: no supported GPU found",
+        "offers-from: table (--offline: no backend index was asked; plan asks them and may choose an older backend "
+        "where the newest has no matching torch)",
     ]
 
 

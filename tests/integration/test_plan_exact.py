@@ -75,3 +75,25 @@ def test_exported_script_installs_what_install_installs(lab: Lab, tmp_path: Path
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert lab.versions(by_script) == lab.versions(by_install)
     assert [p.name for p in tmp_path.iterdir()] == ["install.sh"]  # its constraints file is gone
+
+
+def test_detect_reports_the_backend_plan_chooses(lab: Lab) -> None:
+    """Driver 575 runs CUDA 12.9: the packaged table has cu129, the world's indexes stop at
+    cu128. detect asks the indexes as plan does; with --offline it says it did not.
+
+    No build serves both the V100 (sm_70) and the RTX 5090 (sm_120): CUDA_VISIBLE_DEVICES=1
+    leaves only the 5090, as torch would see it, and both commands choose for it."""
+    machine, hidden = "nvidia-575-v100-rtx5090", {"CUDA_VISIBLE_DEVICES": "1"}
+    venv = lab.new_venv()
+    ok(lab.run("plan", "--python", py(venv), "torch", "--json", machine=machine), 3)  # both GPUs: none serves
+    plan = ok(lab.run("plan", "--python", py(venv), "torch", "--json", machine=machine, **hidden)).json()
+    detect = ok(lab.run("detect", "--python", py(venv), "--json", machine=machine, **hidden)).json()
+    assert (detect["backend"], detect["offers_source"], detect["offline"]) == (plan["backend"], "index", False)
+    assert plan["backend"] == "cu128"
+    v100 = next(a for a in detect["accelerators"] if a["name"].startswith("Tesla V100"))
+    assert v100["ignored"] == "hidden by CUDA_VISIBLE_DEVICES='1'"
+    offline = ok(lab.run("detect", "--offline", "--json", machine=machine, **hidden)).json()
+    assert (offline["offers_source"], offline["offline"]) == ("table", True)
+    assert offline["backend"] == "cu129"
+    text = ok(lab.run("detect", "--offline", machine=machine, **hidden)).stdout
+    assert "offers-from: table (--offline: no backend index was asked" in text
