@@ -94,6 +94,10 @@ class IndexClient:
         if url in self._cache:
             return self._cache[url]
         parts = urlsplit(url)
+        if parts.scheme == "file":
+            files = _file_project(url)
+            self._cache[url] = files
+            return files
         handlers: list = []
         if self.pip_config.proxy:
             handlers.append(urllib.request.ProxyHandler({"http": self.pip_config.proxy, "https": self.pip_config.proxy}))
@@ -118,7 +122,7 @@ class IndexClient:
                 final = resp.geturl()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
-                raise PageNotFound(redact(url)) from None
+                raise PageNotFound(f"{redact(url)} (HTTP 404)") from None
             raise IndexUnavailable(f"{redact(url)}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -127,6 +131,22 @@ class IndexClient:
         self._cache[url] = files
         return files
 
+
+def _file_project(url: str) -> list[FileLink]:
+    """A project page of a ``file://`` index, read as pip reads it: a folder per project holding
+    an ``index.html`` (PEP 503's static layout)."""
+    from pathlib import Path
+    from urllib.request import url2pathname
+
+    folder = Path(url2pathname(urlsplit(url).path))
+    page = folder / "index.html"
+    if not folder.is_dir() or not page.is_file():
+        raise PageNotFound(f"{redact(url)} (no {page})")
+    try:
+        body = page.read_bytes()
+    except OSError as exc:
+        raise IndexUnavailable(f"{redact(url)}: {exc.strerror or exc}") from None
+    return parse_page(body, "text/html", page.as_uri())
 
 
 def matching_versions(

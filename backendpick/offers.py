@@ -24,6 +24,17 @@ class Offers:
     versions: dict  # Backend -> sorted list[Version] of torch matching the spec on this target
     source: str  # "index" or "table"
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # What the index answered for backends it has no torch page for: "URL (HTTP 404)", credentials hidden.
+    not_found: tuple[str, ...] = field(default_factory=tuple)
+    asked: int = 0  # how many backend indexes were asked
+
+    def unanswered(self) -> str | None:
+        """When no index asked has a torch page at all (a template that points nowhere), what
+        they answered, in one line; None otherwise."""
+        if self.source != "index" or self.versions or not self.asked or len(self.not_found) < self.asked:
+            return None
+        more = f" (and the same for the other {self.asked - 1} backend indexes asked)" if self.asked > 1 else ""
+        return f"{self.not_found[0]}{more}"
 
     @property
     def releases(self) -> dict:
@@ -58,8 +69,10 @@ def gather(
     results = fetch_many(client, {b: (u, "torch") for b, u in urls.items()})
     versions: dict[Backend, list[Version]] = {}
     failures = []
+    not_found = []
     for b, res in results.items():
         if isinstance(res, PageNotFound):
+            not_found.append(str(res))
             continue  # this index (or mirror) has no such backend
         if isinstance(res, IndexUnavailable):
             failures.append(str(res))
@@ -70,7 +83,7 @@ def gather(
     if failures and len(failures) == len(candidates):
         return _from_table(facts, candidates, torch_spec, failures)
     warnings = tuple(f"could not read {f}" for f in failures)
-    return Offers(versions, "index", warnings)
+    return Offers(versions, "index", warnings, tuple(not_found), len(candidates))
 
 
 def _from_table(facts: Facts, candidates: list[Backend], spec: SpecifierSet, failures: list[str]) -> Offers:

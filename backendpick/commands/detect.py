@@ -81,9 +81,16 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
             candidates.append(kept)
     offers = gather(facts, IndexClient(pipconf.read(env, target.prefix)), settings.index_url.value, candidates,
                     _torch_spec(wanted), target)
-    decision = choose(hardware, facts, offers.releases, policy=settings.cuda_compat.value, explicit=explicit)
+    releases, source, notes = offers.releases, offers.source, list(offers.warnings)
+    unanswered = offers.unanswered()
+    if unanswered:
+        # plan stops here with this error; detect still reports the hardware, from the table.
+        releases, source = table_offers(facts), "table"
+        notes.append(f"the backend index has no torch for any backend: {unanswered}; chose from backendpick's "
+                     "packaged release table (plan and install stop here: check the index URL template)")
+    decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
     decision = _keep_installed_gpu_backend(decision, target, facts)
-    return Detection(hardware, decision, settings, offers.source, tuple(offers.warnings))
+    return Detection(hardware, decision, settings, source, tuple(notes))
 
 
 def to_json(d: Detection) -> dict:

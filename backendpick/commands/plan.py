@@ -95,7 +95,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         if explicit is not None:
             offers = gather(facts, client, template, [explicit.backend], spec, target)
             if explicit.backend not in offers.versions:
-                _explicit_missing(facts, client, template, explicit, spec, target, offers)
+                _explicit_missing(facts, client, template, explicit, spec, target, offers, settings)
         else:
             kinds = candidate_kinds(hardware)
             candidates = [b for b in facts.all_backends() if b.kind in kinds]
@@ -103,6 +103,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
             if kept is not None and kept.is_gpu and kept not in candidates:
                 candidates.append(kept)  # auto never downgrades: see _keep_installed_gpu_backend
             offers = gather(facts, client, template, candidates, spec, target)
+            _check_answered(offers, settings)
         warnings += offers.warnings
         releases = offers.releases
     else:
@@ -331,10 +332,26 @@ def _available_hint(offers: Offers) -> str:
     return f"backends with a matching torch: {listing}"
 
 
-def _explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, target, offers: Offers) -> None:
+def _check_answered(offers: Offers, settings) -> None:
+    """An index template under which no backend has a torch page is not "no backend serves
+    this GPU" (nor a reason to consult the packaged table): say what the index answered."""
+    unanswered = offers.unanswered()
+    if unanswered:
+        raise NoBackendError(
+            f"the backend index has no torch for any backend: {unanswered}",
+            hint=f"check the index URL template from {settings.index_url.source} "
+                 f"({config.redact(settings.index_url.value)}): it must name a PEP 503 simple index, with {{backend}} "
+                 "where the backend name goes",
+        )
+
+
+def _explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, target, offers: Offers,
+                      settings) -> None:
     if offers.source != "index":
         return  # offline: the table cannot prove absence; pip will say
     others = gather(facts, client, template, [b for b in facts.all_backends() if b != explicit.backend], spec, target)
+    if offers.not_found:
+        _check_answered(Offers(others.versions, "index", (), offers.not_found + others.not_found, others.asked + 1), settings)
     raise NoBackendError(
         f"{explicit.backend} (from {explicit.source}) has no torch matching '{spec or 'any'}' for "
         f"Python {target.python_version_text} at {config.redact(index_url_for(template, explicit.backend))}",

@@ -97,3 +97,40 @@ def test_detect_reports_the_backend_plan_chooses(lab: Lab) -> None:
     assert offline["backend"] == "cu129"
     text = ok(lab.run("detect", "--offline", machine=machine, **hidden)).stdout
     assert "offers-from: table (--offline: no backend index was asked" in text
+
+
+def test_template_answering_404_everywhere_says_so(lab: Lab) -> None:
+    nowhere = lab.server.base_url + "/nowhere/{backend}/simple"
+    for args, machine in ((("torch",), "nvidia-560-a100"), (("--backend", "cu124", "torch"), "none")):
+        res = ok(lab.run("plan", "--index-url", nowhere, *args, machine=machine), 3)
+        assert "the backend index has no torch for any backend: " in res.stderr, res
+        assert "/nowhere/" in res.stderr and "(HTTP 404)" in res.stderr
+        assert "hint: check the index URL template from --index-url" in res.stderr
+        assert "torch releases that would work here" not in res.stderr  # nothing from the packaged table
+    detect = ok(lab.run("detect", "--index-url", nowhere, "--json", machine="nvidia-560-a100")).json()
+    assert detect["offers_source"] == "table"
+    assert any("no torch for any backend" in w and "(HTTP 404)" in w for w in detect["warnings"])
+
+
+def test_file_index_template_is_supported(lab: Lab, tmp_path: Path) -> None:
+    """A static PEP 503 tree on disk (what pip reads from file:// URLs): plan reads its offers
+    from it (no silent fall back to the packaged table), and install installs from it."""
+    import html
+
+    for backend in ("cpu",):
+        source = lab.server.index_dir(backend)
+        projects: dict[str, list[Path]] = {}
+        for wheel in sorted(source.glob("*.whl")):
+            projects.setdefault(wheel.name.split("-")[0].replace("_", "-").lower(), []).append(wheel)
+        for project, wheels in projects.items():
+            folder = tmp_path / "static" / backend / "simple" / project
+            folder.mkdir(parents=True)
+            links = "".join(f'<a href="{html.escape(w.as_uri())}">{html.escape(w.name)}</a>\n' for w in wheels)
+            (folder / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+    template = (tmp_path / "static").as_uri() + "/{backend}/simple"
+    venv = lab.new_venv()
+    plan = ok(lab.run("plan", "--python", py(venv), "--index-url", template, "torch==2.5.1", "--json")).json()
+    assert (plan["backend"], plan["offers_source"]) == ("cpu", "index")
+    assert not [w for w in plan["warnings"] if "packaged release table" in w]
+    ok(lab.run("install", "--python", py(venv), "--index-url", template, "torch==2.5.1"))
+    assert lab.versions(venv)["torch"] == "2.5.1+cpu"
