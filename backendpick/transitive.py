@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from packaging.requirements import Requirement
 
@@ -77,11 +78,21 @@ def dry_run_argv(pip: Sequence[str], requirements: Sequence[str], rest_options: 
     return argv + list(requirements)
 
 
+def _is_wheel_url(url: str) -> bool:
+    return urlsplit(url).path.endswith(".whl")
+
+
 def find(pip: Sequence[str], requirements: Sequence[Requirement], *, rest_options: Sequence[str],
          user_constraints: Sequence[Requirement], env: Mapping[str, str], family: Iterable[str],
          build: Iterable[str]) -> Found:
     """One pip resolution of ``requirements`` (the rest phase's) without installing anything."""
     family, build = tuple(family), tuple(build)
+    # A direct reference to anything but a wheel (a local sdist, a VCS checkout) is prepared by
+    # pip even under --only-binary: its setup.py would run here, before the lock and the
+    # snapshot. requirements.py already read what such an item declares without building it.
+    requirements = [r for r in requirements if not r.url or _is_wheel_url(r.url)]
+    if not requirements:
+        return Found()
     with tempfile.TemporaryDirectory(prefix="backendpick-resolve-") as tmp:
         report = Path(tmp) / "report.json"
         cons = None

@@ -128,14 +128,17 @@ def test_local_directory_wheel_and_sdist_paths(lab: Lab, tmp_path: Path) -> None
     assert {versions[n] for n in ("dir-proj", "wheel-proj", "sdist-proj", "tqdm")} == {"1.0", "4.66.0"}
 
 
-def test_wheel_url_with_an_unknown_dependency_on_torch_is_moved_by_the_fence(lab: Lab) -> None:
+def test_wheel_url_depending_on_torch_gets_torch_from_the_backend_phase(lab: Lab) -> None:
+    """The plan's look-ahead reads the URL wheel's dependencies: torch is in the backend phase
+    from the start, with no fence retry."""
     pypi = lab.server.index_dir("pypi")
     if not list(pypi.glob("url_needs_torch-1.0-*.whl")):
         make_wheel(pypi, "url-needs-torch", "1.0", requires=["torch"])
     url = lab.server.file_url("pypi", one(pypi, "url_needs_torch-1.0-*.whl").name)
     venv = lab.new_venv()
     res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", url))
-    assert "a dependency needs torch; moving it to its phase and running again" in res.stdout
+    assert res.phases_run == ["backend", "rest"]
+    assert "moving it to its phase and running again" not in res.stdout
     versions = lab.versions(venv)
     assert versions["torch"].endswith("+cpu") and versions["url-needs-torch"] == "1.0"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from packaging.requirements import Requirement
+
 from backendpick import transitive
 
 FAMILY = ("torch", "torchvision", "xformers")
@@ -35,3 +37,14 @@ def test_dry_run_argv_builds_nothing_and_installs_nothing():
     assert argv == ["py", "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
                     "/tmp/r.json", "--only-binary", "foo", "--pre", "--only-binary", ":all:", "-c", "/tmp/c.txt",
                     "needs-torch", "tqdm>=4"]
+
+
+def test_direct_references_to_sdists_are_never_prepared_by_the_look_ahead() -> None:
+    """pip prepares an sdist or VCS reference even under --only-binary (its setup.py runs):
+    the look-ahead leaves them out, and with nothing else left starts no pip at all (unit tests
+    refuse subprocesses, so a pip run would fail this test)."""
+    reqs = [Requirement("slow-pkg @ file:///tmp/dist/slow-pkg-1.0.tar.gz"),
+            Requirement("proj @ git+https://example.invalid/proj.git")]
+    found = transitive.find(["python", "-m", "pip"], reqs, rest_options=(), user_constraints=(), env={},
+                            family=("torch",), build=("flash-attn",))
+    assert found == transitive.Found()
