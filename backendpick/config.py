@@ -35,6 +35,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "prebuilt": (dict, 'package -> where its prebuilt wheels are looked for, in order: URL templates with '
                        '{filename} (and {version}), local folders, or "github" (the project\'s releases)'),
     "build": (dict, "source builds: max-jobs, arch-list, env, checks"),
+    "packages": (dict, "recipes: package -> how it gets the build for torch's backend (replaces or adds to the shipped ones)"),
+    "mirrors": (dict, "URL prefix -> replacement, for every URL backendpick derives (indexes, pages, wheels)"),
 }
 
 # [tool.backendpick.build] keys -> (expected type, description).
@@ -143,6 +145,10 @@ def _validate(tool: Mapping[str, Any], path: Path) -> None:
                     _check_prebuilt_source(source, f"{path}: tool.backendpick.prebuilt.{name}")
         if key == "build":
             _validate_build(value, path)
+        if key in ("packages", "mirrors"):
+            from backendpick import recipes
+
+            (recipes.validate_user if key == "packages" else recipes.validate_mirrors)(value, path)
 
 
 def _validate_build(table: Mapping[str, Any], path: Path) -> None:
@@ -217,6 +223,9 @@ class Settings:
     prebuilt: dict = field(default_factory=dict)
     build: BuildSettings = field(default_factory=BuildSettings)
     chosen_backend: Backend | None = None  # ``backend`` parsed once; None: auto (detect)
+    # normalized name -> recipes.Recipe tuple: the shipped ones with [tool.backendpick.packages]
+    recipes: dict = field(default_factory=dict)
+    mirrors: tuple = ()  # (prefix, replacement) pairs
 
 
 def normalize(name: str) -> str:
@@ -256,6 +265,16 @@ def load(
             hint="write it as a template, e.g. https://mirror.example/pytorch/{backend}",
         )
     trusted = tuple(tool.get("trusted-hosts", ()))
+    mirrors = tuple((str(k), str(v)) for k, v in tool.get("mirrors", {}).items())
+    for prefix, replacement in mirrors:
+        host = urlsplit(replacement).hostname or ""
+        if replacement.startswith("http://") and host not in _LOCAL_HOSTS and host not in trusted:
+            raise ConfigError(f"tool.backendpick.mirrors maps {redact(prefix)} to plain http: {redact(replacement)}",
+                              hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network")
+    if mirrors:
+        from backendpick.recipes import mirror
+
+        index_s = Setting(mirror(index_s.value, mirrors), index_s.source)
     _check_index_scheme(index_s, trusted)
     compat_s = _pick(cuda_compat, env, ENV_CUDA_COMPAT, tool, "cuda-compat", "strict", pyproject.path)
     if compat_s.value not in ("strict", "minor"):
@@ -268,6 +287,15 @@ def load(
     for name in nbi_names:
         key = normalize(name)
         nbi[key] = build_reqs.get(key, facts.no_build_isolation.get(key, ("setuptools", "wheel")))
+    from backendpick import recipes as recipes_mod
+
+    recipes = recipes_mod.merged(tool.get("packages", {}), pyproject.path.name if pyproject.path else "pyproject.toml")
+    user_recipes = {normalize(k) for k in tool.get("packages", {})}
+    for name, rows in recipes.items():
+        # A build recipe joins no-build-isolation; a user-set list replaces the shipped recipes' names.
+        rows = [r for r in rows if r.build is not None or r.prebuilt is not None]
+        if rows and name not in nbi and (name in user_recipes or "no-build-isolation" not in tool):
+            nbi[name] = build_reqs.get(name, rows[-1].build or facts.no_build_isolation.get(name, ("setuptools", "wheel")))
     unused = set(build_reqs) - set(nbi)
     if unused:
         raise ConfigError(
@@ -276,6 +304,10 @@ def load(
             hint="add it to no-build-isolation, or remove its build-requirements",
         )
     prebuilt = {normalize(k): tuple(v) for k, v in tool.get("prebuilt", {}).items()}
+    for name, rows in recipes.items():
+        # The recipe key `prebuilt` is [tool.backendpick.prebuilt] for that package.
+        if rows[-1].prebuilt is not None and name not in prebuilt:
+            prebuilt[name] = rows[-1].prebuilt
     unknown = set(prebuilt) - set(nbi)
     if unknown:
         raise ConfigError(
@@ -311,6 +343,8 @@ def load(
         prebuilt=prebuilt,
         build=build,
         chosen_backend=chosen,
+        recipes=recipes,
+        mirrors=mirrors,
     )
 
 

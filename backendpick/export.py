@@ -83,6 +83,8 @@ def to_shell(plan: Plan) -> str:
     ]
     if "@" in plan.index_url.split("//", 1)[-1].split("/", 1)[0]:
         out.append("# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file.")
+    for route in plan.routes:
+        out.append(f"# {redact(route.line())}")
     wrote_constraints = False
     for phase in plan.phases:
         if phase.name == REMOVE:

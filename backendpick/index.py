@@ -87,10 +87,13 @@ class IndexClient:
 
     def project(self, index_url: str, name: str) -> list[FileLink]:
         """Files of ``name`` on the index at ``index_url``; PageNotFound for a 404."""
+        return self.page(index_url.rstrip("/") + "/" + normalize(name) + "/")
+
+    def page(self, url: str) -> list[FileLink]:
+        """Files linked from the page at ``url`` (a project page, or a find-links page)."""
         import urllib.error
         import urllib.request
 
-        url = index_url.rstrip("/") + "/" + normalize(name) + "/"
         if url in self._cache:
             return self._cache[url]
         parts = urlsplit(url)

@@ -51,6 +51,7 @@ class FenceHit:
     # name -> the version range pip reported the dependent needs (``==2.5.1``), so the retry
     # installs a torch the dependent accepts rather than the newest one.
     specs: dict = field(default_factory=dict)
+    recipe: tuple[str, ...] = ()  # fenced recipe packages (routing.py): routed on the retry
 
     def requirement(self, name: str) -> str:
         return name + self.specs.get(name, "")
@@ -90,6 +91,8 @@ def fenced_needs(output: str, plan: Plan) -> FenceHit | None:
         backend=tuple(sorted(h for h in hits if h in plan.backend_names)),
         build=tuple(sorted(h for h in hits if h in plan.build_names)),
         specs={h: ",".join(dict.fromkeys(specs[h])) for h in hits if h in specs},
+        recipe=tuple(sorted(h for h in hits if h not in plan.backend_names and h not in plan.build_names
+                            and f"{h}<0" in plan.user_constraints)),
     )
 
 
@@ -219,7 +222,7 @@ def _failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path
     ``planned`` is the plan's own phase (where the environment stands), ``ran`` what ran."""
     if planned.name != BACKEND:
         hit = fenced_needs(res.stdout, plan)
-        if hit and (hit.backend or hit.build):
+        if hit and (hit.backend or hit.build or hit.recipe):
             raise FenceConflict(hit)
     raise InstallError(
         f"phase '{ran.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "

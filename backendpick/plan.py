@@ -172,6 +172,7 @@ class Plan:
     build_names: tuple[str, ...] = ()  # normalized no-build-isolation packages
     offers_source: str = "index"
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
+    routes: tuple = ()  # routing.Route per package with a recipe: where it comes from and why
 
     @property
     def building(self) -> frozenset:
@@ -192,6 +193,7 @@ class Plan:
             "offers_source": self.offers_source,
             "constraints_file": str(self.constraints_path),
             "phases": [p.to_json() for p in self.phases],
+            "packages": [r.to_json() for r in self.routes],
             "warnings": list(self.warnings),
         }
 

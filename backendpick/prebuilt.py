@@ -378,10 +378,16 @@ class BuildContext:
     # True while ``torch`` is what the backend phase is expected to install: the executor checks
     # it against the installed torch and chooses again when pip resolved another one.
     predicted: bool = False
+    mirrors: tuple = ()  # [tool.backendpick.mirrors]: applied to every wheel URL
 
     def sources_for(self, name: str) -> list[Source]:
         package = packages()[name]
-        return sources(package, self.configured.get(name), self.project_dir)
+        found = sources(package, self.configured.get(name), self.project_dir)
+        if not self.mirrors:
+            return found
+        from backendpick.recipes import mirror
+
+        return [replace(s, url=mirror(s.url, self.mirrors)) if s.url else s for s in found]
 
 
 def cache_key(ctx: BuildContext, name: str, version: str, arch_key: str) -> cache.Key:
@@ -485,6 +491,7 @@ def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, ha
         target_bin=bin_dir,
         staging=plan.constraints_path.parent / "build",
         head=tuple(head),
+        mirrors=settings.mirrors,
     )
 
 

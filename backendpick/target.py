@@ -71,6 +71,9 @@ if "torch" in dists:
     files["torch/version.py"] = _pkg_file("torch", "version.py")
 if "xformers" in dists:
     files["xformers/cpp_lib.json"] = _pkg_file("xformers", "cpp_lib.json")
+if "onnxruntime-gpu" in dists or "onnxruntime" in dists:
+    # The CUDA the build was made with (read, not imported: importing loads CUDA libraries).
+    files["onnxruntime/capi/build_and_package_info.py"] = _pkg_file("onnxruntime", os.path.join("capi", "build_and_package_info.py"))
 impl = sys.implementation.name
 iver = sys.implementation.version
 markers = {

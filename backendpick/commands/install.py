@@ -73,6 +73,8 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
         if out.json_mode:
             out.emit_json({"ok": True, **prepared.plan.to_json()})
         else:
+            for route in prepared.plan.routes:
+                out.line(f"# {route.line()}")
             for phase in prepared.plan.active:
                 out.line(phase.command_line())
             for w in prepared.plan.warnings:
@@ -119,14 +121,15 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
         except executor.FenceConflict as conflict:
             attempts += 1
             if attempts > MAX_RETRIES:
-                raise InstallError(f"pip keeps needing {', '.join(conflict.hit.backend + conflict.hit.build)} "
+                raise InstallError(f"pip keeps needing {', '.join(conflict.hit.backend + conflict.hit.build + conflict.hit.recipe)} "
                                    "in a later phase") from None
             hit = conflict.hit
-            out.info(f"a dependency needs {', '.join(hit.backend + hit.build)}; moving it to its phase and running again")
+            out.info(f"a dependency needs {', '.join(hit.backend + hit.build + hit.recipe)}; moving it to its phase and running again")
             req = replace(
                 req,
                 extra_backend=tuple(sorted(set(req.extra_backend) | {hit.requirement(n) for n in hit.backend})),
                 extra_build=tuple(sorted(set(req.extra_build) | {hit.requirement(n) for n in hit.build})),
+                extra_recipe=tuple(sorted(set(req.extra_recipe) | set(hit.recipe))),
             )
             prepared = prepare(req)
         except (InstallError, StateError) as exc:
@@ -173,9 +176,14 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
     # build for another host) is the user's call and was already warned about.
     hardware = prepared.hardware if prepared.decision.source in ("detected", "installed") else None
 
+    from backendpick import fingerprint
+
     def metadata_problems(t):
+        tb = torch_build(t, facts)
         return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
-                + dependency_problems(t, family | nbi, flag, tb=torch_build(t, facts), family=family))
+                + dependency_problems(t, family | nbi, flag, tb=tb, family=family)
+                + fingerprint.problems(t, tb.backend if tb else None, tb.version if tb else None,
+                                       settings.recipes, flag))
 
     changed = {n for n, d in after.installed.items() if before.installed.get(n) is None
                or before.installed[n].version != d.version}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -42,6 +42,7 @@ class Request:
     cuda_compat: str | None = None
     extra_backend: tuple[str, ...] = field(default_factory=tuple)  # set by install's retry
     extra_build: tuple[str, ...] = field(default_factory=tuple)
+    extra_recipe: tuple[str, ...] = field(default_factory=tuple)  # recipe packages a dependency pulled in
     reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
 
 
@@ -130,9 +131,20 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
 
     state = plan_mod.state_dir(target, env)
     backend_env = pipconf.backend_phase_env(env, pip_config)
+    # Packages with a recipe: each one's build for this backend (routing.py), or an error now.
+    from backendpick import routing
+
+    routed = routing.route(
+        wanted.requirements, settings=settings, backend=decision.backend, target=target,
+        torch=_torch_for_recipes(facts, target, decision, offers, reqs),
+        backend_index=index_url_for(template, decision.backend), client=client,
+        markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=req.extra_recipe,
+    )
+    if routed.family:
+        settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
     plan = plan_mod.build(
         decision=decision,
-        requirements=wanted.requirements,
+        requirements=routed.requirements,
         settings=settings,
         target=target,
         index_url=index_url_for(template, decision.backend),
@@ -141,15 +153,16 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         backend_env=backend_env,
         user_env=env,
         rest_options=wanted.rest_options,
-        user_constraints=wanted.constraints,
+        user_constraints=list(wanted.constraints) + [Requirement(f) for f in routed.fences],
         rest_args=wanted.rest_args,
         runner_python=sys.executable,
         offers_source=offers.source if offers else "table",
         extra_backend=extra_backend,
         extra_build=extra_build,
-        reinstall=tuple(stale) + req.reinstall,
-        warnings=warnings,
+        reinstall=tuple(stale) + req.reinstall + routed.remove,
+        warnings=warnings + list(routed.warnings),
     )
+    plan = replace(plan, routes=routed.routes)
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
     if backend_phase is not None and offers is not None and offers.source == "index":
         # What the backend phase installs, including what a backend switch reinstalls.
@@ -240,7 +253,11 @@ def _pulled_in(req: Request, reqs, wanted, target, settings, env: dict, warnings
     from backendpick import transitive
 
     family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
-    rest = [r for r in reqs if config.normalize(r.name) not in family and config.normalize(r.name) not in nbi]
+    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
+    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
+    # sdist of them, which says nothing about what the routed build needs.
+    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
+    rest = [r for r in reqs if config.normalize(r.name) not in family | nbi | routed_away]
     backend, build = set(req.extra_backend), set(req.extra_build)
     if rest and plan_mod.satisfied(rest, target.installed, target.markers) is not None:
         found = transitive.find(plan_mod.pip_argv(target, sys.executable), rest, rest_options=wanted.rest_options,
@@ -251,6 +268,18 @@ def _pulled_in(req: Request, reqs, wanted, target, settings, env: dict, warnings
         if found.note:
             warnings.append(found.note)
     return tuple(sorted(backend)), tuple(sorted(build))
+def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers | None, reqs) -> str | None:
+    """The torch the recipes' ``{torch}`` means: the installed one when the backend phase keeps
+    it (same backend, requirement met), else the one it is expected to install."""
+    from backendpick.verify import torch_build
+
+    installed = torch_build(target, facts)
+    predicted = _predicted_torch(facts, decision, offers)
+    keeps = installed is not None and installed.backend == decision.backend and \
+        _torch_spec(reqs).contains(installed.version.split("+")[0], prereleases=True)
+    if installed is not None and (keeps or predicted is None):
+        return installed.version
+    return predicted.version if predicted is not None else None
 
 
 def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
@@ -407,6 +436,8 @@ def render(out: Output, p: plan_mod.Plan) -> None:
             fenced = len(ph.constraints) - len(pins)
             out.line(f"  constraints ({p.constraints_path}): {', '.join(pins)}"
                      + (f" (+{fenced} packages blocked unless an earlier phase installs them)" if fenced else ""))
+    for route in p.routes:
+        out.line(f"package {route.line()}")
     if not p.phases:
         out.line("nothing to install")
     for w in p.warnings:

@@ -96,6 +96,10 @@ def check(
     problems += missing_problems(target, wanted, nbi, flag, from_project=from_project)
     built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime)
     problems += built
+    from backendpick import fingerprint
+
+    problems += fingerprint.problems(target, tb.backend if tb else None, tb.version if tb else None,
+                                     settings.recipes, flag)
     if runtime and tb is not None:
         problems += extension_problems(target, facts, flag, tb.backend)
         # pip check repeats what the metadata checks already said about a package; keep the

@@ -88,6 +88,10 @@ def _metadata_text(
     ]
     if requires_python:
         lines.append(f"Requires-Python: {requires_python}")
+    requires = list(requires)
+    # Extras named in markers are declared, as real metadata does (pip ignores undeclared ones).
+    extras = dict.fromkeys(m for req in requires for m in re.findall(r"extra\s*==\s*['\"]([^'\"]+)['\"]", req))
+    lines.extend(f"Provides-Extra: {extra}" for extra in extras)
     lines.extend(f"Requires-Dist: {req}" for req in requires)
     return "\n".join(lines) + "\n\n"
 

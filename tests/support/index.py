@@ -344,6 +344,14 @@ class IndexServer:
             if metadata is not None:
                 return self._logged(path, index, "metadata", rest[0], _Response(HTTPStatus.OK, metadata, _OCTET_STREAM))
             return self._logged(path, index, "metadata", rest[0], _Response(HTTPStatus.NOT_FOUND))
+        if section.endswith(".html") and not rest:
+            # A find-links page (data.pyg.org/whl/torch-2.5.0+cu124.html): a static file of
+            # the index folder whose links point into its files/.
+            page_path = self.root / index / section
+            if page_path.is_file():
+                page = _Response(HTTPStatus.OK, page_path.read_bytes(), "text/html")
+                return self._logged(path, index, "page", section, page)
+            return self._logged(path, index, "page", section, _Response(HTTPStatus.NOT_FOUND))
         if section == "files" and len(rest) == 1:
             file_path = self.root / index / rest[0]
             if project_of(rest[0]) and file_path.is_file():
