@@ -38,6 +38,20 @@ def _major_of(groups: Mapping[str, str], kind: str) -> int | None:
     return None
 
 
+def _kind_of(groups: Mapping[str, str]) -> str | None:
+    """The kind a one-template name says (spconv-{backend}, nvidia-dali-cuda{cuda_major}0)."""
+    if groups.get("backend"):
+        try:
+            return Backend.parse(groups["backend"]).kind
+        except ConfigError:
+            return None
+    if any(k.startswith("cuda") for k in groups):
+        return CUDA
+    if any(k.startswith("rocm") for k in groups):
+        return ROCM
+    return None
+
+
 def _tag_backend(version: str, style: str) -> tuple[str | None, Backend | None]:
     """(torch minor, backend) from ``+pt25cu124`` (style "pt") or ``+cu124`` (style "cu")."""
     if "+" not in version:
@@ -73,7 +87,7 @@ def _cuda_major_text(torch: Backend) -> str:
 def problems(target: Target, torch_backend: Backend | None, torch_version: str | None,
              recipes: Mapping[str, tuple], python_flag: str = ""):
     """Problems of installed recipe packages built for another backend or torch than torch's."""
-    from backendpick.routing import variants
+    from backendpick.routing import variant_pattern, variants
     from backendpick.verify import Problem
 
     if torch_backend is None or torch_version is None:
@@ -93,14 +107,17 @@ def problems(target: Target, torch_backend: Backend | None, torch_version: str |
                                f"{py} -m pip uninstall -y {' '.join(names)} && backendpick install{python_flag} {name}"))
             continue
         for dist_name, kind in found.items():
-            if not torch_backend.is_gpu or kind == rc.ANY:
+            if not torch_backend.is_gpu:
                 continue
             recipe = rows[-1]
             template = (recipe.fingerprint or recipe.name).get(kind, "")
-            from backendpick.routing import variant_pattern
-
             m = variant_pattern(template).match(dist_name)
-            major = _major_of(m.groupdict() if m else {}, kind)
+            groups = m.groupdict() if m else {}
+            if kind == rc.ANY:
+                kind = _kind_of(groups)
+                if kind is None:
+                    continue
+            major = _major_of(groups, kind)
             wrong_kind = kind != torch_backend.kind
             wrong_major = not wrong_kind and major is not None and torch_backend.kind == CUDA and major != torch_backend.version[0]
             if wrong_kind or wrong_major:

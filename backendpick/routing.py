@@ -60,7 +60,12 @@ class Route:
         target = Requirement(self.requirement)
         shown = target.name + (f"[{','.join(sorted(target.extras))}]" if target.extras else "")
         if target.url:
-            shown += f" {target.url.rsplit('/', 1)[-1]}"
+            from urllib.parse import unquote
+
+            try:
+                shown += f" {parse_wheel_filename(unquote(target.url.rsplit('/', 1)[-1]))[1]}"
+            except (InvalidWheelFilename, InvalidVersion):
+                shown += f" {target.url}"
         elif str(target.specifier):
             shown += str(target.specifier)
         where = f"; from {redact(self.url)}" if self.url else ""
