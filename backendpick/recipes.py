@@ -44,6 +44,7 @@ KEYS: dict[str, str] = {
     "versions": "the package versions this recipe is for, e.g. \">=13\"",
     "fingerprint": "the distribution an installed build adds, per kind (what verify compares with torch)",
     "fingerprint-tag": '"pt" (local tag +pt25cu124) or "cu" (+cu124): what verify reads from the version',
+    "url-only": "true: only a direct URL or path installs it (the name on package indexes is another project)",
     "note": "a line shown with the recipe",
     "source": "where the facts come from (URL)",
     "checked": "the date they were checked",
@@ -79,6 +80,7 @@ class Recipe:
     source: str = ""
     checked: str = ""
     unverified: str = ""
+    url_only: bool = False
     origin: str = "shipped"  # "shipped", or the pyproject.toml that defined it
 
     @property
@@ -208,6 +210,10 @@ def parse(package: str, row: Mapping[str, Any], origin: str = "shipped") -> Reci
                               hint='e.g. versions = ">=13"') from None
     if "fingerprint-tag" in row and row["fingerprint-tag"] not in ("pt", "cu"):
         raise ConfigError(f"{_where(origin, package, 'fingerprint-tag')} must be \"pt\" or \"cu\"")
+    if "url-only" in row:
+        if not isinstance(row["url-only"], bool):
+            raise ConfigError(f"{_where(origin, package, 'url-only')} must be true or false")
+        kw["url_only"] = row["url-only"]
     for key in ("note", "source", "checked", "unverified", "fingerprint-tag"):
         if key in row:
             if not isinstance(row[key], str):

@@ -159,6 +159,13 @@ def route(
         name = normalize(req.name)
         rows = recipes.get(name)
         recipe = rc.choose(rows, req.specifier) if rows and markers_ok(req) else None
+        if recipe is not None and recipe.url_only and not req.url:
+            raise NoBackendError(
+                f"{req.name} comes only from a direct URL or a local checkout"
+                + (f" ({recipe.note})" if recipe.note else ""),
+                hint=f"name it as a URL, e.g. '{req.name} @ git+https://...', or a path to a checkout "
+                     f"(source: {recipe.source or recipe.origin})",
+            )
         if recipe is None or req.url:
             out.append(req)
             continue

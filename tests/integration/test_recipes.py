@@ -37,6 +37,7 @@ class Done:
     install: Result
     versions: dict
     verify: Result
+    rerun: Result
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def done(lab: Lab, proj: Path) -> Done:
     install = ok(lab.run("install", *where, *DONE, machine=MACHINE))
     versions = lab.versions(venv)
     verify = lab.run("verify", *where, machine=MACHINE)
-    return Done(venv, plan, dry, sh, install, versions, verify)
+    rerun = ok(lab.run("install", *where, *DONE, machine=MACHINE))
+    return Done(venv, plan, dry, sh, install, versions, verify, rerun)
 
 
 def test_each_package_gets_its_cu124_build_without_a_source_build(done: Done, lab: Lab) -> None:
@@ -65,6 +67,11 @@ def test_each_package_gets_its_cu124_build_without_a_source_build(done: Done, la
     assert "TRAP" not in done.install.output
     downloaded = lab.server.files_downloaded("pypi")
     assert not [f for f in downloaded if f.endswith(".tar.gz")], downloaded
+
+
+def test_a_rerun_on_the_finished_environment_runs_no_pip(done: Done) -> None:
+    assert done.rerun.phases_run == [], done.rerun
+    assert "nothing to do" in done.rerun.output
 
 
 def test_plan_says_where_each_package_comes_from(done: Done, lab: Lab) -> None:

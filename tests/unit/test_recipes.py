@@ -232,6 +232,14 @@ def test_the_cpu_backend(tmp_path: Path) -> None:
     assert got.fences == tuple(sorted(got.fences)) and "jax<0" not in got.fences
 
 
+def test_apex_by_name_would_be_another_project(tmp_path: Path) -> None:
+    with pytest.raises(NoBackendError) as exc:
+        route(tmp_path, ["apex"], CU124)
+    assert exc.value.message.startswith("apex comes only from a direct URL or a local checkout (NVIDIA apex is not on PyPI")
+    got = route(tmp_path, ["apex @ git+https://github.com/NVIDIA/apex"], CU124)
+    assert str(got.requirements[0]) == "apex @ git+https://github.com/NVIDIA/apex"
+
+
 def test_another_cuda_majors_build_is_removed_first(tmp_path: Path) -> None:
     got = route(tmp_path, ["cupy"], CU124, tgt=target(Installed("cupy-cuda11x", "13.3.0")))
     assert got.remove == ("cupy-cuda11x",)
