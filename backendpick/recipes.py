@@ -330,9 +330,11 @@ def values(backend: Backend, *, torch: str | None, python_tag: str, platform: st
 def expand(template: str, vals: Mapping[str, str], package: str) -> str:
     missing = [m.group(1) for m in _PLACEHOLDER_RE.finditer(template) if m.group(1) not in vals]
     if missing:
-        why = "torch is neither installed nor requested" if missing[0].startswith("torch") else "this backend has none"
+        why = ("the torch it is for is not known: torch is not installed and the backend index did not say which "
+               "one the backend phase installs") if missing[0].startswith("torch") else "this backend has none"
         raise NoBackendError(f"the recipe for {package} needs {{{missing[0]}}} ({template}), but {why}",
-                             hint="add torch to the requirements" if missing[0].startswith("torch") else
+                             hint="add torch to the requirements (pin it, e.g. torch==2.5.1, when the index "
+                                  "cannot be read)" if missing[0].startswith("torch") else
                              "choose another backend, or override the recipe in [tool.backendpick.packages]")
     return _PLACEHOLDER_RE.sub(lambda m: vals[m.group(1)], template)
 

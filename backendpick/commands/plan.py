@@ -279,7 +279,11 @@ def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers 
         _torch_spec(reqs).contains(installed.version.split("+")[0], prereleases=True)
     if installed is not None and (keeps or predicted is None):
         return installed.version
-    return predicted.version if predicted is not None else None
+    if predicted is not None:
+        return predicted.version
+    # Offline (the packaged table decided): an exact pin still says which torch it will be.
+    pins = [s.version for s in _torch_spec(reqs) if s.operator in ("==", "===") and "*" not in s.version]
+    return pins[0] if pins else None
 
 
 def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
