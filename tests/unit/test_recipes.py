@@ -149,8 +149,9 @@ def test_placeholders_expand_for_the_matched_backend() -> None:
 def test_version_limited_recipes_follow_the_requirement() -> None:
     rows = rc.shipped()["onnxruntime-gpu"]
     assert rc.choose(rows, SpecifierSet()).versions == SpecifierSet(">=1.27")  # pip takes the newest
-    assert rc.choose(rows, SpecifierSet("<1.27")).versions == SpecifierSet("<1.27")
-    assert rc.choose(rows, SpecifierSet("==1.20.0")).versions == SpecifierSet("<1.27")
+    assert rc.choose(rows, SpecifierSet("<1.27")).versions == SpecifierSet(">=1.19,<1.27")
+    assert rc.choose(rows, SpecifierSet("==1.20.0")).versions == SpecifierSet(">=1.19,<1.27")
+    assert rc.choose(rows, SpecifierSet("<1.18")).versions == SpecifierSet("<1.19")
     assert rc.choose(rows, SpecifierSet("~=1.28")).versions == SpecifierSet(">=1.27")
 
 
@@ -220,7 +221,9 @@ def test_a_backend_the_recipe_lacks_names_what_exists(tmp_path: Path) -> None:
     assert "onnxruntime-gpu has no build for cu124: its recipe lists cu130" in exc.value.message
     assert "pin onnxruntime-gpu<1.27" in exc.value.message
     got = route(tmp_path, ["onnxruntime-gpu<1.27"], CU124)
-    assert [str(r) for r in got.requirements] == ["onnxruntime-gpu<1.27"]
+    assert [str(r) for r in got.requirements] == ["onnxruntime-gpu<1.27,>=1.19"]
+    with pytest.raises(NoBackendError, match="onnxruntime-gpu has no build for cu124: its recipe lists cu118"):
+        route(tmp_path, ["onnxruntime-gpu==1.17.1"], CU124)
 
 
 def test_the_cpu_backend(tmp_path: Path) -> None:
