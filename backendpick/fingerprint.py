@@ -85,8 +85,10 @@ def _cuda_major_text(torch: Backend) -> str:
 
 
 def problems(target: Target, torch_backend: Backend | None, torch_version: str | None,
-             recipes: Mapping[str, tuple], python_flag: str = ""):
-    """Problems of installed recipe packages built for another backend or torch than torch's."""
+             recipes: Mapping[str, tuple], python_flag: str = "", env: Mapping[str, str] | None = None):
+    """Problems of installed recipe packages built for another backend or torch than torch's.
+
+    ``env``: the environment the packages run in (bitsandbytes reads BNB_CUDA_VERSION)."""
     from backendpick.routing import variant_pattern, variants
     from backendpick.verify import Problem
 
@@ -140,6 +142,14 @@ def problems(target: Target, torch_backend: Backend | None, torch_version: str |
                 out.append(Problem(dist.name, f"{dist.version} is built for {' and '.join(reasons)}, but torch is "
                                               f"{torch_version}",
                                    f"backendpick install{python_flag} --reinstall {dist.name} {dist.name}"))
+    # bitsandbytes ships one library per CUDA version and loads the one torch.version.cuda names,
+    # unless BNB_CUDA_VERSION overrides it: another major's library next to this torch.
+    bnb = (env or {}).get("BNB_CUDA_VERSION", "")
+    if installed.get("bitsandbytes") is not None and bnb.isdigit() and len(bnb) >= 2 and torch_backend.kind == CUDA \
+            and int(bnb[:-1]) != torch_backend.version[0]:
+        out.append(Problem("bitsandbytes", f"BNB_CUDA_VERSION={bnb} makes it load its CUDA {bnb[:-1]}.{bnb[-1]} library, "
+                                           f"but torch is {_cuda_major_text(torch_backend)}",
+                           "unset BNB_CUDA_VERSION (bitsandbytes then follows torch.version.cuda)"))
     ort = target.files.get(ONNXRUNTIME_INFO)
     if ort and torch_backend.kind in (CUDA, CPU):
         m = re.search(r"^cuda_version\s*=\s*['\"]([0-9.]+)['\"]", ort, flags=re.M)

@@ -202,7 +202,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
         return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
                 + dependency_problems(t, family | nbi, flag, tb=tb, family=family)
                 + fingerprint.problems(t, tb.backend if tb else None, tb.version if tb else None,
-                                       settings.recipes, flag))
+                                       settings.recipes, flag, env=prepared.user_env))
 
     changed = {n for n, d in after.installed.items() if before.installed.get(n) is None
                or before.installed[n].version != d.version}

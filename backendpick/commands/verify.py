@@ -99,7 +99,7 @@ def check(
     from backendpick import fingerprint
 
     problems += fingerprint.problems(target, tb.backend if tb else None, tb.version if tb else None,
-                                     settings.recipes, flag)
+                                     settings.recipes, flag, env=os.environ)
     if runtime and tb is not None:
         problems += extension_problems(target, facts, flag, tb.backend)
         # pip check repeats what the metadata checks already said about a package; keep the

@@ -338,3 +338,11 @@ def test_onnxruntime_records_its_cuda() -> None:
     assert got == ["onnxruntime-gpu: 1.28.0 is built for CUDA 13.0, but torch is cu124 (CUDA 12) | "
                    "backendpick install --reinstall onnxruntime-gpu onnxruntime-gpu (CUDA 12: pin onnxruntime-gpu<1.27)"]
     assert problems(Installed("onnxruntime-gpu", "1.28.0"), files=info, torch="2.9.1+cu130") == []
+
+
+def test_bitsandbytes_follows_torch_unless_bnb_cuda_version_overrides() -> None:
+    tgt = target(Installed("bitsandbytes", "0.45.0"))
+    ok = fingerprint.problems(tgt, CU124, "2.6.0+cu124", rc.shipped(), "", env={"BNB_CUDA_VERSION": "126"})
+    assert ok == []
+    [bad] = fingerprint.problems(tgt, CU124, "2.6.0+cu124", rc.shipped(), "", env={"BNB_CUDA_VERSION": "118"})
+    assert bad.message == "BNB_CUDA_VERSION=118 makes it load its CUDA 11.8 library, but torch is cu124 (CUDA 12)"
