@@ -38,6 +38,7 @@ class Done:
     versions: dict
     verify: Result
     rerun: Result
+    plan_json: dict
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def done(lab: Lab, proj: Path) -> Done:
     venv = lab.new_venv()
     where = ("--python", py(venv), "--project", str(proj))
     plan = ok(lab.run("plan", *where, *DONE, machine=MACHINE))
+    plan_json = ok(lab.run("plan", "--json", *where, *DONE, machine=MACHINE)).json()
     dry = ok(lab.run("install", "--dry-run", *where, *DONE, machine=MACHINE))
     sh = ok(lab.run("plan", "--format", "sh", *where, *DONE, machine=MACHINE))
     lab.server.clear_log()
@@ -53,7 +55,7 @@ def done(lab: Lab, proj: Path) -> Done:
     versions = lab.versions(venv)
     verify = lab.run("verify", *where, machine=MACHINE)
     rerun = ok(lab.run("install", *where, *DONE, machine=MACHINE))
-    return Done(venv, plan, dry, sh, install, versions, verify, rerun)
+    return Done(venv, plan, dry, sh, install, versions, verify, rerun, plan_json)
 
 
 def test_each_package_gets_its_cu124_build_without_a_source_build(done: Done, lab: Lab) -> None:
@@ -91,6 +93,21 @@ def test_plan_says_where_each_package_comes_from(done: Done, lab: Lab) -> None:
     constraints = (done.venv / ".backendpick" / "constraints.txt").read_text().split()
     assert "onnxruntime-gpu<0" in constraints and "torch-sparse<0" in constraints
     assert "cupy<0" in constraints  # the sdist name: only cupy-cuda12x may come in
+
+
+def test_plan_json_lists_each_route(done: Done) -> None:
+    routes = {r["package"]: r for r in done.plan_json["packages"]}
+    assert set(routes) == {"torch-scatter", "cupy", "jax", "llama-cpp-python"}
+    assert routes["cupy"]["requirement"] == "cupy-cuda12x" and routes["cupy"]["phase"] == "rest"
+    assert routes["torch-scatter"]["url"].endswith("/pyg/torch-2.6.0+cu124.html")
+    assert routes["jax"]["source"] == "https://docs.jax.dev/en/latest/installation.html"
+
+
+def test_a_project_without_torchs_backend_takes_the_newest_of_the_same_major(lab: Lab, proj: Path) -> None:
+    res = ok(lab.run("plan", "--project", str(proj), "torch", "llama-cpp-python", machine="nvidia-560-a100"))
+    assert "backend: cu126" in res.stdout
+    assert f"from {lab.server.base_url}/llama-cu125/simple" in res.stdout
+    assert "the recipe for llama-cpp-python is partly unverified" in res.stderr
 
 
 def test_verify_accepts_the_result_then_names_a_mismatch(done: Done, lab: Lab) -> None:
