@@ -107,7 +107,12 @@ def test_defaults_without_pyproject(tmp_path):
     settings = load(tmp_path)
     assert settings.pyproject.path is None
     assert settings.backend_packages == tuple(dict.fromkeys(config.normalize(p) for p in FACTS.backend_packages))
-    assert set(settings.no_build_isolation) == {config.normalize(n) for n in FACTS.no_build_isolation}
+    # The facts' list, and the shipped recipes that build after torch (deepspeed, apex).
+    from backendpick import recipes
+
+    built = {n for n, rows in recipes.shipped().items() if rows[-1].build is not None}
+    assert built == {"deepspeed", "apex"}
+    assert set(settings.no_build_isolation) == {config.normalize(n) for n in FACTS.no_build_isolation} | built
     assert settings.build == config.BuildSettings()
     assert settings.chosen_backend is None
 
