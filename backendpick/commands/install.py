@@ -167,8 +167,10 @@ def _renamed_dependency(prepared: Prepared, hit, req: Request, snapshot) -> None
     """A dependency needs a package whose build for this backend has another name (cupy ->
     cupy-cuda12x): pip cannot let one stand for the other, and the name itself is a long
     source build, so stop with the way out instead of retrying."""
+    from packaging.requirements import Requirement
+
     renamed = [r for r in prepared.plan.routes if normalize(r.package) in hit.recipe
-               and normalize(r.requirement.split("[")[0].split(" ")[0].split("=")[0].split(">")[0].split("<")[0]) != normalize(r.package)]
+               and normalize(Requirement(r.requirement).name) != normalize(r.package)]
     if not renamed:
         return
     r = renamed[0]
