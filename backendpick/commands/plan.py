@@ -134,11 +134,14 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     # Packages with a recipe: each one's build for this backend (routing.py), or an error now.
     from backendpick import routing
 
+    # Family members a dependency pulled in go through their recipe too (triton on ROCm is
+    # pytorch-triton-rocm).
+    recipe_backend = tuple(n for n in req.extra_backend if config.normalize(n) in settings.recipes)
     routed = routing.route(
         wanted.requirements, settings=settings, backend=decision.backend, target=target,
         torch=_torch_for_recipes(facts, target, decision, offers, reqs),
         backend_index=index_url_for(template, decision.backend), client=client,
-        markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=req.extra_recipe,
+        markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=req.extra_recipe + recipe_backend,
     )
     if routed.family:
         settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
@@ -157,7 +160,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         rest_args=wanted.rest_args,
         runner_python=sys.executable,
         offers_source=offers.source if offers else "table",
-        extra_backend=extra_backend,
+        extra_backend=tuple(n for n in extra_backend if n not in recipe_backend),
         extra_build=extra_build,
         reinstall=tuple(stale) + req.reinstall + routed.remove,
         warnings=warnings + list(routed.warnings),

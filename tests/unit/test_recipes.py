@@ -212,6 +212,11 @@ def test_rocm_names_and_the_backend_index(tmp_path: Path) -> None:
     assert got.routes[1].phase == "backend"
 
 
+def test_a_pulled_in_triton_on_rocm_is_the_rocm_build(tmp_path: Path) -> None:
+    got = route(tmp_path, ["torch"], ROCM62, torch="2.5.1+rocm6.2", extra=("triton",))
+    assert [str(r) for r in got.requirements] == ["torch", "pytorch-triton-rocm"]
+
+
 def test_a_backend_the_recipe_lacks_names_what_exists(tmp_path: Path) -> None:
     with pytest.raises(NoBackendError) as exc:
         route(tmp_path, ["jax"], ROCM62, torch="2.5.1+rocm6.2")
