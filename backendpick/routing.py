@@ -147,7 +147,7 @@ def route(
     family = set(settings.backend_packages)
     nbi = set(settings.no_build_isolation)
     present = {normalize(r.name) for r in requirements}
-    reqs = list(requirements) + [Requirement(n) for n in extra if normalize(n) not in present]
+    reqs = list(requirements) + [Requirement(n) for n in extra if normalize(Requirement(n).name) not in present]
     out: list[Requirement] = []
     routes: list[Route] = []
     warnings: list[str] = []

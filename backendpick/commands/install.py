@@ -132,7 +132,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
                 extra_recipe=tuple(sorted(set(req.extra_recipe) | set(hit.recipe))),
             )
             prepared = prepare(req)
-            _renamed_dependency(prepared, hit, req, snapshot)
+            _renamed_dependency(prepared, hit)
         except (InstallError, StateError) as exc:
             if snapshot is not None:
                 exc.hint = (exc.hint + "; " if exc.hint else "") + \
@@ -163,7 +163,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     return 0
 
 
-def _renamed_dependency(prepared: Prepared, hit, req: Request, snapshot) -> None:
+def _renamed_dependency(prepared: Prepared, hit) -> None:
     """A dependency needs a package whose build for this backend has another name (cupy ->
     cupy-cuda12x): pip cannot let one stand for the other, and the name itself is a long
     source build, so stop with the way out instead of retrying."""
@@ -175,10 +175,9 @@ def _renamed_dependency(prepared: Prepared, hit, req: Request, snapshot) -> None
         return
     r = renamed[0]
     builds = f"{r.package}'s build for {prepared.plan.backend} is the distribution {r.requirement}"
+    # The caller adds the way back to the snapshot.
     hint = (f"install {r.requirement} first, then the package that depends on {r.package} with pip --no-deps; "
             f"or leave that package out")
-    if snapshot is not None:
-        hint += f"; to return to the environment before this install: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}"
     raise InstallError(f"a requested package depends on {r.package}, but {builds} and pip cannot install one for the other "
                        f"(the {r.package} sdist is a long source build)", hint=hint)
 
