@@ -136,7 +136,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
 
     # Family members a dependency pulled in go through their recipe too (triton on ROCm is
     # pytorch-triton-rocm).
-    recipe_backend = tuple(n for n in req.extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
+    recipe_backend = tuple(n for n in extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
     routed = routing.route(
         wanted.requirements, settings=settings, backend=decision.backend, target=target,
         torch=_torch_for_recipes(facts, target, decision, offers, reqs),
