@@ -107,6 +107,11 @@ def _plan_options(func):
         click.option("--index-url", default=None, metavar="TEMPLATE",
                      help="Backend index template with {backend} (default https://download.pytorch.org/whl/{backend})."),
         compat_option,
+        click.option("--installer", type=click.Choice(["pip", "uv"]), default=None,
+                     help="The installer that runs the phases: pip (default) or uv "
+                          "(BACKENDPICK_INSTALLER, [tool.backendpick] installer)."),
+        click.option("--refresh", is_flag=True,
+                     help="Ask the indexes again even when the environment matches the last install."),
         json_option,
     ]
     for option in reversed(options):
@@ -121,7 +126,8 @@ def _request(**kw):
         project_dir=kw["project_dir"], requirements=tuple(kw["requirement"]), files=tuple(kw["files"]),
         editables=tuple(kw["editables"]),
         extras=tuple(kw["extras"]), groups=tuple(kw["groups"]), python=kw["python"], backend=kw["backend"],
-        index_url=kw["index_url"], cuda_compat=kw["cuda_compat"],
+        index_url=kw["index_url"], cuda_compat=kw["cuda_compat"], installer=kw["installer"],
+        refresh=kw["refresh"],
     )
 
 

@@ -21,6 +21,7 @@ from backendpick.facts import Facts
 ENV_BACKEND = "BACKENDPICK_BACKEND"
 ENV_INDEX_URL = "BACKENDPICK_INDEX_URL"
 ENV_CUDA_COMPAT = "BACKENDPICK_CUDA_COMPAT"
+ENV_INSTALLER = "BACKENDPICK_INSTALLER"
 
 # key -> (expected type, description). The README's settings table documents the same keys.
 KEYS: dict[str, tuple[type, str]] = {
@@ -37,6 +38,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "build": (dict, "source builds: max-jobs, arch-list, env, checks"),
     "packages": (dict, "recipes: package -> how it gets the build for torch's backend (replaces or adds to the shipped ones)"),
     "mirrors": (dict, "URL prefix -> replacement, for every URL backendpick derives (indexes, pages, wheels)"),
+    "installer": (str, '"pip" (default) or "uv": the installer that runs the plan\'s phases'),
 }
 
 # [tool.backendpick.build] keys -> (expected type, description).
@@ -226,6 +228,7 @@ class Settings:
     # normalized name -> recipes.Recipe tuple: the shipped ones with [tool.backendpick.packages]
     recipes: dict = field(default_factory=dict)
     mirrors: tuple = ()  # (prefix, replacement) pairs
+    installer: Setting = Setting("pip", "default")
 
 
 def normalize(name: str) -> str:
@@ -252,6 +255,7 @@ def load(
     index_url: str | None = None,
     cuda_compat: str | None = None,
     env: Mapping[str, str] | None = None,
+    installer: str | None = None,
 ) -> Settings:
     env = os.environ if env is None else env
     pyproject = read_pyproject(project_dir)
@@ -279,6 +283,10 @@ def load(
     compat_s = _pick(cuda_compat, env, ENV_CUDA_COMPAT, tool, "cuda-compat", "strict", pyproject.path)
     if compat_s.value not in ("strict", "minor"):
         raise ConfigError(f"cuda-compat from {compat_s.source} must be \"strict\" or \"minor\", not {compat_s.value!r}")
+
+    installer_s = _pick(installer, env, ENV_INSTALLER, tool, "installer", "pip", pyproject.path)
+    if installer_s.value not in ("pip", "uv"):
+        raise ConfigError(f"installer from {installer_s.source} must be \"pip\" or \"uv\", not {installer_s.value!r}")
 
     packages = tuple(tool.get("backend-packages", facts.backend_packages)) + tuple(tool.get("extra-backend-packages", ()))
     nbi_names = tool.get("no-build-isolation", list(facts.no_build_isolation))
@@ -345,6 +353,7 @@ def load(
         chosen_backend=chosen,
         recipes=recipes,
         mirrors=mirrors,
+        installer=installer_s,
     )
 
 

@@ -11,6 +11,7 @@ import shlex
 
 from backendpick import __version__
 from backendpick.config import redact
+from backendpick.engine import UV, UV_SOURCE_VARS
 from backendpick.pipconf import SOURCE_KEYS
 from backendpick.plan import BACKEND, REMOVE, Plan
 
@@ -81,6 +82,11 @@ def to_shell(plan: Plan) -> str:
         "  trap 'rm -f \"$CONSTRAINTS\"' EXIT",
         "fi",
     ]
+    uv = plan.installer == UV
+    uv_exe = next((p.argv[0] for p in plan.phases if p.name != REMOVE), None) if uv else None
+    if uv:
+        out.append("# uv reads no pip.conf: the package sources of this machine's pip configuration are on each command.")
+        out.append('UV="${UV:-uv}"')
     if "@" in plan.index_url.split("//", 1)[-1].split("/", 1)[0]:
         out.append("# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file.")
     for route in plan.routes:
@@ -101,12 +107,19 @@ def to_shell(plan: Plan) -> str:
         for a in (phase.base_argv or phase.argv):
             if a == python:
                 words.append('"$PY"')
+            elif uv and a == uv_exe:
+                words.append('"$UV"')
             elif a == constraints:
                 words.append('"$CONSTRAINTS"')
             else:
                 words.append(shlex.quote(redact(a)))
         env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(phase.env.items()) if k == "PIP_CONFIG_FILE"]
         unset = [f"-u {k}" for k in phase.unset if k in _SOURCE_VARS]
+        if uv:
+            # The plan decides every source: no UV_* variable of the image may add one (uv
+            # reads no pip configuration, so the pip subshell below is not needed).
+            out.append(" ".join(["env", *[f"-u {k}" for k in UV_SOURCE_VARS]] + words))
+            continue
         if phase.name == BACKEND:
             # Whatever the image's environment says, the backend phase reads no pip sources
             # (PIP_CONSTRAINT included: a constraint could pin torch to another build); the

@@ -99,3 +99,79 @@ def _from_table(facts: Facts, candidates: list[Backend], spec: SpecifierSet, fai
         "table",
         (f"no backend index answered ({failures[0]}); chose from backendpick's packaged release table",),
     )
+
+
+def preference(facts: Facts, hardware: Hardware, candidates: list[Backend], policy: str) -> list[Backend]:
+    """The candidates this hardware can run, in the order ``select.choose`` prefers them: GPU
+    builds newest first, then CPU, then anything else asked for (the installed backend kept
+    by auto). A CUDA build the driver cannot run under the policy is never asked for."""
+    from backendpick.facts import dotted
+
+    driver = dotted(hardware.nvidia_driver) if hardware.nvidia_driver else None
+    driver_cuda = dotted(hardware.driver_cuda) if hardware.driver_cuda else None
+    image = dotted(hardware.container_cuda) if hardware.container_cuda else None
+    runtime = dotted(hardware.rocm_version) if hardware.rocm_version else None
+    nvidia = bool(hardware.by_vendor(NVIDIA) or hardware.nvidia_driver)
+
+    def runs(b: Backend) -> bool:
+        if b.kind == CUDA:
+            if nvidia:
+                return facts.cuda_allowed(b.version, driver_cuda=driver_cuda, driver=driver, policy=policy)
+            if image is not None:  # docker build: the image's CUDA major, at or below its version
+                return b.version[0] == image[0] and b.version[:2] <= image[:2]
+            return True
+        if b.kind == ROCM:
+            return runtime is None or b.version[:2] <= runtime[:2]
+        return True
+
+    rank = {CUDA: 0, ROCM: 1, XPU: 2}  # choose's vendor order; newest first within a kind
+    gpu = sorted((b for b in candidates if b.is_gpu and runs(b)),
+                 key=lambda b: (rank.get(b.kind, 3), tuple(-x for x in b.version)))
+    cpu = [b for b in candidates if b.kind == CPU]
+    return gpu + cpu + [b for b in candidates if b not in gpu and b not in cpu and not b.is_gpu]
+
+
+def gather_preferred(
+    facts: Facts,
+    client: IndexClient,
+    template: str,
+    hardware: Hardware,
+    candidates: list[Backend],
+    torch_spec: SpecifierSet,
+    target: Target,
+    *,
+    policy: str,
+    keep: Backend | None = None,
+) -> Offers:
+    """Auto selection: ask the backends the hardware allows one at a time, best first, and stop
+    at the first that ``select.choose`` takes (a GPU build with a matching torch for every GPU).
+
+    ``keep``: the installed GPU backend, asked for too when no GPU build is chosen (auto never
+    downgrades an installed GPU torch to CPU)."""
+    from backendpick.select import choose
+
+    order = preference(facts, hardware, candidates, policy)
+    if keep is not None and keep not in order:
+        order.append(keep)
+    versions: dict[Backend, list[Version]] = {}
+    failures: list[str] = []
+    asked = 0
+    for b in order:
+        asked += 1
+        try:
+            res = client.project(index_url_for(template, b), "torch")
+        except PageNotFound:
+            continue  # this index (or mirror) has no such backend
+        except IndexUnavailable as exc:
+            failures.append(str(exc))
+            continue
+        found = matching_versions(res, "torch", torch_spec, target.python_version_text, target.tags)
+        if not found:
+            continue
+        versions[b] = found
+        decision = choose(hardware, facts, {k: [v.release for v in vs] for k, vs in versions.items()}, policy=policy)
+        if decision.backend.is_gpu and decision.backend in versions and not decision.unserved:
+            break
+    if failures and len(failures) == asked:
+        return _from_table(facts, order, torch_spec, failures)
+    return Offers(versions, "index", tuple(f"could not read {f}" for f in failures))

@@ -173,6 +173,7 @@ class Plan:
     offers_source: str = "index"
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
     routes: tuple = ()  # routing.Route per package with a recipe: where it comes from and why
+    installer: str = "pip"  # the engine whose commands the phases hold (engine.py)
 
     @property
     def building(self) -> frozenset:
@@ -191,6 +192,7 @@ class Plan:
             "python": str(self.python),
             "index_url": redact(self.index_url),
             "offers_source": self.offers_source,
+            "installer": self.installer,
             "constraints_file": str(self.constraints_path),
             "phases": [p.to_json() for p in self.phases],
             "packages": [r.to_json() for r in self.routes],

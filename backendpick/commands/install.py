@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import signal
 
-from backendpick import facts as facts_mod, history, install as executor, lock, runner, target as target_mod
+from backendpick import facts as facts_mod, history, install as executor, lastrun, lock, runner, target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
 from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
@@ -98,6 +98,7 @@ def stopped(exc: BaseException, state: str, hint: str | None = None) -> Stopped:
 
 def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
     prepared = prepare(req, target=target)
+    request_key = prepared.request_key  # the user's request, before any retry adds to it
     snapshot = None
     if prepared.plan.active:
         snapshot = history.record(prepared.target, state_dir(prepared.target))
@@ -141,8 +142,8 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
 
     plan = prepared.plan
     ran = [r for r in results if r.skipped is None]
-    if ran:
-        _verify_result(out, prepared, req, snapshot)
+    after = _verify_result(out, prepared, req, snapshot) if ran else prepared.target
+    _remember(prepared, request_key, after)
     if out.json_mode:
         out.emit_json({
             "ok": True,
@@ -182,7 +183,21 @@ def _renamed_dependency(prepared: Prepared, hit) -> None:
                        f"(the {r.package} sdist is a long source build)", hint=hint)
 
 
-def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> None:
+def _remember(prepared: Prepared, request_key: str, after: target_mod.Target) -> None:
+    """Record what this install chose, so a re-run on the same environment asks no index."""
+    offers = prepared.offers
+    torch = after.get("torch")
+    try:
+        lastrun.save(state_dir(after, prepared.user_env), request=request_key,
+                     environment=lastrun.environment_key(after), backend=prepared.plan.backend,
+                     index_url=prepared.plan.index_url, torch=torch.version if torch else None,
+                     offers=offers.versions if offers is not None else {},
+                     offers_source=offers.source if offers is not None else "none")
+    except OSError:
+        pass  # only the shortcut of the next run is lost; the install itself is done
+
+
+def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> target_mod.Target:
     """The checks of ``verify`` on our own result. A problem this install caused (a package it
     changed, or a problem that was not there before) is backendpick's failure; one it inherited
     and did not touch is a warning with its fix."""
@@ -226,6 +241,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> N
         lines = "\n".join(f"problem: {p.package}: {p.message}\n  fix: {p.fix}" for p in ours)
         hint = f"to return to the environment before this install: backendpick restore{flag} {snapshot.id}" if snapshot else None
         raise InstallError("installed, but the result does not verify", details=lines, hint=hint)
+    return after
 
 
 def _execute(out: Output, prepared: Prepared) -> list:

@@ -13,13 +13,14 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, facts as facts_mod, pipconf, plan as plan_mod, requirements, target as target_mod
+from backendpick import config, engine as engine_mod, facts as facts_mod, lastrun, pipconf, plan as plan_mod, requirements
+from backendpick import target as target_mod
 from backendpick.backend import CPU, Backend
 from backendpick.errors import ConfigError, NoBackendError
 from backendpick.facts import Facts, show
 from backendpick.hardware import Hardware
 from backendpick.index import IndexClient
-from backendpick.offers import Offers, candidate_kinds, gather, index_url_for
+from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
 from backendpick.commands.detect import explicit_choice
@@ -44,6 +45,8 @@ class Request:
     extra_build: tuple[str, ...] = field(default_factory=tuple)
     extra_recipe: tuple[str, ...] = field(default_factory=tuple)  # recipe packages a dependency pulled in
     reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
+    installer: str | None = None  # --installer: pip or uv
+    refresh: bool = False  # --refresh: ask the indexes even when the last install's record matches
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Prepared:
     pip_config: pipconf.PipConfig
     backend_env: dict
     user_env: dict
+    request_key: str = ""  # lastrun: the request's fingerprint
+    offers: Offers | None = None  # what the choice was made from
 
 
 def _torch_spec(reqs) -> SpecifierSet:
@@ -72,8 +77,10 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     facts = facts_mod.load()
     settings = config.load(
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
-        cuda_compat=req.cuda_compat, env=env,
+        cuda_compat=req.cuda_compat, env=env, installer=req.installer,
     )
+    # Before any look-up: asking for uv where there is none is a usage error, at once.
+    engine = engine_mod.resolve(settings.installer.value, env, settings.installer.source)
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
                                  editables=req.editables)
     if target is None:
@@ -91,9 +98,23 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     template = settings.index_url.value
     offers: Offers | None = None
     client = IndexClient(pip_config)  # one page cache for every index look-up of this plan
+    state = plan_mod.state_dir(target, env)
+    request = lastrun.request_key(
+        requirements=[str(r) for r in wanted.requirements], options=list(wanted.rest_options),
+        constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=template,
+        compat=settings.cuda_compat.value, family=sorted(family), nbi=sorted(settings.no_build_isolation),
+        hardware=hardware.to_json(), python=str(target.python), extra_backend=list(req.extra_backend),
+        extra_build=list(req.extra_build), reinstall=list(req.reinstall), editables=list(req.editables),
+        hashes=sorted((k, sorted(v)) for k, v in wanted.hashes.items()),
+    )
+    recorded = None if req.refresh else lastrun.load(state, request, lastrun.environment_key(target))
+    recorded_offers = lastrun.offers(recorded) if recorded is not None else None
     if wants_backend:
         spec = _torch_spec(reqs)
-        if explicit is not None:
+        if recorded_offers is not None:
+            # Nothing changed since the last install: its offers decide again, no index is asked.
+            offers = Offers(recorded_offers, "recorded")
+        elif explicit is not None:
             offers = gather(facts, client, template, [explicit.backend], spec, target)
             if explicit.backend not in offers.versions:
                 _explicit_missing(facts, client, template, explicit, spec, target, offers, settings)
@@ -101,9 +122,11 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
             kinds = candidate_kinds(hardware)
             candidates = [b for b in facts.all_backends() if b.kind in kinds]
             kept = _installed_backend(target, facts)
-            if kept is not None and kept.is_gpu and kept not in candidates:
-                candidates.append(kept)  # auto never downgrades: see _keep_installed_gpu_backend
-            offers = gather(facts, client, template, candidates, spec, target)
+            # auto never downgrades (see _keep_installed_gpu_backend): the installed GPU backend
+            # is asked for too when the hardware gives no GPU build.
+            offers = gather_preferred(facts, client, template, hardware, candidates, spec, target,
+                                      policy=settings.cuda_compat.value,
+                                      keep=kept if kept is not None and kept.is_gpu else None)
             _check_answered(offers, settings)
         warnings += offers.warnings
         releases = offers.releases
@@ -129,7 +152,6 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     if stale:
         warnings.append(f"replacing broken companions: {', '.join(stale)}")
 
-    state = plan_mod.state_dir(target, env)
     backend_env = pipconf.backend_phase_env(env, pip_config)
     # Packages with a recipe: each one's build for this backend (routing.py), or an error now.
     from backendpick import routing
@@ -178,9 +200,13 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         plan = prebuilt.attach(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config,
                                env=env, rest_options=wanted.rest_options,
                                predicted=_predicted_torch(facts, decision, offers))
+    if offers is not None and offers.source == "recorded" and plan.active:
+        # The record promised a finished environment, yet something is left to do: ask again.
+        return prepare(replace(req, refresh=True), env, target)
     if wanted.hashes:
         plan = _with_hashes(plan, wanted.hashes, state)
-    return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env)
+    plan = engine.apply(plan, pip_config=pip_config, user_env=env)
+    return Prepared(plan, target, settings, hardware, decision, pip_config, backend_env, env, request, offers)
 
 
 def _with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan:
