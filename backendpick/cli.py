@@ -161,13 +161,18 @@ def plan(fmt: str, **kw) -> int:
 @click.option("--reinstall", multiple=True, metavar="NAME",
               help="Remove NAME and install it again in its phase (e.g. a flash-attn built against another torch).")
 def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, **kw) -> int:
+    from backendpick import target
+
+    # The target's inspection (a subprocess) runs while the plan machinery is imported.
+    inspection = None if dry_run else target.start_inspect(target.choose_python(kw["python"]))
     from backendpick.commands import install as command
     from backendpick.output import Output
 
     out = Output(json_mode=kw["json_mode"], verbose=verbose, quiet=quiet)
     from dataclasses import replace
 
-    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall)), dry_run=dry_run)
+    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall)), dry_run=dry_run,
+                       inspection=inspection)
 
 
 @cli.command(

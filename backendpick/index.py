@@ -8,10 +8,7 @@ honours the user's pip certificate, proxy and trusted hosts.
 from __future__ import annotations
 
 import json
-import ssl
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
@@ -41,14 +38,23 @@ class IndexUnavailable(Exception):
     pass
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[tuple[str, dict]] = []
+def _links(body: str) -> list[tuple[str, dict]]:
+    """(href, attributes) of every anchor of an HTML page. html.parser is imported here: a
+    run that asks no index (a re-run on a finished environment) does not pay for it."""
+    from html.parser import HTMLParser
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "a":
-            self.links.append((dict(attrs).get("href") or "", dict(attrs)))
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.links: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "a":
+                self.links.append((dict(attrs).get("href") or "", dict(attrs)))
+
+    parser = Links()
+    parser.feed(body)
+    return parser.links
 
 
 def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
@@ -59,10 +65,8 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
             FileLink(f["filename"], urljoin(base_url, f["url"]), f.get("requires-python"), bool(f.get("yanked")))
             for f in data.get("files", [])
         ]
-    parser = _Links()
-    parser.feed(body.decode("utf-8", errors="replace"))
     files = []
-    for href, attrs in parser.links:
+    for href, attrs in _links(body.decode("utf-8", errors="replace")):
         url = urljoin(base_url, href)
         name = urlsplit(url).path.rsplit("/", 1)[-1]
         from urllib.parse import unquote
@@ -78,7 +82,9 @@ class IndexClient:
         self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
         self._cache: dict[str, list[FileLink]] = {}
 
-    def _context(self, host: str) -> ssl.SSLContext:
+    def _context(self, host: str):
+        import ssl
+
         ctx = ssl.create_default_context(cafile=self.pip_config.cert) if self.pip_config.cert else ssl.create_default_context()
         if host in self.pip_config.trusted_hosts:
             ctx.check_hostname = False
@@ -186,6 +192,7 @@ def matching_versions(
 
 def fetch_many(client: IndexClient, pages: dict) -> dict:
     """Fetch several ``{key: (index_url, project)}`` pages at once: {key: files | exception}."""
+    from concurrent.futures import ThreadPoolExecutor
 
     def one(page: tuple):
         try:
@@ -193,5 +200,7 @@ def fetch_many(client: IndexClient, pages: dict) -> dict:
         except (PageNotFound, IndexUnavailable) as exc:
             return exc
 
+    if len(pages) == 1:  # no thread for a single page
+        return {key: one(page) for key, page in pages.items()}
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(pages)))) as pool:
         return dict(zip(pages, pool.map(one, pages.values())))

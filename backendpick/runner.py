@@ -40,14 +40,27 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def capture(
+class Started:
+    """A child started by ``start``; ``result`` waits for it like ``capture``."""
+
+    def __init__(self, args: tuple[str, ...], proc: subprocess.Popen | None, timeout: float, error: str | None = None):
+        self.args, self.proc, self.timeout, self.error = args, proc, timeout, error
+
+    def result(self) -> Result:
+        if self.proc is None:
+            return Result(self.args, None, "", "", error=self.error)
+        return _finish(self.args, self.proc, self.timeout)
+
+
+def start(
     argv: Sequence[str | Path],
     *,
     timeout: float,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-) -> Result:
-    """Run ``argv`` to completion, capturing output; never raises for the child's failures."""
+) -> Started:
+    """Start ``argv`` with captured output and return at once: the caller does other work (imports,
+    probing) while it runs, then calls ``result()``. The timeout counts from ``result()``."""
     args = tuple(str(a) for a in argv)
     try:
         proc = subprocess.Popen(
@@ -60,7 +73,22 @@ def capture(
             start_new_session=sys.platform != "win32",
         )
     except OSError as exc:
-        return Result(args, None, "", "", error=f"could not run {args[0]}: {exc.strerror or exc}")
+        return Started(args, None, timeout, error=f"could not run {args[0]}: {exc.strerror or exc}")
+    return Started(args, proc, timeout)
+
+
+def capture(
+    argv: Sequence[str | Path],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Result:
+    """Run ``argv`` to completion, capturing output; never raises for the child's failures."""
+    return start(argv, timeout=timeout, env=env, cwd=cwd).result()
+
+
+def _finish(args: tuple[str, ...], proc: subprocess.Popen, timeout: float) -> Result:
     try:
         out, err = proc.communicate(timeout=timeout)
     except (KeyboardInterrupt, Interrupted):

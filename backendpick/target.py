@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from backendpick.errors import ConfigError
-from backendpick.runner import capture
+from backendpick.runner import Started, start
 
 # Runs inside the target interpreter (3.9+). Only the standard library, plus pip's vendored
 # packaging for the wheel tags when pip is there.
@@ -168,20 +168,50 @@ def _venv_python(directory: Path, source: str) -> Path:
                       hint="pass the venv directory or the interpreter itself")
 
 
+class Inspection:
+    """An inspection of the target started in the background (``start_inspect``)."""
+
+    def __init__(self, python: Path, started: Started | None, error: ConfigError | None = None):
+        self.python, self.started, self.error = python, started, error
+
+    def result(self) -> Target:
+        if self.error is not None or self.started is None:
+            raise self.error or ConfigError(f"cannot inspect target interpreter {self.python}")
+        return _parse(self.python, self.started.result())
+
+
+def _unusable(python: Path) -> ConfigError | None:
+    """Why ``python`` cannot be run, or None."""
+    if not python.exists() and python.is_symlink():
+        return ConfigError(f"target interpreter {python} is a broken link to {os.readlink(python)}",
+                           hint="recreate the virtual environment, or pass --python PATH to a working python")
+    if python.exists() and not os.access(python, os.X_OK):
+        return ConfigError(f"target interpreter {python} is not executable",
+                           hint="pass --python PATH to a python you can run")
+    if not python.exists():
+        return ConfigError(f"target interpreter {python} does not exist", hint="pass --python PATH to an existing python")
+    return None
+
+
+def start_inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Inspection:
+    """Start inspecting ``python`` and return at once; ``result()`` gives the Target (or raises
+    why there is none)."""
+    error = _unusable(python)
+    if error is not None:
+        return Inspection(python, None, error)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return Inspection(python, start([python, "-I", "-c", _SCRIPT, *([] if tags else ["--no-tags"])],
+                                    timeout=timeout, env=env))
+
+
 def inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Target:
     """``tags=False`` skips the wheel tags (only index queries need them; a few tens of ms)."""
+    return start_inspect(python, timeout=timeout, tags=tags).result()
+
+
+def _parse(python: Path, res) -> Target:
     from backendpick.config import normalize
 
-    if not python.exists() and python.is_symlink():
-        raise ConfigError(f"target interpreter {python} is a broken link to {os.readlink(python)}",
-                          hint="recreate the virtual environment, or pass --python PATH to a working python")
-    if python.exists() and not os.access(python, os.X_OK):
-        raise ConfigError(f"target interpreter {python} is not executable",
-                          hint="pass --python PATH to a python you can run")
-    if not python.exists():
-        raise ConfigError(f"target interpreter {python} does not exist", hint="pass --python PATH to an existing python")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    res = capture([python, "-I", "-c", _SCRIPT, *([] if tags else ["--no-tags"])], timeout=timeout, env=env)
     if not res.ok:
         detail = (res.error or res.stderr.strip().splitlines()[-1:] or ["no output"])
         raise ConfigError(f"cannot inspect target interpreter {python}: {detail if isinstance(detail, str) else detail[0]}")

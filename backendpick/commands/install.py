@@ -67,7 +67,8 @@ class _Progress:
             self.status = None
 
 
-def run(out: Output, req: Request, *, dry_run: bool) -> int:
+def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Inspection | None = None) -> int:
+    """``inspection``: the target's inspection, started by the caller while it imported us."""
     if dry_run:
         prepared = prepare(req)
         if out.json_mode:
@@ -81,7 +82,7 @@ def run(out: Output, req: Request, *, dry_run: bool) -> int:
                 out.warn(w)
         return 0
 
-    target = target_mod.inspect(target_mod.choose_python(req.python))
+    target = (inspection or target_mod.start_inspect(target_mod.choose_python(req.python))).result()
     try:
         with runner.stop_children_on_signals(), lock.hold(state_dir(target), on_wait=out.info) as waited:
             # After a wait another run changed the environment: look again.

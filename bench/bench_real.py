@@ -1,0 +1,277 @@
+"""Whole-process wall times on real torch wheels: backendpick with each engine against plain pip
+and plain uv, cold and warm cache, each sample in a fresh venv.
+
+The wheels come from folders already on disk (by default this machine's package mirror:
+/opt/pypi-more/files holds torch 2.14.1, PyPI's CUDA 13.0 build, with its nvidia-* wheels and
+torchvision; /opt/pypi/files the plain dependencies). They are served as a PEP 503 index
+(``/cu130/simple/``) from 127.0.0.1 by a static file server that lets the installers cache
+files as PyPI does (``Cache-Control: max-age`` on files). Nothing reaches the network.
+
+Per round, in this order (so drift hits every tool alike), each in a fresh venv:
+
+* plain pip:        pip install --index-url <mirror> torch==2.14.1 torchvision
+* plain uv:         uv pip install --python <venv> --no-config --index-url <mirror> torch==2.14.1 torchvision
+* backendpick pip:  backendpick install --backend cu130 --installer pip torch==2.14.1 torchvision
+* backendpick uv:   backendpick install --backend cu130 --installer uv torch==2.14.1 torchvision
+
+"cold": an empty cache of the installer for the sample; "warm": the installer's cache after one
+earlier install of the same wheels (another venv, a Docker layer rebuilt with the cache
+mounted). Medians over ``--runs``; ratios from the same run. About 5 GB are installed per
+sample: each venv and each cold cache is removed as soon as it was measured. Results go to
+bench/results/ (gitignored).
+
+    python bench/bench_real.py                       # 3 runs, the default folders
+    python bench/bench_real.py --runs 5 /srv/wheels  # other folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FOLDERS = (Path("/opt/pypi-more/files"), Path("/opt/pypi/files"))
+TORCH_WHEEL = "torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl"
+REQUIREMENTS = ["torch==2.14.1", "torchvision"]
+BACKEND = "cu130"
+# Required by the torch wheel but in no folder of this machine's mirror: a stand-in wheel of a
+# few hundred bytes (the real cuda-bindings is about 10 MB of the ~5 GB), named in the output.
+STAND_INS = {"cuda-bindings": "13.0.3"}
+GOAL_UV_WARM = 1.2  # backendpick --installer uv against plain uv, warm cache
+LAUNCH = (
+    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
+    "from backendpick.cli import main; main()"
+).format(root=str(ROOT))
+
+
+def _project(filename: str) -> str | None:
+    if not filename.endswith(".whl"):
+        return None
+    return re.sub(r"[-_.]+", "-", filename.split("-", 1)[0]).lower()
+
+
+def make_mirror(folders: list[Path], root: Path) -> int:
+    """``root/cu130/simple/<project>/index.html`` linking to ``root/cu130/files/<wheel>``
+    (symlinks to the folders' files; the first folder holding a file name wins)."""
+    files_dir = root / BACKEND / "files"
+    files_dir.mkdir(parents=True)
+    projects: dict[str, list[str]] = {}
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            name = _project(path.name)
+            if name is None or (files_dir / path.name).exists():
+                continue
+            (files_dir / path.name).symlink_to(path)
+            projects.setdefault(name, []).append(path.name)
+    sys.path.insert(0, str(ROOT))
+    from tests.support.dists import make_wheel
+
+    for name, version in STAND_INS.items():
+        if not any(f.split("-")[1] == version for f in projects.get(name, [])):
+            wheel = make_wheel(root / "stand-ins", name, version, summary="stand-in of bench_real.py")
+            (files_dir / wheel.name).symlink_to(wheel)
+            projects.setdefault(name, []).append(wheel.name)
+            print(f"stand-in: {name} {version} is in no folder; serving a placeholder wheel", flush=True)
+    simple = root / BACKEND / "simple"
+    for name, files in projects.items():
+        page = simple / name
+        page.mkdir(parents=True)
+        for f in files:  # PEP 658 metadata, as PyPI serves it: resolvers read it, not the wheel
+            _write_metadata(files_dir / f)
+        links = "".join(f'<a href="../../files/{quote(f)}" data-dist-info-metadata="true" '
+                        f'data-core-metadata="true">{f}</a><br/>\n' for f in files)
+        (page / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+    index = "".join(f'<a href="{n}/">{n}</a><br/>\n' for n in sorted(projects))
+    (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
+    return sum(len(f) for f in projects.values())
+
+
+def _write_metadata(wheel: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+        Path(f"{wheel}.metadata").write_bytes(zf.read(name))
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files; wheels cacheable for a year as on files.pythonhosted.org."""
+
+    def end_headers(self) -> None:
+        if self.path.endswith(".whl"):
+            self.send_header("Cache-Control", "max-age=365000000, immutable, public")
+        else:
+            self.send_header("Cache-Control", "max-age=600, public")
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def base_env(tmp: Path, template: str) -> dict[str, str]:
+    """No PIP_*/UV_* of this machine, no pip configuration, no GPU (explicit backend)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "UV_", "BACKENDPICK_", "VIRTUAL_ENV", "PYTHON"))}
+    probe_root = tmp / "probe-root"
+    probe_root.mkdir(exist_ok=True)
+    env.update(
+        PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+        BACKENDPICK_PROBE_ROOT=str(probe_root), BACKENDPICK_INDEX_URL=template,
+        BACKENDPICK_CACHE_DIR=str(tmp / "bp-wheels"), HOME=str(tmp / "home"), NO_COLOR="1",
+        PATH="/usr/bin:/bin", no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost",
+    )
+    return env
+
+
+def find_uv() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise SystemExit("skipped: uv is not installed (pip install uv, or backendpick[uv])") from None
+        return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="*", type=Path, help="folders of wheels (default: this machine's mirror)")
+    parser.add_argument("--runs", type=int, default=3, help="samples per measurement (default 3)")
+    parser.add_argument("--tmp", type=Path, default=None, help="where venvs and caches go (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    opts = parser.parse_args()
+
+    folders = opts.folders or list(DEFAULT_FOLDERS)
+    missing = [f for f in folders if not f.is_dir()]
+    if missing or not any((f / TORCH_WHEEL).is_file() for f in folders):
+        print(f"skipped: the real-wheel benchmark needs {TORCH_WHEEL} and its dependencies in "
+              f"{', '.join(map(str, folders))} ({'missing: ' + ', '.join(map(str, missing)) if missing else 'no torch wheel'})")
+        return
+    uv = find_uv()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-real-", dir=opts.tmp))
+    httpd = None
+    try:
+        count = make_mirror(folders, tmp / "mirror")
+        httpd, base = serve(tmp / "mirror")
+        index_url = f"{base}/{BACKEND}/simple"
+        env = base_env(tmp, f"{base}/{{backend}}/simple")
+        cwd = tmp / "project"
+        cwd.mkdir()
+        print(f"mirror: {count} wheels from {', '.join(map(str, folders))} at {index_url}", flush=True)
+        n = 0
+
+        def venv() -> Path:
+            nonlocal n
+            n += 1
+            path = tmp / "venvs" / f"v{n}"
+            subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, env=env)
+            return path
+
+        def caches(kind: str, cache: Path) -> dict[str, str]:
+            return {**env, "PIP_CACHE_DIR": str(cache)} if kind == "pip" else {**env, "UV_CACHE_DIR": str(cache)}
+
+        def command(tool: str, v: Path) -> list[str]:
+            py = str(v / "bin" / "python")
+            if tool == "pip":
+                return [py, "-m", "pip", "install", "--index-url", index_url, *REQUIREMENTS]
+            if tool == "uv":
+                return [uv, "pip", "install", "--python", py, "--no-config", "--index-url", index_url, *REQUIREMENTS]
+            engine = tool.split("-")[1]
+            return [sys.executable, "-c", LAUNCH, "install", "--python", py, "--backend", BACKEND,
+                    "--installer", engine, *REQUIREMENTS]
+
+        tools = ("pip", "uv", "bp-pip", "bp-uv")
+        warm_cache = {"pip": tmp / "warm-pip-cache", "uv": tmp / "warm-uv-cache"}
+        # Warm-up, not measured: fills the warm caches, compiles backendpick's bytecode, pages the
+        # wheels into the OS cache (every sample then reads them from memory alike).
+        for kind in ("pip", "uv"):
+            v = venv()
+            print(f"warm-up: {kind} ... ", end="", flush=True)
+            print(f"{timed(command(kind, v), caches(kind, warm_cache[kind]), cwd):.1f}s", flush=True)
+            shutil.rmtree(v)
+        samples: dict[str, list[float]] = {f"{t} {c}": [] for t in tools for c in ("cold", "warm")}
+        for i in range(opts.runs):
+            for tool in tools:
+                kind = "pip" if tool.endswith("pip") else "uv"
+                for state in ("cold", "warm"):
+                    cache = tmp / "cold-cache" if state == "cold" else warm_cache[kind]
+                    v = venv()
+                    seconds = timed(command(tool, v), caches(kind, cache), cwd)
+                    samples[f"{tool} {state}"].append(seconds)
+                    shutil.rmtree(v)
+                    if state == "cold":
+                        shutil.rmtree(cache, ignore_errors=True)
+                    print(f"run {i + 1}/{opts.runs}: {tool:7s} {state}: {seconds:6.2f}s", flush=True)
+
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        ratios = {f"backendpick {e} / plain {e}, {c}": med[f"bp-{e} {c}"] / med[f"{e} {c}"]
+                  for e in ("pip", "uv") for c in ("cold", "warm")}
+        print("\nmedians (s):")
+        for k, v in med.items():
+            print(f"  {k:12s} {v:7.2f}")
+        print("ratios:")
+        for k, v in ratios.items():
+            print(f"  {k:36s} {v:5.2f}x")
+        warm_uv = ratios["backendpick uv / plain uv, warm"]
+        print(f"goal: backendpick uv within {GOAL_UV_WARM}x of plain uv on a warm cache: "
+              f"{'met' if warm_uv <= GOAL_UV_WARM else 'MISSED'} ({warm_uv:.2f}x)")
+        pip_version = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True,
+                                     text=True).stdout.split()[1]
+        uv_version = subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.split()[1]
+        result = {
+            "bench": "real",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "runs": opts.runs,
+            "requirements": REQUIREMENTS,
+            "folders": [str(f) for f in folders],
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "pip": pip_version, "uv": uv_version},
+            "seconds": samples,
+            "median": med,
+            "ratio": {k: round(v, 3) for k, v in ratios.items()},
+            "goal": {"backendpick uv / plain uv, warm": GOAL_UV_WARM},
+        }
+        opts.out.mkdir(parents=True, exist_ok=True)
+        path = opts.out / f"real-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
