@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dists import make_sdist, make_wheel
+from tests.support.engines import ENGINES
 from tests.support.fakehw import FakeMachine
 from tests.support.hermetic import subprocess_env
 from tests.support.index import IndexServer
@@ -158,7 +159,8 @@ def _output(proc: Result | subprocess.CompletedProcess[str]) -> str:
     return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: IndexServer) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: IndexServer, engine: str) -> None:
     _prebuilt_wheel(server, scene.releases)
     scene.no_nvcc()  # nothing is compiled, so no toolkit is needed
     empty = scene.base / "offline-wheels"
@@ -167,7 +169,7 @@ def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: Ind
     scene.prebuilt_sources(str(empty), scene.releases_template)
     venv = scene.world.new_venv(scene.base)
 
-    proc = scene.install(venv)
+    proc = scene.install(venv, "--installer", engine)
     assert proc.returncode == 0, _output(proc)
     assert f"prebuilt wheel {PREBUILT}" in proc.stdout + proc.stderr, _output(proc)
     assert scene.flash_attn(venv)["prebuilt"] is True
@@ -177,12 +179,14 @@ def test_prebuilt_wheel_is_installed_without_any_build(scene: Scene, server: Ind
     assert scene.cache_entries() == []
 
 
-def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Scene, server: IndexServer) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Scene, server: IndexServer,
+                                                                     engine: str) -> None:
     server.index_dir(scene.releases)
     scene.prebuilt_sources(scene.releases_template)  # holds no such file
     first = scene.world.new_venv(scene.base)
 
-    proc = scene.install(first)
+    proc = scene.install(first, "--installer", engine)
     assert proc.returncode == 0, _output(proc)
     said = proc.stdout + proc.stderr
     assert f"no prebuilt wheel {PREBUILT}" in said and "HTTP 404" in said, _output(proc)
@@ -201,7 +205,7 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
     # A second environment: before torch is there, the plan predicts the torch the backend
     # phase installs (2.5.1+cu124 from the index), so --dry-run already names the cached wheel.
     second = scene.world.new_venv(scene.base)
-    dry = scene.install(second, "--dry-run")
+    dry = scene.install(second, "--dry-run", "--installer", engine)
     assert dry.returncode == 0, _output(dry)
     assert "# flash-attn 2.7.4: built before for torch 2.5.1+cu124 (wheel cache:" in dry.stdout, _output(dry)
     [key_file] = sorted(scene.cache.glob("*/*/*/key.json"))
@@ -211,16 +215,18 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
                             "torch==2.5.1"], env=subprocess_env(), capture_output=True, text=True,
                            timeout=TIMEOUT)
     assert torch.returncode == 0, torch.stderr
-    dry = scene.install(second, "--dry-run")
+    dry = scene.install(second, "--dry-run", "--installer", engine)
     assert dry.returncode == 0, _output(dry)
     cached = Path(scene.cache_entries()[0]["wheel"]).name
     [install_line] = [line for line in dry.stdout.splitlines() if "--no-build-isolation" in line]
     assert f"-f {key_file.parent} flash-attn==2.7.4" in install_line, _output(dry)
 
     server.clear_log()
-    proc = scene.install(second)
+    proc = scene.install(second, "--installer", engine)
     assert proc.returncode == 0, _output(proc)
     assert "built before for torch 2.5.1+cu124 (wheel cache" in proc.stdout + proc.stderr, _output(proc)
+    assert install_line.split()[:3] == ([str(venv_python(second)), "-m", "pip"] if engine == "pip"
+                                        else [install_line.split()[0], "pip", "install"]), install_line
     assert install_line in proc.stdout, _output(proc)  # the command the dry run printed
     assert "building" not in proc.stdout + proc.stderr
     assert SDIST not in server.files_downloaded("bp-build")
