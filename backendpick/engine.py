@@ -123,6 +123,9 @@ def uv_options(options: Sequence[str]) -> list[str]:
             out += ["--prerelease", "allow"]
         elif word == "--prefer-binary":
             continue  # uv has no such preference; it takes a wheel whenever one fits
+        elif word == "--no-cache-dir":
+            if "--no-cache" not in out:  # pip's spelling; the build phase already has uv's
+                out.append("--no-cache")
         else:
             out.append(_RENAMED.get(word, word))
     return out
@@ -183,7 +186,7 @@ def uv_phase(phase, *, uv: str, python: str, pip_config, user_env: Mapping[str, 
     head = [uv, "pip", "install", "--python", python, "--no-config", *safety_flags(pip_config)]
     if phase.name != BACKEND:
         head += source_flags(pip_config, options)
-    if phase.name == BUILD and phase.no_build_isolation:
+    if phase.name == BUILD and phase.no_build_isolation and "--no-cache-dir" not in options:
         head.append("--no-cache")
     argv = (*head, *uv_options(options), *reqs)
     base: tuple = ()

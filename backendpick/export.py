@@ -13,7 +13,7 @@ from backendpick import __version__
 from backendpick.config import redact
 from backendpick.engine import UV, UV_SOURCE_VARS
 from backendpick.pipconf import SOURCE_KEYS
-from backendpick.plan import BACKEND, REMOVE, Plan
+from backendpick.plan import BACKEND, BUILD_REQS, REMOVE, Plan
 
 # Variables that name package sources: the backend phase runs without any of them.
 _SOURCE_VARS = tuple(sorted("PIP_" + k.upper().replace("-", "_") for k in SOURCE_KEYS))
@@ -103,8 +103,14 @@ def to_shell(plan: Plan) -> str:
             out.append(f'"$PY" -c {shlex.quote(_CONSTRAINTS_SCRIPT)} "$CONSTRAINTS" {" ".join(args)}')
             wrote_constraints = True
         words = []
+        argv = list(phase.base_argv or phase.argv)
+        if phase.name == BUILD_REQS and "--target" in argv:
+            # The script's build phase is one plain ``pip install --no-build-isolation``, which
+            # needs its build requirements in the environment (install keeps them apart).
+            at = argv.index("--target")
+            del argv[at:at + 3]
         # The plain commands: wheels in this machine's cache or build folders are not in the image.
-        for a in (phase.base_argv or phase.argv):
+        for a in argv:
             if a == python:
                 words.append('"$PY"')
             elif uv and a == uv_exe:

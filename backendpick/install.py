@@ -11,6 +11,7 @@ with one ``pip install``. All of its pip output goes to the phase's log file.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -286,6 +287,9 @@ def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_
     # Guards before anything is printed or built: a build that cannot succeed stops here, in
     # seconds, with the reason for the source build and the fix.
     building = [s for s in steps if s.how == SOURCE]
+    if ctx.build_path:
+        # The build requirements' folder (ninja's binary in its bin) for the builds only.
+        env = {**env, "PATH": os.pathsep.join([str(Path(ctx.build_path) / "bin"), env.get("PATH", os.defpath)])}
     tools = prebuilt.toolchain(steps, ctx, env) if building and ctx.build.checks else None
     if tools is not None:
         buildenv.check(tools, what=", ".join(_what(s) for s in building),

@@ -461,16 +461,17 @@ def build(
                 if dep not in needed:
                     needed.append(dep)
         missing = [d for d in needed if satisfied([Requirement(d)], installed_after_remove, target.markers)]
+        skip = satisfied(build_reqs, installed_after_remove, target.markers)
         phases.append(
             Phase(
                 BUILD_REQS,
                 tuple(needed),
                 tuple(pip + ["install", *cflag, *rest_options, *needed]),
                 constraints=constraint_lines,
-                skip=None if missing else "build requirements already installed",
+                # Only a build needs them (and install keeps them out of the environment).
+                skip=("nothing to build" if not skip else None if missing else "build requirements already installed"),
             )
         )
-        skip = satisfied(build_reqs, installed_after_remove, target.markers)
         # --no-cache-dir: pip's wheel cache would hand back a wheel it built earlier from the
         # same sdist, against whatever torch was installed then (issue 8). Only this phase.
         phases.append(

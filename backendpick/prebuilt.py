@@ -48,7 +48,7 @@ from backendpick.config import GITHUB_SOURCE, BuildSettings, Settings, normalize
 from backendpick.errors import BackendpickError
 from backendpick.hardware import AMD, NVIDIA, Hardware
 from backendpick.pipconf import PipConfig
-from backendpick.plan import AS_IS, BACKEND, BUILD, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan, fold_builds
+from backendpick.plan import AS_IS, BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan, fold_builds
 from backendpick.target import Target
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -379,6 +379,11 @@ class BuildContext:
     # it against the installed torch and chooses again when pip resolved another one.
     predicted: bool = False
     mirrors: tuple = ()  # [tool.backendpick.mirrors]: applied to every wheel URL
+    # Where the build requirements are installed for source builds (``pip install --target``),
+    # put on the builds' PYTHONPATH and PATH only: setuptools, ninja and friends stay out of the
+    # user's environment. None: they are installed into the environment (a package pip builds
+    # itself during its install, which no PYTHONPATH can reach without misleading its resolver).
+    build_path: str | None = None
 
     def sources_for(self, name: str) -> list[Source]:
         package = packages()[name]
@@ -470,7 +475,31 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
         steps = [replace(s, note=_pending_note(s, ctx, plan)) if s.how == PENDING else s for s in steps]
     phases = list(plan.phases)
     phases[at] = replace(phase, steps=tuple(steps), context=ctx)
+    if all(s.how != AS_IS for s in steps):
+        phases, ctx = _separate_build_requirements(phases, at, ctx)
     return replace(plan, phases=fold_builds(phases), warnings=plan.warnings + tuple(warnings))
+
+
+def _separate_build_requirements(phases: list[Phase], at: int, ctx: BuildContext) -> tuple[list[Phase], BuildContext]:
+    """The build-requirements phase installs into a folder of the state directory that only the
+    source builds see (``pip wheel`` with PYTHONPATH and PATH); it is skipped when nothing is
+    built from source."""
+    req_at = next((i for i, p in enumerate(phases) if p.name == BUILD_REQS), None)
+    if req_at is None:
+        return phases, ctx
+    folder = ctx.staging.parent / "build-env"
+    ctx = replace(ctx, build_path=str(folder))
+    steps = [replace(s, build_env={**s.build_env, "PYTHONPATH": str(folder)}) if s.how == SOURCE else s
+             for s in phases[at].steps]
+    phases[at] = replace(phases[at], steps=tuple(steps), context=ctx)
+    reqs = phases[req_at]
+    argv = list(reqs.argv)
+    i = argv.index("install") + 1
+    argv[i:i] = ["--target", str(folder), "--upgrade"]
+    building = any(s.how in (PENDING, SOURCE) for s in steps)
+    phases[req_at] = replace(reqs, argv=tuple(argv),
+                             skip=None if building else "nothing is built from source")
+    return phases, ctx
 
 
 def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, hardware: Hardware,
@@ -565,6 +594,8 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
 
     build_req = f"{req.name}=={version}" if version else f"{req.name}{req.specifier}"
     build_env = dict(limits.env)
+    if ctx.build_path:  # the build requirements, for this build only
+        build_env["PYTHONPATH"] = ctx.build_path
     if package.force_build_env and not env.get(package.force_build_env):
         # Its setup.py would try the same download again, then build: we already looked.
         build_env[package.force_build_env] = "TRUE"

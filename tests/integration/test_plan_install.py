@@ -83,6 +83,11 @@ def test_explicit_cu124_installs_every_member_from_cu124(cu124_stack: StackRun) 
     assert v["flash-attn"] == FLASH_ATTN_VERSION
     assert v["tqdm"] == PYPI_PLAIN["tqdm"]
     assert cu124_stack.first.phases_run == ["backend", "build-requirements", "build", "rest"]
+    # flash-attn's build requirements served its build only: none of them is in the environment
+    # (einops is also one of its runtime dependencies), all are in the state folder's build env.
+    assert not {"setuptools", "wheel", "packaging", "psutil", "ninja"} & set(v), v
+    build_env = cu124_stack.venv / ".backendpick" / "build-env"
+    assert (build_env / "setuptools").is_dir() and (build_env / "bin" / "ninja").exists()
     # Plain lines for logs: no colour, no spinner control codes when stdout is not a terminal.
     assert "\x1b" not in cu124_stack.first.output and "\r" not in cu124_stack.first.output
 

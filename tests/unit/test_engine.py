@@ -1,0 +1,167 @@
+"""The uv engine's translation of plan phases, finding uv, the last-install record and the order
+in which auto selection asks the backend indexes. Pure: no subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from backendpick import engine, facts as facts_mod, lastrun
+from backendpick.backend import Backend
+from backendpick.errors import EXIT_USAGE, ConfigError
+from backendpick.hardware import NVIDIA, Accelerator, Hardware
+from backendpick.offers import preference
+from backendpick.pipconf import PipConfig
+from backendpick.plan import BACKEND, BUILD, BUILD_REQS, REMOVE, REST, Phase, Plan
+from backendpick.target import Installed, Target
+from packaging.version import Version
+
+PY = "/env/bin/python"
+PIP = (PY, "-m", "pip")
+CONF = PipConfig({
+    "index-url": "https://mirror.example/simple",
+    "extra-index-url": "https://extra.example/simple https://more.example/simple",
+    "find-links": "/wheels",
+    "trusted-host": "mirror.example",
+    "cert": "/etc/ssl/company.pem",
+    "proxy": "http://proxy.example:3128",
+    "default-timeout": "60",
+    "constraint": "/etc/pip-constraints.txt",
+})
+USER_ENV = {"PATH": "/usr/bin", "UV_EXTRA_INDEX_URL": "https://evil.example/simple", "UV_TORCH_BACKEND": "cu128",
+            "UV_CACHE_DIR": "/cache/uv"}
+
+
+def translate(phase: Phase) -> Phase:
+    return engine.uv_phase(phase, uv="/bin/uv", python=PY, pip_config=CONF, user_env=USER_ENV)
+
+
+def test_backend_phase_gets_the_backend_index_alone():
+    phase = Phase(BACKEND, ("torch==2.5.1",), PIP + ("install", "--index-url", "https://idx/cu124", "torch==2.5.1"))
+    uv = translate(phase)
+    assert uv.argv == ("/bin/uv", "pip", "install", "--python", PY, "--no-config",
+                       "--allow-insecure-host", "mirror.example", "--index-url", "https://idx/cu124", "torch==2.5.1")
+    # No UV_* source variable reaches it; pip's certificate, proxy and timeout do, in uv's names.
+    assert set(uv.unset) == {"UV_EXTRA_INDEX_URL", "UV_TORCH_BACKEND"}
+    assert uv.env == {"SSL_CERT_FILE": "/etc/ssl/company.pem", "HTTP_PROXY": "http://proxy.example:3128",
+                      "HTTPS_PROXY": "http://proxy.example:3128", "UV_HTTP_TIMEOUT": "60"}
+    assert uv.command_line().startswith("env -u UV_EXTRA_INDEX_URL -u UV_TORCH_BACKEND ")
+
+
+def test_later_phases_get_the_users_pip_sources_explicitly():
+    rest = Phase(REST, ("tqdm",), PIP + ("install", "-c", "/s/c.txt", "--pre", "--trusted-host", "h", "tqdm"))
+    argv = translate(rest).argv
+    assert argv[:6] == ("/bin/uv", "pip", "install", "--python", PY, "--no-config")
+    assert argv[argv.index("--index-url") + 1] == "https://mirror.example/simple"
+    extras = [argv[i + 1] for i, a in enumerate(argv) if a == "--extra-index-url"]
+    assert extras == ["https://extra.example/simple", "https://more.example/simple"]
+    assert argv[argv.index("--find-links") + 1] == "/wheels"
+    assert ("-c", "/etc/pip-constraints.txt") == argv[argv.index("/etc/pip-constraints.txt") - 1:][:2]
+    # a requirements file's options in uv's spelling; the requirement stays last
+    assert argv[-7:] == ("-c", "/s/c.txt", "--prerelease", "allow", "--allow-insecure-host", "h", "tqdm")
+    assert argv[-1] == "tqdm"
+
+
+def test_requirements_file_index_url_wins_over_the_configured_one():
+    rest = Phase(REST, ("tqdm",), PIP + ("install", "--index-url", "https://file.example/simple", "tqdm"))
+    argv = translate(rest).argv
+    assert argv.count("--index-url") == 1 and argv[argv.index("--index-url") + 1] == "https://file.example/simple"
+
+
+def test_build_phase_runs_without_uvs_cache_and_remove_needs_no_yes():
+    build = Phase(BUILD, ("flash-attn",), PIP + ("install", "--no-build-isolation", "-c", "c.txt", "flash-attn"),
+                  no_build_isolation=True)
+    argv = translate(build).argv
+    assert "--no-cache" in argv and "--no-build-isolation" in argv and argv[-1] == "flash-attn"
+    reqs = Phase(BUILD_REQS, ("setuptools",), PIP + ("install", "--target", "/s/build-env", "--upgrade", "setuptools"))
+    assert translate(reqs).argv[-4:] == ("--target", "/s/build-env", "--upgrade", "setuptools")
+    remove = Phase(REMOVE, ("torch",), ("/runner", "-m", "pip", "--python", PY, "uninstall", "-y", "torch"))
+    assert translate(remove).argv == ("/bin/uv", "pip", "uninstall", "--python", PY, "torch")
+
+
+def test_folded_rest_phase_keeps_its_plain_form():
+    rest = Phase(REST, ("tqdm",), PIP + ("install", "-c", "c", "-f", "/w", "--only-binary", "flash-attn",
+                                         "flash-attn==2.7.4", "tqdm"),
+                 base_argv=PIP + ("install", "-c", "c", "tqdm"))
+    uv = translate(rest)
+    assert uv.argv[-6:] == ("-f", "/w", "--only-binary", "flash-attn", "flash-attn==2.7.4", "tqdm")
+    assert uv.base_argv[-3:] == ("-c", "c", "tqdm") and uv.base_argv[0] == "/bin/uv"
+
+
+def _plan(*phases: Phase) -> Plan:
+    return Plan(backend=Backend.parse("cu124"), reason="r", decided_by="--backend", python=Path(PY),
+                index_url="https://idx/cu124", phases=phases, constraints_path=Path("/s/c.txt"))
+
+
+def test_pip_engine_is_the_identity_and_uv_marks_the_plan():
+    plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "--index-url", "https://idx/cu124", "torch")))
+    assert engine.Engine(engine.PIP).apply(plan, pip_config=CONF, user_env=USER_ENV) is plan
+    uv = engine.Engine(engine.UV, Path("/bin/uv")).apply(plan, pip_config=CONF, user_env=USER_ENV)
+    assert uv.installer == "uv" and uv.to_json()["installer"] == "uv" and uv.phases[0].argv[0] == "/bin/uv"
+
+
+def test_missing_uv_is_a_usage_error_with_the_fix(tmp_path: Path):
+    with pytest.raises(ConfigError) as err:
+        engine.resolve("uv", {engine.ENV_UV: str(tmp_path / "nope"), "PATH": ""})
+    assert err.value.exit_code == EXIT_USAGE
+    assert "installer uv (from --installer) is not available" in err.value.message
+    assert "backendpick[uv]" in (err.value.hint or "")
+    with pytest.raises(ConfigError):
+        engine.resolve("conda", {})
+
+
+def test_explicit_uv_executable_is_used(tmp_path: Path):
+    uv = tmp_path / "uv"
+    uv.write_text("#!/bin/sh\n")
+    uv.chmod(uv.stat().st_mode | stat.S_IXUSR)
+    assert engine.resolve("uv", {engine.ENV_UV: str(uv)}) == engine.Engine(engine.UV, uv)
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "uv").write_bytes(b"#!/bin/sh\n")
+    (on_path / "uv").chmod(0o755)
+    assert engine.find_uv({"PATH": str(on_path)}) == on_path / "uv"
+
+
+# -- the record of the last install ------------------------------------------------------------------
+
+
+def _target(**installed: str) -> Target:
+    return Target(python=Path(PY), prefix=Path("/env"), version=(3, 11, 7), markers={}, tags=(), pip_version="24",
+                  purelib=Path("/env/lib"), installed={n: Installed(n, v) for n, v in installed.items()})
+
+
+def test_record_applies_only_to_the_same_request_and_environment(tmp_path: Path):
+    env_key = lastrun.environment_key(_target(torch="2.5.1+cu124", pip="24"))
+    request = lastrun.request_key(requirements=["torch==2.5.1"], backend="auto")
+    offers = {Backend.parse("cu124"): [Version("2.5.1"), Version("2.6.0")]}
+    lastrun.save(tmp_path, request=request, environment=env_key, backend=Backend.parse("cu124"),
+                 index_url="https://user:token@idx/cu124", torch="2.5.1+cu124", offers=offers, offers_source="index")
+    data = json.loads((tmp_path / lastrun.FILE).read_text())
+    assert data["index_url"] == "https://***@idx/cu124"  # no credentials on disk
+    record = lastrun.load(tmp_path, request, env_key)
+    assert record is not None and lastrun.offers(record) == offers
+    assert lastrun.load(tmp_path, lastrun.request_key(requirements=["torch"], backend="auto"), env_key) is None
+    changed = lastrun.environment_key(_target(torch="2.5.1+cu124", pip="24", einops="0.8.0"))
+    assert lastrun.load(tmp_path, request, changed) is None
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # written atomically
+    (tmp_path / lastrun.FILE).write_text("{not json")
+    assert lastrun.load(tmp_path, request, env_key) is None
+
+
+# -- auto selection: which indexes, in which order ---------------------------------------------------
+
+
+def test_auto_asks_only_what_a_cuda_12_4_driver_runs_newest_first():
+    facts = facts_mod.load()
+    hw = Hardware(accelerators=(Accelerator(NVIDIA, "A100", "550.54.14", "8.0"),), nvidia_driver="550.54.14",
+                  driver_cuda="12.4", driver_cuda_source="driver table")
+    candidates = [b for b in facts.all_backends() if b.kind in ("cpu", "cuda")]
+    order = preference(facts, hw, candidates, "strict")
+    cuda = [b for b in order if b.kind == "cuda"]
+    assert cuda[0] == Backend.parse("cu124") and all(b.version <= (12, 4) for b in cuda)
+    assert cuda == sorted(cuda, reverse=True) and order[-1] == Backend.parse("cpu")
+    assert len(order) < len(candidates)
