@@ -118,8 +118,6 @@ def subprocess_env(
         no_proxy=LOCAL_HOSTS,
         NO_PROXY=LOCAL_HOSTS,
     )
-    # uv (the uv engine's tests): its cache in the test's cache folder, never the runner's.
-    env["UV_CACHE_DIR"] = str(Path(env["XDG_CACHE_HOME"]) / "uv")
     for var in _PROXY_VARS:
         env[var] = DEAD_PROXY
     extra = dict(extra or {})
