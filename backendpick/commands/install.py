@@ -99,7 +99,6 @@ def stopped(exc: BaseException, state: str, hint: str | None = None) -> Stopped:
 
 def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
     prepared = prepare(req, target=target)
-    request_key = prepared.request_key  # the user's request, before any retry adds to it
     snapshot = None
     if prepared.plan.active:
         snapshot = history.record(prepared.target, state_dir(prepared.target))
@@ -115,6 +114,7 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
 
 
 def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
+    request_key = prepared.request_key  # the user's request, before any retry adds to it
     attempts = 0
     while True:
         try:
