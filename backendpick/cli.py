@@ -112,6 +112,13 @@ def _plan_options(func):
                           "(BACKENDPICK_INSTALLER, [tool.backendpick] installer)."),
         click.option("--refresh", is_flag=True,
                      help="Ask the indexes again even when the environment matches the last install."),
+        click.option("--channel", type=click.Choice(["stable", "test", "nightly"]), default=None,
+                     help="PyTorch channel: stable, test (release candidates) or nightly (pre-releases of the "
+                          "torch family). Default: BACKENDPICK_CHANNEL, [tool.backendpick] channel, stable."),
+        click.option("-U", "--upgrade", is_flag=True,
+                     help="Move to the newest torch (and packages) the machine and the whole request allow."),
+        click.option("--upgrade-package", "upgrade_packages", multiple=True, metavar="NAME",
+                     help="Upgrade NAME only (repeatable); torch moves its companions with it."),
         json_option,
     ]
     for option in reversed(options):
@@ -127,7 +134,8 @@ def _request(**kw):
         editables=tuple(kw["editables"]),
         extras=tuple(kw["extras"]), groups=tuple(kw["groups"]), python=kw["python"], backend=kw["backend"],
         index_url=kw["index_url"], cuda_compat=kw["cuda_compat"], installer=kw["installer"],
-        refresh=kw["refresh"],
+        refresh=kw["refresh"], channel=kw["channel"],
+        upgrade=kw["upgrade"], upgrade_packages=tuple(kw["upgrade_packages"]),
     )
 
 
@@ -160,7 +168,11 @@ def plan(fmt: str, **kw) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the result.")
 @click.option("--reinstall", multiple=True, metavar="NAME",
               help="Remove NAME and install it again in its phase (e.g. a flash-attn built against another torch).")
-def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, **kw) -> int:
+@click.option("--pin-environment/--no-pin-environment", "pin_environment", default=None,
+              help="Leave the stack's pins in the environment's pip.conf, so a later plain pip cannot replace "
+                   "torch or a companion (default; [tool.backendpick] pin-environment). --no-pin-environment "
+                   "removes them.")
+def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, **kw) -> int:
     from backendpick import target
 
     # The target's inspection (a subprocess) runs while the plan machinery is imported.
@@ -171,8 +183,8 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, **kw) ->
     out = Output(json_mode=kw["json_mode"], verbose=verbose, quiet=quiet)
     from dataclasses import replace
 
-    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall)), dry_run=dry_run,
-                       inspection=inspection)
+    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall), pin_environment=pin_environment),
+                       dry_run=dry_run, inspection=inspection)
 
 
 @cli.command(

@@ -22,6 +22,9 @@ ENV_BACKEND = "BACKENDPICK_BACKEND"
 ENV_INDEX_URL = "BACKENDPICK_INDEX_URL"
 ENV_CUDA_COMPAT = "BACKENDPICK_CUDA_COMPAT"
 ENV_INSTALLER = "BACKENDPICK_INSTALLER"
+ENV_CHANNEL = "BACKENDPICK_CHANNEL"
+ENV_PIN_ENVIRONMENT = "BACKENDPICK_PIN_ENVIRONMENT"
+CHANNELS = ("stable", "test", "nightly")
 
 # key -> (expected type, description). The README's settings table documents the same keys.
 KEYS: dict[str, tuple[type, str]] = {
@@ -39,6 +42,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "packages": (dict, "recipes: package -> how it gets the build for torch's backend (replaces or adds to the shipped ones)"),
     "mirrors": (dict, "URL prefix -> replacement, for every URL backendpick derives (indexes, pages, wheels)"),
     "installer": (str, '"pip" (default) or "uv": the installer that runs the plan\'s phases'),
+    "channel": (str, '"stable" (default), "test" (release candidates) or "nightly"'),
+    "pin-environment": (bool, "write the stack's pins into the environment's pip.conf (default true)"),
 }
 
 # [tool.backendpick.build] keys -> (expected type, description).
@@ -229,6 +234,10 @@ class Settings:
     recipes: dict = field(default_factory=dict)
     mirrors: tuple = ()  # (prefix, replacement) pairs
     installer: Setting = Setting("pip", "default")
+    # PyTorch's release channel: which folder of the index the backend packages come from.
+    channel: Setting = field(default_factory=lambda: Setting("stable", "default"))
+    # Whether install leaves the stack's pins in the environment's pip.conf (envpins.py).
+    pin_environment: Setting = field(default_factory=lambda: Setting(True, "default"))
 
 
 def normalize(name: str) -> str:
@@ -256,6 +265,8 @@ def load(
     cuda_compat: str | None = None,
     env: Mapping[str, str] | None = None,
     installer: str | None = None,
+    channel: str | None = None,
+    pin_environment: bool | None = None,
 ) -> Settings:
     env = os.environ if env is None else env
     pyproject = read_pyproject(project_dir)
@@ -287,6 +298,14 @@ def load(
     installer_s = _pick(installer, env, ENV_INSTALLER, tool, "installer", "pip", pyproject.path)
     if installer_s.value not in ("pip", "uv"):
         raise ConfigError(f"installer from {installer_s.source} must be \"pip\" or \"uv\", not {installer_s.value!r}")
+    channel_s = _pick(channel, env, ENV_CHANNEL, tool, "channel", "stable", pyproject.path)
+    if channel_s.value not in CHANNELS:
+        raise ConfigError(f"channel from {channel_s.source} must be one of {', '.join(CHANNELS)}, not {channel_s.value!r}")
+    pin_s = _pick(pin_environment, env, ENV_PIN_ENVIRONMENT, tool, "pin-environment", True, pyproject.path)
+    if isinstance(pin_s.value, str):
+        if pin_s.value.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{ENV_PIN_ENVIRONMENT} must be true or false, not {pin_s.value!r}")
+        pin_s = Setting(pin_s.value.strip().lower() in ("1", "true", "yes"), pin_s.source)
 
     packages = tuple(tool.get("backend-packages", facts.backend_packages)) + tuple(tool.get("extra-backend-packages", ()))
     nbi_names = tool.get("no-build-isolation", list(facts.no_build_isolation))
@@ -354,6 +373,8 @@ def load(
         recipes=recipes,
         mirrors=mirrors,
         installer=installer_s,
+        channel=channel_s,
+        pin_environment=pin_s,
     )
 
 

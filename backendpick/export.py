@@ -65,6 +65,49 @@ with open(sys.argv[1], "w") as f:
 '''
 
 
+def _pin_script() -> str:
+    """The environment pins (envpins.py) as a standalone script for the target Python: the same
+    pip.conf merge, sources taken from envpins itself so the two cannot drift."""
+    import inspect
+
+    from backendpick import envpins
+
+    parts = ["from __future__ import annotations", "import os, sys, tempfile, time",
+             "from importlib import metadata",
+             f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
+             f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
+    for fn in (envpins._is_section, envpins._key, envpins._entries, envpins.unmerge_conf, envpins.merge_conf,
+               envpins.write_atomic):
+        parts.append(inspect.getsource(fn))
+    parts.append(_PIN_MAIN)
+    return "\n".join(parts)
+
+
+_PIN_MAIN = '''
+from pathlib import Path
+names, backend = sys.argv[1].split(), sys.argv[2]
+lines = []
+for name in sorted(set(names)):
+    try:
+        lines.append("%s==%s" % (metadata.metadata(name)["Name"], metadata.version(name)))
+    except metadata.PackageNotFoundError:
+        pass
+if any(l.lower().startswith("torch==") for l in lines):
+    prefix = Path(sys.prefix)
+    pins = prefix / PINS_NAME
+    head = ["# Written by a script that backendpick generated (plan --format sh): the GPU stack of this environment (%s)." % backend,
+            "# A plain pip cannot replace torch or a companion; to change the stack: backendpick install.",
+            "# uv: UV_CONSTRAINT=<this file>."]
+    write_atomic(pins, "\\n".join(head + lines) + "\\n")
+    conf = prefix / ("pip.ini" if os.name == "nt" else "pip.conf")
+    old = conf.read_text() if conf.exists() else ""
+    new = merge_conf(old, str(pins))
+    if new != old:
+        write_atomic(conf, new)
+    print("pinned the stack in %s (%s)" % (conf, pins), file=sys.stderr)
+'''
+
+
 def to_shell(plan: Plan) -> str:
     python = str(plan.python)
     constraints = str(plan.constraints_path)
@@ -102,6 +145,12 @@ def to_shell(plan: Plan) -> str:
                     shlex.quote(building_names), *(shlex.quote(c) for c in plan.user_constraints)]
             out.append(f'"$PY" -c {shlex.quote(_CONSTRAINTS_SCRIPT)} "$CONSTRAINTS" {" ".join(args)}')
             wrote_constraints = True
+        if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
+            # The user's constraints (pip config, -c files) hold in the backend phase too.
+            out.append('BACKEND_CONSTRAINTS="${BACKENDPICK_BACKEND_CONSTRAINTS:-/tmp/backendpick-backend-constraints.txt}"')
+            out.append("cat > \"$BACKEND_CONSTRAINTS\" <<'BACKENDPICK_EOF'")
+            out += [redact(c) for c in plan.backend_constraints]
+            out.append("BACKENDPICK_EOF")
         words = []
         argv = list(phase.base_argv or phase.argv)
         if phase.name == BUILD_REQS and "--target" in argv:
@@ -117,6 +166,8 @@ def to_shell(plan: Plan) -> str:
                 words.append('"$UV"')
             elif a == constraints:
                 words.append('"$CONSTRAINTS"')
+            elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
+                words.append('"$BACKEND_CONSTRAINTS"')
             else:
                 words.append(shlex.quote(redact(a)))
         env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(phase.env.items()) if k == "PIP_CONFIG_FILE"]
@@ -139,4 +190,9 @@ def to_shell(plan: Plan) -> str:
             continue
         prefix = ["env", *unset, *env] if (env or unset) else []
         out.append(" ".join(prefix + words))
+    if plan.pin_environment and plan.phases:
+        # As install does: the stack's pins outlive the script (a later plain pip cannot swap it).
+        names = " ".join(sorted(set(plan.backend_names) | set(plan.build_names)))
+        out += ["", "# pin the stack in the environment's own pip.conf (pin-environment = false skips this)",
+                f'"$PY" -c {shlex.quote(_pin_script())} {shlex.quote(names)} {shlex.quote(str(plan.backend))}']
     return "\n".join(out) + "\n"

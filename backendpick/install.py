@@ -140,6 +140,11 @@ def execute(
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
             with _state_file(plan.constraints_path):
                 write_atomic(plan.constraints_path, "\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
+        if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
+            # The user's constraints hold in the backend phase too (policy, not a package source).
+            plan.backend_constraints_path.parent.mkdir(parents=True, exist_ok=True)
+            with _state_file(plan.backend_constraints_path):
+                write_atomic(plan.backend_constraints_path, "\n".join(plan.backend_constraints) + "\n")
         env = {k: v for k, v in user_env.items() if k not in phase.unset}
         env.update(phase.env)
         env.setdefault("PIP_NO_INPUT", "1")

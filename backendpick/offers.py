@@ -142,12 +142,14 @@ def gather_preferred(
     *,
     policy: str,
     keep: Backend | None = None,
+    accept=None,
 ) -> Offers:
     """Auto selection: ask the backends the hardware allows one at a time, best first, and stop
     at the first that ``select.choose`` takes (a GPU build with a matching torch for every GPU).
 
     ``keep``: the installed GPU backend, asked for too when no GPU build is chosen (auto never
-    downgrades an installed GPU torch to CPU)."""
+    downgrades an installed GPU torch to CPU). ``accept(backend)``: a further condition on a
+    backend with a matching torch (its index offers the companions a package pins)."""
     from backendpick.select import choose
 
     order = preference(facts, hardware, candidates, policy)
@@ -155,18 +157,20 @@ def gather_preferred(
         order.append(keep)
     versions: dict[Backend, list[Version]] = {}
     failures: list[str] = []
+    not_found: list[str] = []
     asked = 0
     for b in order:
         asked += 1
         try:
             res = client.project(index_url_for(template, b), "torch")
-        except PageNotFound:
+        except PageNotFound as exc:
+            not_found.append(str(exc))
             continue  # this index (or mirror) has no such backend
         except IndexUnavailable as exc:
             failures.append(str(exc))
             continue
         found = matching_versions(res, "torch", torch_spec, target.python_version_text, target.tags)
-        if not found:
+        if not found or (accept is not None and not accept(b)):
             continue
         versions[b] = found
         decision = choose(hardware, facts, {k: [v.release for v in vs] for k, vs in versions.items()}, policy=policy)
@@ -174,4 +178,4 @@ def gather_preferred(
             break
     if failures and len(failures) == asked:
         return _from_table(facts, order, torch_spec, failures)
-    return Offers(versions, "index", tuple(f"could not read {f}" for f in failures))
+    return Offers(versions, "index", tuple(f"could not read {f}" for f in failures), tuple(not_found), asked)

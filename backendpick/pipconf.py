@@ -83,8 +83,16 @@ class PipConfig:
 
 
 def read(env: Mapping[str, str] | None = None, target_prefix: Path | None = None) -> PipConfig:
+    """The merged configuration as pip sees it: ``[global]`` of every file, then ``[install]`` of
+    every file (pip orders by section first: a user's ``[install]`` beats a site ``[global]``),
+    then PIP_* variables.
+
+    The site file (``<prefix>/pip.conf``) is read as the user wrote it: the ``constraint`` that
+    backendpick's environment pins put there (envpins.py) is policy for plain pip runs, not for
+    backendpick's own, which would otherwise be blocked by the pins they are about to change."""
     env = os.environ if env is None else env
-    values: dict[str, str] = {}
+    by_section: dict[str, dict[str, str]] = {s: {} for s in _SECTIONS}
+    site = target_prefix / "pip.conf" if target_prefix is not None else None
     for path in config_files(env, target_prefix):
         parser = configparser.RawConfigParser()
         try:
@@ -94,10 +102,21 @@ def read(env: Mapping[str, str] | None = None, target_prefix: Path | None = None
             from backendpick.errors import ConfigError
 
             raise ConfigError(f"pip configuration file {path} is not valid: {exc}") from None
+        own: dict[str, str | None] = {}
+        if site is not None and path == site and path.is_file():
+            from backendpick.envpins import pins_path, user_constraints
+
+            own = user_constraints(path.read_text(encoding="utf-8"), str(pins_path(target_prefix)))
         for section in _SECTIONS:
             if parser.has_section(section):
                 for key, value in parser.items(section):
-                    values[_canonical(key)] = value
+                    key = _canonical(key)
+                    if key == "constraint" and section in own:
+                        if own[section] is None:
+                            continue
+                        value = own[section]
+                    by_section[section][key] = value
+    values: dict[str, str] = {**by_section["global"], **by_section["install"]}
     from_env = set()
     for name, value in env.items():
         if name.startswith("PIP_") and name != "PIP_CONFIG_FILE" and value != "":

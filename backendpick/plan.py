@@ -174,6 +174,13 @@ class Plan:
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
     routes: tuple = ()  # routing.Route per package with a recipe: where it comes from and why
     installer: str = "pip"  # the engine whose commands the phases hold (engine.py)
+    # torchpins.py: the torch chosen and what pinned it; resolve.py: where the pins came from.
+    torch: object = None  # torchpins.TorchChoice
+    resolution: object = None  # resolve.Resolution
+    # The user's constraints (pip config and -c files) for the backend phase: written by install.
+    backend_constraints: tuple[str, ...] = ()
+    backend_constraints_path: Path | None = None
+    pin_environment: bool = True  # install leaves the stack's pins in the environment (envpins.py)
 
     @property
     def building(self) -> frozenset:
@@ -197,6 +204,9 @@ class Plan:
             "phases": [p.to_json() for p in self.phases],
             "packages": [r.to_json() for r in self.routes],
             "warnings": list(self.warnings),
+            "torch": self.torch.to_json() if self.torch is not None else None,
+            "resolution": self.resolution.to_json() if self.resolution is not None else None,
+            "pin_environment": self.pin_environment,
         }
 
 

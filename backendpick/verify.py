@@ -174,9 +174,29 @@ def stack_problems(
             if not dep.specifier.contains(torch_version, prereleases=True):
                 problems.append(Problem(dist.name, f"{dist.name} {dist.version} requires torch{dep.specifier}, "
                                                    f"but torch {tb.version} is installed", fix_stack([dist.name])))
+        night = _nightly_mismatch(tb.version, dist.version)
+        if night:
+            problems.append(Problem(dist.name, f"{dist.name} {dist.version} {night}",
+                                    f"backendpick install{python_flag} --channel nightly --backend {tb.backend} "
+                                    f"torch=={tb.version.split('+')[0]} {dist.name}"))
+            continue
         if name == "xformers":
             problems += _xformers(target, tb, dist.version, fix_stack)
     return problems
+
+
+def _nightly_mismatch(torch_version: str, version: str) -> str | None:
+    """A nightly torch's companions must come from the same night (the date in ``.devYYYYMMDD``):
+    another night's build is compiled against another torch, whatever its metadata says."""
+    from backendpick.torchpins import nightly_date
+
+    night = nightly_date(torch_version)
+    if night is None:
+        return None
+    theirs = nightly_date(version)
+    if theirs is not None and theirs != night:
+        return f"is the nightly of {theirs}, torch {torch_version} the nightly of {night}: they must come from the same night"
+    return None
 
 
 def _torch_vs_hardware(tb: TorchBuild, version: Version, hw: Hardware, facts: Facts, python_flag: str, policy: str) -> list[Problem]:

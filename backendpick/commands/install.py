@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import os
 import signal
 
-from backendpick import facts as facts_mod, history, install as executor, lastrun, lock, runner, target as target_mod
+from backendpick import envpins, facts as facts_mod, history, install as executor, lastrun, lock, runner
+from backendpick import target as target_mod
 from backendpick.commands.plan import Prepared, Request, prepare
 from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
@@ -76,6 +78,8 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
         else:
             for route in prepared.plan.routes:
                 out.line(f"# {route.line()}")
+            for line in torch_lines(prepared.plan) if prepared.plan.active else ():
+                out.line(f"# {line}")
             for phase in prepared.plan.active:
                 out.line(phase.command_line())
             for w in prepared.plan.warnings:
@@ -144,6 +148,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     plan = prepared.plan
     ran = [r for r in results if r.skipped is None]
     after = _verify_result(out, prepared, req, snapshot) if ran else prepared.target
+    pinned = _pin_environment(out, prepared, after)
     _remember(prepared, request_key, after)
     if out.json_mode:
         out.emit_json({
@@ -153,6 +158,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
                     for r in ran],
             "skipped": [{"name": r.name, "reason": r.skipped} for r in results if r.skipped],
             "snapshot": snapshot.id if snapshot else None,
+            "pins": pinned,
         })
     else:
         if not ran:
@@ -182,6 +188,48 @@ def _renamed_dependency(prepared: Prepared, hit) -> None:
             f"or leave that package out")
     raise InstallError(f"a requested package depends on {r.package}, but {builds} and pip cannot install one for the other "
                        f"(the {r.package} sdist is a long source build)", hint=hint)
+
+
+def torch_lines(plan) -> list[str]:
+    """What plan and --dry-run say about the torch: the version, why, what pinned it."""
+    if plan.torch is None:
+        return []
+    lines = [f"torch {plan.torch.describe()}"]
+    if plan.torch.channel != "stable":
+        lines.append(f"channel: {plan.torch.channel}")
+    lines.append(f"pins from: {plan.torch.source}")
+    return lines
+
+
+def _pin_environment(out: Output, prepared: Prepared, after: target_mod.Target) -> str | None:
+    """Leave the stack's pins in the environment's pip.conf (or remove them: pin-environment =
+    false). Returns the pins file, or None. ``after``: the environment as the phases left it.
+
+    Also when nothing ran (a re-run that asked no index): pins missing or stale are rewritten,
+    current ones are left as they are (no network needed either way)."""
+    plan, settings = prepared.plan, prepared.settings
+    prefix = prepared.target.prefix
+    if not plan.pin_environment:
+        if envpins.remove(prefix):
+            out.info(f"removed backendpick's pins from {envpins.conf_path(prefix)} (pin-environment is off)")
+        return None
+    if after.get("torch") is None:
+        return None  # no stack to pin
+    if not os.access(prefix, os.W_OK):
+        out.warn(f"cannot pin the stack: {prefix} is not writable (pass --no-pin-environment to skip pinning)")
+        return None
+    names = set(settings.backend_packages) | set(settings.no_build_isolation)
+    lines = envpins.pin_lines(after.installed, names)
+    if envpins.up_to_date(prefix, lines, env=prepared.user_env):
+        return str(envpins.pins_path(prefix))
+    try:
+        path = envpins.write(prefix, lines, env=prepared.user_env, backend=str(plan.backend))
+    except OSError as exc:
+        out.warn(f"cannot pin the stack in {envpins.conf_path(prefix)}: {exc.strerror or exc}")
+        return None
+    out.info(f"pinned the stack in {envpins.conf_path(prefix)} ({path}): a plain pip cannot replace torch or a "
+             "companion; `backendpick install` changes the stack")
+    return str(path)
 
 
 def _remember(prepared: Prepared, request_key: str, after: target_mod.Target) -> None:

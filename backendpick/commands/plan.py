@@ -13,14 +13,14 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, engine as engine_mod, facts as facts_mod, lastrun, pipconf, plan as plan_mod, requirements
-from backendpick import target as target_mod
+from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, lastrun, pipconf, plan as plan_mod
+from backendpick import requirements, resolve as resolve_mod, target as target_mod, torchpins
 from backendpick.backend import CPU, Backend
 from backendpick.errors import ConfigError, NoBackendError
 from backendpick.facts import Facts, show
 from backendpick.hardware import Hardware
 from backendpick.index import IndexClient
-from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for
+from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for, preference
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
 from backendpick.commands.detect import explicit_choice
@@ -47,6 +47,10 @@ class Request:
     reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
     installer: str | None = None  # --installer: pip or uv
     refresh: bool = False  # --refresh: ask the indexes even when the last install's record matches
+    upgrade: bool = False  # -U: the newest torch (and packages) the machine and the request allow
+    upgrade_packages: tuple[str, ...] = ()  # --upgrade-package NAME
+    channel: str | None = None  # --channel stable|test|nightly
+    pin_environment: bool | None = None  # --pin-environment / --no-pin-environment
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     facts = facts_mod.load()
     settings = config.load(
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
-        cuda_compat=req.cuda_compat, env=env, installer=req.installer,
+        cuda_compat=req.cuda_compat, env=env, installer=req.installer, channel=req.channel,
+        pin_environment=req.pin_environment,
     )
     # Before any look-up: asking for uv where there is none is a usage error, at once.
     engine = engine_mod.resolve(settings.installer.value, env, settings.installer.source)
@@ -91,11 +96,26 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
     _check_reinstall(req.reinstall, reqs, target, settings)
     warnings: list[str] = list(hardware.warnings)
-    extra_backend, extra_build = _pulled_in(req, reqs, wanted, target, settings, env, warnings)
-    wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(extra_backend)
 
     explicit = explicit_choice(settings)
-    template = settings.index_url.value
+    channel = settings.channel.value
+    template = torchpins.channel_template(settings.index_url.value, channel)
+    nbi = set(settings.no_build_isolation)
+    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
+    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
+    # sdist of them, which says nothing about what the routed build needs.
+    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
+    ordinary = [r for r in reqs if config.normalize(r.name) not in family | nbi | routed_away]
+    # backendpick's own pip runs must not be blocked by the pins it wrote earlier (envpins.py).
+    own_env = envpins.own_runs_env(env, target.prefix, pip_config)
+    # The user's pip ``constraint`` setting and the request's -c files: policy for the torch
+    # choice and for the backend phase too (torchpins.py).
+    cons_lines, cons_warnings = torchpins.read_constraint_files(pip_config.list("constraint"))
+    warnings += cons_warnings
+    policy = [torchpins.Pin(r, f"constraint file {f}") for f, r in cons_lines
+              if config.normalize(r.name) in family and (r.specifier or r.url)]
+    policy += torchpins.constraint_pins(wanted.constraints, family, "constraint (-c)")
+    upgrade = torchpins.Upgrade(req.upgrade, tuple(config.normalize(n) for n in req.upgrade_packages))
     offers: Offers | None = None
     client = IndexClient(pip_config)  # one page cache for every index look-up of this plan
     state = plan_mod.state_dir(target, env)
@@ -105,29 +125,81 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         compat=settings.cuda_compat.value, family=sorted(family), nbi=sorted(settings.no_build_isolation),
         hardware=hardware.to_json(), python=str(target.python), extra_backend=list(req.extra_backend),
         extra_build=list(req.extra_build), reinstall=list(req.reinstall), editables=list(req.editables),
-        hashes=sorted((k, sorted(v)) for k, v in wanted.hashes.items()),
+        hashes=sorted((k, sorted(v)) for k, v in wanted.hashes.items()), channel=channel,
+        upgrade=req.upgrade, upgrade_packages=sorted(upgrade.packages),
+        pin_environment=bool(settings.pin_environment.value), policy=[str(p.requirement) for p in policy],
     )
-    recorded = None if req.refresh else lastrun.load(state, request, lastrun.environment_key(target))
+    # -U asks the indexes for something newer: a record of the last install cannot answer that.
+    recorded = None if req.refresh or upgrade.any else lastrun.load(state, request, lastrun.environment_key(target))
     recorded_offers = lastrun.offers(recorded) if recorded is not None else None
+    # Candidate backends, in the order auto selection prefers them (only those the hardware runs).
+    nightly = SpecifierSet(">=0.dev0") if channel == "nightly" else SpecifierSet()
+    if explicit is not None:
+        candidates = [explicit.backend]
+    else:
+        kinds = candidate_kinds(hardware)
+        candidates = [b for b in facts.all_backends() if b.kind in kinds]
+    kept = _installed_backend(target, facts) if explicit is None else None
+    keep = kept if kept is not None and kept.is_gpu else None  # auto never downgrades
+    order = candidates if explicit is not None else preference(facts, hardware, candidates, settings.cuda_compat.value)
+    if keep is not None and keep not in order:
+        order = [*order, keep]
+
+    # ONE resolution per plan (resolve.py): the pins on the torch family and the backend and
+    # build packages the ordinary requirements pull in, before any backend is chosen.
+    resolution = resolve_mod.Resolution()
+    known = None if upgrade.any else resolve_mod.from_installed(
+        ordinary, target.installed, target.markers, family=family, build=nbi)
+    if ordinary and known is not None:
+        resolution = known  # already installed: their metadata answers, no pip, no index
+    elif ordinary and recorded_offers is not None:
+        # The record promised a finished environment, yet a requirement is not met: ask again.
+        return prepare(replace(req, refresh=True), env, target)
+    elif ordinary:
+        resolution = resolve_mod.resolve(
+            resolve_mod.resolvable(ordinary), plan_mod.pip_argv(target, sys.executable), target,
+            env={**env, **own_env}, family=family, build=nbi,
+            published=lambda: _published(client, template, order, family, target, nightly),
+            options=wanted.rest_options, constraints=[str(c) for c in wanted.constraints], pre=channel == "nightly",
+        )
+        if resolution.stopped:
+            warnings.append(resolution.stopped)
+        if resolution.fallback:
+            warnings.append(f"torch pins from a {resolution.describe()}")
+    extra_backend, extra_build = _pulled_in(req, resolution, target, settings)
+    wants_backend = any(config.normalize(r.name) in family for r in reqs) or bool(extra_backend)
+
+    pins = [*torchpins.direct_pins(reqs, family), *resolution.pins, *policy]
+    # Pins that cannot hold together stop here (exit 2); pins that hold but that no backend offers
+    # meet the backend choice's own errors below (exit 3, naming the index and the pins).
+    for name in sorted({p.name for p in pins}):
+        torchpins.check(pins, name=name)
+    spec = torchpins.merged(pins).get("torch", SpecifierSet())
     if wants_backend:
-        spec = _torch_spec(reqs)
+        asked = spec & nightly
+        # A backend whose index lacks a pinned companion (torchvision==0.20.1) cannot serve the
+        # request either: the choice moves on to one that has it.
+        serves = _companions_check(client, template, pins, family, target, nightly)
         if recorded_offers is not None:
             # Nothing changed since the last install: its offers decide again, no index is asked.
             offers = Offers(recorded_offers, "recorded")
         elif explicit is not None:
-            offers = gather(facts, client, template, [explicit.backend], spec, target)
+            offers = gather(facts, client, template, [explicit.backend], asked, target)
+            if offers.source == "index" and explicit.backend in offers.versions and not serves(explicit.backend):
+                offers = replace(offers, versions={})
             if explicit.backend not in offers.versions:
-                _explicit_missing(facts, client, template, explicit, spec, target, offers, settings)
+                try:
+                    _explicit_missing(facts, client, template, explicit, asked, target, offers, settings)
+                except NoBackendError as exc:
+                    raise _with_pins(exc, [p for p in pins if p.by != "you"]) from None
         else:
-            kinds = candidate_kinds(hardware)
-            candidates = [b for b in facts.all_backends() if b.kind in kinds]
-            kept = _installed_backend(target, facts)
-            # auto never downgrades (see _keep_installed_gpu_backend): the installed GPU backend
-            # is asked for too when the hardware gives no GPU build.
-            offers = gather_preferred(facts, client, template, hardware, candidates, spec, target,
-                                      policy=settings.cuda_compat.value,
-                                      keep=kept if kept is not None and kept.is_gpu else None)
+            # Newest allowed first, stopping at the first that offers a torch every pin accepts.
+            offers = gather_preferred(facts, client, template, hardware, candidates, asked, target,
+                                      policy=settings.cuda_compat.value, keep=keep, accept=serves)
             _check_answered(offers, settings)
+        if offers.source == "index":
+            offers = replace(offers, versions={b: v for b, vs in offers.versions.items()
+                                               if (v := torchpins.allowed(vs, pins))})
         warnings += offers.warnings
         releases = offers.releases
     else:
@@ -136,13 +208,36 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
     decision = _keep_installed_gpu_backend(decision, target, facts)
     if wants_backend and decision.unserved and decision.source == "detected":
-        raise _no_backend(facts, hardware, decision, reqs, settings)
+        err = _no_backend(facts, hardware, decision, reqs, settings, spec)
+        raise _with_pins(err, pins)
     if wants_backend and offers is not None and decision.backend not in offers.versions:
+        # Only now every candidate is asked: the message lists what exists.
+        everything = gather(facts, client, template, order, nightly, target) if offers.source == "index" else offers
         raise NoBackendError(
-            f"no torch matching '{_torch_spec(reqs) or 'any'}' for Python {target.python_version_text} "
+            f"no torch matching '{spec or 'any'}' for Python {target.python_version_text} "
             f"on the {decision.backend} index ({config.redact(index_url_for(template, decision.backend))})",
-            hint=_available_hint(offers),
+            hint=_on_offer_hint(everything) + _pins_text(pins),
         )
+    choice = None
+    requested = list(wanted.requirements)
+    if wants_backend:
+        installed_torch = target.get("torch")
+        same_backend = installed_torch is not None and _installed_backend(target, facts) == decision.backend
+        offered_here = (offers.versions.get(decision.backend, [])
+                        if offers is not None and offers.source in ("index", "recorded") else [])
+        version, why = torchpins.choose_version(
+            offered_here, pins, installed=installed_torch.version if same_backend else None,
+            upgrade=upgrade.torch(family), torch_releases=decision.torch_releases,
+        )
+        choice = torchpins.TorchChoice(str(version) if version else None, tuple(p for p in pins if p.name == "torch"),
+                                       resolution.describe(), why if offered_here else
+                                       "the backend index did not answer; pip chooses within the pins", channel)
+        requested = list(torchpins.apply(requested, pins, resolution.pulled, family=family,
+                                         torch_exact=version if upgrade.torch(family) else None,
+                                         offered=_torch_on(client, template, decision.backend, target, nightly)
+                                         if offers is not None and offers.source == "index" else []))
+    if upgrade.packages:
+        requested = list(torchpins.hold_others(requested, target.installed, upgrade, family))
 
     # Companions verify finds broken (built for another torch or backend) are replaced.
     from backendpick.verify import stack_problems, stale_packages
@@ -160,7 +255,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     # pytorch-triton-rocm).
     recipe_backend = tuple(n for n in extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
     routed = routing.route(
-        wanted.requirements, settings=settings, backend=decision.backend, target=target,
+        requested, settings=settings, backend=decision.backend, target=target,
         torch=_torch_for_recipes(facts, target, decision, offers, reqs),
         backend_index=index_url_for(template, decision.backend), client=client,
         markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=req.extra_recipe + recipe_backend,
@@ -188,6 +283,12 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         warnings=warnings + list(routed.warnings),
     )
     plan = replace(plan, routes=routed.routes)
+    plan = torchpins.finish(
+        plan, upgrade=upgrade, own_env=own_env, choice=choice, resolution=resolution,
+        backend_constraints=[str(r) for _f, r in cons_lines] + [str(c) for c in wanted.constraints],
+        backend_constraints_path=state / "backend-constraints.txt", pre=channel == "nightly",
+        pin_environment=bool(settings.pin_environment.value), family=family, nbi=nbi,
+    )
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
     if backend_phase is not None and offers is not None and offers.source == "index":
         # What the backend phase installs, including what a backend switch reinstalls.
@@ -275,28 +376,18 @@ def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Se
                           hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
 
 
-def _pulled_in(req: Request, reqs, wanted, target, settings, env: dict, warnings: list) -> tuple[tuple, tuple]:
+def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple]:
     """Backend and build packages for their phases: those an earlier attempt found (install's
-    retry), and those the ordinary requirements pull in (one pip resolution, when the rest
-    phase has anything to do), so the plan holds what install will run."""
-    from backendpick import transitive
-
+    retry), and those the ordinary requirements pull in (the plan's one resolution, resolve.py),
+    so the plan holds what install will run."""
     family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
-    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
-    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
-    # sdist of them, which says nothing about what the routed build needs.
-    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
-    rest = [r for r in reqs if config.normalize(r.name) not in family | nbi | routed_away]
     backend, build = set(req.extra_backend), set(req.extra_build)
-    if rest and plan_mod.satisfied(rest, target.installed, target.markers) is not None:
-        found = transitive.find(plan_mod.pip_argv(target, sys.executable), rest, rest_options=wanted.rest_options,
-                                user_constraints=wanted.constraints, env=env, family=family, build=nbi)
-        # Installed ones are pinned for the rest phase already, as install's fences would do.
-        backend |= {n for n in found.backend if target.get(n) is None}
-        build |= {n for n in found.build if target.get(n) is None}
-        if found.note:
-            warnings.append(found.note)
+    # Installed ones are pinned for the rest phase already, as install's fences would do.
+    backend |= {n for n in resolution.pulled if n in family and target.get(n) is None}
+    build |= {n for n in resolution.pulled if n in nbi and target.get(n) is None}
     return tuple(sorted(backend)), tuple(sorted(build))
+
+
 def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers | None, reqs) -> str | None:
     """The torch the recipes' ``{torch}`` means: the installed one when the backend phase keeps
     it (same backend, requirement met), else the one it is expected to install."""
@@ -313,6 +404,62 @@ def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers 
     # Offline (the packaged table decided): an exact pin still says which torch it will be.
     pins = [s.version for s in _torch_spec(reqs) if s.operator in ("==", "===") and "*" not in s.version]
     return pins[0] if pins else None
+
+
+# Companions published next to torch, with versions of their own: a package may pin one of them
+# (vllm pins torchvision), so the resolution offers them as stubs and the choice checks them.
+COMPANIONS = ("torchvision", "torchaudio", "xformers")
+
+
+def _published(client, template, backends, family, target, spec) -> dict:
+    """name -> every version the ``backends``' indexes publish of torch and the companions in
+    ``family`` (local tags kept): the resolution's stubs. Pages read at once, in parallel; the
+    backend choice reads them again from the plan's page cache."""
+    from backendpick.index import IndexUnavailable, PageNotFound, fetch_many, matching_versions
+
+    names = ["torch", *(n for n in COMPANIONS if n in family)]
+    pages = {(n, b): (index_url_for(template, b), n) for n in names for b in backends}
+    out: dict = {}
+    for (name, _b), files in fetch_many(client, pages).items() if pages else ():
+        if isinstance(files, (PageNotFound, IndexUnavailable)):
+            continue
+        out.setdefault(name, set()).update(matching_versions(files, name, spec, target.python_version_text, target.tags))
+    return {n: sorted(vs) for n, vs in out.items()}
+
+
+def _companions_check(client, template, pins, family, target, spec):
+    """``backend -> bool``: whether the backend's index offers every companion pinned (a
+    package pins torchvision==0.20.1) at a version the pins accept. Reads a page only for a
+    companion something pins, only for a backend the choice gets to (the page cache keeps it)."""
+    from backendpick.index import IndexUnavailable, PageNotFound, matching_versions
+
+    pinned = sorted({p.name for p in pins} & (set(COMPANIONS) & set(family)))
+
+    def serves(backend: Backend) -> bool:
+        for name in pinned:
+            try:
+                files = client.project(index_url_for(template, backend), name)
+            except PageNotFound:
+                return False
+            except IndexUnavailable:
+                continue  # pip will say; the torch decided
+            if not torchpins.allowed(matching_versions(files, name, spec, target.python_version_text, target.tags),
+                                     pins, name):
+                return False
+        return True
+
+    return serves
+
+
+def _torch_on(client, template, backend: Backend, target, spec) -> list:
+    """Every torch the backend's index publishes for this target (from the plan's page cache)."""
+    from backendpick.index import IndexUnavailable, PageNotFound, matching_versions
+
+    try:
+        files = client.project(index_url_for(template, backend), "torch")
+    except (PageNotFound, IndexUnavailable):
+        return []
+    return matching_versions(files, "torch", spec, target.python_version_text, target.tags)
 
 
 def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
@@ -385,6 +532,16 @@ def _keep_installed_gpu_backend(decision: Decision, target: target_mod.Target, f
     )
 
 
+def _on_offer_hint(offers: Offers) -> str:
+    """What the candidate backends offer at all (the pins aside), for the exit-3 message."""
+    if not offers.versions:
+        return "no backend index asked offers a torch for this Python and platform"
+    listing = "; ".join(
+        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: facts_mod.sort_key(kv[0]))
+    )
+    return f"torch on offer: {listing}"
+
+
 def _available_hint(offers: Offers) -> str:
     if not offers.versions:
         return "no backend index offers a matching torch; check the torch specifier and the index URL"
@@ -421,8 +578,20 @@ def _explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, 
     )
 
 
-def _no_backend(facts: Facts, hw: Hardware, decision: Decision, reqs, settings) -> NoBackendError:
-    spec = _torch_spec(reqs)
+def _pins_text(pins) -> str:
+    return ("; pinned by: " + "; ".join(p.describe() for p in pins)) if pins else ""
+
+
+def _with_pins(err: NoBackendError, pins) -> NoBackendError:
+    """The error, its message saying who pinned the torch that no backend serves."""
+    if pins:
+        err.message += f" ({_pins_text(pins)[2:]})"
+        err.args = (err.message,)
+    return err
+
+
+def _no_backend(facts: Facts, hw: Hardware, decision: Decision, reqs, settings, spec=None) -> NoBackendError:
+    spec = _torch_spec(reqs) if spec is None else spec
     lines = list(decision.rejected)
     gpus = [a for a in hw.accelerators if a.ignored is None]
     working = []
@@ -458,6 +627,8 @@ def render(out: Output, p: plan_mod.Plan) -> None:
             ("index", config.redact(p.index_url)),
             ("offers-from", p.offers_source),
         ]
+        + ([("torch", p.torch.describe()), ("pins-from", p.torch.source)] if p.torch is not None else [])
+        + ([("channel", p.torch.channel)] if p.torch is not None and p.torch.channel != "stable" else [])
     )
     for ph in p.phases:
         status = f"skip ({ph.skip})" if ph.skip else "run"

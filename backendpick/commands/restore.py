@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from backendpick import config, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
+from backendpick import config, envpins, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
 from backendpick.errors import InstallError, StateError
 from backendpick.output import Output
 from backendpick.plan import Phase, state_dir
@@ -39,6 +39,8 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
         return 0
     env = dict(os.environ)
     pip_config = pipconf.read(env, target.prefix)
+    # The pins install left in the environment would block the way back: our runs ignore them.
+    env.update(envpins.own_runs_env(env, target.prefix, pip_config))
     from backendpick.commands.install import stopped
 
     try:
@@ -95,10 +97,17 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
         raise stopped(exc, "pip was stopped and the environment may be partly restored",
                       f"to return to the environment before this restore: {undo}") from None
     _forget_builds(state, phases)
-    left = history.differences(snap, target_mod.inspect(target.python))
+    after = target_mod.inspect(target.python)
+    left = history.differences(snap, after)
     if left:
         raise InstallError(f"restore of snapshot {snap.id} did not bring everything back: {'; '.join(left[:5])}",
                            hint=f"the package index may no longer offer those versions; to undo: {undo}")
+    if envpins.pins_path(target.prefix).exists():
+        # The pins follow the stack back (an install wrote them; they are rewritten here).
+        names = set(settings.backend_packages) | set(settings.no_build_isolation)
+        envpins.write(target.prefix, envpins.pin_lines(after.installed, names), env=env,
+                      backend=f"restored snapshot {snap.id}")
+        out.info(f"rewrote the environment's pins ({envpins.pins_path(target.prefix)})")
     if out.json_mode:
         out.emit_json({"ok": True, "snapshot": snap.id, "undo_snapshot": before.id,
                        "phases": [ph.to_json() for ph in phases]})

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backendpick import config, facts as facts_mod, requirements, target as target_mod
+from backendpick import config, envpins, facts as facts_mod, requirements, target as target_mod
 from backendpick.errors import ConfigError
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
@@ -28,6 +28,7 @@ class Report:
     packages: list
     problems: list
     warnings: list = field(default_factory=list)  # Problems that do not make the stack inconsistent
+    pins: envpins.PinStatus | None = None  # the environment's pins (envpins.py)
 
     @property
     def ok(self) -> bool:
@@ -41,6 +42,7 @@ class Report:
             "packages": self.packages,
             "problems": [p.to_json() for p in self.problems],
             "warnings": [p.to_json() for p in self.warnings],
+            "pins": self.pins.to_json() if self.pins is not None else None,
         }
 
 
@@ -107,12 +109,17 @@ def check(
         reported = {config.normalize(p.package) for p in problems}
         problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family, offered=offered)
                      if config.normalize(p.package) not in reported]
+    pins = envpins.status(target.prefix, target.installed, family | nbi, os.environ)
+    if pins.in_place and not pins.current:
+        # Stale pins make a plain pip refuse what the environment already holds.
+        problems.append(Problem("pins", f"the environment's pins ({pins.path}) are not current: "
+                                        + "; ".join(pins.stale), f"backendpick install{flag}   # rewrites the pins"))
     packages = [
         {"name": d.name, "version": d.version}
         for n, d in sorted(target.installed.items())
         if n in family or n in nbi
     ]
-    return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded)
+    return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded, pins)
 
 
 def build_records(target: target_mod.Target, tb, nbi, flag: str, *, runtime: bool) -> tuple[list, list]:
@@ -162,6 +169,13 @@ def render(out: Output, report: Report) -> None:
                  + (f", HIP {t['hip']}" if t["hip"] else "") + ")")
     else:
         out.line("torch: not installed")
+    if report.pins is not None and report.torch:
+        p = report.pins
+        if not p.in_place:
+            out.line("pins: none (a plain pip can replace the stack; backendpick install writes them)")
+        else:
+            out.line(f"pins: {p.path}, " + ("current" if p.current else "not current")
+                     + (f"; hidden in this shell by {p.hidden_by}" if p.hidden_by else ""))
     for p in report.problems:
         out.line(f"problem: {p.package}: {p.message}")
         out.line(f"  fix: {p.fix}")

@@ -278,7 +278,7 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     # {"ok": bool, "torch": {...}, "packages": [...], "problems": [{"package", "message", "fix"}],
     #  "warnings": [same shape]}
     assert {"ok", "torch", "packages", "problems", "warnings"} <= set(report)
-    assert set(report) - {"ok", "torch", "packages", "problems", "warnings"} <= {"python"}
+    assert set(report) - {"ok", "torch", "packages", "problems", "warnings"} <= {"python", "pins"}
     assert report["ok"] is True and report["problems"] == []
     # flash-attn came from plain pip: nothing records the torch it was built for.
     [warning] = report["warnings"]
@@ -294,6 +294,7 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     assert text.stdout.splitlines() == [
         f"python: {py}",
         "torch: 2.5.1+cu124 (cu124, CUDA 12.4)",
+        "pins: none (a plain pip can replace the stack; backendpick install writes them)",  # installed by plain pip
         f"warning: flash-attn: {warning['message']}",
         f"  fix: {warning['fix']}",
         "ok: the GPU stack is consistent",

@@ -98,8 +98,11 @@ def test_script_structure(tmp_path: Path) -> None:
     assert phases["build"] == "\"$PY\" -m pip install --no-cache-dir --no-build-isolation -c \"$CONSTRAINTS\" 'flash-attn>=2.6'"
     assert phases["rest"] == "\"$PY\" -m pip install -c \"$CONSTRAINTS\" 'transformers>=4.40' tqdm"
     # The constraints are written once, after the backend phase and before the first later one.
-    writer = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c ')]
+    writer = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c \'import sys')]
     assert len(writer) == 1
+    # Last, as install does: the stack's pins in the environment's pip.conf (envpins.py).
+    pinning = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c \'from __future__')]
+    assert len(pinning) == 1 and pinning[0] > lines.index(phases["rest"]) and "backendpick-pins.txt" in script
     assert lines.index("# phase backend") < writer[0] < lines.index(phases["build-requirements"])
     assert any(x.endswith("'numpy<2'") for x in lines[writer[0]:lines.index(phases["build-requirements"])])
     # Nothing of the planning machine's paths is left but the default of PY.

@@ -438,6 +438,7 @@ def test_report_text(tmp_path: Path) -> None:
     assert buffer.getvalue().splitlines() == [
         f"python: {PY}",
         "torch: 2.5.1+cu124 (cu124, CUDA 12.4)",
+        "pins: none (a plain pip can replace the stack; backendpick install writes them)",
         "problem: torchvision: torchvision 0.20.1+cpu is built for cpu, torch 2.5.1+cu124 for cu124",
         f"  fix: backendpick install{FLAG} --backend cu124 torch==2.5.1 torchvision",
         "not ok: 1 problem(s)",

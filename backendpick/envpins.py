@@ -1,0 +1,352 @@
+"""Pins that outlive backendpick: the stack's versions in the environment's own pip configuration.
+
+pip reads ``<sys.prefix>/pip.conf`` (the "site" file) for every run of that interpreter, so a
+``constraint =`` there makes a later plain ``pip install -U torch`` or ``pip install
+xformers==<other>`` fail with pip's conflict message instead of quietly swapping the CUDA stack,
+while ``pip install some-package`` still works. Files written:
+
+* ``<prefix>/backendpick-pins.txt``: a pip constraints file. Header: what wrote it and how to
+  change the stack; ``-c`` lines for the user's own constraint files (see below); then
+  ``name==version`` for every installed backend and build package.
+* ``<prefix>/pip.conf``: ``constraint = <that file>`` in ``[global]`` and ``[install]``, merged
+  into a file the user may already have. pip keeps one value per key (``[install]`` beats
+  ``[global]``, and the site file beats the user and global files), so our value would hide the
+  user's own ``constraint``: their value stays in force through the ``-c`` lines of the pins file,
+  and a value we replace in the site file is kept as a ``# backendpick-replaced:`` comment, put
+  back when the pins are removed.
+
+backendpick must not be blocked by its own pins (an upgrade, a backend switch, ``restore``):
+``pipconf.read`` reads the site file as if we had never written it, and our pip runs get
+``PIP_CONSTRAINT`` (which beats every file) set to the user's own constraints, or os.devnull.
+
+uv does not read pip.conf: ``UV_CONSTRAINT=<prefix>/backendpick-pins.txt`` is the equivalent.
+Files are written atomically (temp file + os.replace): an interrupted run leaves the old file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from backendpick import __version__
+from backendpick.config import normalize
+
+PINS_NAME = "backendpick-pins.txt"
+REPLACED = "# backendpick-replaced: constraint = "
+OWN = "# backendpick: "
+SECTIONS = ("global", "install")
+CONF_HEADER = (
+    f"{OWN}the constraint lines below pin this environment's GPU stack ({PINS_NAME}); "
+    "`backendpick install` changes the stack, `backendpick install --no-pin-environment` removes them"
+)
+
+
+def conf_path(prefix: Path) -> Path:
+    """The site configuration file pip reads for this interpreter."""
+    return Path(prefix) / ("pip.ini" if os.name == "nt" else "pip.conf")
+
+
+def pins_path(prefix: Path) -> Path:
+    return Path(prefix) / PINS_NAME
+
+
+# -- pip.conf text, pure ----------------------------------------------------------------------------
+
+
+def _is_section(line: str) -> str | None:
+    s = line.strip()
+    return s[1:-1].strip().lower() if s.startswith("[") and s.endswith("]") else None
+
+
+def _key(line: str) -> str | None:
+    """The key of a ``key = value`` line (not a continuation line, not a comment)."""
+    if not line or line[0] in " \t#;" or "=" not in line and ":" not in line:
+        return None
+    sep = min(i for i in (line.find("="), line.find(":")) if i >= 0)
+    return line[:sep].strip().lower().replace("_", "-")
+
+
+def _entries(lines: list[str]):
+    """(section, start, end, key, value) for each key line with its continuation lines."""
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        name = _is_section(line)
+        if name is not None:
+            section = name
+            i += 1
+            continue
+        key = _key(line)
+        if key is None:
+            i += 1
+            continue
+        sep = min(j for j in (line.find("="), line.find(":")) if j >= 0)
+        value = [line[sep + 1:].strip()]
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            value.append(lines[j].strip())
+            j += 1
+        yield section, i, j, key, " ".join(v for v in value if v)
+        i = j
+
+
+def user_constraints(text: str, pins: str) -> dict[str, str | None]:
+    """Section -> the user's own ``constraint`` value in this file, as if backendpick had never
+    written it (our value replaced by what it replaced, or by nothing)."""
+    lines = text.splitlines()
+    out: dict[str, str | None] = {}
+    replaced: dict[str, str] = {}
+    section = None
+    for line in lines:
+        name = _is_section(line)
+        if name is not None:
+            section = name
+        elif line.startswith(REPLACED) and section:
+            replaced[section] = line[len(REPLACED):].strip()
+    for section, _s, _e, key, value in _entries(lines):
+        if key != "constraint" or section is None:
+            continue
+        out[section] = replaced.get(section) if value == pins else value
+    return out
+
+
+def merge_conf(text: str, pins: str) -> str:
+    """``text`` (a pip.conf, maybe empty) with ``constraint = pins`` in [global] and [install].
+
+    Nothing of the user's is lost: their own constraint line becomes a ``# backendpick-replaced:``
+    comment (and stays in force through the pins file's ``-c`` lines). Idempotent."""
+    lines = unmerge_conf(text).splitlines()
+    out: list[str] = []
+    seen: set[str] = set()
+    entries = {(sec, start): (end, key, value) for sec, start, end, key, value in _entries(lines)}
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        name = _is_section(line)
+        if name is not None:
+            section = name
+            out.append(line)
+            if name in SECTIONS and name not in seen:
+                seen.add(name)
+                out.append(f"constraint = {pins}")
+            i += 1
+            continue
+        entry = entries.get((section, i))
+        if entry and entry[1] == "constraint" and section in SECTIONS:
+            out.append(REPLACED + entry[2])
+            i = entry[0]
+            continue
+        out.append(line)
+        i += 1
+    for name in SECTIONS:
+        if name not in seen:
+            if out and out[-1].strip():
+                out.append("")
+            out += [f"[{name}]", f"constraint = {pins}"]
+    return "\n".join([CONF_HEADER, *out]) + "\n"
+
+
+def unmerge_conf(text: str) -> str:
+    """``text`` without backendpick's lines, the user's replaced values put back."""
+    lines = text.splitlines()
+    pins_lines = {start for sec, start, end, key, value in _entries(lines)
+                  if key == "constraint" and value.endswith(PINS_NAME)}
+    out = []
+    for i, line in enumerate(lines):
+        if line.startswith(OWN) or i in pins_lines:
+            continue
+        if line.startswith(REPLACED):
+            out.append("constraint = " + line[len(REPLACED):].strip())
+            continue
+        out.append(line)
+    # Sections we created and left empty go too.
+    cleaned: list[str] = []
+    for i, line in enumerate(out):
+        name = _is_section(line)
+        if name in SECTIONS:
+            rest = next((ln for ln in out[i + 1:] if ln.strip()), None)
+            if rest is None or _is_section(rest) is not None:
+                continue
+        cleaned.append(line)
+    while cleaned and not cleaned[-1].strip():
+        cleaned.pop()
+    return "\n".join(cleaned) + ("\n" if cleaned else "")
+
+
+def pins_text(pins: Iterable[str], includes: Iterable[str], *, backend: str) -> str:
+    lines = [
+        f"# Written by backendpick {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')}: the GPU stack of this "
+        f"environment ({backend}).",
+        "# pip reads it through this environment's pip.conf, so a plain pip cannot replace torch or a companion.",
+        "# To change the stack: backendpick install (-U for newer, --backend NAME to switch);",
+        "# to remove these pins: backendpick install --no-pin-environment. uv: UV_CONSTRAINT=<this file>.",
+    ]
+    lines += [f"# your own constraint file, kept in force:\n-c {p}" for p in includes]
+    lines += list(pins)
+    return "\n".join(lines) + "\n"
+
+
+def pin_lines(installed: Mapping[str, object], names: Iterable[str]) -> list[str]:
+    """``name==version`` for the installed packages of ``names`` (exact, local tag included)."""
+    out = []
+    for name in sorted({normalize(n) for n in names}):
+        dist = installed.get(name)
+        if dist is not None:
+            out.append(f"{dist.name}=={dist.version}")
+    return out
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """Normalized name -> pinned version, from a pins file."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "-")) or "==" not in line:
+            continue
+        name, _, version = line.partition("==")
+        out[normalize(name.strip())] = version.strip()
+    return out
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def user_includes(env: Mapping[str, str], prefix: Path) -> list[str]:
+    """The user's own constraint files that pip would apply from its configuration files (global,
+    user, and the site file as the user wrote it): our site value hides them, so the pins file
+    ``-c`` includes them. PIP_CONSTRAINT and PIP_CONFIG_FILE beat the site file and need nothing."""
+    from backendpick import pipconf
+
+    quiet = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    return [p for p in pipconf.read(quiet, prefix).list("constraint") if not p.endswith(PINS_NAME)]
+
+
+def write(prefix: Path, pins: list[str], *, env: Mapping[str, str], backend: str) -> Path:
+    """Write the pins file and merge its constraint into the site pip.conf. Returns the pins file."""
+    target = pins_path(prefix)
+    includes = user_includes(env, prefix)
+    write_atomic(target, pins_text(pins, includes, backend=backend))
+    conf = conf_path(prefix)
+    old = conf.read_text(encoding="utf-8") if conf.exists() else ""
+    new = merge_conf(old, str(target))
+    if new != old:
+        write_atomic(conf, new)
+    return target
+
+
+def up_to_date(prefix: Path, pins: list[str], *, env: Mapping[str, str]) -> bool:
+    """Whether the pins file already holds ``pins`` (and the user's includes) and the site pip.conf
+    points at it: then nothing is rewritten (the first line, when it was written, aside)."""
+    target = pins_path(prefix)
+    try:
+        old = target.read_text(encoding="utf-8")
+        conf = conf_path(prefix).read_text(encoding="utf-8")
+    except OSError:
+        return False
+    new = pins_text(pins, user_includes(env, prefix), backend="")
+    return old.splitlines()[1:] == new.splitlines()[1:] and merge_conf(conf, str(target)) == conf
+
+
+def remove(prefix: Path) -> bool:
+    """Remove backendpick's pins (the user's own pip.conf lines stay). True when there were any."""
+    conf = conf_path(prefix)
+    changed = False
+    if conf.exists():
+        old = conf.read_text(encoding="utf-8")
+        new = unmerge_conf(old)
+        if new != old:
+            changed = True
+            if new.strip():
+                write_atomic(conf, new)
+            else:
+                conf.unlink()
+    target = pins_path(prefix)
+    if target.exists():
+        target.unlink()
+        changed = True
+    return changed
+
+
+def own_runs_env(env: Mapping[str, str], prefix: Path, pip_config) -> dict[str, str]:
+    """What backendpick's own pip runs set so the pins it wrote do not block it: PIP_CONSTRAINT
+    (which beats every file) with the user's own constraints, or os.devnull for none."""
+    if "PIP_CONSTRAINT" in env and env["PIP_CONSTRAINT"]:
+        return {}
+    conf = conf_path(prefix)
+    try:
+        text = conf.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    if not any(key == "constraint" and value.endswith(PINS_NAME) for _s, _a, _b, key, value in _entries(text.splitlines())):
+        return {}
+    own = pip_config.list("constraint")
+    return {"PIP_CONSTRAINT": " ".join(own) if own else os.devnull}
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    in_place: bool  # the site pip.conf points at the pins file, and the file exists
+    current: bool  # it pins exactly what is installed
+    stale: tuple[str, ...] = ()  # "torch: pinned 2.5.1+cu124, installed 2.6.0+cu124"
+    hidden_by: str | None = None  # PIP_CONSTRAINT / PIP_CONFIG_FILE overriding the site file
+    path: str = ""
+
+    def to_json(self) -> dict:
+        return {"in_place": self.in_place, "current": self.current, "stale": list(self.stale),
+                "hidden_by": self.hidden_by, "file": self.path}
+
+
+def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], env: Mapping[str, str]) -> PinStatus:
+    conf, target = conf_path(prefix), pins_path(prefix)
+    try:
+        text = conf.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    pointed = any(key == "constraint" and value == str(target)
+                  for _s, _a, _b, key, value in _entries(text.splitlines()))
+    if not pointed or not target.exists():
+        return PinStatus(False, False, path=str(target))
+    pinned = read_pins(target.read_text(encoding="utf-8"))
+    stale = []
+    for name in sorted({normalize(n) for n in names} | set(pinned)):
+        dist = installed.get(name)
+        have = dist.version if dist is not None else None
+        want = pinned.get(name)
+        if have != want and not (want is None and have is None):
+            stale.append(f"{name}: pinned {want or '(not pinned)'}, installed {have or '(not installed)'}")
+    hidden = None
+    if env.get("PIP_CONSTRAINT"):
+        hidden = "PIP_CONSTRAINT"
+    elif env.get("PIP_CONFIG_FILE") and env["PIP_CONFIG_FILE"] != os.devnull:
+        try:
+            other = Path(env["PIP_CONFIG_FILE"]).read_text(encoding="utf-8")
+        except OSError:
+            other = ""
+        if any(key == "constraint" for _s, _a, _b, key, _v in _entries(other.splitlines())):
+            hidden = f"PIP_CONFIG_FILE ({env['PIP_CONFIG_FILE']})"
+    return PinStatus(True, not stale, tuple(stale), hidden, str(target))
