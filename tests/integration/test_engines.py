@@ -179,3 +179,36 @@ def test_both_engines_build_environments_that_verify_the_same(lab: Lab, server: 
         reports[engine] = {k: v for k, v in res.json().items() if k not in ("python", "environment")}
         reports[engine]["pins"].pop("file")  # each environment's own pins file
     assert reports["pip"] == reports["uv"]
+
+
+def test_auto_with_pinned_torch_stops_at_the_newest_backend_offering_it(lab: Lab, server: IndexServer,
+                                                                        tmp_path: Path) -> None:
+    """The torch specifier gather_preferred gets is the final one: the request's and the user's
+    pip constraint (here torch<2.7): cu128 (2.7.1 only) is passed over, cu126 (2.6.0) taken,
+    nothing older asked."""
+    venv = lab.new_venv()
+    cons = tmp_path / "c.txt"
+    cons.write_text("torch<2.7\n")
+    res = ok(lab.run("plan", "--json", "--python", py(venv), "torch", machine="nvidia-570-v100",
+                     PIP_CONSTRAINT=str(cons))).json()
+    assert (res["backend"], res["torch"]["version"]) == ("cu126", "2.6.0+cu126")
+    assert torch_pages(server) == ["cu128", "cu126"]
+
+
+def test_rerun_that_asks_nothing_still_puts_back_missing_pins(lab: Lab, server: IndexServer) -> None:
+    venv = lab.new_venv()
+    args = ("install", "--python", py(venv), "--backend", "cpu", *SMALL)
+    ok(lab.run(*args))
+    pins = venv / "backendpick-pins.txt"
+    written = pins.read_text()
+    assert "torch==2.5.1+cpu" in written
+    stamp = pins.stat().st_mtime_ns
+    server.clear_log()
+    ok(lab.run(*args))
+    assert server.log == [] and pins.stat().st_mtime_ns == stamp  # current pins: left as they are
+    pins.unlink()
+    ok(lab.run(*args))
+    assert server.log == []  # still nothing asked ...
+    assert pins.read_text().splitlines()[1:] == written.splitlines()[1:]  # ... and the pins are back
+    ok(lab.run(*args, "--no-pin-environment"))
+    assert not pins.exists() and not (venv / "pip.conf").exists()

@@ -165,3 +165,49 @@ def test_auto_asks_only_what_a_cuda_12_4_driver_runs_newest_first():
     assert cuda[0] == Backend.parse("cu124") and all(b.version <= (12, 4) for b in cuda)
     assert cuda == sorted(cuda, reverse=True) and order[-1] == Backend.parse("cpu")
     assert len(order) < len(candidates)
+
+
+class _Pages:
+    """An index client answering from a dict: URL -> torch versions (missing: 404)."""
+
+    def __init__(self, pages):
+        self.pages, self.asked = pages, []
+
+    def project(self, url, name):
+        from backendpick.index import FileLink, PageNotFound
+
+        self.asked.append(url.split("/")[-1])
+        if url not in self.pages:
+            raise PageNotFound(f"{url}/{name}/ (HTTP 404)")
+        return [FileLink(f"torch-{v}-py3-none-any.whl", f"{url}/torch-{v}.whl") for v in self.pages[url]]
+
+
+def _target_any():
+    return Target(python=Path(PY), prefix=Path("/env"), version=(3, 11, 7), markers={}, tags=("py3-none-any",),
+                  pip_version="24", purelib=Path("/env/lib"), installed={})
+
+
+def test_preferred_takes_the_final_spec_and_an_accept_check_and_stops_at_the_first():
+    from packaging.specifiers import SpecifierSet
+
+    from backendpick.offers import gather_preferred
+
+    facts = facts_mod.load()
+    hw = Hardware(accelerators=(Accelerator(NVIDIA, "V100", "570.86.10", "7.0"),), nvidia_driver="570.86.10",
+                  driver_cuda="12.8", driver_cuda_source="driver table")
+    pages = {"x/cu128": ["2.7.1+cu128"], "x/cu126": ["2.6.0+cu126", "2.7.1+cu126"], "x/cu124": ["2.6.0+cu124"],
+             "x/cpu": ["2.6.0+cpu"]}
+    candidates = [b for b in facts.all_backends() if b.kind in ("cpu", "cuda")]
+    client = _Pages(pages)
+    offers = gather_preferred(facts, client, "x/{backend}", hw, candidates, SpecifierSet("<2.7"), _target_any(),
+                              policy="strict")
+    assert list(offers.versions) == [Backend.parse("cu126")] and client.asked == ["cu128", "cu126"]
+    # cu126 lacks a companion a package pins: the choice moves on to cu124.
+    client = _Pages(pages)
+    offers = gather_preferred(facts, client, "x/{backend}", hw, candidates, SpecifierSet("<2.7"), _target_any(),
+                              policy="strict", accept=lambda b: b != Backend.parse("cu126"))
+    assert Backend.parse("cu124") in offers.versions and Backend.parse("cu126") not in offers.versions
+    # Nothing anywhere: what the index answered is kept for the message.
+    empty = gather_preferred(facts, _Pages({}), "x/{backend}", hw, candidates, SpecifierSet(), _target_any(),
+                             policy="strict")
+    assert empty.unanswered() and "HTTP 404" in empty.unanswered()
