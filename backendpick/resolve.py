@@ -17,6 +17,15 @@ the rest phase would see. The restrictions, and why:
   publish, and limited to that range by a constraint, so a pin to ``torch==2.5.1+cu124`` or to a
   version the user's index lacks still resolves. Only the pins on them are read from the report.
 * ``--ignore-installed``: installed packages are reported too (their pins count as much).
+* The stubs keep the backend builds' local tags (``2.7.1+cu126``): a higher version than an
+  untagged PyPI torch ``2.7.1``, so pip takes the stub and never fetches a family wheel or its
+  metadata from the user's indexes (it still reads their pages, as for any package).
+
+This is the plan's ONE resolution: it also says which backend and build packages the ordinary
+requirements pull in (``Resolution.pulled``), so the plan holds what install runs (issue 9). An
+sdist-only build package stops ``--only-binary`` (``No matching distribution found for
+flash-attn``): its name still routes it to its phase (``stopped_at``), and the plan says the
+dependencies were not fully resolved.
 
 When that resolution fails (no wheel for some package, a conflict among the ordinary packages, no
 network), one ``--no-deps`` run reads the direct requirements' own metadata instead, and the
