@@ -8,11 +8,14 @@ specifier and Python, so the choice is about builds that really exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
 from backendpick.facts import Facts, dotted, show
 from backendpick.hardware import AMD, APPLE, INTEL, NVIDIA, Accelerator, Hardware
+
+if TYPE_CHECKING:  # pragma: no cover
+    from backendpick.config import Settings
 
 Offers = Mapping[Backend, Sequence[tuple]]  # backend -> torch release tuples, e.g. (2, 7, 1)
 
@@ -23,6 +26,13 @@ STRICT, MINOR = "strict", "minor"
 class Explicit:
     backend: Backend
     source: str  # "--backend", "BACKENDPICK_BACKEND", "pyproject.toml"
+
+
+def explicit_choice(settings: Settings) -> Explicit | None:
+    """The backend the user named (flag, environment or pyproject.toml), with where it came from."""
+    if settings.chosen_backend is None:
+        return None
+    return Explicit(settings.chosen_backend, settings.backend.source)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from backendpick import config, facts as facts_mod
 from backendpick.hardware import Hardware
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
-from backendpick.select import Decision, Explicit, choose, table_offers
+from backendpick.select import Decision, choose, explicit_choice, table_offers
 
 
 OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
@@ -29,12 +29,6 @@ class Detection:
     @property
     def warnings(self) -> list[str]:
         return list(self.hardware.warnings) + list(self.offer_warnings) + list(self.decision.warnings)
-
-
-def explicit_choice(settings: config.Settings) -> Explicit | None:
-    if settings.chosen_backend is None:
-        return None
-    return Explicit(settings.chosen_backend, settings.backend.source)
 
 
 def detect(settings: config.Settings, offers=None) -> Detection:

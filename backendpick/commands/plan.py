@@ -23,8 +23,7 @@ from backendpick.index import IndexClient
 from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for, preference
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
-from backendpick.commands.detect import explicit_choice
-from backendpick.select import Decision, Explicit, choose, table_offers
+from backendpick.select import Decision, Explicit, choose, explicit_choice, table_offers
 
 
 @dataclass(frozen=True)
