@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name as normalize  # config.normalize's rule; config imports this module
 from packaging.version import Version
 
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
@@ -150,8 +151,6 @@ def _backend_entry(text: str, where: str) -> str:
 
 def parse(package: str, row: Mapping[str, Any], origin: str = "shipped") -> Recipe:
     """One recipe table; ConfigError naming the key for anything wrong."""
-    from backendpick.config import normalize
-
     if not isinstance(row, Mapping):
         raise ConfigError(f"{_where(origin, package)} must be a table")
     import difflib
@@ -251,8 +250,6 @@ def validate_user(table: Mapping[str, Any], path: Path) -> None:
 
 def merged(user: Mapping[str, Any], origin: str = "pyproject.toml") -> dict[str, tuple[Recipe, ...]]:
     """Shipped recipes, with the user's replacing those of the same name."""
-    from backendpick.config import normalize
-
     out = dict(shipped())
     for package, value in user.items():
         out[normalize(package)] = parse_many(package, value, origin)
