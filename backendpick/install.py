@@ -254,7 +254,9 @@ def _phase_log(log_dir: Path, phase: Phase, on_line: Callable[[str], None]) -> I
 
 
 def _stderr_note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    from backendpick.output import note
+
+    note(text)
 
 
 def _run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_start: Callable[[Phase], None],

@@ -86,6 +86,11 @@ class Output:
             self.line(f"{title.lower()}: {cells}")
 
 
+def note(text: str, stream: IO[str] | None = None) -> None:
+    """One line to stderr at once, for callers that have no ``Output`` (the executor's default)."""
+    print(text, file=stream or sys.stderr, flush=True)
+
+
 def _plain_value(value: Any) -> str:
     """``-`` for none, JSON-style quotes around values with spaces, so lines split as key=value."""
     if value is None or value == "":
