@@ -29,7 +29,7 @@ from backendpick.runner import capture
 
 if TYPE_CHECKING:  # pragma: no cover
     from backendpick.config import BuildSettings
-    from backendpick.prebuilt import Package
+    from backendpick.facts import Package
 
 PROBE_TIMEOUT = 10.0  # nvcc --version answers in well under a second
 TORCH_TIMEOUT = 180.0  # importing torch reads gigabytes of shared libraries on a cold disk

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
+
 
 def dotted(text: str) -> tuple[int, ...]:
     """``"550.54.14"`` -> ``(550, 54, 14)``; raises ValueError on anything else."""
@@ -33,6 +37,53 @@ class ArchRow:
 
 
 @dataclass(frozen=True)
+class Naming:
+    """One ``[[prebuilt.<name>.naming]]`` row: how the project names its wheels from ``since`` on."""
+
+    since: Version
+    cuda: dict  # CUDA major (str) -> tag in the file name ("cu12")
+    rocm: str | None = None  # format with hip_major, hip_minor ("rocm{hip_major}{hip_minor}")
+
+
+@dataclass(frozen=True)
+class Package:
+    """A ``[prebuilt.<name>]`` table: what a project that PyPI has only as an sdist publishes."""
+
+    name: str
+    wheel_name: str
+    release_url: str
+    naming: tuple[Naming, ...]
+    force_build_env: str | None = None
+    skip_build_env: str | None = None
+    job_memory_gb: float | None = None
+    cuda_archs_env: str | None = None
+    cuda_archs: tuple[str, ...] = ()
+    rocm_archs_env: str | None = None
+
+    def naming_for(self, version: Version) -> Naming | None:
+        rows = [n for n in self.naming if n.since <= version]
+        return max(rows, key=lambda n: n.since) if rows else None
+
+
+def _package(name: str, row: dict) -> Package:
+    return Package(
+        name=name,
+        wheel_name=row["wheel-name"],
+        release_url=row["release-url"],
+        naming=tuple(
+            Naming(Version(n["since"]), {str(k): v for k, v in n.get("cuda", {}).items()}, n.get("rocm"))
+            for n in row.get("naming", [])
+        ),
+        force_build_env=row.get("force-build-env"),
+        skip_build_env=row.get("skip-build-env"),
+        job_memory_gb=row.get("job-memory-gb"),
+        cuda_archs_env=row.get("cuda-archs-env"),
+        cuda_archs=tuple(row.get("cuda-archs", ())),
+        rocm_archs_env=row.get("rocm-archs-env"),
+    )
+
+
+@dataclass(frozen=True)
 class Facts:
     default_index_url: str
     cuda_drivers: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (toolkit, min driver), ascending
@@ -49,6 +100,7 @@ class Facts:
     cxx11abi_from: tuple[int, ...] = (2, 7)  # first torch release whose wheels use the CXX11 ABI
     # torch (major, minor) -> backend names whose builds use the CXX11 ABI before cxx11abi_from
     cxx11abi_early: dict = field(default_factory=dict)
+    prebuilt: dict = field(default_factory=dict)  # normalized name -> Package
 
     def cxx11abi(self, release: tuple[int, ...], backend) -> bool:
         """Whether the Linux wheels of torch ``release`` for ``backend`` use the CXX11 ABI."""
@@ -175,6 +227,10 @@ def build(raw: dict) -> Facts:
         extensions={k: tuple(v) for k, v in raw["packages"].get("extensions", {}).items()},
         cxx11abi_from=dotted(torch["abi"]["cxx11-from"]),
         cxx11abi_early={dotted(k): frozenset(v) for k, v in torch["abi"].get("cxx11-early", {}).items()},
+        prebuilt={
+            canonicalize_name(name): _package(canonicalize_name(name), row)
+            for name, row in raw.get("prebuilt", {}).items()
+        },
     )
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
@@ -42,116 +41,24 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from backendpick import buildenv, cache
+from backendpick import buildenv, cache, facts
 from backendpick.buildenv import TorchInfo
 from backendpick.config import GITHUB_SOURCE, BuildSettings, Settings, normalize, redact
 from backendpick.errors import BackendpickError
+from backendpick.facts import Package
 from backendpick.hardware import AMD, NVIDIA, Hardware
 from backendpick.pipconf import PipConfig
 from backendpick.plan import AS_IS, BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan, fold_builds
 from backendpick.target import Target
+from backendpick.wheelnames import gpu_tag, platform_tag, wheel_filename
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 CHECK_TIMEOUT = 15.0  # per source; a blackholed mirror must not stall an install for minutes
 
 
-# -- facts: what each project publishes ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Naming:
-    since: Version
-    cuda: dict  # CUDA major (str) -> tag in the file name ("cu12")
-    rocm: str | None = None  # format with hip_major, hip_minor ("rocm{hip_major}{hip_minor}")
-
-
-@dataclass(frozen=True)
-class Package:
-    name: str
-    wheel_name: str
-    release_url: str
-    naming: tuple[Naming, ...]
-    force_build_env: str | None = None
-    skip_build_env: str | None = None
-    job_memory_gb: float | None = None
-    cuda_archs_env: str | None = None
-    cuda_archs: tuple[str, ...] = ()
-    rocm_archs_env: str | None = None
-
-    def naming_for(self, version: Version) -> Naming | None:
-        rows = [n for n in self.naming if n.since <= version]
-        return max(rows, key=lambda n: n.since) if rows else None
-
-
-def _package(name: str, row: dict) -> Package:
-    return Package(
-        name=name,
-        wheel_name=row["wheel-name"],
-        release_url=row["release-url"],
-        naming=tuple(
-            Naming(Version(n["since"]), {str(k): v for k, v in n.get("cuda", {}).items()}, n.get("rocm"))
-            for n in row.get("naming", [])
-        ),
-        force_build_env=row.get("force-build-env"),
-        skip_build_env=row.get("skip-build-env"),
-        job_memory_gb=row.get("job-memory-gb"),
-        cuda_archs_env=row.get("cuda-archs-env"),
-        cuda_archs=tuple(row.get("cuda-archs", ())),
-        rocm_archs_env=row.get("rocm-archs-env"),
-    )
-
-
-@lru_cache(maxsize=1)
 def packages() -> dict[str, Package]:
-    """The ``[prebuilt]`` rows of facts.toml, by normalized name (read only when a build runs)."""
-    from backendpick import facts
-
-    raw = facts.raw().get("prebuilt", {})
-    return {normalize(name): _package(normalize(name), row) for name, row in raw.items()}
-
-
-# -- the file name ---------------------------------------------------------------------------------
-
-
-def platform_tag(markers: Mapping[str, str]) -> str | None:
-    """``linux_x86_64``: the platform part of the projects' wheel names (they publish Linux only)."""
-    if markers.get("sys_platform") != "linux":
-        return None
-    return f"linux_{markers.get('platform_machine') or 'x86_64'}"
-
-
-def gpu_tag(package: Package, version: Version, torch: TorchInfo) -> tuple[str | None, str]:
-    """The ``cu12`` / ``rocm62`` part of the name, or None and why there is none."""
-    row = package.naming_for(version)
-    if row is None:
-        return None, f"{package.name} {version} predates its prebuilt wheels"
-    if torch.cuda_version:
-        major = str(torch.cuda_version[0])
-        if major not in row.cuda:
-            return None, f"{package.name} {version} publishes no wheels for CUDA {major}"
-        return row.cuda[major], ""
-    if torch.hip_version:
-        if not row.rocm:
-            return None, f"{package.name} {version} publishes no ROCm wheels"
-        return row.rocm.format(hip_major=torch.hip_version[0], hip_minor=torch.hip_version[1]), ""
-    return None, f"torch {torch.version} is a CPU build; {package.name} publishes CUDA and ROCm wheels only"
-
-
-def wheel_filename(package: Package, version: str, torch: TorchInfo, python_tag: str,
-                   platform: str | None) -> tuple[str | None, str]:
-    """The file name the project publishes for this torch, or None and why there is none."""
-    if platform is None:
-        return None, f"{package.name} publishes Linux wheels only"
-    try:
-        parsed = Version(version)
-    except InvalidVersion:
-        return None, f"{version!r} is not a version"
-    tag, why = gpu_tag(package, parsed, torch)
-    if tag is None:
-        return None, why
-    abi = "TRUE" if torch.cxx11abi else "FALSE"
-    return (f"{package.wheel_name}-{version}+{tag}torch{torch.major_minor}cxx11abi{abi}"
-            f"-{python_tag}-{python_tag}-{platform}.whl"), ""
+    """The ``[prebuilt]`` tables of facts.toml, by normalized name."""
+    return facts.load().prebuilt
 
 
 # -- where to look -----------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def route(
     extra: Sequence[str] = (),
 ) -> Routed:
     """``extra``: recipe names a dependency pulled in (install's retry), routed as if requested."""
-    from backendpick.prebuilt import platform_tag
+    from backendpick.wheelnames import platform_tag
 
     recipes = settings.recipes
     family = set(settings.backend_packages)

@@ -22,10 +22,12 @@ from backendpick import buildenv, cache, config, facts as facts_mod, prebuilt
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import ConfigError
+from backendpick.facts import Package
 from backendpick.index import FileLink, IndexUnavailable, PageNotFound
 from backendpick.pipconf import PipConfig
 from backendpick.plan import AS_IS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase
 from backendpick.target import Target
+from backendpick.wheelnames import platform_tag, wheel_filename
 
 CU124 = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
 CU130 = TorchInfo("2.9.1+cu130", cuda="13.0", cxx11abi=True)
@@ -35,7 +37,7 @@ CPU = TorchInfo("2.5.1+cpu")
 LINUX = "linux_x86_64"
 
 
-def pkg(name: str) -> prebuilt.Package:
+def pkg(name: str) -> Package:
     return prebuilt.packages()[name]
 
 
@@ -64,7 +66,7 @@ def pkg(name: str) -> prebuilt.Package:
     ],
 )
 def test_wheel_filename_follows_each_release_naming(name, version, torch, expected):
-    assert prebuilt.wheel_filename(pkg(name), version, torch, "cp311", LINUX) == (expected, "")
+    assert wheel_filename(pkg(name), version, torch, "cp311", LINUX) == (expected, "")
 
 
 @pytest.mark.parametrize(
@@ -77,14 +79,14 @@ def test_wheel_filename_follows_each_release_naming(name, version, torch, expect
     ],
 )
 def test_no_wheel_name_when_the_project_publishes_none(name, version, torch, why):
-    filename, reason = prebuilt.wheel_filename(pkg(name), version, torch, "cp311", LINUX)
+    filename, reason = wheel_filename(pkg(name), version, torch, "cp311", LINUX)
     assert filename is None and why in reason
 
 
 def test_no_wheel_name_off_linux():
-    assert prebuilt.platform_tag({"sys_platform": "darwin", "platform_machine": "arm64"}) is None
-    assert prebuilt.platform_tag({"sys_platform": "linux", "platform_machine": "aarch64"}) == "linux_aarch64"
-    filename, why = prebuilt.wheel_filename(pkg("flash-attn"), "2.7.4", CU124, "cp311", None)
+    assert platform_tag({"sys_platform": "darwin", "platform_machine": "arm64"}) is None
+    assert platform_tag({"sys_platform": "linux", "platform_machine": "aarch64"}) == "linux_aarch64"
+    filename, why = wheel_filename(pkg("flash-attn"), "2.7.4", CU124, "cp311", None)
     assert filename is None and "Linux wheels only" in why
 
 
