@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from backendpick.config import normalize, redact
@@ -75,21 +75,39 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
     return files
 
 
+def open_url(pip_config: PipConfig, url: str):
+    """A urllib opener for ``url`` with the user's pip certificate, proxy and trusted hosts, and
+    the URL without its credentials (urllib does not send those by itself: the opener does).
+
+    The one way backendpick reads HTTP: index pages and the existence checks of prebuilt wheels."""
+    import ssl
+    import urllib.request
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    handlers: list = []
+    if pip_config.proxy:
+        handlers.append(urllib.request.ProxyHandler({"http": pip_config.proxy, "https": pip_config.proxy}))
+    if parts.scheme == "https":
+        ctx = ssl.create_default_context(cafile=pip_config.cert) if pip_config.cert else ssl.create_default_context()
+        if parts.hostname in pip_config.trusted_hosts:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=ctx))
+    if parts.username:
+        mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        mgr.add_password(None, f"{parts.scheme}://{parts.hostname}", unquote(parts.username), unquote(parts.password or ""))
+        handlers.append(urllib.request.HTTPBasicAuthHandler(mgr))
+        url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    return urllib.request.build_opener(*handlers), url
+
+
 class IndexClient:
     def __init__(self, pip_config: PipConfig, timeout: float | None = None):
         self.pip_config = pip_config
         # Short: a blackholed mirror must not stall a Docker build; pip retries on its own later.
         self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
         self._cache: dict[str, list[FileLink]] = {}
-
-    def _context(self, host: str):
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=self.pip_config.cert) if self.pip_config.cert else ssl.create_default_context()
-        if host in self.pip_config.trusted_hosts:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
     def project(self, index_url: str, name: str) -> list[FileLink]:
         """Files of ``name`` on the index at ``index_url``; PageNotFound for a 404."""
@@ -107,22 +125,7 @@ class IndexClient:
             files = _file_project(url)
             self._cache[url] = files
             return files
-        handlers: list = []
-        if self.pip_config.proxy:
-            handlers.append(urllib.request.ProxyHandler({"http": self.pip_config.proxy, "https": self.pip_config.proxy}))
-        if parts.scheme == "https":
-            handlers.append(urllib.request.HTTPSHandler(context=self._context(parts.hostname or "")))
-        if parts.username:
-            # Credentials in the URL: urllib does not send them by itself.
-            mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-            from urllib.parse import unquote
-
-            mgr.add_password(None, f"{parts.scheme}://{parts.hostname}", unquote(parts.username), unquote(parts.password or ""))
-            handlers.append(urllib.request.HTTPBasicAuthHandler(mgr))
-            url_clean = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
-        else:
-            url_clean = url
-        opener = urllib.request.build_opener(*handlers)
+        opener, url_clean = open_url(self.pip_config, url)
         request = urllib.request.Request(url_clean, headers={"Accept": _ACCEPT, "User-Agent": "backendpick"})
         try:
             with opener.open(request, timeout=self.timeout) as resp:
@@ -158,6 +161,67 @@ def _file_project(url: str) -> list[FileLink]:
     return parse_page(body, "text/html", page.as_uri())
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A file of a project page that installs on the target."""
+
+    file: FileLink
+    version: Version
+    rank: int  # where its best tag stands in the target's tag list (lower is better); 0 for an sdist
+
+    @property
+    def wheel(self) -> bool:
+        return self.file.filename.endswith(".whl")
+
+
+def installable(
+    files: Iterable[FileLink],
+    name: str,
+    *,
+    tags: Sequence[str] = (),
+    python_version: str | None = None,
+    sdists: bool = False,
+    yanked: bool = False,
+) -> list[Candidate]:
+    """The files of ``name`` a target can install, as pip filters them: the name, a wheel tag
+    the target supports (no tags given: any), its Requires-Python (no Python given: not
+    checked), not yanked unless ``yanked`` (pip installs a yanked release pinned with ``==``),
+    sdists only with ``sdists``. Files whose names do not parse are left out."""
+    order: dict[str, int] = {}
+    for i, tag in enumerate(tags):
+        order.setdefault(str(tag), i)
+    wanted = normalize(name)
+    out = []
+    for f in files:
+        if f.yanked and not yanked:
+            continue
+        rank = 0
+        try:
+            if f.filename.endswith(".whl"):
+                fname, version, _build, ftags = parse_wheel_filename(f.filename)
+                if order:
+                    ranks = [order[str(t)] for t in ftags if str(t) in order]
+                    if not ranks:
+                        continue
+                    rank = min(ranks)
+            elif sdists:
+                fname, version = parse_sdist_filename(f.filename)
+            else:
+                continue
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            continue
+        if normalize(fname) != wanted:
+            continue
+        if python_version is not None and f.requires_python:
+            try:
+                if not SpecifierSet(f.requires_python).contains(python_version, prereleases=True):
+                    continue
+            except InvalidSpecifier:
+                pass  # pip ignores a Requires-Python it cannot read
+        out.append(Candidate(f, version, rank))
+    return out
+
+
 def matching_versions(
     files: Iterable[FileLink],
     name: str,
@@ -166,28 +230,8 @@ def matching_versions(
     tags: Sequence[str],
 ) -> list[Version]:
     """Versions of ``name`` with a wheel installable on the target that satisfy ``specifier``."""
-    supported = set(tags)
-    found: set[Version] = set()
-    for f in files:
-        if f.yanked or not f.filename.endswith(".whl"):
-            continue
-        try:
-            wname, version, _build, wtags = parse_wheel_filename(f.filename)
-        except (InvalidWheelFilename, InvalidVersion):
-            continue
-        if normalize(wname) != normalize(name):
-            continue
-        if supported and not any(str(t) in supported for t in wtags):
-            continue
-        if f.requires_python:
-            try:
-                if not SpecifierSet(f.requires_python).contains(python_version, prereleases=True):
-                    continue
-            except InvalidSpecifier:
-                pass
-        if specifier.contains(version):
-            found.add(version)
-    return sorted(found)
+    found = {c.version for c in installable(files, name, tags=tags, python_version=python_version)}
+    return sorted(v for v in found if specifier.contains(v))
 
 
 def fetch_many(client: IndexClient, pages: dict) -> dict:

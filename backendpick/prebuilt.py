@@ -34,11 +34,11 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from packaging.requirements import Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+from packaging.specifiers import SpecifierSet
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from backendpick import buildenv, cache, facts
@@ -94,29 +94,6 @@ class Found:
     source: Source
 
 
-def _opener(pip_config: PipConfig, url: str):
-    """urllib opener with the user's pip certificate, proxy and trusted hosts (as index.py)."""
-    import ssl
-    import urllib.request
-
-    parts = urlsplit(url)
-    handlers: list = []
-    if pip_config.proxy:
-        handlers.append(urllib.request.ProxyHandler({"http": pip_config.proxy, "https": pip_config.proxy}))
-    if parts.scheme == "https":
-        ctx = ssl.create_default_context(cafile=pip_config.cert) if pip_config.cert else ssl.create_default_context()
-        if parts.hostname in pip_config.trusted_hosts:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        handlers.append(urllib.request.HTTPSHandler(context=ctx))
-    if parts.username:
-        mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-        mgr.add_password(None, f"{parts.scheme}://{parts.hostname}", unquote(parts.username), unquote(parts.password or ""))
-        handlers.append(urllib.request.HTTPBasicAuthHandler(mgr))
-        url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
-    return urllib.request.build_opener(*handlers), url
-
-
 def url_exists(url: str, pip_config: PipConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool | None, str]:
     """True when the URL serves a file, False when the server says it has none, None when it
     cannot be asked (no network); with the reason in words."""
@@ -128,7 +105,9 @@ def url_exists(url: str, pip_config: PipConfig, timeout: float = CHECK_TIMEOUT) 
 
         path = Path(url2pathname(urlsplit(url).path))
         return (True, "") if path.is_file() else (False, "no such file")
-    opener, clean = _opener(pip_config, url)
+    from backendpick.index import open_url
+
+    opener, clean = open_url(pip_config, url)
     # HEAD first; servers that refuse HEAD (signed storage URLs) get a one-byte GET instead.
     for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
         request = urllib.request.Request(clean, method=method, headers={"User-Agent": "backendpick", **headers})
@@ -205,7 +184,7 @@ def choose_version(req: Requirement, *, client, index_url: str, target: Target) 
 
     The second value says why there is no version, or is ``WHEEL_ON_INDEX`` when the index
     itself has an installable wheel of the chosen version."""
-    from backendpick.index import IndexUnavailable, PageNotFound
+    from backendpick.index import IndexUnavailable, PageNotFound, installable
 
     pin = pinned_version(req)
     if pin is not None:
@@ -216,32 +195,9 @@ def choose_version(req: Requirement, *, client, index_url: str, target: Target) 
         return None, f"{req.name} is not on {redact(index_url)}"
     except IndexUnavailable as exc:
         return None, f"cannot read {exc}"
-    supported = set(target.tags)
-    versions: set[Version] = set()
-    wheels: set[Version] = set()  # versions with a wheel this target can install
-    for f in files:
-        if f.yanked:
-            continue
-        try:
-            if f.filename.endswith(".whl"):
-                name, version, _build, tags = parse_wheel_filename(f.filename)
-                if supported and not any(str(t) in supported for t in tags):
-                    continue
-            else:
-                name, version = parse_sdist_filename(f.filename)
-        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-            continue
-        if normalize(name) != normalize(req.name):
-            continue
-        if f.requires_python:
-            try:
-                if not SpecifierSet(f.requires_python).contains(target.python_version_text, prereleases=True):
-                    continue
-            except InvalidSpecifier:
-                pass
-        versions.add(version)
-        if f.filename.endswith(".whl"):
-            wheels.add(version)
+    found = installable(files, req.name, tags=target.tags, python_version=target.python_version_text, sdists=True)
+    versions = {c.version for c in found}
+    wheels = {c.version for c in found if c.wheel}  # versions with a wheel this target can install
     fitting = sorted(req.specifier.filter(versions))
     if not fitting:
         return None, f"no release of {req.name} on {redact(index_url)} satisfies '{req.specifier or 'any'}'"

@@ -32,7 +32,7 @@ from backendpick import recipes as rc
 from backendpick.backend import CPU, Backend
 from backendpick.config import Settings, normalize, redact
 from backendpick.errors import NoBackendError
-from backendpick.index import FileLink, IndexClient, IndexUnavailable, PageNotFound
+from backendpick.index import FileLink, IndexClient, IndexUnavailable, PageNotFound, installable
 from backendpick.target import Target
 
 BACKEND_PHASE, BUILD_PHASE, REST_PHASE = "backend", "build", "rest"
@@ -278,25 +278,14 @@ def _wheel(client: IndexClient, key: str, url: str, dist: str, spec: SpecifierSe
     except IndexUnavailable as exc:
         raise NoBackendError(f"{package}: cannot read {exc}",
                              hint="check the network or point [tool.backendpick.mirrors] at a reachable copy") from None
-    supported = list(target.tags)
+    names = {str(c.version) for c in installable(files, dist)}
     best: tuple | None = None
-    names = set()
-    for f in files:
-        if f.yanked or not f.filename.endswith(".whl"):
+    for c in installable(files, dist, tags=target.tags):
+        if not spec.contains(c.version, prereleases=True):
             continue
-        try:
-            wname, version, _b, tags = parse_wheel_filename(f.filename)
-        except (InvalidWheelFilename, InvalidVersion):
-            continue
-        if normalize(wname) != normalize(dist):
-            continue
-        names.add(str(version))
-        ranks = [supported.index(str(t)) for t in tags if str(t) in supported] if supported else [0]
-        if not ranks or not spec.contains(version, prereleases=True):
-            continue
-        key_ = (version, -min(ranks))
+        key_ = (c.version, -c.rank)
         if best is None or key_ > best[0]:
-            best = (key_, f)
+            best = (key_, c.file)
     if best is None:
         seen = f"versions there: {', '.join(sorted(names, key=Version)[-5:])}" if names else f"no {dist} wheels there"
         raise NoBackendError(

@@ -13,8 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import Requirement
-from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from backendpick import config, envpins, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
 from backendpick.errors import InstallError, StateError
@@ -184,21 +183,10 @@ def check_available(phases: list[Phase], target, pip_config) -> list[str]:
 def _offers(files, name: str, version: str, target) -> bool:
     """A wheel of exactly ``version`` for the target's tags, or its sdist (pip builds it). A
     yanked file counts: pip installs a yanked release when it is pinned with ``==``."""
+    from backendpick.index import installable
+
     want = Version(version)
-    tags = set(target.tags)
-    for f in files:
-        try:
-            if f.filename.endswith(".whl"):
-                fname, fversion, _build, ftags = parse_wheel_filename(f.filename)
-                if tags and not any(str(t) in tags for t in ftags):
-                    continue
-            else:
-                fname, fversion = parse_sdist_filename(f.filename)
-        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-            continue
-        if config.normalize(fname) == config.normalize(name) and fversion == want:
-            return True
-    return False
+    return any(c.version == want for c in installable(files, name, tags=target.tags, sdists=True, yanked=True))
 
 
 def _url_problem(url: str) -> str | None:
