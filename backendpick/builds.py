@@ -4,7 +4,7 @@ A flash-attn wheel works only next to the torch it was compiled against (version
 C++ ABI), and nothing installed says which one that was: a source build's metadata is plain
 ``2.7.4``, and the prebuilt wheels' METADATA drops the ``+cu12torch2.5cxx11abiFALSE`` of their
 file name. So install records it, per package, in ``builds.json`` of the environment's state
-folder (``plan.state_dir``), and ``verify`` compares the record with the torch installed now.
+folder (``paths.state_dir``), and ``verify`` compares the record with the torch installed now.
 
 The file is replaced atomically (temporary file + rename): a reader sees the old record or the
 new one, never half of one.
@@ -21,7 +21,6 @@ from typing import Iterable, Mapping
 
 from packaging.version import InvalidVersion, Version
 
-FILE = "builds.json"
 FORMAT = 1
 PIP = "pip"  # a build phase without steps: pip built it with --no-build-isolation
 
@@ -57,7 +56,9 @@ def _public(version: str) -> str:
 
 
 def path(state: Path) -> Path:
-    return state / FILE
+    from backendpick import paths
+
+    return paths.builds_record(state)
 
 
 def read(state: Path) -> dict[str, Record]:
@@ -129,4 +130,4 @@ def after_install(state: Path, phase, python: Path) -> None:
     update(state, new, installed)
 
 
-__all__ = ["FILE", "Record", "after_install", "forget", "from_torch", "path", "read", "update", "write"]
+__all__ = ["Record", "after_install", "forget", "from_torch", "path", "read", "update", "write"]

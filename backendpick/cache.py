@@ -19,33 +19,17 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-ENV_CACHE_DIR = "BACKENDPICK_CACHE_DIR"
 KEY_FILE = "key.json"
 DEFAULT_ARCH = "default"  # no architecture list set: the package's and torch's own defaults
-
-
-def root(env: Mapping[str, str] | None = None) -> Path:
-    """Where the cache lives: ``BACKENDPICK_CACHE_DIR``, else the platform's cache folder."""
-    env = os.environ if env is None else env
-    if env.get(ENV_CACHE_DIR):
-        return Path(env[ENV_CACHE_DIR]).expanduser()
-    home = Path(env.get("HOME") or Path.home())
-    if sys.platform == "darwin":
-        return home / "Library" / "Caches" / "backendpick" / "wheels"
-    if sys.platform == "win32":
-        base = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
-        return base / "backendpick" / "Cache" / "wheels"
-    return Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "backendpick" / "wheels"
 
 
 @dataclass(frozen=True)
@@ -248,4 +232,4 @@ def clear(base: Path, names: Iterable[str] = ()) -> list[Entry]:
     return removed
 
 
-__all__ = ["ENV_CACHE_DIR", "Entry", "Key", "NotProven", "built_with", "clear", "entries", "lookup", "newest", "root", "store"]
+__all__ = ["Entry", "Key", "NotProven", "built_with", "clear", "entries", "lookup", "newest", "store"]

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from backendpick import paths
 from backendpick.backend import local_tag_backend
 from backendpick.config import normalize as _normalize
 from backendpick.errors import ConfigError, StateError
@@ -34,7 +35,7 @@ class Snapshot:
 def record(target: Target, state_dir: Path) -> Snapshot:
     """Write a snapshot of ``target``. Not being able to is an error: a change without its
     snapshot has no way back."""
-    folder = state_dir / "history"
+    folder = paths.history(state_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return _record(target, folder)
@@ -73,7 +74,7 @@ def _url(direct_url_json: str | None) -> str | None:
 
 
 def snapshots(state_dir: Path) -> list[Path]:
-    folder = state_dir / "history"
+    folder = paths.history(state_dir)
     if folder.exists() and not folder.is_dir():
         raise StateError(f"{folder} is not a directory, so no snapshot can be read",
                          hint=f"remove it (rm {folder}); backendpick records snapshots there")

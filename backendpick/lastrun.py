@@ -20,12 +20,12 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from backendpick import paths
 from backendpick.backend import Backend
 from backendpick.config import redact
 from backendpick.errors import ConfigError
 from backendpick.target import Target
 
-FILE = "last-install.json"
 FORMAT = 1
 
 
@@ -47,7 +47,7 @@ def environment_key(target: Target) -> str:
 def load(state: Path, request: str, environment: str) -> dict | None:
     """The record when it was written for this request and this environment, else None."""
     try:
-        data = json.loads((state / FILE).read_text(encoding="utf-8"))
+        data = json.loads(paths.last_install(state).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -84,7 +84,7 @@ def save(state: Path, *, request: str, environment: str, backend: Backend, index
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
-        os.replace(tmp, state / FILE)
+        os.replace(tmp, paths.last_install(state))
     except BaseException:
         try:
             os.unlink(tmp)

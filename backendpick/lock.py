@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from backendpick import paths
 from backendpick.errors import ConfigError, LockTimeout, StateError
 
 DEFAULT_TIMEOUT = 900.0  # a flash-attn source build can hold it for a long time
@@ -63,7 +64,7 @@ def _open(state_dir: Path):
     if state_dir.exists() and not state_dir.is_dir():
         raise StateError(f"{state_dir} is not a directory, so backendpick cannot keep its lock and snapshots there",
                          hint=f"move it away (mv {state_dir} {state_dir}.bak) and run again")
-    path = state_dir / "lock"
+    path = paths.lock(state_dir)
     if path.is_dir():
         raise StateError(f"{path} is a directory, not backendpick's lock file",
                          hint=f"remove it (rm -r {path}) and run again")

@@ -15,7 +15,6 @@ and ``install`` moves that package into the backend phase and runs again.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -525,18 +524,3 @@ def build(
         offers_source=offers_source,
         user_constraints=tuple(user_cons),
     )
-
-
-def state_dir(target: Target, env: Mapping[str, str] | None = None) -> Path:
-    """Where backendpick keeps per-environment files (constraints, logs, history, lock).
-
-    Inside the environment when it is a writable venv (removed with it); otherwise in the
-    user's cache, keyed by the interpreter's prefix.
-    """
-    env = os.environ if env is None else env
-    if target.is_venv and os.access(target.prefix, os.W_OK):
-        return target.prefix / ".backendpick"
-    import hashlib
-
-    base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backendpick" / "envs"
-    return base / hashlib.sha256(str(target.prefix).encode()).hexdigest()[:16]

@@ -41,7 +41,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from backendpick import buildenv, cache, facts
+from backendpick import buildenv, cache, facts, paths
 from backendpick.buildenv import TorchInfo
 from backendpick.config import GITHUB_SOURCE, BuildSettings, Settings, normalize, redact
 from backendpick.errors import BackendpickError
@@ -350,7 +350,7 @@ def _separate_build_requirements(phases: list[Phase], at: int, ctx: BuildContext
     req_at = next((i for i, p in enumerate(phases) if p.name == BUILD_REQS), None)
     if req_at is None:
         return phases, ctx
-    folder = ctx.staging.parent / "build-env"
+    folder = paths.build_env(ctx.staging.parent)
     ctx = replace(ctx, build_path=str(folder))
     steps = [replace(s, build_env={**s.build_env, "PYTHONPATH": str(folder)}) if s.how == SOURCE else s
              for s in phases[at].steps]
@@ -376,12 +376,12 @@ def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, ha
         pip_config=pip_config,
         gpu_caps=tuple(sorted({a.compute_capability for a in hardware.by_vendor(NVIDIA) if a.compute_capability})),
         gpu_archs=tuple(sorted({a.arch for a in hardware.by_vendor(AMD) if a.arch})),
-        cache_root=cache.root(env),
+        cache_root=paths.wheel_cache(env),
         probe_root=Path(env.get("BACKENDPICK_PROBE_ROOT") or "/"),
         python_tag=target.python_tag,
         platform=platform_tag(target.markers),
         target_bin=bin_dir,
-        staging=plan.constraints_path.parent / "build",
+        staging=paths.build_staging(plan.constraints_path.parent),
         head=tuple(head),
         mirrors=settings.mirrors,
     )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
-from backendpick import cache
+from backendpick import cache, paths
 from backendpick.output import Output
 
 
@@ -18,7 +17,7 @@ def _size(n: int) -> str:
 
 
 def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
-    root = cache.root(os.environ if env is None else env)
+    root = paths.wheel_cache(env)
     entries = cache.entries(root, names)
     if out.json_mode:
         out.emit_json({"cache_dir": str(root), "entries": [e.to_json() for e in entries],
@@ -40,7 +39,7 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
 
 
 def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
-    root = cache.root(os.environ if env is None else env)
+    root = paths.wheel_cache(env)
     removed = cache.clear(root, names)
     freed = sum(e.size for e in removed)
     if out.json_mode:

@@ -19,7 +19,7 @@ from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
 from backendpick.errors import InstallError, StateError, Stopped
 from backendpick.output import Output
-from backendpick.plan import state_dir
+from backendpick.paths import logs, state_dir
 from backendpick.verify import dependency_problems, extension_problems, stack_problems, torch_build
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
@@ -306,7 +306,7 @@ def _execute(out: Output, prepared: Prepared) -> list:
             on_line=progress.line,
             on_phase_end=progress.end,
             on_note=progress.note,
-            log_dir=state_dir(prepared.target, prepared.user_env) / "logs",
+            log_dir=logs(state_dir(prepared.target, prepared.user_env)),
         )
     finally:
         progress.stop()

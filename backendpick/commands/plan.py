@@ -13,7 +13,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, lastrun, pipconf, plan as plan_mod
+from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, lastrun, paths, pipconf, plan as plan_mod
 from backendpick import requirements, resolve as resolve_mod, target as target_mod, torchpins
 from backendpick.backend import CPU, Backend
 from backendpick.errors import ConfigError, NoBackendError
@@ -117,7 +117,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     upgrade = torchpins.Upgrade(req.upgrade, tuple(config.normalize(n) for n in req.upgrade_packages))
     offers: Offers | None = None
     client = IndexClient(pip_config)  # one page cache for every index look-up of this plan
-    state = plan_mod.state_dir(target, env)
+    state = paths.state_dir(target, env)
     request = lastrun.request_key(
         requirements=[str(r) for r in wanted.requirements], options=list(wanted.rest_options),
         constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=template,
@@ -268,7 +268,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         target=target,
         index_url=index_url_for(template, decision.backend),
         offered=offers.versions.get(decision.backend, []) if offers else [],
-        constraints_path=state / "constraints.txt",
+        constraints_path=paths.constraints(state),
         backend_env=backend_env,
         user_env=env,
         rest_options=wanted.rest_options,

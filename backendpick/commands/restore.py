@@ -18,7 +18,8 @@ from packaging.version import Version
 from backendpick import config, envpins, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
 from backendpick.errors import InstallError, StateError
 from backendpick.output import Output
-from backendpick.plan import Phase, state_dir
+from backendpick.paths import state_dir
+from backendpick.plan import Phase
 
 
 def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_dir: Path,

@@ -126,7 +126,7 @@ def build_records(target: target_mod.Target, tb, nbi, flag: str, *, runtime: boo
     """build_record_problems with the records of the target's state folder; the installed
     torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package."""
     from backendpick import builds
-    from backendpick.plan import state_dir
+    from backendpick.paths import state_dir
 
     if tb is None or not any(target.get(n) is not None for n in nbi):
         return [], []

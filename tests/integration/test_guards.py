@@ -203,9 +203,9 @@ def test_restore_brings_back_the_build_not_only_the_version(world: World, tmp_pa
 
 
 def _state_dir(py: Path) -> Path:
-    from backendpick import plan, target
+    from backendpick import paths, target
 
-    return plan.state_dir(target.inspect(py))
+    return paths.state_dir(target.inspect(py))
 
 
 @contextmanager

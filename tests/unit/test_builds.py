@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from backendpick import builds
+from backendpick import builds, paths
 from backendpick.buildenv import TorchInfo
 
 CU124 = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
@@ -18,7 +18,7 @@ def test_records_follow_what_is_installed(tmp_path):
     written = builds.update(state, [fa, mamba], {"flash-attn": "2.7.4+cu12torch2.5cxx11abiFALSE", "mamba-ssm": "2.2.4"})
     assert written["flash-attn"].version == "2.7.4+cu12torch2.5cxx11abiFALSE"
     assert builds.read(state) == written
-    data = json.loads((state / builds.FILE).read_text())
+    data = json.loads(paths.builds_record(state).read_text())
     assert data["packages"]["mamba-ssm"]["cxx11abi"] is False and data["packages"]["mamba-ssm"]["how"] == "source"
     assert not list(state.glob(".builds-*"))  # the temporary file was renamed into place
 
@@ -31,6 +31,6 @@ def test_records_follow_what_is_installed(tmp_path):
 
 
 def test_an_unreadable_file_means_no_records(tmp_path):
-    (tmp_path / builds.FILE).write_text("{not json")
+    paths.builds_record(tmp_path).write_text("{not json")
     assert builds.read(tmp_path) == {}
     assert builds.read(tmp_path / "missing") == {}

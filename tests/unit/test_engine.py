@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import engine, facts as facts_mod, lastrun
+from backendpick import engine, facts as facts_mod, lastrun, paths
 from backendpick.backend import Backend
 from backendpick.errors import EXIT_USAGE, ConfigError
 from backendpick.hardware import NVIDIA, Accelerator, Hardware
@@ -140,7 +140,7 @@ def test_record_applies_only_to_the_same_request_and_environment(tmp_path: Path)
     offers = {Backend.parse("cu124"): [Version("2.5.1"), Version("2.6.0")]}
     lastrun.save(tmp_path, request=request, environment=env_key, backend=Backend.parse("cu124"),
                  index_url="https://user:token@idx/cu124", torch="2.5.1+cu124", offers=offers, offers_source="index")
-    data = json.loads((tmp_path / lastrun.FILE).read_text())
+    data = json.loads(paths.last_install(tmp_path).read_text())
     assert data["index_url"] == "https://***@idx/cu124"  # no credentials on disk
     record = lastrun.load(tmp_path, request, env_key)
     assert record is not None and lastrun.offers(record) == offers
@@ -148,7 +148,7 @@ def test_record_applies_only_to_the_same_request_and_environment(tmp_path: Path)
     changed = lastrun.environment_key(_target(torch="2.5.1+cu124", pip="24", einops="0.8.0"))
     assert lastrun.load(tmp_path, request, changed) is None
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # written atomically
-    (tmp_path / lastrun.FILE).write_text("{not json")
+    paths.last_install(tmp_path).write_text("{not json")
     assert lastrun.load(tmp_path, request, env_key) is None
 
 

@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import buildenv, cache, config, facts as facts_mod, prebuilt
+from backendpick import buildenv, cache, config, facts as facts_mod, paths, prebuilt
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import ConfigError
@@ -430,11 +430,11 @@ def _key(**kw) -> cache.Key:
 
 def test_cache_root_follows_the_platform_convention(monkeypatch):
     monkeypatch.setattr("sys.platform", "linux")
-    assert cache.root({"BACKENDPICK_CACHE_DIR": "~/bp"}) == Path("~/bp").expanduser()
-    assert cache.root({"XDG_CACHE_HOME": "/xdg", "HOME": "/h"}) == Path("/xdg/backendpick/wheels")
-    assert cache.root({"HOME": "/h"}) == Path("/h/.cache/backendpick/wheels")
+    assert paths.wheel_cache({"BACKENDPICK_CACHE_DIR": "~/bp"}) == Path("~/bp").expanduser()
+    assert paths.wheel_cache({"XDG_CACHE_HOME": "/xdg", "HOME": "/h"}) == Path("/xdg/backendpick/wheels")
+    assert paths.wheel_cache({"HOME": "/h"}) == Path("/h/.cache/backendpick/wheels")
     monkeypatch.setattr("sys.platform", "darwin")
-    assert cache.root({"HOME": "/h"}) == Path("/h/Library/Caches/backendpick/wheels")
+    assert paths.wheel_cache({"HOME": "/h"}) == Path("/h/Library/Caches/backendpick/wheels")
 
 
 def test_cache_store_lookup_list_clear(tmp_path):
