@@ -87,6 +87,12 @@ def _package(name: str, row: dict) -> Package:
 class Facts:
     default_index_url: str
     cuda_drivers: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (toolkit, min driver), ascending
+    cxx11abi_from: tuple[int, ...]  # first torch release whose wheels use the CXX11 ABI
+    pypi_url: str  # pip's default index (PEP 503 simple API)
+    pip_source_keys: frozenset  # pip settings that choose where packages come from
+    pci_vendors: dict  # "nvidia" / "intel" -> PCI vendor id as sysfs writes it ("0x10de")
+    tagged: frozenset  # packages whose backend builds carry a local version tag naming the backend
+    setuptools_fallback: tuple[str, ...]  # build requirements of a setup.py project without its own
     minor_compat: dict = field(default_factory=dict)  # major -> min driver
     releases: dict = field(default_factory=dict)  # torch (major, minor) -> tuple[Backend, ...]
     pypi_cuda: dict = field(default_factory=dict)  # torch (major, minor) -> CUDA (major, minor)
@@ -97,7 +103,6 @@ class Facts:
     backend_packages: tuple[str, ...] = ()
     no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
     extensions: dict = field(default_factory=dict)  # name -> compiled extension module names
-    cxx11abi_from: tuple[int, ...] = (2, 7)  # first torch release whose wheels use the CXX11 ABI
     # torch (major, minor) -> backend names whose builds use the CXX11 ABI before cxx11abi_from
     cxx11abi_early: dict = field(default_factory=dict)
     prebuilt: dict = field(default_factory=dict)  # normalized name -> Package
@@ -192,12 +197,20 @@ def read_toml(path: Path) -> dict:
         return tomllib.load(f)
 
 
+META = ("source", "checked")  # every table's provenance, not rows
+
+
+def rows(table: dict) -> dict:
+    """A table's rows: everything but its ``source`` and ``checked``."""
+    return {k: v for k, v in table.items() if k not in META}
+
+
 def build(raw: dict) -> Facts:
     """Turn the TOML document into ``Facts`` (separate from loading so tests can vary rows)."""
     cuda = raw["cuda"]
     torch = raw["torch"]
     releases = {}
-    for release, row in torch["releases"].items():
+    for release, row in rows(torch["releases"]).items():
         backends = [Backend(CPU)]
         backends += [Backend.parse(n) for n in row.get("cuda", [])]
         backends += [Backend.parse(n) for n in row.get("rocm", [])]
@@ -206,27 +219,32 @@ def build(raw: dict) -> Facts:
         releases[dotted(release)] = tuple(backends)
     return Facts(
         default_index_url=raw["index"]["default-url"],
-        cuda_drivers=tuple(sorted((dotted(k), dotted(v)) for k, v in cuda["drivers"].items())),
-        minor_compat={int(k): dotted(v) for k, v in cuda["minor-compat"].items()},
+        cuda_drivers=tuple(sorted((dotted(k), dotted(v)) for k, v in rows(cuda["drivers"]).items())),
+        pypi_url=raw["pypi"]["simple-url"],
+        pip_source_keys=frozenset(raw["pip"]["source-keys"]),
+        pci_vendors=rows(raw["pci"]),
+        tagged=frozenset(torch["tagged"]["packages"]),
+        setuptools_fallback=tuple(raw["packages"]["setuptools-fallback"]["requirements"]),
+        minor_compat={int(k): dotted(v) for k, v in rows(cuda["minor-compat"]).items()},
         releases=releases,
-        pypi_cuda={dotted(k): dotted(v) for k, v in torch["pypi-cuda"].items()},
+        pypi_cuda={dotted(k): dotted(v) for k, v in rows(torch["pypi-cuda"]).items()},
         arch=tuple(
             ArchRow(dotted(r["since"]), Backend.parse(r["backend"]), tuple(dotted(c) for c in r["caps"]))
             for r in torch["arch"]
         ),
         rocm_gfx={
             gfx: (dotted(row["first"]), dotted(row["last"]) if "last" in row else None)
-            for gfx, row in raw["rocm"]["gfx"].items()
+            for gfx, row in rows(raw["rocm"]["gfx"]).items()
         },
         integrated_gfx=frozenset(raw["rocm"]["integrated-gfx"]),
         intel_discrete=tuple(
             (int(r["from"], 16), int(r["to"], 16), r["family"]) for r in raw["intel"]["discrete"]
         ),
         backend_packages=tuple(raw["packages"]["backend"]),
-        no_build_isolation={k: tuple(v) for k, v in raw["packages"]["no-build-isolation"].items()},
-        extensions={k: tuple(v) for k, v in raw["packages"].get("extensions", {}).items()},
+        no_build_isolation={k: tuple(v) for k, v in rows(raw["packages"]["no-build-isolation"]).items()},
+        extensions={k: tuple(v) for k, v in rows(raw["packages"].get("extensions", {})).items()},
         cxx11abi_from=dotted(torch["abi"]["cxx11-from"]),
-        cxx11abi_early={dotted(k): frozenset(v) for k, v in torch["abi"].get("cxx11-early", {}).items()},
+        cxx11abi_early={dotted(k): frozenset(v) for k, v in rows(torch["abi"].get("cxx11-early", {})).items()},
         prebuilt={
             canonicalize_name(name): _package(canonicalize_name(name), row)
             for name, row in raw.get("prebuilt", {}).items()
