@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from backendpick import __version__
+from backendpick import __version__, facts
 from backendpick.errors import EXIT_USAGE, BackendpickError
 
 HELP = """Install PyTorch and its GPU companions with pip, all on one backend.
@@ -51,6 +51,8 @@ project_option = click.option(
 backend_option = click.option(
     "--backend", default=None, metavar="NAME", help="auto, cpu, xpu, cuXY (cu124) or rocmX.Y (rocm6.2.4)."
 )
+# From facts.toml [index], so the help shows what config.load falls back to.
+INDEX_URL_HELP = f"Backend index template with {{backend}} (default {facts.load().default_index_url})."
 compat_option = click.option(
     "--cuda-compat",
     type=click.Choice(["strict", "minor"]),
@@ -76,7 +78,7 @@ def cli() -> None:
               help="Interpreter (or venv) the choice is for. Default: the active venv, else this Python.")
 @backend_option
 @click.option("--index-url", default=None, metavar="TEMPLATE",
-              help="Backend index template with {backend} (default https://download.pytorch.org/whl/{backend}).")
+              help=INDEX_URL_HELP)
 @compat_option
 @click.option("--offline", is_flag=True,
               help="Do not ask the backend indexes what they offer; choose from the packaged release table.")
@@ -105,7 +107,7 @@ def _plan_options(func):
                      help="Interpreter (or venv directory) to install into. Default: the active venv, else this Python."),
         backend_option,
         click.option("--index-url", default=None, metavar="TEMPLATE",
-                     help="Backend index template with {backend} (default https://download.pytorch.org/whl/{backend})."),
+                     help=INDEX_URL_HELP),
         compat_option,
         click.option("--installer", type=click.Choice(["pip", "uv"]), default=None,
                      help="The installer that runs the phases: pip (default) or uv "

@@ -313,7 +313,7 @@ def load(
     nbi = {}
     for name in nbi_names:
         key = normalize(name)
-        nbi[key] = build_reqs.get(key, facts.no_build_isolation.get(key, ("setuptools", "wheel")))
+        nbi[key] = build_reqs.get(key, facts.no_build_isolation.get(key, facts.setuptools_fallback))
     from backendpick import recipes as recipes_mod
 
     recipes = recipes_mod.merged(tool.get("packages", {}), pyproject.path.name if pyproject.path else "pyproject.toml")
@@ -322,7 +322,7 @@ def load(
         # A build recipe joins no-build-isolation; a user-set list replaces the shipped recipes' names.
         rows = [r for r in rows if r.build is not None or r.prebuilt is not None]
         if rows and name not in nbi and (name in user_recipes or "no-build-isolation" not in tool):
-            nbi[name] = build_reqs.get(name, rows[-1].build or facts.no_build_isolation.get(name, ("setuptools", "wheel")))
+            nbi[name] = build_reqs.get(name, rows[-1].build or facts.no_build_isolation.get(name, facts.setuptools_fallback))
     unused = set(build_reqs) - set(nbi)
     if unused:
         raise ConfigError(

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-# Keys that choose where packages come from. Everything else (cert, proxy, timeout, retries,
-# cache-dir, trusted-host, keyring-provider, ...) is carried into the backend phase.
-SOURCE_KEYS = frozenset({"index-url", "extra-index-url", "find-links", "no-index", "constraint", "requirement"})
+from backendpick import facts
+
+# Keys that choose where packages come from (facts.toml [pip]). Everything else (cert, proxy,
+# timeout, retries, cache-dir, trusted-host, keyring-provider, ...) is carried into the backend phase.
+SOURCE_KEYS = facts.load().pip_source_keys
 _SECTIONS = ("global", "install")
 
 

@@ -27,14 +27,12 @@ from packaging.version import InvalidVersion, Version
 
 from backendpick.backend import CPU, Backend, local_tag_backend
 from backendpick.config import Settings, normalize, redact
+from backendpick import facts
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
 
 REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requirements", "build", "rest"
 
-# Packages whose builds carry the backend in a local version tag (2.5.1+cu124). Other family
-# members (xformers) are matched through their exact torch pin instead.
-TAGGED = frozenset({"torch", "torchvision", "torchaudio"})
 
 
 # Where a build-phase package's wheel comes from (prebuilt.py decides; see its docstring).
@@ -411,9 +409,12 @@ def build(
     # named in ``reinstall`` (broken companions, --reinstall) are removed and reinstalled too.
     installed_family = {n: d for n, d in target.installed.items() if n in family}
     reinstall_names = {normalize(n) for n in reinstall}
+    tagged = facts.load().tagged
     mismatched = sorted(
         d.name for n, d in installed_family.items()
-        if n in TAGGED and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
+        # Only packages whose builds carry the backend in a local version tag (2.5.1+cu124,
+        # facts.toml [torch.tagged]); others (xformers) are matched through their exact torch pin.
+        if n in tagged and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
     )
     removed = dict(installed_family) if mismatched else {}
     removed.update({n: d for n, d in target.installed.items() if n in reinstall_names})

@@ -52,7 +52,6 @@ from backendpick.plan import AS_IS, BACKEND, BUILD, BUILD_REQS, CACHED, PENDING,
 from backendpick.target import Target
 from backendpick.wheelnames import gpu_tag, platform_tag, wheel_filename
 
-DEFAULT_INDEX = "https://pypi.org/simple"
 CHECK_TIMEOUT = 15.0  # per source; a blackholed mirror must not stall an install for minutes
 
 
@@ -214,7 +213,7 @@ def default_index(pip_config: PipConfig, rest_options: Sequence[str]) -> str:
     for flag in ("--index-url", "-i"):
         if flag in options and options.index(flag) + 1 < len(options):
             return options[options.index(flag) + 1]
-    return pip_config.get("index-url") or DEFAULT_INDEX
+    return pip_config.get("index-url") or facts.load().pypi_url
 
 
 # -- the build phase's context and choices ---------------------------------------------------------

@@ -370,9 +370,9 @@ def _probe_pci(settings: ProbeSettings, facts: Facts, notes: _Notes, *, has_nvid
             continue
         if not cls.startswith(_DISPLAY_CLASSES):
             continue
-        if vendor == "0x10de":
+        if vendor == facts.pci_vendors["nvidia"]:
             nvidia_cards += 1
-        elif vendor == "0x8086":
+        elif vendor == facts.pci_vendors["intel"]:
             try:
                 dev_id = int(device, 16)
             except ValueError:

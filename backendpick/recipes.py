@@ -171,7 +171,9 @@ def parse(package: str, row: Mapping[str, Any], origin: str = "shipped") -> Reci
     if "build" in row:
         value = row["build"]
         if value is True:
-            kw["build"] = ("setuptools", "wheel")
+            from backendpick import facts
+
+            kw["build"] = facts.load().setuptools_fallback
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             kw["build"] = tuple(value)
         elif value is not False:

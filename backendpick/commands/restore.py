@@ -62,7 +62,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
         snap, target, index_template=settings.index_url.value, runner_python=sys.executable,
         backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
         family=frozenset(settings.backend_packages),
-        default_index=pip_config.get("index-url") or "https://pypi.org/simple",
+        default_index=pip_config.get("index-url") or facts.pypi_url,
     )
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
@@ -140,7 +140,7 @@ def check_available(phases: list[Phase], target, pip_config) -> list[str]:
     from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, fetch_many
 
     client = IndexClient(pip_config)
-    user_indexes = [pip_config.get("index-url") or "https://pypi.org/simple", *pip_config.list("extra-index-url")]
+    user_indexes = [pip_config.get("index-url") or facts_mod.load().pypi_url, *pip_config.list("extra-index-url")]
     if pip_config.get("no-index"):
         user_indexes = []
     find_links = bool(pip_config.list("find-links"))
