@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import buildenv, cache, config, facts as facts_mod, paths, prebuilt
+from backendpick import buildenv, cache, config, facts as facts_mod, paths, prebuilt, wheelsources
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import ConfigError
@@ -104,12 +104,12 @@ def test_every_prebuilt_row_is_complete(name):
 
 
 def test_sources_default_to_the_github_release(tmp_path):
-    [source] = prebuilt.sources(pkg("flash-attn"), None, tmp_path)
+    [source] = wheelsources.sources(pkg("flash-attn"), None, tmp_path)
     assert source.url == pkg("flash-attn").release_url and source.text == "github"
 
 
 def test_sources_keep_the_configured_order_and_resolve_folders(tmp_path):
-    got = prebuilt.sources(pkg("flash-attn"), ("wheels", "/abs/w", "https://m.example/{filename}", "github"), tmp_path)
+    got = wheelsources.sources(pkg("flash-attn"), ("wheels", "/abs/w", "https://m.example/{filename}", "github"), tmp_path)
     assert [s.folder for s in got[:2]] == [tmp_path / "wheels", Path("/abs/w")]
     assert got[2].url == "https://m.example/{filename}"
     assert got[3].url.startswith("https://github.com/Dao-AILab/flash-attention/releases/download/")
@@ -120,8 +120,8 @@ def test_look_finds_a_wheel_in_a_folder_and_says_why_not_elsewhere(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "full" / name).write_bytes(b"wheel")
-    where = prebuilt.sources(pkg("flash-attn"), ("missing", "empty", "full"), tmp_path)
-    found, said = prebuilt.look(name, "2.7.4", where, PipConfig())
+    where = wheelsources.sources(pkg("flash-attn"), ("missing", "empty", "full"), tmp_path)
+    found, said = wheelsources.look(name, "2.7.4", where, PipConfig())
     assert found is not None and found.location == str(tmp_path / "full" / name)
     assert said == ["missing: no such folder", "empty: not there"]
 
@@ -171,19 +171,19 @@ def no_proxy(monkeypatch):
 
 def test_url_exists_answers_found_missing_and_unreachable(http_server, no_proxy):
     conf = PipConfig()
-    assert prebuilt.url_exists(f"{http_server}/w/present.whl", conf) == (True, "")
-    assert prebuilt.url_exists(f"{http_server}/w/absent.whl", conf) == (False, "not published (HTTP 404)")
+    assert wheelsources.url_exists(f"{http_server}/w/present.whl", conf) == (True, "")
+    assert wheelsources.url_exists(f"{http_server}/w/absent.whl", conf) == (False, "not published (HTTP 404)")
     # Storage that refuses HEAD (signed URLs) gets a one-byte GET.
-    assert prebuilt.url_exists(f"{http_server}/signed/present.whl", conf) == (True, "")
-    ok, why = prebuilt.url_exists("http://127.0.0.1:9/nothing.whl", conf, timeout=2)
+    assert wheelsources.url_exists(f"{http_server}/signed/present.whl", conf) == (True, "")
+    ok, why = wheelsources.url_exists("http://127.0.0.1:9/nothing.whl", conf, timeout=2)
     assert ok is None and why.startswith("network unreachable")
 
 
 def test_look_formats_the_template_and_quotes_the_plus(http_server, no_proxy, monkeypatch):
     asked = []
-    monkeypatch.setattr(prebuilt, "url_exists", lambda url, conf, timeout=0: (asked.append(url), (False, "nope"))[1])
-    where = prebuilt.sources(pkg("flash-attn"), ("https://m.example/{version}/{filename}",), Path("."))
-    found, said = prebuilt.look("flash_attn-2.7.4+cu12x.whl", "2.7.4", where, PipConfig())
+    monkeypatch.setattr(wheelsources, "url_exists", lambda url, conf, timeout=0: (asked.append(url), (False, "nope"))[1])
+    where = wheelsources.sources(pkg("flash-attn"), ("https://m.example/{version}/{filename}",), Path("."))
+    found, said = wheelsources.look("flash_attn-2.7.4+cu12x.whl", "2.7.4", where, PipConfig())
     assert found is None and said == ["https://m.example/{version}/{filename}: nope"]
     assert asked == ["https://m.example/2.7.4/flash_attn-2.7.4%2Bcu12x.whl"]
 
@@ -193,8 +193,8 @@ def test_look_any_takes_the_newest_fitting_folder_wheel(tmp_path):
         tag = "cxx11abiFALSE-cp311-cp311-linux_x86_64"
         (tmp_path / f"flash_attn-{v}torch2.5{tag}.whl").write_bytes(b"w")
     (tmp_path / "flash_attn-2.9.0+cu12torch2.4cxx11abiFALSE-cp311-cp311-linux_x86_64.whl").write_bytes(b"w")
-    where = prebuilt.sources(pkg("flash-attn"), (str(tmp_path),), tmp_path)
-    found = prebuilt.look_any(pkg("flash-attn"), SpecifierSet("<2.8"), CU124, "cp311", LINUX, where)
+    where = wheelsources.sources(pkg("flash-attn"), (str(tmp_path),), tmp_path)
+    found = wheelsources.look_any(pkg("flash-attn"), SpecifierSet("<2.8"), CU124, "cp311", LINUX, where)
     assert found is not None and Path(found.location).name.startswith("flash_attn-2.7.4+cu12torch2.5")
 
 
@@ -284,7 +284,7 @@ def _ctx(tmp_path: Path, **kw) -> prebuilt.BuildContext:
 
 
 def _offline(monkeypatch):
-    monkeypatch.setattr(prebuilt, "url_exists", lambda url, conf, timeout=0: (None, "network unreachable (test)"))
+    monkeypatch.setattr(wheelsources, "url_exists", lambda url, conf, timeout=0: (None, "network unreachable (test)"))
 
 
 ENV = {"PATH": "/usr/bin"}
