@@ -130,8 +130,8 @@ def _shape_problem(data) -> str | None:
 
 
 def restore_phases(snapshot: Snapshot, target: Target, *, index_template: str, runner_python: str,
-                   backend_env: dict, user_env: dict, family: frozenset = frozenset(),
-                   default_index: str | None = None) -> list[Phase]:
+                   backend_env: dict, user_env: dict, default_index: str,
+                   family: frozenset = frozenset()) -> list[Phase]:
     """Uninstall what the snapshot lacks or holds in another build, then reinstall each package
     from where it came from: backend builds from their backend index, PyPI's torch family from
     the user's main index alone (never an extra index), the rest through the user's pip config."""
@@ -152,10 +152,6 @@ def restore_phases(snapshot: Snapshot, target: Target, *, index_template: str, r
     if extra or replaced:
         names = extra + replaced
         phases.append(Phase("remove", tuple(names), tuple(pip + ["uninstall", "-y", *names])))
-    if default_index is None:
-        from backendpick import facts
-
-        default_index = facts.load().pypi_url
     by_index: dict[str, list[str]] = {}
     plain: list[str] = []
     torch_backend = local_tag_backend(snap_torch["version"]) if snap_torch else None

@@ -25,15 +25,13 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from backendpick import facts
 from backendpick.backend import CPU, Backend, local_tag_backend
 from backendpick.config import Settings, normalize, redact
-from backendpick import facts
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
 
 REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requirements", "build", "rest"
-
-
 
 # Where a build-phase package's wheel comes from (prebuilt.py decides; see its docstring).
 PENDING, CACHED, PREBUILT, SOURCE, AS_IS = "pending", "cache", "prebuilt", "source", "as-is"
