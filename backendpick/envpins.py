@@ -34,9 +34,8 @@ from typing import Iterable, Mapping
 
 from backendpick import __version__
 from backendpick.config import normalize
+from backendpick.pipconf import PINS_NAME, REPLACED, conf_entries, section_of, user_constraints  # noqa: F401 (user_constraints: envpins API)
 
-PINS_NAME = "backendpick-pins.txt"
-REPLACED = "# backendpick-replaced: constraint = "
 OWN = "# backendpick: "
 SECTIONS = ("global", "install")
 CONF_HEADER = (
@@ -57,64 +56,6 @@ def pins_path(prefix: Path) -> Path:
 # -- pip.conf text, pure ----------------------------------------------------------------------------
 
 
-def _is_section(line: str) -> str | None:
-    s = line.strip()
-    return s[1:-1].strip().lower() if s.startswith("[") and s.endswith("]") else None
-
-
-def _key(line: str) -> str | None:
-    """The key of a ``key = value`` line (not a continuation line, not a comment)."""
-    if not line or line[0] in " \t#;" or "=" not in line and ":" not in line:
-        return None
-    sep = min(i for i in (line.find("="), line.find(":")) if i >= 0)
-    return line[:sep].strip().lower().replace("_", "-")
-
-
-def _entries(lines: list[str]):
-    """(section, start, end, key, value) for each key line with its continuation lines."""
-    section = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        name = _is_section(line)
-        if name is not None:
-            section = name
-            i += 1
-            continue
-        key = _key(line)
-        if key is None:
-            i += 1
-            continue
-        sep = min(j for j in (line.find("="), line.find(":")) if j >= 0)
-        value = [line[sep + 1:].strip()]
-        j = i + 1
-        while j < len(lines) and lines[j][:1] in (" ", "\t") and lines[j].strip():
-            value.append(lines[j].strip())
-            j += 1
-        yield section, i, j, key, " ".join(v for v in value if v)
-        i = j
-
-
-def user_constraints(text: str, pins: str) -> dict[str, str | None]:
-    """Section -> the user's own ``constraint`` value in this file, as if backendpick had never
-    written it (our value replaced by what it replaced, or by nothing)."""
-    lines = text.splitlines()
-    out: dict[str, str | None] = {}
-    replaced: dict[str, str] = {}
-    section = None
-    for line in lines:
-        name = _is_section(line)
-        if name is not None:
-            section = name
-        elif line.startswith(REPLACED) and section:
-            replaced[section] = line[len(REPLACED):].strip()
-    for section, _s, _e, key, value in _entries(lines):
-        if key != "constraint" or section is None:
-            continue
-        out[section] = replaced.get(section) if value == pins else value
-    return out
-
-
 def merge_conf(text: str, pins: str) -> str:
     """``text`` (a pip.conf, maybe empty) with ``constraint = pins`` in [global] and [install].
 
@@ -123,12 +64,12 @@ def merge_conf(text: str, pins: str) -> str:
     lines = unmerge_conf(text).splitlines()
     out: list[str] = []
     seen: set[str] = set()
-    entries = {(sec, start): (end, key, value) for sec, start, end, key, value in _entries(lines)}
+    entries = {(sec, start): (end, key, value) for sec, start, end, key, value in conf_entries(lines)}
     section = None
     i = 0
     while i < len(lines):
         line = lines[i]
-        name = _is_section(line)
+        name = section_of(line)
         if name is not None:
             section = name
             out.append(line)
@@ -155,7 +96,7 @@ def merge_conf(text: str, pins: str) -> str:
 def unmerge_conf(text: str) -> str:
     """``text`` without backendpick's lines, the user's replaced values put back."""
     lines = text.splitlines()
-    pins_lines = {start for sec, start, end, key, value in _entries(lines)
+    pins_lines = {start for sec, start, end, key, value in conf_entries(lines)
                   if key == "constraint" and value.endswith(PINS_NAME)}
     out = []
     for i, line in enumerate(lines):
@@ -168,10 +109,10 @@ def unmerge_conf(text: str) -> str:
     # Sections we created and left empty go too.
     cleaned: list[str] = []
     for i, line in enumerate(out):
-        name = _is_section(line)
+        name = section_of(line)
         if name in SECTIONS:
             rest = next((ln for ln in out[i + 1:] if ln.strip()), None)
-            if rest is None or _is_section(rest) is not None:
+            if rest is None or section_of(rest) is not None:
                 continue
         cleaned.append(line)
     while cleaned and not cleaned[-1].strip():
@@ -302,7 +243,7 @@ def own_runs_env(env: Mapping[str, str], prefix: Path, pip_config) -> dict[str, 
         text = conf.read_text(encoding="utf-8")
     except OSError:
         return {}
-    if not any(key == "constraint" and value.endswith(PINS_NAME) for _s, _a, _b, key, value in _entries(text.splitlines())):
+    if not any(key == "constraint" and value.endswith(PINS_NAME) for _s, _a, _b, key, value in conf_entries(text.splitlines())):
         return {}
     own = pip_config.list("constraint")
     return {"PIP_CONSTRAINT": " ".join(own) if own else os.devnull}
@@ -328,7 +269,7 @@ def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], 
     except OSError:
         text = ""
     pointed = any(key == "constraint" and value == str(target)
-                  for _s, _a, _b, key, value in _entries(text.splitlines()))
+                  for _s, _a, _b, key, value in conf_entries(text.splitlines()))
     if not pointed or not target.exists():
         return PinStatus(False, False, path=str(target))
     pinned = read_pins(target.read_text(encoding="utf-8"))
@@ -347,6 +288,6 @@ def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], 
             other = Path(env["PIP_CONFIG_FILE"]).read_text(encoding="utf-8")
         except OSError:
             other = ""
-        if any(key == "constraint" for _s, _a, _b, key, _v in _entries(other.splitlines())):
+        if any(key == "constraint" for _s, _a, _b, key, _v in conf_entries(other.splitlines())):
             hidden = f"PIP_CONFIG_FILE ({env['PIP_CONFIG_FILE']})"
     return PinStatus(True, not stale, tuple(stale), hidden, str(target))

@@ -70,13 +70,13 @@ def _pin_script() -> str:
     pip.conf merge, sources taken from envpins itself so the two cannot drift."""
     import inspect
 
-    from backendpick import envpins
+    from backendpick import envpins, pipconf
 
     parts = ["from __future__ import annotations", "import os, sys, tempfile, time",
              "from importlib import metadata",
              f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
              f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
-    for fn in (envpins._is_section, envpins._key, envpins._entries, envpins.unmerge_conf, envpins.merge_conf,
+    for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
                envpins.write_atomic):
         parts.append(inspect.getsource(fn))
     parts.append(_PIN_MAIN)

@@ -77,6 +77,11 @@ def constraints(state: Path) -> Path:
     return state / "constraints.txt"
 
 
+def backend_constraints(state: Path) -> Path:
+    """The constraints the backend phase installs under (the torch pins of the resolution)."""
+    return state / "backend-constraints.txt"
+
+
 def logs(state: Path) -> Path:
     """One log file per pip phase run."""
     return state / "logs"

@@ -106,9 +106,7 @@ def read(env: Mapping[str, str] | None = None, target_prefix: Path | None = None
             raise ConfigError(f"pip configuration file {path} is not valid: {exc}") from None
         own: dict[str, str | None] = {}
         if site is not None and path == site and path.is_file():
-            from backendpick.envpins import pins_path, user_constraints
-
-            own = user_constraints(path.read_text(encoding="utf-8"), str(pins_path(target_prefix)))
+            own = user_constraints(path.read_text(encoding="utf-8"), str(Path(target_prefix) / PINS_NAME))
         for section in _SECTIONS:
             if parser.has_section(section):
                 for key, value in parser.items(section):
@@ -138,3 +136,67 @@ def backend_phase_env(base: Mapping[str, str], config: PipConfig) -> dict[str, s
             continue
         env.setdefault(_env_var(key), value)
     return env
+
+
+# -- pip.conf text (envpins.py writes the environment's pins into it; read() reads around them) --
+
+PINS_NAME = "backendpick-pins.txt"  # next to the site pip.conf, in the environment's prefix
+REPLACED = "# backendpick-replaced: constraint = "
+
+
+def section_of(line: str) -> str | None:
+    s = line.strip()
+    return s[1:-1].strip().lower() if s.startswith("[") and s.endswith("]") else None
+
+
+def key_of(line: str) -> str | None:
+    """The key of a ``key = value`` line (not a continuation line, not a comment)."""
+    if not line or line[0] in " \t#;" or "=" not in line and ":" not in line:
+        return None
+    sep = min(i for i in (line.find("="), line.find(":")) if i >= 0)
+    return line[:sep].strip().lower().replace("_", "-")
+
+
+def conf_entries(lines: list[str]):
+    """(section, start, end, key, value) for each key line with its continuation lines."""
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        name = section_of(line)
+        if name is not None:
+            section = name
+            i += 1
+            continue
+        key = key_of(line)
+        if key is None:
+            i += 1
+            continue
+        sep = min(j for j in (line.find("="), line.find(":")) if j >= 0)
+        value = [line[sep + 1:].strip()]
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            value.append(lines[j].strip())
+            j += 1
+        yield section, i, j, key, " ".join(v for v in value if v)
+        i = j
+
+
+def user_constraints(text: str, pins: str) -> dict[str, str | None]:
+    """Section -> the user's own ``constraint`` value in this file, as if backendpick had never
+    written it (our value replaced by what it replaced, or by nothing)."""
+    lines = text.splitlines()
+    out: dict[str, str | None] = {}
+    replaced: dict[str, str] = {}
+    section = None
+    for line in lines:
+        name = section_of(line)
+        if name is not None:
+            section = name
+        elif line.startswith(REPLACED) and section:
+            replaced[section] = line[len(REPLACED):].strip()
+    for section, _s, _e, key, value in conf_entries(lines):
+        if key != "constraint" or section is None:
+            continue
+        out[section] = replaced.get(section) if value == pins else value
+    return out

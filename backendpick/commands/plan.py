@@ -285,7 +285,7 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
     plan = torchpins.finish(
         plan, upgrade=upgrade, own_env=own_env, choice=choice, resolution=resolution,
         backend_constraints=[str(r) for _f, r in cons_lines] + [str(c) for c in wanted.constraints],
-        backend_constraints_path=state / "backend-constraints.txt", pre=channel == "nightly",
+        backend_constraints_path=paths.backend_constraints(state), pre=channel == "nightly",
         pin_environment=bool(settings.pin_environment.value), family=family, nbi=nbi,
     )
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
