@@ -129,7 +129,7 @@ def _plan_options(func):
 
 
 def _request(**kw):
-    from backendpick.commands.plan import Request
+    from backendpick.pipeline import Request
 
     return Request(
         project_dir=kw["project_dir"], requirements=tuple(kw["requirement"]), files=tuple(kw["files"]),

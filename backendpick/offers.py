@@ -12,11 +12,14 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
-from backendpick.facts import Facts
+from backendpick.config import normalize, redact
+from backendpick.errors import NoBackendError
+from backendpick.facts import Facts, sort_key
 from backendpick.hardware import AMD, INTEL, NVIDIA, Hardware
 from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, fetch_many, matching_versions
-from backendpick.select import table_offers
+from backendpick.select import Explicit, table_offers
 from backendpick.target import Target
+from backendpick.torchpins import allowed
 
 
 @dataclass(frozen=True)
@@ -179,3 +182,123 @@ def gather_preferred(
     if failures and len(failures) == asked:
         return _from_table(facts, order, torch_spec, failures)
     return Offers(versions, "index", tuple(f"could not read {f}" for f in failures), tuple(not_found), asked)
+
+
+# Companions published next to torch, with versions of their own: a package may pin one of them
+# (vllm pins torchvision), so the resolution offers them as stubs and the choice checks them.
+COMPANIONS = ("torchvision", "torchaudio", "xformers")
+
+
+def published(client, template, backends, family, target, spec) -> dict:
+    """name -> every version the ``backends``' indexes publish of torch and the companions in
+    ``family`` (local tags kept): the resolution's stubs. Pages read at once, in parallel; the
+    backend choice reads them again from the plan's page cache."""
+    names = ["torch", *(n for n in COMPANIONS if n in family)]
+    pages = {(n, b): (index_url_for(template, b), n) for n in names for b in backends}
+    out: dict = {}
+    for (name, _b), files in fetch_many(client, pages).items() if pages else ():
+        if isinstance(files, (PageNotFound, IndexUnavailable)):
+            continue
+        out.setdefault(name, set()).update(matching_versions(files, name, spec, target.python_version_text, target.tags))
+    return {n: sorted(vs) for n, vs in out.items()}
+
+
+def companions_check(client, template, pins, family, target, spec):
+    """``backend -> bool``: whether the backend's index offers every companion pinned (a
+    package pins torchvision==0.20.1) at a version the pins accept. Reads a page only for a
+    companion something pins, only for a backend the choice gets to (the page cache keeps it)."""
+    pinned = sorted({p.name for p in pins} & (set(COMPANIONS) & set(family)))
+
+    def serves(backend: Backend) -> bool:
+        for name in pinned:
+            try:
+                files = client.project(index_url_for(template, backend), name)
+            except PageNotFound:
+                return False
+            except IndexUnavailable:
+                continue  # pip will say; the torch decided
+            if not allowed(matching_versions(files, name, spec, target.python_version_text, target.tags), pins, name):
+                return False
+        return True
+
+    return serves
+
+
+def torch_on(client, template, backend: Backend, target, spec) -> list:
+    """Every torch the backend's index publishes for this target (from the plan's page cache)."""
+    try:
+        files = client.project(index_url_for(template, backend), "torch")
+    except (PageNotFound, IndexUnavailable):
+        return []
+    return matching_versions(files, "torch", spec, target.python_version_text, target.tags)
+
+
+def check_family_published(client, url: str, backend: Backend, reqs, family: set[str], target) -> None:
+    """Every requested family member must have a build on the backend index.
+
+    Falling back to another index would mix backends, so a missing one is an error naming it.
+    """
+    wanted = {normalize(r.name): r for r in reqs if normalize(r.name) in family and normalize(r.name) != "torch"}
+    if not wanted:
+        return
+    missing = []
+    results = fetch_many(client, {n: (url, n) for n in wanted})
+    for name, files in results.items():
+        if isinstance(files, IndexUnavailable):
+            continue  # pip will report it with its own retries
+        if isinstance(files, PageNotFound) or not matching_versions(
+            files, name, wanted[name].specifier, target.python_version_text, target.tags
+        ):
+            missing.append(str(wanted[name]))
+    if missing:
+        raise NoBackendError(
+            f"not published for {backend} at {redact(url)}: {', '.join(missing)}",
+            hint="choose another backend, or limit those requirements with a marker or an extra "
+            "(taking them from another index would mix backends)",
+        )
+
+
+def check_answered(offers: Offers, settings) -> None:
+    """An index template under which no backend has a torch page is not "no backend serves
+    this GPU" (nor a reason to consult the packaged table): say what the index answered."""
+    unanswered = offers.unanswered()
+    if unanswered:
+        raise NoBackendError(
+            f"the backend index has no torch for any backend: {unanswered}",
+            hint=f"check the index URL template from {settings.index_url.source} "
+                 f"({redact(settings.index_url.value)}): it must name a PEP 503 simple index, with {{backend}} "
+                 "where the backend name goes",
+        )
+
+
+def explicit_missing(facts: Facts, client, template, explicit: Explicit, spec, target, offers: Offers,
+                      settings) -> None:
+    if offers.source != "index":
+        return  # offline: the table cannot prove absence; pip will say
+    others = gather(facts, client, template, [b for b in facts.all_backends() if b != explicit.backend], spec, target)
+    if offers.not_found:
+        check_answered(Offers(others.versions, "index", (), offers.not_found + others.not_found, others.asked + 1), settings)
+    raise NoBackendError(
+        f"{explicit.backend} (from {explicit.source}) has no torch matching '{spec or 'any'}' for "
+        f"Python {target.python_version_text} at {redact(index_url_for(template, explicit.backend))}",
+        hint=_available_hint(others),
+    )
+
+
+def on_offer_hint(offers: Offers) -> str:
+    """What the candidate backends offer at all (the pins aside), for the exit-3 message."""
+    if not offers.versions:
+        return "no backend index asked offers a torch for this Python and platform"
+    listing = "; ".join(
+        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: sort_key(kv[0]))
+    )
+    return f"torch on offer: {listing}"
+
+
+def _available_hint(offers: Offers) -> str:
+    if not offers.versions:
+        return "no backend index offers a matching torch; check the torch specifier and the index URL"
+    listing = "; ".join(
+        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: sort_key(kv[0]))
+    )
+    return f"backends with a matching torch: {listing}"

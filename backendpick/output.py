@@ -110,3 +110,14 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def where_flags(python: Path | None, settings) -> str:
+    """``--python`` and ``--project`` for the printed fixes, so they work from any directory
+    (``settings``: config.Settings, for its project)."""
+    import shlex
+
+    flags = f" --python {shlex.quote(str(python))}" if python is not None else ""
+    if settings.pyproject.path is not None:
+        flags += f" --project {shlex.quote(str(settings.project_dir.resolve()))}"
+    return flags

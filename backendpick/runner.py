@@ -230,3 +230,12 @@ def stop_children_on_signals() -> Iterator[None]:
 
 def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
+
+
+def stopped(exc: BaseException, state: str, hint: str | None = None):
+    """The ``errors.Stopped`` for Ctrl-C (SIGINT) or SIGTERM, after any pip run was stopped
+    (``stream`` waits for it); ``state`` says what that left of the environment."""
+    from backendpick.errors import Stopped
+
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    return Stopped(f"stopped by {signal.Signals(signum).name}; {state}", signum=signum, hint=hint)

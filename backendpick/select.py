@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
+from backendpick.errors import NoBackendError
 from backendpick.facts import Facts, dotted, show
 from backendpick.hardware import AMD, APPLE, INTEL, NVIDIA, Accelerator, Hardware
 
@@ -128,8 +129,17 @@ def _gpu_list(gpus: Sequence[Accelerator]) -> str:
     return ", ".join(f"{n}x {label}" if n > 1 else label for label, n in counts.items())
 
 
+def _driver_runs(hw: Hardware, facts: Facts, b: Backend, policy: str) -> bool:
+    """Whether the NVIDIA driver runs CUDA backend ``b`` (under the cuda-compat policy)."""
+    return facts.cuda_allowed(
+        b.version,
+        driver_cuda=dotted(hw.driver_cuda) if hw.driver_cuda else None,
+        driver=dotted(hw.nvidia_driver) if hw.nvidia_driver else None,
+        policy=policy,
+    )
+
+
 def _nvidia(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator], policy: str) -> Decision:
-    driver = dotted(hw.nvidia_driver) if hw.nvidia_driver else None
     driver_cuda = dotted(hw.driver_cuda) if hw.driver_cuda else None
     where = gpus and _gpu_list(gpus) or "NVIDIA GPU (model unknown)"
     ceiling = (
@@ -139,7 +149,7 @@ def _nvidia(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator],
     )
     rejected: list[str] = []
     for b in _descending(offers, CUDA):
-        if not facts.cuda_allowed(b.version, driver_cuda=driver_cuda, driver=driver, policy=policy):
+        if not _driver_runs(hw, facts, b, policy):
             rejected.append(f"{b}: needs CUDA {b.version_text}, {ceiling}")
             continue
         releases = list(offers[b])
@@ -206,8 +216,7 @@ def _explicit(hw: Hardware, facts: Facts, offers: Offers, ex: Explicit, policy: 
     if b.kind == CUDA:
         gpus = hw.by_vendor(NVIDIA)
         driver = dotted(hw.nvidia_driver) if hw.nvidia_driver else None
-        driver_cuda = dotted(hw.driver_cuda) if hw.driver_cuda else None
-        if driver is not None and not facts.cuda_allowed(b.version, driver_cuda=driver_cuda, driver=driver, policy=policy):
+        if driver is not None and not _driver_runs(hw, facts, b, policy):
             warnings.append(
                 f"this machine's driver {hw.nvidia_driver} supports CUDA {hw.driver_cuda or '?'}; {b} will not "
                 "run here (fine when building for another host)"
@@ -225,3 +234,52 @@ def _known(offers: Offers) -> list[Backend]:
     from backendpick.facts import sort_key
 
     return sorted(offers, key=sort_key)
+
+
+def keep_installed_gpu_backend(decision: Decision, installed: Backend | None, torch_version: str | None) -> Decision:
+    """Auto never downgrades: no GPU seen now, but the environment holds a GPU torch
+    (``installed``: the installed torch's backend, ``torch_version`` its version).
+
+    A driver hiccup or a container started without --gpus must not turn a CUDA environment
+    into a CPU one; only an explicit --backend cpu does that.
+    """
+    if decision.source != "detected" or decision.backend.kind != CPU or torch_version is None:
+        return decision
+    if installed is None or not installed.is_gpu:
+        return decision
+    return Decision(
+        installed,
+        "installed",
+        f"no usable GPU detected now ({decision.reason}), but the environment already has torch "
+        f"{torch_version}; keeping {installed} (pass --backend cpu to switch)",
+        warnings=decision.warnings,
+    )
+
+
+def _fits(facts: Facts, hw: Hardware, b: Backend, release: tuple, gpus: Sequence[Accelerator], policy: str) -> bool:
+    """Whether a GPU backend's build of ``release`` runs on every GPU here: the rules of
+    ``_nvidia`` and ``_amd`` (code for each architecture, the driver's CUDA, ROCm support)."""
+    return b.is_gpu and all(
+        a.cap is None or facts.serves_cap(release, b, a.cap) for a in gpus if a.vendor == NVIDIA
+    ) and (b.kind != CUDA or _driver_runs(hw, facts, b, policy)) and (
+        b.kind != ROCM or all(facts.rocm_supports(a.arch or "", b) for a in gpus if a.vendor == AMD))
+
+
+def no_backend(facts: Facts, hw: Hardware, decision: Decision, spec, policy: str) -> NoBackendError:
+    """The exit-3 error when auto selection leaves GPUs unserved for the torch asked
+    (``spec``): why each backend lost, and the torch releases that would run here."""
+    gpus = [a for a in hw.accelerators if a.ignored is None]
+    working = []
+    for release, backends in sorted(facts.releases.items()):
+        fit = [b for b in backends if _fits(facts, hw, b, release, gpus, policy)]
+        if fit:
+            working.append(f"{show(release)} ({', '.join(map(str, fit))})")
+    hint = (
+        f"torch releases that would work here: {'; '.join(working)}" if working
+        else "no known torch release serves this hardware; pass --backend cpu to install CPU builds"
+    )
+    hint += "; or pass --backend to choose yourself"
+    return NoBackendError(
+        f"no backend serves {', '.join(decision.unserved)} with torch '{spec or 'any'}': " + "; ".join(decision.rejected),
+        hint=hint,
+    )

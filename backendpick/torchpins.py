@@ -355,3 +355,12 @@ def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchC
     return replace(plan, phases=tuple(phases), torch=choice, resolution=resolution,
                    backend_constraints=lines if any(p.name == BACKEND for p in phases) else (),
                    backend_constraints_path=backend_constraints_path, pin_environment=pin_environment)
+
+
+def torch_spec(reqs) -> SpecifierSet:
+    """What the requirements ask of torch, every torch requirement's specifier together."""
+    spec = SpecifierSet()
+    for r in reqs:
+        if normalize(r.name) == "torch":
+            spec &= r.specifier
+    return spec

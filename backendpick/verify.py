@@ -495,3 +495,30 @@ def dependency_problems(target: Target, names: Iterable[str], python_flag: str, 
                 out.append(Problem(dist.name, f"{dist.name} {dist.version} requires {dep.name}{dep.specifier}, "
                                               f"but {have.version} is installed", fix))
     return out
+
+
+def installed_backend(target: Target, facts: Facts) -> Backend | None:
+    """The backend of the installed torch: its local tag, else torch/version.py (PyPI's untagged
+    Linux torch is a CUDA build)."""
+    build = torch_build(target, facts)
+    return build.backend if build is not None else None
+
+
+def build_records(target: Target, tb, nbi, flag: str, *, runtime: bool) -> tuple[list, list]:
+    """build_record_problems with the records of the target's state folder; the installed
+    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package."""
+    from backendpick import builds
+    from backendpick.paths import state_dir
+
+    if tb is None or not any(target.get(n) is not None for n in nbi):
+        return [], []
+    abi = None
+    if runtime:
+        from backendpick.buildenv import torch_info
+        from backendpick.errors import BackendpickError
+
+        try:
+            abi = torch_info(target.python).cxx11abi
+        except BackendpickError:
+            abi = None  # extension_problems reports a torch that does not import
+    return build_record_problems(target, builds.read(state_dir(target)), tb, nbi, flag, cxx11abi=abi)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from backendpick import cache, paths
+from backendpick.errors import EXIT_OK
 from backendpick.output import Output
 
 
@@ -22,11 +23,11 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
     if out.json_mode:
         out.emit_json({"cache_dir": str(root), "entries": [e.to_json() for e in entries],
                        "size": sum(e.size for e in entries)})
-        return 0
+        return EXIT_OK
     out.line(f"cache-dir: {root}")
     if not entries:
         out.line("no cached wheels" + (f" for {', '.join(names)}" if names else ""))
-        return 0
+        return EXIT_OK
     rows = [
         (e.key.name, e.key.version, e.key.torch, e.key.backend, e.key.python, e.key.platform,
          e.key.arch, _size(e.size), e.to_json()["created"], e.wheel.name)
@@ -35,7 +36,7 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
     out.table("Cached wheels", ["Package", "Version", "Torch", "Backend", "Python", "Platform", "Arch", "Size",
                                 "Built", "Wheel"], rows)
     out.line(f"total: {len(entries)} wheels, {_size(sum(e.size for e in entries))}")
-    return 0
+    return EXIT_OK
 
 
 def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
@@ -44,7 +45,7 @@ def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None 
     freed = sum(e.size for e in removed)
     if out.json_mode:
         out.emit_json({"cache_dir": str(root), "removed": [e.to_json() for e in removed], "freed": freed})
-        return 0
+        return EXIT_OK
     what = f" of {', '.join(names)}" if names else ""
     out.line(f"removed {len(removed)} cached wheels{what} ({_size(freed)}) from {root}")
-    return 0
+    return EXIT_OK

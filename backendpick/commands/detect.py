@@ -9,7 +9,8 @@ from backendpick import config, facts as facts_mod
 from backendpick.hardware import Hardware
 from backendpick.output import Output
 from backendpick.probe import ProbeSettings, probe
-from backendpick.select import Decision, choose, explicit_choice, table_offers
+from backendpick.errors import EXIT_OK
+from backendpick.select import Decision, choose, explicit_choice, keep_installed_gpu_backend, table_offers
 
 
 OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
@@ -51,7 +52,8 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     import os
 
     from backendpick import pipconf, requirements, target as target_mod
-    from backendpick.commands.plan import _installed_backend, _keep_installed_gpu_backend, _torch_spec
+    from backendpick.torchpins import torch_spec
+    from backendpick.verify import installed_backend
     from backendpick.errors import ConfigError
     from backendpick.index import IndexClient
     from backendpick.offers import candidate_kinds, gather
@@ -70,11 +72,11 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     else:
         kinds = candidate_kinds(hardware)
         candidates = [b for b in facts.all_backends() if b.kind in kinds]
-        kept = _installed_backend(target, facts)
+        kept = installed_backend(target, facts)
         if kept is not None and kept.is_gpu and kept not in candidates:
             candidates.append(kept)
     offers = gather(facts, IndexClient(pipconf.read(env, target.prefix)), settings.index_url.value, candidates,
-                    _torch_spec(wanted), target)
+                    torch_spec(wanted), target)
     releases, source, notes = offers.releases, offers.source, list(offers.warnings)
     unanswered = offers.unanswered()
     if unanswered:
@@ -83,7 +85,9 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
         notes.append(f"the backend index has no torch for any backend: {unanswered}; chose from backendpick's "
                      "packaged release table (plan and install stop here: check the index URL template)")
     decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
-    decision = _keep_installed_gpu_backend(decision, target, facts)
+    torch = target.get("torch")
+    decision = keep_installed_gpu_backend(decision, installed_backend(target, facts),
+                                          torch.version if torch is not None else None)
     return Detection(hardware, decision, settings, source, tuple(notes))
 
 
@@ -153,4 +157,4 @@ def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str
         out.emit_json(to_json(d))
     else:
         render(out, d)
-    return 0
+    return EXIT_OK

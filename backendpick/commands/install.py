@@ -10,17 +10,16 @@ import time
 from dataclasses import replace
 
 import os
-import signal
 
 from backendpick import envpins, facts as facts_mod, history, install as executor, lastrun, lock, runner
 from backendpick import target as target_mod
-from backendpick.commands.plan import Prepared, Request, prepare
-from backendpick.commands.verify import build_records, where_flags
 from backendpick.config import normalize
-from backendpick.errors import InstallError, StateError, Stopped
-from backendpick.output import Output
+from backendpick.errors import EXIT_OK, InstallError, StateError
+from backendpick.output import Output, where_flags
+from backendpick.pipeline import Prepared, Request, prepare
 from backendpick.paths import logs, state_dir
-from backendpick.verify import dependency_problems, extension_problems, stack_problems, torch_build
+from backendpick.runner import stopped
+from backendpick.verify import build_records, dependency_problems, extension_problems, stack_problems, torch_build
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
@@ -84,7 +83,7 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
                 out.line(phase.command_line())
             for w in prepared.plan.warnings:
                 out.warn(w)
-        return 0
+        return EXIT_OK
 
     target = (inspection or target_mod.start_inspect(target_mod.choose_python(req.python))).result()
     try:
@@ -93,12 +92,6 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
             return _install_locked(out, req, None if waited else target)
     except (runner.Interrupted, KeyboardInterrupt) as exc:
         raise stopped(exc, "the environment is unchanged") from None
-
-
-def stopped(exc: BaseException, state: str, hint: str | None = None) -> Stopped:
-    """Ctrl-C (SIGINT) or SIGTERM, after any pip run was stopped (runner.stream waits for it)."""
-    signum = exc.signum if isinstance(exc, runner.Interrupted) else signal.SIGINT
-    return Stopped(f"stopped by {signal.Signals(signum).name}; {state}", signum=signum, hint=hint)
 
 
 def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
@@ -168,7 +161,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
             out.result(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
         for w in plan.warnings:
             out.warn(w)
-    return 0
+    return EXIT_OK
 
 
 def _renamed_dependency(prepared: Prepared, hit) -> None:

@@ -16,10 +16,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from backendpick import config, envpins, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
-from backendpick.errors import InstallError, StateError
-from backendpick.output import Output
+from backendpick.errors import EXIT_OK, InstallError, StateError
+from backendpick.output import Output, where_flags
 from backendpick.paths import state_dir
 from backendpick.plan import Phase
+from backendpick.runner import stopped
 
 
 def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_dir: Path,
@@ -36,12 +37,11 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
             out.line(f"snapshot: {p.stem}")
         if not paths and not out.json_mode:
             out.line("no snapshots recorded for this environment")
-        return 0
+        return EXIT_OK
     env = dict(os.environ)
     pip_config = pipconf.read(env, target.prefix)
     # The pins install left in the environment would block the way back: our runs ignore them.
     env.update(envpins.own_runs_env(env, target.prefix, pip_config))
-    from backendpick.commands.install import stopped
 
     try:
         with runner.stop_children_on_signals(), lock.hold(state, on_wait=out.info) as waited:
@@ -54,8 +54,6 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
 
 def _restore_locked(out: Output, target, state: Path, settings, pip_config, env: dict, snapshot_id: str | None,
                     dry_run: bool, python: Path | None) -> int:
-    from backendpick.commands.install import stopped
-    from backendpick.commands.verify import where_flags
 
     snap = history.load(state, snapshot_id)
     phases = history.restore_phases(
@@ -72,7 +70,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
         if out.json_mode:
             out.emit_json({"ok": True, "snapshot": snap.id, "dry_run": dry_run,
                            "phases": [ph.to_json() for ph in phases]})
-        return 0
+        return EXIT_OK
     missing = check_available(phases, target, pip_config)
     if missing:
         raise InstallError(
@@ -113,7 +111,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
                        "phases": [ph.to_json() for ph in phases]})
     else:
         out.result(f"restored snapshot {snap.id}")
-    return 0
+    return EXIT_OK
 
 
 def _forget_builds(state: Path, phases) -> None:

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backendpick import config, envpins, facts as facts_mod, requirements, target as target_mod
-from backendpick.errors import ConfigError
-from backendpick.output import Output
+from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
+from backendpick.output import Output, where_flags
 from backendpick.probe import ProbeSettings, probe
 from backendpick.verify import (
     Problem,
-    build_record_problems,
+    build_records,
     extension_problems,
     missing_problems,
     pip_check_problems,
@@ -44,16 +44,6 @@ class Report:
             "warnings": [p.to_json() for p in self.warnings],
             "pins": self.pins.to_json() if self.pins is not None else None,
         }
-
-
-def where_flags(python: Path | None, settings: config.Settings) -> str:
-    """``--python`` and ``--project`` for the printed fixes, so they work from any directory."""
-    import shlex
-
-    flags = f" --python {shlex.quote(str(python))}" if python is not None else ""
-    if settings.pyproject.path is not None:
-        flags += f" --project {shlex.quote(str(settings.project_dir.resolve()))}"
-    return flags
 
 
 def torch_offered(target: target_mod.Target, settings: config.Settings, backend, env: dict | None) -> frozenset:
@@ -122,26 +112,6 @@ def check(
     return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded, pins)
 
 
-def build_records(target: target_mod.Target, tb, nbi, flag: str, *, runtime: bool) -> tuple[list, list]:
-    """build_record_problems with the records of the target's state folder; the installed
-    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package."""
-    from backendpick import builds
-    from backendpick.paths import state_dir
-
-    if tb is None or not any(target.get(n) is not None for n in nbi):
-        return [], []
-    abi = None
-    if runtime:
-        from backendpick.buildenv import torch_info
-        from backendpick.errors import BackendpickError
-
-        try:
-            abi = torch_info(target.python).cxx11abi
-        except BackendpickError:
-            abi = None  # extension_problems reports a torch that does not import
-    return build_record_problems(target, builds.read(state_dir(target)), tb, nbi, flag, cxx11abi=abi)
-
-
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...]) -> int:
     facts = facts_mod.load()
     settings = config.load(facts, project_dir=project_dir)
@@ -158,7 +128,7 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
         out.emit_json(report.to_json())
     else:
         render(out, report)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_INSTALL_FAILED
 
 
 def render(out: Output, report: Report) -> None:

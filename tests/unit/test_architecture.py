@@ -153,7 +153,6 @@ def test_the_check_sees_command_modules():
     assert "backendpick.commands.plan" in _command_imports()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1, next step")
 def test_commands_do_not_import_each_other():
     crossing = {name: sorted(found) for name, found in _command_imports().items() if found}
     assert not crossing, crossing

@@ -1,0 +1,541 @@
+"""The data flow of every command that installs: config -> probe -> select -> plan.
+
+``prepare`` is the whole chain, one step per helper, in the order the data flows:
+``_configure`` reads the settings, the request and the target and probes the hardware;
+``_candidates`` says which backends may serve and what the last install recorded;
+``_resolve`` is the one resolution of the ordinary requirements (resolve.py); ``_select``
+chooses the backend and the torch from what the indexes offer (offers.py, select.py,
+torchpins.py); ``_plan`` writes the phases (plan.py, routing.py, prebuilt.py, engine.py).
+The commands only parse, call ``prepare`` and render.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+
+from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, lastrun, offers as offers_mod, paths, pipconf
+from backendpick import plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod, torchpins
+from backendpick.errors import ConfigError, NoBackendError
+from backendpick.facts import Facts
+from backendpick.hardware import Hardware
+from backendpick.index import IndexClient
+from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for, preference
+from backendpick.probe import ProbeSettings, probe
+from backendpick.select import Decision, Explicit, choose, explicit_choice, keep_installed_gpu_backend, no_backend
+from backendpick.select import table_offers
+from backendpick.verify import installed_backend, torch_build
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the user said on the command line about what to install and where."""
+
+    project_dir: Path = Path(".")
+    requirements: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    editables: tuple[str, ...] = ()  # -e PATH or VCS URL, as pip -e
+    extras: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    python: Path | None = None
+    backend: str | None = None
+    index_url: str | None = None
+    cuda_compat: str | None = None
+    extra_backend: tuple[str, ...] = field(default_factory=tuple)  # set by install's retry
+    extra_build: tuple[str, ...] = field(default_factory=tuple)
+    extra_recipe: tuple[str, ...] = field(default_factory=tuple)  # recipe packages a dependency pulled in
+    reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
+    installer: str | None = None  # --installer: pip or uv
+    refresh: bool = False  # --refresh: ask the indexes even when the last install's record matches
+    upgrade: bool = False  # -U: the newest torch (and packages) the machine and the request allow
+    upgrade_packages: tuple[str, ...] = ()  # --upgrade-package NAME
+    channel: str | None = None  # --channel stable|test|nightly
+    pin_environment: bool | None = None  # --pin-environment / --no-pin-environment
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: plan_mod.Plan
+    target: target_mod.Target
+    settings: config.Settings
+    hardware: Hardware
+    decision: Decision
+    pip_config: pipconf.PipConfig
+    backend_env: dict
+    user_env: dict
+    request_key: str = ""  # lastrun: the request's fingerprint
+    offers: Offers | None = None  # what the choice was made from
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The config and probe steps' result: what was asked, of which environment, on which machine."""
+
+    req: Request
+    env: dict
+    facts: Facts
+    settings: config.Settings
+    engine: engine_mod.Engine
+    wanted: requirements.Wanted
+    target: target_mod.Target
+    pip_config: pipconf.PipConfig
+    hardware: Hardware
+    reqs: list  # the requirements whose markers hold on the target
+    ordinary: list  # those neither family, build nor recipe-routed
+    own_env: dict
+    cons_lines: list
+    policy: list  # torchpins.Pin: the user's constraints on the family
+    upgrade: torchpins.Upgrade
+    explicit: Explicit | None
+    client: IndexClient  # one page cache for every index look-up of this plan
+    warnings: list
+
+    @property
+    def family(self) -> set:
+        return set(self.settings.backend_packages)
+
+    @property
+    def nbi(self) -> set:
+        return set(self.settings.no_build_isolation)
+
+    @property
+    def channel(self) -> str:
+        return self.settings.channel.value
+
+    @property
+    def template(self) -> str:
+        return torchpins.channel_template(self.settings.index_url.value, self.channel)
+
+    @property
+    def nightly(self) -> SpecifierSet:
+        return SpecifierSet(">=0.dev0") if self.channel == "nightly" else SpecifierSet()
+
+    @property
+    def state(self) -> Path:
+        return paths.state_dir(self.target, self.env)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The select step's starting point: the backends that may serve, and the last install's record."""
+
+    request_key: str
+    recorded_offers: dict | None
+    candidates: list  # the explicit backend, or those the hardware runs
+    order: list  # candidates in the order auto selection prefers them
+    keep: object  # the installed GPU backend auto selection keeps (never downgrades), or None
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The select step's result: the backend, the torch, and the requirements as pinned."""
+
+    decision: Decision
+    offers: Offers | None
+    pins: list
+    choice: torchpins.TorchChoice | None
+    requested: list
+    resolution: resolve_mod.Resolution
+    extra_backend: tuple
+    extra_build: tuple
+
+
+def prepare(req: Request, env: dict | None = None, target: target_mod.Target | None = None) -> Prepared:
+    """config -> probe -> select -> plan. ``target``: the target as just inspected by the
+    caller, to save inspecting it again."""
+    env = dict(os.environ if env is None else env)
+    inputs = _configure(req, env, target)
+    cands = _candidates(inputs)
+    resolution = _resolve(inputs, cands)
+    if resolution is None:
+        # The record promised a finished environment, yet a requirement is not met: ask again.
+        return prepare(replace(req, refresh=True), env, inputs.target)
+    selection = _select(inputs, cands, resolution)
+    plan, settings = _plan(inputs, selection)
+    if selection.offers is not None and selection.offers.source == "recorded" and plan.active:
+        # The record promised a finished environment, yet something is left to do: ask again.
+        return prepare(replace(req, refresh=True), env, inputs.target)
+    return Prepared(plan, inputs.target, settings, inputs.hardware, selection.decision, inputs.pip_config,
+                    pipconf.backend_phase_env(env, inputs.pip_config), env, cands.request_key, selection.offers)
+
+
+def _configure(req: Request, env: dict, target: target_mod.Target | None) -> _Inputs:
+    """config and probe: the settings, the requirements, the target, pip's configuration, the hardware."""
+    facts = facts_mod.load()
+    settings = config.load(
+        facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
+        cuda_compat=req.cuda_compat, env=env, installer=req.installer, channel=req.channel,
+        pin_environment=req.pin_environment,
+    )
+    # Before any look-up: asking for uv where there is none is a usage error, at once.
+    engine = engine_mod.resolve(settings.installer.value, env, settings.installer.source)
+    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
+                                 editables=req.editables)
+    if target is None:
+        target = target_mod.inspect(target_mod.choose_python(req.python, env))
+    pip_config = pipconf.read(env, target.prefix)
+    hardware = probe(facts, ProbeSettings.from_env(env))
+    family = set(settings.backend_packages)
+    reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
+    _check_reinstall(req.reinstall, reqs, target, settings)
+    warnings: list[str] = list(hardware.warnings)
+    nbi = set(settings.no_build_isolation)
+    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
+    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
+    # sdist of them, which says nothing about what the routed build needs.
+    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
+    ordinary = [r for r in reqs if config.normalize(r.name) not in family | nbi | routed_away]
+    # backendpick's own pip runs must not be blocked by the pins it wrote earlier (envpins.py).
+    own_env = envpins.own_runs_env(env, target.prefix, pip_config)
+    # The user's pip ``constraint`` setting and the request's -c files: policy for the torch
+    # choice and for the backend phase too (torchpins.py).
+    cons_lines, cons_warnings = torchpins.read_constraint_files(pip_config.list("constraint"))
+    warnings += cons_warnings
+    policy = [torchpins.Pin(r, f"constraint file {f}") for f, r in cons_lines
+              if config.normalize(r.name) in family and (r.specifier or r.url)]
+    policy += torchpins.constraint_pins(wanted.constraints, family, "constraint (-c)")
+    upgrade = torchpins.Upgrade(req.upgrade, tuple(config.normalize(n) for n in req.upgrade_packages))
+    return _Inputs(req, env, facts, settings, engine, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
+                   cons_lines, policy, upgrade, explicit_choice(settings), IndexClient(pip_config), warnings)
+
+
+def _candidates(i: _Inputs) -> _Candidates:
+    """The backends that may serve, in the order auto selection prefers them (only those the
+    hardware runs), and the last install's record of this very request."""
+    req, settings, target, facts = i.req, i.settings, i.target, i.facts
+    wanted = i.wanted
+    request = lastrun.request_key(
+        requirements=[str(r) for r in wanted.requirements], options=list(wanted.rest_options),
+        constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=i.template,
+        compat=settings.cuda_compat.value, family=sorted(i.family), nbi=sorted(settings.no_build_isolation),
+        hardware=i.hardware.to_json(), python=str(target.python), extra_backend=list(req.extra_backend),
+        extra_build=list(req.extra_build), reinstall=list(req.reinstall), editables=list(req.editables),
+        hashes=sorted((k, sorted(v)) for k, v in wanted.hashes.items()), channel=i.channel,
+        upgrade=req.upgrade, upgrade_packages=sorted(i.upgrade.packages),
+        pin_environment=bool(settings.pin_environment.value), policy=[str(p.requirement) for p in i.policy],
+    )
+    # -U asks the indexes for something newer: a record of the last install cannot answer that.
+    recorded = None if req.refresh or i.upgrade.any else lastrun.load(i.state, request, lastrun.environment_key(target))
+    recorded_offers = lastrun.offers(recorded) if recorded is not None else None
+    if i.explicit is not None:
+        candidates = [i.explicit.backend]
+    else:
+        kinds = candidate_kinds(i.hardware)
+        candidates = [b for b in facts.all_backends() if b.kind in kinds]
+    kept = installed_backend(target, facts) if i.explicit is None else None
+    keep = kept if kept is not None and kept.is_gpu else None  # auto never downgrades
+    order = candidates if i.explicit is not None else preference(facts, i.hardware, candidates,
+                                                                 settings.cuda_compat.value)
+    if keep is not None and keep not in order:
+        order = [*order, keep]
+    return _Candidates(request, recorded_offers, candidates, order, keep)
+
+
+def _resolve(i: _Inputs, c: _Candidates) -> resolve_mod.Resolution | None:
+    """ONE resolution per plan (resolve.py): the pins on the torch family and the backend and
+    build packages the ordinary requirements pull in, before any backend is chosen. None: the
+    last install's record no longer holds (ask again)."""
+    target = i.target
+    known = None if i.upgrade.any else resolve_mod.from_installed(
+        i.ordinary, target.installed, target.markers, family=i.family, build=i.nbi)
+    if not i.ordinary:
+        return resolve_mod.Resolution()
+    if known is not None:
+        return known  # already installed: their metadata answers, no pip, no index
+    if c.recorded_offers is not None:
+        return None
+    resolution = resolve_mod.resolve(
+        resolve_mod.resolvable(i.ordinary), plan_mod.pip_argv(target, sys.executable), target,
+        env={**i.env, **i.own_env}, family=i.family, build=i.nbi,
+        published=lambda: offers_mod.published(i.client, i.template, c.order, i.family, target, i.nightly),
+        options=i.wanted.rest_options, constraints=[str(x) for x in i.wanted.constraints], pre=i.channel == "nightly",
+    )
+    if resolution.stopped:
+        i.warnings.append(resolution.stopped)
+    if resolution.fallback:
+        i.warnings.append(f"torch pins from a {resolution.describe()}")
+    return resolution
+
+
+def _select(i: _Inputs, c: _Candidates, resolution: resolve_mod.Resolution) -> _Selection:
+    """select: the pins, the offers of the backend indexes, the backend, then the torch."""
+    extra_backend, extra_build = _pulled_in(i.req, resolution, i.target, i.settings)
+    wants_backend = any(config.normalize(r.name) in i.family for r in i.reqs) or bool(extra_backend)
+    pins = [*torchpins.direct_pins(i.reqs, i.family), *resolution.pins, *i.policy]
+    # Pins that cannot hold together stop here (exit 2); pins that hold but that no backend offers
+    # meet the backend choice's own errors below (exit 3, naming the index and the pins).
+    for name in sorted({p.name for p in pins}):
+        torchpins.check(pins, name=name)
+    spec = torchpins.merged(pins).get("torch", SpecifierSet())
+    offers = _offers(i, c, pins, spec) if wants_backend else None
+    releases = offers.releases if offers is not None else table_offers(i.facts)
+    decision = choose(i.hardware, i.facts, releases, policy=i.settings.cuda_compat.value, explicit=i.explicit)
+    torch = i.target.get("torch")
+    decision = keep_installed_gpu_backend(decision, installed_backend(i.target, i.facts),
+                                          torch.version if torch is not None else None)
+    if wants_backend:
+        _check_served(i, c, decision, offers, pins, spec)
+    choice, requested = None, list(i.wanted.requirements)
+    if wants_backend:
+        choice, requested = _choose_torch(i, decision, offers, pins, resolution, requested)
+    if i.upgrade.packages:
+        requested = list(torchpins.hold_others(requested, i.target.installed, i.upgrade, i.family))
+    return _Selection(decision, offers, pins, choice, requested, resolution, extra_backend, extra_build)
+
+
+def _offers(i: _Inputs, c: _Candidates, pins: list, spec: SpecifierSet) -> Offers:
+    """What the backend indexes offer for the torch the pins allow (or the last install's record)."""
+    facts, explicit, target = i.facts, i.explicit, i.target
+    asked = spec & i.nightly
+    # A backend whose index lacks a pinned companion (torchvision==0.20.1) cannot serve the
+    # request either: the choice moves on to one that has it.
+    serves = offers_mod.companions_check(i.client, i.template, pins, i.family, target, i.nightly)
+    if c.recorded_offers is not None:
+        # Nothing changed since the last install: its offers decide again, no index is asked.
+        offers = Offers(c.recorded_offers, "recorded")
+    elif explicit is not None:
+        offers = gather(facts, i.client, i.template, [explicit.backend], asked, target)
+        if offers.source == "index" and explicit.backend in offers.versions and not serves(explicit.backend):
+            offers = replace(offers, versions={})
+        if explicit.backend not in offers.versions:
+            try:
+                offers_mod.explicit_missing(facts, i.client, i.template, explicit, asked, target, offers, i.settings)
+            except NoBackendError as exc:
+                raise _with_pins(exc, [p for p in pins if p.by != "you"]) from None
+    else:
+        # Newest allowed first, stopping at the first that offers a torch every pin accepts.
+        offers = gather_preferred(facts, i.client, i.template, i.hardware, c.candidates, asked, target,
+                                  policy=i.settings.cuda_compat.value, keep=c.keep, accept=serves)
+        offers_mod.check_answered(offers, i.settings)
+    if offers.source == "index":
+        offers = replace(offers, versions={b: v for b, vs in offers.versions.items()
+                                           if (v := torchpins.allowed(vs, pins))})
+    i.warnings.extend(offers.warnings)
+    return offers
+
+
+def _check_served(i: _Inputs, c: _Candidates, decision: Decision, offers: Offers | None, pins, spec) -> None:
+    """Exit 3 when the chosen backend cannot serve: GPUs left unserved, or no torch on its index."""
+    if decision.unserved and decision.source == "detected":
+        raise _with_pins(no_backend(i.facts, i.hardware, decision, spec, i.settings.cuda_compat.value), pins)
+    if offers is not None and decision.backend not in offers.versions:
+        # Only now every candidate is asked: the message lists what exists.
+        everything = gather(i.facts, i.client, i.template, c.order, i.nightly, i.target) \
+            if offers.source == "index" else offers
+        raise NoBackendError(
+            f"no torch matching '{spec or 'any'}' for Python {i.target.python_version_text} "
+            f"on the {decision.backend} index ({config.redact(index_url_for(i.template, decision.backend))})",
+            hint=offers_mod.on_offer_hint(everything) + _pins_text(pins),
+        )
+
+
+def _choose_torch(i: _Inputs, decision: Decision, offers: Offers | None, pins, resolution, requested: list):
+    """The torch version on the chosen backend, and the requirements with the pins applied."""
+    target, family, upgrade = i.target, i.family, i.upgrade
+    installed_torch = target.get("torch")
+    same_backend = installed_torch is not None and installed_backend(target, i.facts) == decision.backend
+    offered_here = (offers.versions.get(decision.backend, [])
+                    if offers is not None and offers.source in ("index", "recorded") else [])
+    version, why = torchpins.choose_version(
+        offered_here, pins, installed=installed_torch.version if same_backend else None,
+        upgrade=upgrade.torch(family), torch_releases=decision.torch_releases,
+    )
+    choice = torchpins.TorchChoice(str(version) if version else None, tuple(p for p in pins if p.name == "torch"),
+                                   resolution.describe(), why if offered_here else
+                                   "the backend index did not answer; pip chooses within the pins", i.channel)
+    on_index = offers is not None and offers.source == "index"
+    requested = list(torchpins.apply(requested, pins, resolution.pulled, family=family,
+                                     torch_exact=version if upgrade.torch(family) else None,
+                                     offered=offers_mod.torch_on(i.client, i.template, decision.backend, target,
+                                                                 i.nightly) if on_index else []))
+    return choice, requested
+
+
+def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
+    """plan: the phases for the chosen backend, with recipes, pins, prebuilt wheels and the
+    installer applied. Returns the settings too: recipes may add family members."""
+    from backendpick import routing
+    from backendpick.verify import stack_problems, stale_packages
+
+    facts, settings, target, decision, offers = i.facts, i.settings, i.target, s.decision, s.offers
+    # Companions verify finds broken (built for another torch or backend) are replaced.
+    stale = [n for n in stale_packages(stack_problems(target, facts, None, i.family, settings.no_build_isolation))
+             if config.normalize(n) in i.family]
+    warnings = list(i.warnings)
+    if stale:
+        warnings.append(f"replacing broken companions: {', '.join(stale)}")
+    # Packages with a recipe: each one's build for this backend (routing.py), or an error now.
+    # Family members a dependency pulled in go through their recipe too (triton on ROCm is
+    # pytorch-triton-rocm).
+    recipe_backend = tuple(n for n in s.extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
+    routed = routing.route(
+        s.requested, settings=settings, backend=decision.backend, target=target,
+        torch=_torch_for_recipes(facts, target, decision, offers, i.reqs),
+        backend_index=index_url_for(i.template, decision.backend), client=i.client,
+        markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=i.req.extra_recipe + recipe_backend,
+    )
+    if routed.family:
+        settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
+    plan = plan_mod.build(
+        decision=decision, requirements=routed.requirements, settings=settings, target=target,
+        index_url=index_url_for(i.template, decision.backend),
+        offered=offers.versions.get(decision.backend, []) if offers else [],
+        constraints_path=paths.constraints(i.state), backend_env=pipconf.backend_phase_env(i.env, i.pip_config),
+        user_env=i.env, rest_options=i.wanted.rest_options,
+        user_constraints=list(i.wanted.constraints) + [Requirement(f) for f in routed.fences],
+        rest_args=i.wanted.rest_args, runner_python=sys.executable,
+        offers_source=offers.source if offers else "table",
+        extra_backend=tuple(n for n in s.extra_backend if n not in recipe_backend), extra_build=s.extra_build,
+        reinstall=tuple(stale) + i.req.reinstall + routed.remove, warnings=warnings + list(routed.warnings),
+    )
+    plan = replace(plan, routes=routed.routes)
+    plan = torchpins.finish(
+        plan, upgrade=i.upgrade, own_env=i.own_env, choice=s.choice, resolution=s.resolution,
+        backend_constraints=[str(r) for _f, r in i.cons_lines] + [str(c) for c in i.wanted.constraints],
+        backend_constraints_path=paths.backend_constraints(i.state), pre=i.channel == "nightly",
+        pin_environment=bool(settings.pin_environment.value), family=i.family, nbi=i.nbi,
+    )
+    return _finish(i, s, plan, settings), settings
+
+
+def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Settings) -> plan_mod.Plan:
+    """The plan's last checks and attachments: the family on the backend index, prebuilt
+    wheels for a build phase, hashes, and the installer (pip or uv)."""
+    offers = s.offers
+    backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
+    if backend_phase is not None and offers is not None and offers.source == "index":
+        # What the backend phase installs, including what a backend switch reinstalls.
+        phase_reqs = [Requirement(r) for r in backend_phase.requirements]
+        offers_mod.check_family_published(i.client, plan.index_url, s.decision.backend, phase_reqs, i.family, i.target)
+    if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
+        # Imported only when a build phase runs: prebuilt wheels, wheel cache, source builds.
+        from backendpick import prebuilt
+
+        plan = prebuilt.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
+                               pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
+                               predicted=_predicted_torch(i.facts, s.decision, offers))
+    if i.wanted.hashes:
+        plan = _with_hashes(plan, i.wanted.hashes, i.state)
+    return i.engine.apply(plan, pip_config=i.pip_config, user_env=i.env)
+
+
+def _with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan:
+    """Requirements with ``--hash`` (pip-compile --generate-hashes) reach pip in a requirements
+    file, the only place pip accepts hashes, one file per phase; pip then checks every file it
+    downloads, as ``pip install -r`` of the user's file would.
+
+    The backend phase installs its packages ``--no-deps``: in hash-checking mode pip needs a
+    hash for every dependency it installs, and the user's file lists torch's dependencies
+    (hashed) among the ordinary packages, which the rest phase installs. Hashes of PyPI's torch
+    do not match the backend index's builds; pip says so (generate them against that index)."""
+    from backendpick.fsutil import write_atomic
+
+    phases = []
+    for ph in plan.phases:
+        if ph.name not in (plan_mod.BACKEND, plan_mod.REST) or ph.skip is not None or ph.steps:
+            phases.append(ph)
+            continue
+        named = [w for w in ph.requirements if not w.startswith("-") and _hash_key(w) in hashes]
+        if not named:
+            phases.append(ph)
+            continue
+        lines = []
+        words = list(ph.requirements)
+        i = 0
+        while i < len(words):
+            w = words[i]
+            if w == "-e":
+                lines.append(f"-e {words[i + 1]}")
+                i += 2
+                continue
+            key = _hash_key(w)
+            lines.append(" ".join([w, *(f"--hash={h}" for h in hashes.get(key, ()))]))
+            i += 1
+        path = state / f"hashed-{ph.name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "\n".join(lines) + "\n")
+        head = list(ph.argv[: len(ph.argv) - len(ph.requirements)])
+        if ph.name == plan_mod.BACKEND:
+            head.append("--no-deps")
+        phases.append(replace(ph, requirements=("-r", str(path)), argv=(*head, "-r", str(path))))
+    return replace(plan, phases=tuple(phases))
+
+
+def _hash_key(word: str) -> str | None:
+    try:
+        return config.normalize(Requirement(word).name)
+    except InvalidRequirement:  # a path or URL passed as written: it has no hash of its own
+        return None
+
+
+def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Settings) -> None:
+    """--reinstall NAME must be something this install installs: a requirement, or an installed
+    backend or build package (which their phases install again). Anything else would be removed
+    and never installed again, or ignored in silence."""
+    requested = {config.normalize(r.name) for r in reqs}
+    phased = set(settings.backend_packages) | set(settings.no_build_isolation)
+    for name in names:
+        key = config.normalize(name)
+        if key in requested or (key in phased and target.get(key) is not None):
+            continue
+        where = "is not installed and not requested" if target.get(key) is None else "is not among the requirements"
+        raise ConfigError(f"--reinstall {name}: {name} {where}, so this install would not install it again",
+                          hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
+
+
+def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple]:
+    """Backend and build packages for their phases: those an earlier attempt found (install's
+    retry), and those the ordinary requirements pull in (the plan's one resolution, resolve.py),
+    so the plan holds what install will run."""
+    family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
+    backend, build = set(req.extra_backend), set(req.extra_build)
+    # Installed ones are pinned for the rest phase already, as install's fences would do.
+    backend |= {n for n in resolution.pulled if n in family and target.get(n) is None}
+    build |= {n for n in resolution.pulled if n in nbi and target.get(n) is None}
+    return tuple(sorted(backend)), tuple(sorted(build))
+
+
+def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers | None, reqs) -> str | None:
+    """The torch the recipes' ``{torch}`` means: the installed one when the backend phase keeps
+    it (same backend, requirement met), else the one it is expected to install."""
+    installed = torch_build(target, facts)
+    predicted = _predicted_torch(facts, decision, offers)
+    keeps = installed is not None and installed.backend == decision.backend and \
+        torchpins.torch_spec(reqs).contains(installed.version.split("+")[0], prereleases=True)
+    if installed is not None and (keeps or predicted is None):
+        return installed.version
+    if predicted is not None:
+        return predicted.version
+    # Offline (the packaged table decided): an exact pin still says which torch it will be.
+    pins = [s.version for s in torchpins.torch_spec(reqs) if s.operator in ("==", "===") and "*" not in s.version]
+    return pins[0] if pins else None
+
+
+def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
+    """The torch the backend phase should install: the newest offered build the plan allows.
+
+    pip may resolve an older one (a companion's exact pin); install then chooses again."""
+    from backendpick.buildenv import predict_torch
+
+    versions = offers.versions.get(decision.backend, []) if offers is not None and offers.source == "index" else []
+    if decision.torch_releases:
+        allowed = {r[:2] for r in decision.torch_releases}
+        versions = [v for v in versions if v.release[:2] in allowed]
+    return predict_torch(str(versions[-1]), decision.backend, facts) if versions else None
+
+
+def _pins_text(pins) -> str:
+    return ("; pinned by: " + "; ".join(p.describe() for p in pins)) if pins else ""
+
+
+def _with_pins(err: NoBackendError, pins) -> NoBackendError:
+    """The error, its message saying who pinned the torch that no backend serves."""
+    if pins:
+        err.message += f" ({_pins_text(pins)[2:]})"
+        err.args = (err.message,)
+    return err
