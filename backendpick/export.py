@@ -2,14 +2,14 @@
 
 The script repeats what ``install`` does between phases: after the backend phase it writes
 the constraints file from what is installed (pins) and what is not (fences), using only the
-target Python's standard library. Credentials are never written into it.
+target Python's standard library: the rule of constraints.py, its source embedded. Credentials are never written into it.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from backendpick import __version__
+from backendpick import __version__, constraints as constraints_mod
 from backendpick.config import redact
 from backendpick.engine import UV, UV_SOURCE_VARS
 from backendpick.pipconf import SOURCE_KEYS
@@ -43,27 +43,6 @@ for name, value in sorted(values.items()):
     if var not in source and var not in os.environ and var != "PIP_CONFIG_FILE":
         print("export %s=%s" % (var, shlex.quote(value)))
 '''
-
-_CONSTRAINTS_SCRIPT = '''import sys
-from importlib import metadata
-family, build, building, user = sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split(), sys.argv[5:]
-lines = []
-for name in family:
-    try:
-        lines.append("%s==%s" % (name, metadata.version(name)))
-    except metadata.PackageNotFoundError:
-        lines.append("%s<0" % name)
-for name in build:
-    if name in building:
-        continue
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        lines.append("%s<0" % name)
-with open(sys.argv[1], "w") as f:
-    f.write("\\n".join(lines + user) + "\\n")
-'''
-
 
 def _pin_script() -> str:
     """The environment pins (envpins.py) as a standalone script for the target Python: the same
@@ -143,7 +122,7 @@ def to_shell(plan: Plan) -> str:
         if phase.name != BACKEND and not wrote_constraints:
             args = [shlex.quote(" ".join(plan.backend_names)), shlex.quote(" ".join(plan.build_names)),
                     shlex.quote(building_names), *(shlex.quote(c) for c in plan.user_constraints)]
-            out.append(f'"$PY" -c {shlex.quote(_CONSTRAINTS_SCRIPT)} "$CONSTRAINTS" {" ".join(args)}')
+            out.append(f'"$PY" -c {shlex.quote(constraints_mod.script())} "$CONSTRAINTS" {" ".join(args)}')
             wrote_constraints = True
         if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
             # The user's constraints (pip config, -c files) hold in the backend phase too.

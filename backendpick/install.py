@@ -1,7 +1,8 @@
 """Execute a plan: run its phases in order through the one subprocess runner.
 
 The constraints file is written from what is really installed after the backend phase (the
-plan only knows names), so later phases cannot replace a single byte of the stack.
+plan only knows names; the rule is constraints.py), so later phases cannot replace a single
+byte of the stack.
 
 A build phase with steps (prebuilt.py) first chooses each package's wheel where the plan could
 not (torch was not installed yet), checks the toolchain before any source build, builds with
@@ -24,7 +25,7 @@ from typing import Callable, Iterator
 
 from packaging.requirements import Requirement
 
-from backendpick import runner
+from backendpick import constraints, runner
 from backendpick.config import normalize, redact
 from backendpick.errors import BackendpickError, InstallError, StateError
 from backendpick.fsutil import write_atomic
@@ -62,17 +63,6 @@ class FenceConflict(Exception):
     def __init__(self, hit: FenceHit):
         super().__init__(f"fenced packages needed: {hit}")
         self.hit = hit
-
-
-def constraint_lines(plan: Plan, target: Target, user_lines: list[str]) -> list[str]:
-    """Pins for every installed backend package, fences for the others, then the user's."""
-    building = plan.building
-    lines = []
-    for name in plan.backend_names:
-        d = target.get(name)
-        lines.append(f"{d.name}=={d.version}" if d else f"{name}<0")
-    lines += [f"{n}<0" for n in plan.build_names if n not in building and target.get(n) is None]
-    return lines + user_lines
 
 
 def fenced_needs(output: str, plan: Plan) -> FenceHit | None:
@@ -139,7 +129,7 @@ def execute(
             current = inspect(target.python, tags=False)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
             with _state_file(plan.constraints_path):
-                write_atomic(plan.constraints_path, "\n".join(constraint_lines(plan, current, user_constraints)) + "\n")
+                write_atomic(plan.constraints_path, "\n".join(constraints.after_backend(plan, current, user_constraints)) + "\n")
         if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
             # The user's constraints hold in the backend phase too (policy, not a package source).
             plan.backend_constraints_path.parent.mkdir(parents=True, exist_ok=True)

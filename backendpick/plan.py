@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from backendpick import facts
+from backendpick import constraints as constraints_mod, facts
 from backendpick.backend import CPU, Backend, local_tag_backend
 from backendpick.config import Settings, normalize, redact
 from backendpick.select import Decision
@@ -449,17 +449,10 @@ def build(
             )
         )
 
-    backend_names = {normalize(r.name) for r in backend_reqs}
-    pins = []
-    for r in backend_reqs:
-        d = installed_after_remove.get(normalize(r.name))
-        pins.append(f"{r.name}=={d.version}" if d else f"{r.name}==<installed by the backend phase>")
-    fences = [f"{n}<0" for n in sorted(family) if n not in backend_names and n not in installed_after_remove]
     build_names = {normalize(r.name) for r in build_reqs}
-    nbi_fences = [f"{n}<0" for n in sorted(nbi) if n not in build_names and n not in installed_after_remove]
-    kept = [f"{d.name}=={d.version}" for n, d in installed_after_remove.items() if n in family and n not in backend_names]
     user_cons = [str(c) for c in user_constraints]
-    constraint_lines = tuple(pins + kept + fences + user_cons)
+    constraint_lines, rest_lines = constraints_mod.preview(backend_reqs, installed_after_remove, family, nbi,
+                                                           build_names, user_cons)
     cflag = ["-c", str(constraints_path)]
 
     if build_reqs:
@@ -495,7 +488,6 @@ def build(
         )
 
     if rest_reqs or rest_args:
-        rest_lines = tuple(pins + kept + fences + nbi_fences + user_cons)
         # Editables and unnamed URLs (rest_args) always run: only pip knows what they hold.
         skip = satisfied(rest_reqs, installed_after_remove, target.markers) or bool(rest_args)
         words = [str(r) for r in rest_reqs] + list(rest_args)
