@@ -115,8 +115,7 @@ def execute(
     results: list[PhaseResult] = []
     built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
     _check_before_changes(plan, user_env)
-    with _state_file(log_dir):
-        log_dir.mkdir(parents=True, exist_ok=True)
+    open_logs(log_dir)
     current: Target | None = None
     phases = list(plan.phases)
     for i in range(len(phases)):
@@ -135,9 +134,7 @@ def execute(
             plan.backend_constraints_path.parent.mkdir(parents=True, exist_ok=True)
             with _state_file(plan.backend_constraints_path):
                 write_atomic(plan.backend_constraints_path, "\n".join(plan.backend_constraints) + "\n")
-        env = {k: v for k, v in user_env.items() if k not in phase.unset}
-        env.update(phase.env)
-        env.setdefault("PIP_NO_INPUT", "1")
+        env = phase_env(user_env, phase)
         if phase.name == BUILD and phase.steps:
             ran, elapsed = _run_build(plan, phase, target=current, env=env, on_phase_start=on_phase_start,
                                       on_line=on_line, on_note=note, log_dir=log_dir)
@@ -153,10 +150,7 @@ def execute(
                 phases[r] = replace(phases[r], argv=phases[r].base_argv, base_argv=())
             continue
         on_phase_start(phase)
-        started = time.monotonic()
-        with _phase_log(log_dir, phase, on_line) as (log, log_path, tee):
-            res = runner.stream(phase.argv, on_line=tee, env=env)
-        elapsed = time.monotonic() - started
+        res, log_path, elapsed = run_phase(phase, env=env, log_dir=log_dir, on_line=on_line)
         if not res.ok:
             _failed(plan, phase, phase, res, log_path)
         on_phase_end(phase, elapsed)
@@ -175,6 +169,35 @@ def execute(
             note(f"warning: cannot record what {', '.join(sorted(plan.building))} were built for: "
                  f"{getattr(exc, 'message', exc)}")
     return results
+
+
+def phase_env(user_env: dict, phase: Phase) -> dict:
+    """The environment of one pip run: the user's, less what the phase unsets, plus its own
+    variables; pip never waits for input (a Dockerfile RUN has no one to answer)."""
+    env = {k: v for k, v in user_env.items() if k not in phase.unset}
+    env.update(phase.env)
+    env.setdefault("PIP_NO_INPUT", "1")
+    return env
+
+
+def open_logs(log_dir: Path) -> None:
+    """The folder of the phases' log files (one per pip run), created before the first."""
+    with _state_file(log_dir):
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_phase(phase: Phase, *, env: dict, log_dir: Path, on_line: Callable[[str], None]) -> tuple:
+    """One pip run of a phase (install's and restore's), its whole output in the phase's log
+    file: (runner.Result, the log's path, seconds)."""
+    started = time.monotonic()
+    with _phase_log(log_dir, phase, on_line) as (_log, log_path, tee):
+        res = runner.stream(phase.argv, on_line=tee, env=env)
+    return res, log_path, time.monotonic() - started
+
+
+def failure_details(output: str, phase: Phase) -> str:
+    """pip's last lines for an error's details, credentials hidden."""
+    return _tail(output, phase)
 
 
 def _check_before_changes(plan: Plan, env: dict) -> None:

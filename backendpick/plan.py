@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import Requirement
@@ -93,6 +93,18 @@ def _shell(argv: Sequence[str], env: Mapping[str, str], unset: Sequence[str] = (
     return " ".join(prefix + [shlex.quote(redact(a)) for a in argv])
 
 
+class PhaseContext(Protocol):
+    """What a build phase carries to the executor for choosing and building its wheels
+    (prebuilt.BuildContext; a Protocol here, as prebuilt imports this module): the torch the
+    plan chose for, and whether that torch is only the one the backend phase is expected to install."""
+
+    @property
+    def torch(self) -> object: ...
+
+    @property
+    def predicted(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -107,7 +119,7 @@ class Phase:
     # Build phase only: where each package's wheel comes from, and what choosing it needs
     # (a prebuilt.BuildContext). Without steps, the phase runs ``argv`` as it is.
     steps: tuple[BuildStep, ...] = ()
-    context: object = None
+    context: PhaseContext | None = None
     # Build phase: its wheels are installed by the rest phase's pip run (one pip start fewer).
     deferred: bool = False
     # Rest phase: its argv before the build phase's wheels were folded in.

@@ -8,7 +8,7 @@ Pins come from four places, each named in messages so a conflict says who wants 
 * the user's pip ``constraint`` setting (pip.conf or PIP_CONSTRAINT): "constraint file PATH".
   A constraint is policy, not a package source: it holds for the backend phase too.
 
-Pure functions: the plan (commands/plan.py) calls them between the index look-up and the backend
+Pure functions: the pipeline (pipeline.py) calls them between the index look-up and the backend
 choice, so the choice is "the newest backend the hardware allows *and* that offers a torch all
 pins accept".
 """

@@ -1,8 +1,8 @@
 """Is an environment's GPU stack consistent? Works on any environment, not only ours.
 
-``stack_problems`` is pure (installed metadata + hardware -> problems) and cheap, so ``install``
-also uses it to find broken companions to replace. The import check of compiled extensions and
-``pip check`` run subprocesses and live in ``runtime_problems``.
+``stack_problems`` is pure (installed metadata + hardware -> problems) and cheap, so the
+pipeline also uses it to find broken companions to replace. The import check of compiled
+extensions (``extension_problems``) and ``pip check`` (``pip_check_problems``) run subprocesses.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Nothing is removed before every version the snapshot needs is known to be on its index
 (``check_available``), and the environment as it is now is recorded first, so a restore can
-itself be undone.
+itself be undone. The phases run through install's executor (install.py): the same
+environment, log files, signal handling and redacted output as an install.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from urllib.parse import unquote, urlsplit
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from backendpick import config, envpins, facts as facts_mod, history, lock, pipconf, runner, target as target_mod
+from backendpick import config, envpins, facts as facts_mod, history, install as executor, lock, pipconf, runner
+from backendpick import target as target_mod
 from backendpick.errors import EXIT_OK, InstallError, StateError
 from backendpick.output import Output, where_flags
 from backendpick.paths import state_dir
@@ -80,17 +82,19 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
     before = history.record(target, state)
     undo = f"backendpick restore{where_flags(python, settings)} {before.id}"
     out.info(f"snapshot {before.id} recorded; to undo this restore: {undo}")
+    log_dir = state / "logs"
+    executor.open_logs(log_dir)
     try:
         for ph in phases:
             out.info(f"phase {ph.name}: {' '.join(ph.requirements)}\n  $ {ph.command_line()}")
-            run_env = {k: v for k, v in env.items() if k not in ph.unset}
-            run_env.update(ph.env)
-            res = runner.stream(ph.argv, on_line=(lambda line: out.info(f"  | {line}")) if out.verbose else (lambda line: None),
-                                env=run_env)
+            res, log_path, _seconds = executor.run_phase(
+                ph, env=executor.phase_env(env, ph), log_dir=log_dir,
+                on_line=(lambda line: out.info(f"  | {line}")) if out.verbose else (lambda line: None))
             if not res.ok:
-                tail = "\n".join(res.stdout.splitlines()[-20:])
-                raise InstallError(f"restore phase '{ph.name}' failed (pip exit {res.returncode})", details=tail,
-                                   hint=f"to return to the environment before this restore: {undo}")
+                raise InstallError(f"restore phase '{ph.name}' failed (pip exit {res.returncode})",
+                                   details=executor.failure_details(res.stdout, ph),
+                                   hint=f"full pip output: {log_path}; to return to the environment before "
+                                        f"this restore: {undo}")
     except (runner.Interrupted, KeyboardInterrupt) as exc:
         raise stopped(exc, "pip was stopped and the environment may be partly restored",
                       f"to return to the environment before this restore: {undo}") from None
