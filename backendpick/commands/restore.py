@@ -20,7 +20,7 @@ from backendpick import config, envpins, facts as facts_mod, history, install as
 from backendpick import target as target_mod
 from backendpick.errors import EXIT_OK, InstallError, StateError
 from backendpick.output import Output, where_flags
-from backendpick.paths import state_dir
+from backendpick.paths import logs, state_dir
 from backendpick.plan import Phase
 from backendpick.runner import stopped
 
@@ -82,7 +82,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
     before = history.record(target, state)
     undo = f"backendpick restore{where_flags(python, settings)} {before.id}"
     out.info(f"snapshot {before.id} recorded; to undo this restore: {undo}")
-    log_dir = state / "logs"
+    log_dir = logs(state)
     executor.open_logs(log_dir)
     try:
         for ph in phases:
