@@ -26,13 +26,12 @@ Files are written atomically (temp file + os.replace): an interrupted run leaves
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from backendpick import __version__
+from backendpick import __version__, fsutil
 from backendpick.config import normalize
 from backendpick.pipconf import PINS_NAME, REPLACED, conf_entries, section_of, user_constraints  # noqa: F401 (user_constraints: envpins API)
 
@@ -159,22 +158,9 @@ def read_pins(text: str) -> dict[str, str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Atomically, into a folder made if missing (a venv without a pip.conf yet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.write_atomic(path, text)
 
 
 def user_includes(env: Mapping[str, str], prefix: Path) -> list[str]:

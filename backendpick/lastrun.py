@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from backendpick import paths
+from backendpick.fsutil import write_atomic
 from backendpick.backend import Backend
 from backendpick.config import redact
 from backendpick.errors import ConfigError
@@ -80,14 +79,4 @@ def save(state: Path, *, request: str, environment: str, backend: Backend, index
         "offers_source": offers_source,
     }
     state.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".last-install-", suffix=".tmp", dir=state)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, paths.last_install(state))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(paths.last_install(state), json.dumps(data, indent=1))
