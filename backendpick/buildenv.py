@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from backendpick.errors import InstallError
+from backendpick.probes_in_target import source
 from backendpick.runner import capture
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,15 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PROBE_TIMEOUT = 10.0  # nvcc --version answers in well under a second
 TORCH_TIMEOUT = 180.0  # importing torch reads gigabytes of shared libraries on a cold disk
 DEFAULT_JOB_MEMORY_GB = 4.0  # a CUDA compile job of these packages needs several GB
-
-# Runs in the target interpreter; the last stdout line is the answer (torch may print warnings).
-_TORCH_SCRIPT = (
-    "import json, torch\n"
-    "print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda,"
-    " 'hip': getattr(torch.version, 'hip', None),"
-    " 'cxx11abi': bool(getattr(torch._C, '_GLIBCXX_USE_CXX11_ABI', True))}))\n"
-)
-
 
 # -- the torch a build builds against -------------------------------------------------------------
 
@@ -112,7 +104,7 @@ def predict_torch(version: str, backend, facts) -> TorchInfo:
 def torch_info(python: Path, *, timeout: float = TORCH_TIMEOUT) -> TorchInfo:
     """Import torch once in the target; InstallError when it cannot be imported there."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    res = capture([python, "-c", _TORCH_SCRIPT], timeout=timeout, env=env)
+    res = capture([python, "-c", source("torch_info")], timeout=timeout, env=env)
     lines = res.stdout.strip().splitlines()
     if res.ok and lines:
         try:

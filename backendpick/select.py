@@ -18,7 +18,7 @@ from backendpick.hardware import AMD, APPLE, INTEL, NVIDIA, Accelerator, Hardwar
 if TYPE_CHECKING:  # pragma: no cover
     from backendpick.config import Settings
 
-Offers = Mapping[Backend, Sequence[tuple]]  # backend -> torch release tuples, e.g. (2, 7, 1)
+ReleasesByBackend = Mapping[Backend, Sequence[tuple]]  # backend -> torch release tuples, e.g. (2, 7, 1)
 
 STRICT, MINOR = "strict", "minor"
 
@@ -60,7 +60,7 @@ class Decision:
 
 
 def table_offers(facts: Facts) -> dict[Backend, list[tuple]]:
-    """Offers from the packaged release table: each backend with the releases publishing it."""
+    """Releases by backend from the packaged release table: each backend with the releases publishing it."""
     offers: dict[Backend, list[tuple]] = {}
     for release, backends in sorted(facts.releases.items()):
         for b in backends:
@@ -71,7 +71,7 @@ def table_offers(facts: Facts) -> dict[Backend, list[tuple]]:
 def choose(
     hardware: Hardware,
     facts: Facts,
-    offers: Offers,
+    offers: ReleasesByBackend,
     *,
     policy: str = STRICT,
     explicit: Explicit | None = None,
@@ -111,7 +111,7 @@ def _with_warning(d: Decision, text: str) -> Decision:
     return Decision(d.backend, d.source, d.reason, d.torch_releases, d.unserved, d.rejected, d.warnings + (text,))
 
 
-def _descending(offers: Offers, kind: str) -> list[Backend]:
+def _descending(offers: ReleasesByBackend, kind: str) -> list[Backend]:
     return sorted((b for b in offers if b.kind == kind and offers[b]), reverse=True)
 
 
@@ -139,7 +139,7 @@ def _driver_runs(hw: Hardware, facts: Facts, b: Backend, policy: str) -> bool:
     )
 
 
-def _nvidia(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator], policy: str) -> Decision:
+def _nvidia(hw: Hardware, facts: Facts, offers: ReleasesByBackend, gpus: list[Accelerator], policy: str) -> Decision:
     driver_cuda = dotted(hw.driver_cuda) if hw.driver_cuda else None
     where = gpus and _gpu_list(gpus) or "NVIDIA GPU (model unknown)"
     ceiling = (
@@ -175,7 +175,7 @@ def _nvidia(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator],
     )
 
 
-def _amd(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator]) -> Decision:
+def _amd(hw: Hardware, facts: Facts, offers: ReleasesByBackend, gpus: list[Accelerator]) -> Decision:
     where = _gpu_list([Accelerator(AMD, f"{g.name} ({g.arch})") for g in gpus])
     rejected = []
     # AMD's kernel driver supports only nearby ROCm releases: like a CUDA build newer than the
@@ -196,7 +196,7 @@ def _amd(hw: Hardware, facts: Facts, offers: Offers, gpus: list[Accelerator]) ->
                     unserved=tuple(g.name for g in gpus), rejected=tuple(rejected))
 
 
-def _container(hw: Hardware, offers: Offers) -> Decision:
+def _container(hw: Hardware, offers: ReleasesByBackend) -> Decision:
     image = dotted(hw.container_cuda or "")
     label = f"no NVIDIA driver visible (docker build?), and the image is CUDA {hw.container_cuda} (CUDA_VERSION)"
     fitting = [b for b in _descending(offers, CUDA) if b.version[0] == image[0] and b.version <= image[:2]]
@@ -208,7 +208,7 @@ def _container(hw: Hardware, offers: Offers) -> Decision:
                     unserved=(f"CUDA {hw.container_cuda} image",))
 
 
-def _explicit(hw: Hardware, facts: Facts, offers: Offers, ex: Explicit, policy: str) -> Decision:
+def _explicit(hw: Hardware, facts: Facts, offers: ReleasesByBackend, ex: Explicit, policy: str) -> Decision:
     b = ex.backend
     warnings: list[str] = []
     if b not in offers:
@@ -230,7 +230,7 @@ def _explicit(hw: Hardware, facts: Facts, offers: Offers, ex: Explicit, policy: 
     return Decision(b, ex.source, reason, warnings=tuple(warnings))
 
 
-def _known(offers: Offers) -> list[Backend]:
+def _known(offers: ReleasesByBackend) -> list[Backend]:
     from backendpick.facts import sort_key
 
     return sorted(offers, key=sort_key)

@@ -15,85 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 from backendpick.errors import ConfigError
+from backendpick.probes_in_target import source
 from backendpick.runner import Started, start
-
-# Runs inside the target interpreter (3.9+). Only the standard library, plus pip's vendored
-# packaging for the wheel tags when pip is there.
-_SCRIPT = r"""
-import json, os, platform, sys, sysconfig
-from importlib import metadata
-dists = {}
-for d in metadata.distributions():
-    name = d.metadata["Name"]
-    if not name or name.lower() in dists:
-        continue
-    try:
-        direct = d.read_text("direct_url.json")
-    except Exception:
-        direct = None
-    dists[name.lower()] = {"name": name, "version": d.version, "requires": d.requires or [],
-                           "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct}
-tags = []
-pip_version = None
-try:
-    import pip
-    pip_version = pip.__version__
-except Exception:
-    pass
-if "--no-tags" not in sys.argv:
-    import importlib
-    for mod in ("pip._vendor.packaging.tags", "packaging.tags"):
-        try:
-            tags = [str(x) for x in importlib.import_module(mod).sys_tags()]
-            break
-        except Exception:
-            continue
-def _pkg_file(pkg, name):
-    # find_spec locates a package without importing it (importing torch takes seconds).
-    import importlib.util
-    try:
-        spec = importlib.util.find_spec(pkg)
-    except Exception:
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        path = os.path.join(loc, name)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    return f.read(200000)
-            except OSError:
-                return None
-    return None
-files = {}
-if "torch" in dists:
-    files["torch/version.py"] = _pkg_file("torch", "version.py")
-if "xformers" in dists:
-    files["xformers/cpp_lib.json"] = _pkg_file("xformers", "cpp_lib.json")
-if "onnxruntime-gpu" in dists or "onnxruntime" in dists:
-    # The CUDA the build was made with (read, not imported: importing loads CUDA libraries).
-    files["onnxruntime/capi/build_and_package_info.py"] = _pkg_file("onnxruntime", os.path.join("capi", "build_and_package_info.py"))
-impl = sys.implementation.name
-iver = sys.implementation.version
-markers = {
-    "implementation_name": impl,
-    "implementation_version": "%d.%d.%d" % (iver.major, iver.minor, iver.micro),
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}
-print(json.dumps({"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
-                  "version": list(sys.version_info[:3]), "markers": markers, "tags": tags,
-                  "pip": pip_version, "purelib": sysconfig.get_paths()["purelib"], "dists": dists,
-                  "files": files}))
-"""
 
 
 @dataclass(frozen=True)
@@ -200,7 +123,7 @@ def start_inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> 
     if error is not None:
         return Inspection(python, None, error)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    return Inspection(python, start([python, "-I", "-c", _SCRIPT, *([] if tags else ["--no-tags"])],
+    return Inspection(python, start([python, "-I", "-c", source("inspect_env"), *([] if tags else ["--no-tags"])],
                                     timeout=timeout, env=env))
 
 

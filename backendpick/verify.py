@@ -20,6 +20,7 @@ from backendpick.backend import CPU, CUDA, ROCM, Backend, local_tag_backend
 from backendpick.config import normalize
 from backendpick.facts import Facts, dotted, show
 from backendpick.hardware import AMD, NVIDIA, Hardware
+from backendpick.probes_in_target import source
 from backendpick.runner import capture
 from backendpick.target import Target
 
@@ -373,23 +374,6 @@ def _missing_dependencies(target: Target, req: Requirement) -> list[tuple[Requir
 
 # -- subprocess checks ------------------------------------------------------------------------
 
-_IMPORT_SCRIPT = r"""
-import json, sys
-out = {}
-try:
-    import torch  # extensions need torch's libraries loaded first
-except Exception as e:
-    print(json.dumps({"torch": "%s: %s" % (type(e).__name__, e)})); sys.exit(0)
-for mod in sys.argv[1:]:
-    try:
-        __import__(mod)
-        out[mod] = None
-    except Exception as e:
-        out[mod] = "%s: %s" % (type(e).__name__, e)
-print(json.dumps(out))
-"""
-
-
 def extension_problems(target: Target, facts: Facts, python_flag: str, backend: Backend | None) -> list[Problem]:
     modules = {}
     for pkg, mods in facts.extensions.items():
@@ -398,7 +382,7 @@ def extension_problems(target: Target, facts: Facts, python_flag: str, backend: 
                 modules[m] = pkg
     if not modules:
         return []
-    res = capture([target.python, "-c", _IMPORT_SCRIPT, *modules], timeout=180)
+    res = capture([target.python, "-c", source("import_check"), *modules], timeout=180)
     if not res.ok:
         return [Problem("torch", f"importing torch failed in {target.python}: {(res.error or res.stderr.strip()[-200:])}",
                         f"backendpick verify{python_flag}")]
