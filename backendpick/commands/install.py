@@ -14,12 +14,13 @@ import os
 from backendpick import envpins, facts as facts_mod, history, install as executor, lastrun, lock, runner
 from backendpick import target as target_mod
 from backendpick.config import normalize
+from backendpick.dependencies import dependency_problems
 from backendpick.errors import EXIT_OK, InstallError, StateError
 from backendpick.output import Output, where_flags
 from backendpick.pipeline import Prepared, Request, prepare
 from backendpick.paths import logs, state_dir
 from backendpick.runner import stopped
-from backendpick.verify import build_records, dependency_problems, extension_problems, stack_problems, torch_build
+from backendpick.verify import build_records, extension_problems, stack_problems, torch_build
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 

@@ -10,12 +10,11 @@ from backendpick import config, envpins, facts as facts_mod, requirements, targe
 from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
 from backendpick.output import Output, where_flags
 from backendpick.probe import ProbeSettings, probe
+from backendpick.dependencies import missing_problems, pip_check_problems
 from backendpick.verify import (
     Problem,
     build_records,
     extension_problems,
-    missing_problems,
-    pip_check_problems,
     stack_problems,
     torch_build,
 )

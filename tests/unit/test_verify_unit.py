@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from backendpick import facts as facts_mod
-from backendpick import verify
+from backendpick import dependencies, verify
 from backendpick.backend import Backend
 from backendpick.commands import verify as verify_cmd
 from backendpick.facts import dotted, show
@@ -280,7 +280,7 @@ def test_missing_and_mismatched_requirements() -> None:
     tgt = target(t, dist("tqdm", "4.0"), dist("filelock", "3.16.1"), dist("typing-extensions", "4.12.2"))
     wanted = [Requirement("torch==2.5.1"), Requirement("flash-attn>=2.6"), Requirement("tqdm>=4.60"),
               Requirement('pywin32; sys_platform == "win32"')]
-    problems = verify.missing_problems(tgt, wanted, NBI, FLAG)
+    problems = dependencies.missing_problems(tgt, wanted, NBI, FLAG)
     assert [(p.package, p.message) for p in problems] == [
         ("flash-attn", ("flash-attn>=2.6 is required but not installed (it builds against torch: backendpick "
                         "installs it after torch with --no-build-isolation)")),
@@ -295,7 +295,7 @@ def test_missing_transitive_requirement_is_a_problem() -> None:
     tgt = target(dist("needs-torch", "1.0", "torch>=2", "helper[fast]"), dist("helper", "1.0", 'speedups; extra == "fast"',
                                                                              'never; extra == "other"'),
                  dist("flash-attn", "2.7.4", "torch", "einops"))
-    problems = verify.missing_problems(tgt, [Requirement("needs-torch"), Requirement("flash-attn")], NBI, FLAG)
+    problems = dependencies.missing_problems(tgt, [Requirement("needs-torch"), Requirement("flash-attn")], NBI, FLAG)
     assert [(p.package, p.message) for p in problems] == [
         ("torch", "torch>=2 is required by needs-torch 1.0 (for needs-torch) but not installed"),
         ("speedups", 'speedups is required by helper 1.0 (for needs-torch) but not installed'),
@@ -303,7 +303,7 @@ def test_missing_transitive_requirement_is_a_problem() -> None:
     ]
     assert all(p.fix == f"backendpick install{FLAG}" for p in problems)
     # Named on the command line: the fix installs that requirement again.
-    [p, *_] = verify.missing_problems(tgt, [Requirement("needs-torch")], NBI, FLAG, from_project=False)
+    [p, *_] = dependencies.missing_problems(tgt, [Requirement("needs-torch")], NBI, FLAG, from_project=False)
     assert p.fix == f"backendpick install{FLAG} needs-torch"
 
 
@@ -322,7 +322,7 @@ def test_fix_names_only_a_torch_the_backend_index_offers() -> None:
     assert p.fix == f"backendpick install{FLAG} --backend cpu torch==2.6.0 torchvision"
     # pip check's fixes follow the same rule.
     tb = verify.torch_build(target(t), FACTS)
-    fix = verify.dependency_fix(FLAG, tb, FAMILY, "xformers", Requirement("torch==2.5.1"), frozenset({"2.5.1"}))
+    fix = dependencies.dependency_fix(FLAG, tb, FAMILY, "xformers", Requirement("torch==2.5.1"), frozenset({"2.5.1"}))
     assert fix == f"backendpick install{FLAG} --backend cpu torch xformers"
 
 
@@ -330,7 +330,7 @@ def test_dependency_problems_from_metadata() -> None:
     t, _ = torch("2.5.1+cu124")
     tgt = target(t, dist("filelock", "3.16.1"), dist("flash-attn", "2.7.4", "torch", "einops>=0.8", 'pywin32; sys_platform == "win32"'),
                  dist("einops", "0.7.0"))
-    problems = verify.dependency_problems(tgt, FAMILY | NBI, FLAG)
+    problems = dependencies.dependency_problems(tgt, FAMILY | NBI, FLAG)
     assert [p.message for p in problems] == [
         "flash-attn 2.7.4 requires einops>=0.8, but 0.7.0 is installed",
         "torch 2.5.1+cu124 requires typing-extensions, which is not installed",
@@ -390,21 +390,21 @@ def test_extension_check_when_torch_itself_does_not_import(monkeypatch: pytest.M
 
 
 def test_pip_check_keeps_the_stack_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "capture", FakeCapture(ok(
+    monkeypatch.setattr(dependencies, "capture", FakeCapture(ok(
         "torch 2.5.1+cu124 requires filelock, which is not installed.\n"
         "xformers 0.0.28.post3 has requirement torch==2.5.0, but you have torch 2.5.1+cu124.\n"
         "requests 2.0 requires idna, which is not installed.\n", code=1)))
-    problems = verify.pip_check_problems(target(), FAMILY | NBI, FLAG)
+    problems = dependencies.pip_check_problems(target(), FAMILY | NBI, FLAG)
     assert [p.package for p in problems] == ["torch", "xformers"]
     assert problems[0].message == "pip check: torch 2.5.1+cu124 requires filelock, which is not installed."
 
 
 def test_pip_check_needs_pip_and_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeCapture(ok("No broken requirements found.\n"))
-    monkeypatch.setattr(verify, "capture", fake)
-    assert verify.pip_check_problems(target(pip=None), FAMILY, FLAG) == []
+    monkeypatch.setattr(dependencies, "capture", fake)
+    assert dependencies.pip_check_problems(target(pip=None), FAMILY, FLAG) == []
     assert fake.calls == []
-    assert verify.pip_check_problems(target(), FAMILY, FLAG) == []
+    assert dependencies.pip_check_problems(target(), FAMILY, FLAG) == []
 
 
 # -- the command's report ---------------------------------------------------------------------------
