@@ -10,8 +10,8 @@ such package of the build phase, in this order:
 2. a prebuilt wheel: the file name the project publishes (rows in ``data/facts.toml``), looked
    for in the sources of ``[tool.backendpick.prebuilt]`` (URL templates, folders, "github"),
    by default the project's GitHub release; checked to exist before it is chosen;
-3. a source build: toolchain guards and limits (``buildenv.py``), ``pip wheel`` into the
-   environment's state folder, the wheel stored in the cache, then installed.
+3. a source build: toolchain guards (``buildenv.py``) and limits (``buildlimits.py``),
+   ``pip wheel`` into the environment's state folder, the wheel stored in the cache, then installed.
 
 The version is chosen before any of this: an exact pin, else the newest release satisfying the
 requirement on the user's default index (pip would pick the same). The prebuilt name and the
@@ -39,7 +39,7 @@ from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from backendpick import buildenv, cache, facts, paths
+from backendpick import buildenv, buildlimits, cache, facts, paths
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings, Settings, normalize, redact
 from backendpick.errors import BackendpickError
@@ -313,7 +313,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     assert torch is not None
     package = packages()[step.name]
     req = Requirement(step.requirement)
-    limits = buildenv.limits(torch, package, ctx.build, env=env, gpu_caps=ctx.gpu_caps, gpu_archs=ctx.gpu_archs,
+    limits = buildlimits.limits(torch, package, ctx.build, env=env, gpu_caps=ctx.gpu_caps, gpu_archs=ctx.gpu_archs,
                              root=ctx.probe_root)
     version = step.version
     key = cache_key(ctx, step.name, version or "0", limits.arch_key)

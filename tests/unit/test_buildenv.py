@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import buildenv, prebuilt
+from backendpick import buildenv, buildlimits, prebuilt
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import InstallError
@@ -35,7 +35,7 @@ def test_torch_info_names_what_wheels_and_cache_keys_need():
 
 def limits(torch=CU124, package=FLASH, settings=BuildSettings(), env=None, caps=("8.0",), archs=(), cores=32,
            memory=64.0):
-    return buildenv.limits(torch, package, settings, env=env or {}, gpu_caps=caps, gpu_archs=archs,
+    return buildlimits.limits(torch, package, settings, env=env or {}, gpu_caps=caps, gpu_archs=archs,
                            cores=cores, memory_gb=memory)
 
 
@@ -55,15 +55,15 @@ def test_max_jobs_from_cores_and_free_memory(package, cores, memory, jobs):
 
 
 def test_max_jobs_when_free_memory_is_unknown(tmp_path):
-    got = buildenv.limits(CU124, FLASH, BuildSettings(), env={}, root=tmp_path, cores=8)
+    got = buildlimits.limits(CU124, FLASH, BuildSettings(), env={}, root=tmp_path, cores=8)
     assert got.env["MAX_JOBS"] == "4" and "free memory unknown" in got.summary
 
 
 def test_free_memory_comes_from_meminfo_below_the_probe_root(tmp_path):
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1 kB\nMemAvailable:   20971520 kB\n")
-    assert buildenv.available_memory_gb(tmp_path) == 20.0
-    assert buildenv.available_memory_gb(tmp_path / "nothing") is None
+    assert buildlimits.available_memory_gb(tmp_path) == 20.0
+    assert buildlimits.available_memory_gb(tmp_path / "nothing") is None
 
 
 def test_users_max_jobs_wins_over_config_and_the_estimate():

@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import buildenv, cache, config, facts as facts_mod, paths, prebuilt, wheelsources
+from backendpick import buildenv, buildlimits, cache, config, facts as facts_mod, paths, prebuilt, wheelsources
 from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings
 from backendpick.errors import ConfigError
@@ -331,7 +331,7 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
     assert step.build_argv == ("/venv/bin/python", "-m", "pip", "wheel", "--no-cache-dir", "--no-build-isolation",
                                "-c", "/state/c.txt", "--no-binary", "flash-attn", "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
                                "flash-attn==2.7.4")
-    jobs = str(min(4, buildenv.cpu_count()))  # 40 GB / 9 GB per job
+    jobs = str(min(4, buildlimits.cpu_count()))  # 40 GB / 9 GB per job
     assert step.build_env == {"MAX_JOBS": jobs, "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
                               "FLASH_ATTENTION_FORCE_BUILD": "TRUE"}
     assert step.arch_key == "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0"
