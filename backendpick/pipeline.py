@@ -13,63 +13,27 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, lastrun, offers as offers_mod, paths, pipconf
-from backendpick import plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod, torchpins
-from backendpick.errors import ConfigError, NoBackendError
+from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, hashes, lastrun, offers as offers_mod
+from backendpick import paths, pipconf, plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod
+from backendpick import torchpins, torchpredict
+from backendpick.errors import NoBackendError
 from backendpick.facts import Facts
 from backendpick.hardware import Hardware
 from backendpick.index import IndexClient
 from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for, preference
 from backendpick.probe import ProbeSettings, probe
+from backendpick.request import Prepared, Request, check_reinstall
 from backendpick.select import Decision, Explicit, choose, explicit_choice, keep_installed_gpu_backend, no_backend
 from backendpick.select import table_offers
-from backendpick.verify import installed_backend, torch_build
+from backendpick.verify import installed_backend
 
-
-@dataclass(frozen=True)
-class Request:
-    """Everything the user said on the command line about what to install and where."""
-
-    project_dir: Path = Path(".")
-    requirements: tuple[str, ...] = ()
-    files: tuple[Path, ...] = ()
-    editables: tuple[str, ...] = ()  # -e PATH or VCS URL, as pip -e
-    extras: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    python: Path | None = None
-    backend: str | None = None
-    index_url: str | None = None
-    cuda_compat: str | None = None
-    extra_backend: tuple[str, ...] = field(default_factory=tuple)  # set by install's retry
-    extra_build: tuple[str, ...] = field(default_factory=tuple)
-    extra_recipe: tuple[str, ...] = field(default_factory=tuple)  # recipe packages a dependency pulled in
-    reinstall: tuple[str, ...] = ()  # --reinstall: remove these first, then install them again
-    installer: str | None = None  # --installer: pip or uv
-    refresh: bool = False  # --refresh: ask the indexes even when the last install's record matches
-    upgrade: bool = False  # -U: the newest torch (and packages) the machine and the request allow
-    upgrade_packages: tuple[str, ...] = ()  # --upgrade-package NAME
-    channel: str | None = None  # --channel stable|test|nightly
-    pin_environment: bool | None = None  # --pin-environment / --no-pin-environment
-
-
-@dataclass(frozen=True)
-class Prepared:
-    plan: plan_mod.Plan
-    target: target_mod.Target
-    settings: config.Settings
-    hardware: Hardware
-    decision: Decision
-    pip_config: pipconf.PipConfig
-    backend_env: dict
-    user_env: dict
-    request_key: str = ""  # lastrun: the request's fingerprint
-    offers: Offers | None = None  # what the choice was made from
+__all__ = ["Prepared", "Request", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +146,7 @@ def _configure(req: Request, env: dict, target: target_mod.Target | None) -> _In
     hardware = probe(facts, ProbeSettings.from_env(env))
     family = set(settings.backend_packages)
     reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
-    _check_reinstall(req.reinstall, reqs, target, settings)
+    check_reinstall(req.reinstall, reqs, target, settings)
     warnings: list[str] = list(hardware.warnings)
     nbi = set(settings.no_build_isolation)
     # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
@@ -306,7 +270,7 @@ def _offers(i: _Inputs, c: _Candidates, pins: list, spec: SpecifierSet) -> Offer
             try:
                 offers_mod.explicit_missing(facts, i.client, i.template, explicit, asked, target, offers, i.settings)
             except NoBackendError as exc:
-                raise _with_pins(exc, [p for p in pins if p.by != "you"]) from None
+                raise torchpins.error_with_pins(exc, [p for p in pins if p.by != "you"]) from None
     else:
         # Newest allowed first, stopping at the first that offers a torch every pin accepts.
         offers = gather_preferred(facts, i.client, i.template, i.hardware, c.candidates, asked, target,
@@ -322,7 +286,8 @@ def _offers(i: _Inputs, c: _Candidates, pins: list, spec: SpecifierSet) -> Offer
 def _check_served(i: _Inputs, c: _Candidates, decision: Decision, offers: Offers | None, pins, spec) -> None:
     """Exit 3 when the chosen backend cannot serve: GPUs left unserved, or no torch on its index."""
     if decision.unserved and decision.source == "detected":
-        raise _with_pins(no_backend(i.facts, i.hardware, decision, spec, i.settings.cuda_compat.value), pins)
+        err = no_backend(i.facts, i.hardware, decision, spec, i.settings.cuda_compat.value)
+        raise torchpins.error_with_pins(err, pins)
     if offers is not None and decision.backend not in offers.versions:
         # Only now every candidate is asked: the message lists what exists.
         everything = gather(i.facts, i.client, i.template, c.order, i.nightly, i.target) \
@@ -330,7 +295,7 @@ def _check_served(i: _Inputs, c: _Candidates, decision: Decision, offers: Offers
         raise NoBackendError(
             f"no torch matching '{spec or 'any'}' for Python {i.target.python_version_text} "
             f"on the {decision.backend} index ({config.redact(index_url_for(i.template, decision.backend))})",
-            hint=offers_mod.on_offer_hint(everything) + _pins_text(pins),
+            hint=offers_mod.on_offer_hint(everything) + torchpins.pins_text(pins),
         )
 
 
@@ -375,7 +340,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     recipe_backend = tuple(n for n in s.extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
     routed = routing.route(
         s.requested, settings=settings, backend=decision.backend, target=target,
-        torch=_torch_for_recipes(facts, target, decision, offers, i.reqs),
+        torch=torchpredict.torch_for_recipes(facts, target, decision, offers, i.reqs),
         backend_index=index_url_for(i.template, decision.backend), client=i.client,
         markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=i.req.extra_recipe + recipe_backend,
     )
@@ -418,74 +383,10 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
 
         plan = prebuilt.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
                                pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
-                               predicted=_predicted_torch(i.facts, s.decision, offers))
+                               predicted=torchpredict.predicted_torch(i.facts, s.decision, offers))
     if i.wanted.hashes:
-        plan = _with_hashes(plan, i.wanted.hashes, i.state)
+        plan = hashes.with_hashes(plan, i.wanted.hashes, i.state)
     return i.engine.apply(plan, pip_config=i.pip_config, user_env=i.env)
-
-
-def _with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan:
-    """Requirements with ``--hash`` (pip-compile --generate-hashes) reach pip in a requirements
-    file, the only place pip accepts hashes, one file per phase; pip then checks every file it
-    downloads, as ``pip install -r`` of the user's file would.
-
-    The backend phase installs its packages ``--no-deps``: in hash-checking mode pip needs a
-    hash for every dependency it installs, and the user's file lists torch's dependencies
-    (hashed) among the ordinary packages, which the rest phase installs. Hashes of PyPI's torch
-    do not match the backend index's builds; pip says so (generate them against that index)."""
-    from backendpick.fsutil import write_atomic
-
-    phases = []
-    for ph in plan.phases:
-        if ph.name not in (plan_mod.BACKEND, plan_mod.REST) or ph.skip is not None or ph.steps:
-            phases.append(ph)
-            continue
-        named = [w for w in ph.requirements if not w.startswith("-") and _hash_key(w) in hashes]
-        if not named:
-            phases.append(ph)
-            continue
-        lines = []
-        words = list(ph.requirements)
-        i = 0
-        while i < len(words):
-            w = words[i]
-            if w == "-e":
-                lines.append(f"-e {words[i + 1]}")
-                i += 2
-                continue
-            key = _hash_key(w)
-            lines.append(" ".join([w, *(f"--hash={h}" for h in hashes.get(key, ()))]))
-            i += 1
-        path = state / f"hashed-{ph.name}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "\n".join(lines) + "\n")
-        head = list(ph.argv[: len(ph.argv) - len(ph.requirements)])
-        if ph.name == plan_mod.BACKEND:
-            head.append("--no-deps")
-        phases.append(replace(ph, requirements=("-r", str(path)), argv=(*head, "-r", str(path))))
-    return replace(plan, phases=tuple(phases))
-
-
-def _hash_key(word: str) -> str | None:
-    try:
-        return config.normalize(Requirement(word).name)
-    except InvalidRequirement:  # a path or URL passed as written: it has no hash of its own
-        return None
-
-
-def _check_reinstall(names, reqs, target: target_mod.Target, settings: config.Settings) -> None:
-    """--reinstall NAME must be something this install installs: a requirement, or an installed
-    backend or build package (which their phases install again). Anything else would be removed
-    and never installed again, or ignored in silence."""
-    requested = {config.normalize(r.name) for r in reqs}
-    phased = set(settings.backend_packages) | set(settings.no_build_isolation)
-    for name in names:
-        key = config.normalize(name)
-        if key in requested or (key in phased and target.get(key) is not None):
-            continue
-        where = "is not installed and not requested" if target.get(key) is None else "is not among the requirements"
-        raise ConfigError(f"--reinstall {name}: {name} {where}, so this install would not install it again",
-                          hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
 
 
 def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple]:
@@ -498,44 +399,3 @@ def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple
     backend |= {n for n in resolution.pulled if n in family and target.get(n) is None}
     build |= {n for n in resolution.pulled if n in nbi and target.get(n) is None}
     return tuple(sorted(backend)), tuple(sorted(build))
-
-
-def _torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers | None, reqs) -> str | None:
-    """The torch the recipes' ``{torch}`` means: the installed one when the backend phase keeps
-    it (same backend, requirement met), else the one it is expected to install."""
-    installed = torch_build(target, facts)
-    predicted = _predicted_torch(facts, decision, offers)
-    keeps = installed is not None and installed.backend == decision.backend and \
-        torchpins.torch_spec(reqs).contains(installed.version.split("+")[0], prereleases=True)
-    if installed is not None and (keeps or predicted is None):
-        return installed.version
-    if predicted is not None:
-        return predicted.version
-    # Offline (the packaged table decided): an exact pin still says which torch it will be.
-    pins = [s.version for s in torchpins.torch_spec(reqs) if s.operator in ("==", "===") and "*" not in s.version]
-    return pins[0] if pins else None
-
-
-def _predicted_torch(facts: Facts, decision: Decision, offers: Offers | None):
-    """The torch the backend phase should install: the newest offered build the plan allows.
-
-    pip may resolve an older one (a companion's exact pin); install then chooses again."""
-    from backendpick.buildenv import predict_torch
-
-    versions = offers.versions.get(decision.backend, []) if offers is not None and offers.source == "index" else []
-    if decision.torch_releases:
-        allowed = {r[:2] for r in decision.torch_releases}
-        versions = [v for v in versions if v.release[:2] in allowed]
-    return predict_torch(str(versions[-1]), decision.backend, facts) if versions else None
-
-
-def _pins_text(pins) -> str:
-    return ("; pinned by: " + "; ".join(p.describe() for p in pins)) if pins else ""
-
-
-def _with_pins(err: NoBackendError, pins) -> NoBackendError:
-    """The error, its message saying who pinned the torch that no backend serves."""
-    if pins:
-        err.message += f" ({_pins_text(pins)[2:]})"
-        err.args = (err.message,)
-    return err

@@ -26,7 +26,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from backendpick.config import normalize
-from backendpick.errors import ConfigError
+from backendpick.errors import ConfigError, NoBackendError
 from backendpick.resolve import Pin, Resolution
 
 CHANNELS = ("stable", "test", "nightly")
@@ -364,3 +364,15 @@ def torch_spec(reqs) -> SpecifierSet:
         if normalize(r.name) == "torch":
             spec &= r.specifier
     return spec
+
+
+def pins_text(pins) -> str:
+    return ("; pinned by: " + "; ".join(p.describe() for p in pins)) if pins else ""
+
+
+def error_with_pins(err: NoBackendError, pins) -> NoBackendError:
+    """The error, its message saying who pinned the torch that no backend serves."""
+    if pins:
+        err.message += f" ({pins_text(pins)[2:]})"
+        err.args = (err.message,)
+    return err
