@@ -282,11 +282,11 @@ def _write_script(path: Path, body: str) -> Path:
 
 
 def _build(tmp_path: Path, exit_code: int, monkeypatch):
-    from backendpick import install
+    from backendpick import buildrun
     from backendpick.backend import Backend
     from backendpick.plan import SOURCE, BuildStep, Phase, Plan
 
-    monkeypatch.setattr(install, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(buildrun, "HEARTBEAT_SECONDS", 0.1)
     out_dir = tmp_path / "state" / "build" / "flash-attn"
     step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", limits="MAX_JOBS=1 (test)",
                      build_argv=(str(_fake_pip(tmp_path, exit_code)), "-w", str(out_dir)))
@@ -296,7 +296,7 @@ def _build(tmp_path: Path, exit_code: int, monkeypatch):
     log_path = tmp_path / "build.log"
     with log_path.open("w") as log:
         def call():
-            return install._build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
+            return buildrun.build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
                                         log=log, log_path=log_path, on_note=notes.append)
         if exit_code:
             with pytest.raises(InstallError) as err:
