@@ -6,8 +6,8 @@ import pytest
 
 from backendpick import facts as facts_mod
 from backendpick.backend import Backend
+from backendpick.devices import hide, visible_amd, visible_devices, visible_nvidia
 from backendpick.hardware import AMD, NVIDIA, Accelerator, Hardware
-from backendpick.probe import hide, visible_amd, visible_devices, visible_nvidia
 from backendpick.select import choose, table_offers
 
 UUIDS = ["GPU-41ac5863-a62d-10aa-ed8a-ce2060ca02a6", "GPU-06162320-1d3b-4278-3464-197de5d63b6b",
