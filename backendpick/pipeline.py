@@ -346,7 +346,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     )
     if routed.family:
         settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
-    plan = plan_mod.build(
+    plan = plan_mod.make_plan(
         decision=decision, requirements=routed.requirements, settings=settings, target=target,
         index_url=index_url_for(i.template, decision.backend),
         offered=offers.versions.get(decision.backend, []) if offers else [],
