@@ -209,7 +209,8 @@ class Setting:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """``[tool.backendpick.build]``: how source builds run. Environment variables win over these."""
+    """``[tool.backendpick.build]``: how the source builds of the BUILD phase run (parallel jobs, GPU
+    arch list, extra environment, post-build checks). Environment variables win over these."""
 
     max_jobs: int | None = None
     arch_list: str | None = None
@@ -271,89 +272,25 @@ def load(
     channel: str | None = None,
     pin_environment: bool | None = None,
 ) -> Settings:
+    """The settings for ``project_dir``: each from the CLI, else the environment, else
+    ``[tool.backendpick]``, else the default, with where it came from; a wrong one is a ConfigError."""
     env = os.environ if env is None else env
     pyproject = read_pyproject(project_dir)
     tool = pyproject.tool
     backend_s = _pick(backend, env, ENV_BACKEND, tool, "backend", "auto", pyproject.path)
     chosen = _parse_backend(backend_s, facts)
-    index_s = _pick(index_url, env, ENV_INDEX_URL, tool, "index-url", facts.default_index_url, pyproject.path)
-    if "{backend}" not in index_s.value:
-        raise ConfigError(
-            f"index URL from {index_s.source} has no {{backend}} placeholder: {redact(index_s.value)}",
-            hint="write it as a template, e.g. https://mirror.example/pytorch/{backend}",
-        )
     trusted = tuple(tool.get("trusted-hosts", ()))
     mirrors = tuple((str(k), str(v)) for k, v in tool.get("mirrors", {}).items())
-    for prefix, replacement in mirrors:
-        host = urlsplit(replacement).hostname or ""
-        if replacement.startswith("http://") and host not in _LOCAL_HOSTS and host not in trusted:
-            raise ConfigError(f"tool.backendpick.mirrors maps {redact(prefix)} to plain http: {redact(replacement)}",
-                              hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network")
-    if mirrors:
-        from backendpick.recipes import mirror
-
-        index_s = Setting(mirror(index_s.value, mirrors), index_s.source)
-    _check_index_scheme(index_s, trusted)
-    compat_s = _pick(cuda_compat, env, ENV_CUDA_COMPAT, tool, "cuda-compat", "strict", pyproject.path)
-    if compat_s.value not in ("strict", "minor"):
-        raise ConfigError(f"cuda-compat from {compat_s.source} must be \"strict\" or \"minor\", not {compat_s.value!r}")
-
-    installer_s = _pick(installer, env, ENV_INSTALLER, tool, "installer", "pip", pyproject.path)
-    if installer_s.value not in ("pip", "uv"):
-        raise ConfigError(f"installer from {installer_s.source} must be \"pip\" or \"uv\", not {installer_s.value!r}")
-    channel_s = _pick(channel, env, ENV_CHANNEL, tool, "channel", "stable", pyproject.path)
-    if channel_s.value not in CHANNELS:
-        raise ConfigError(f"channel from {channel_s.source} must be one of {', '.join(CHANNELS)}, not {channel_s.value!r}")
-    pin_s = _pick(pin_environment, env, ENV_PIN_ENVIRONMENT, tool, "pin-environment", True, pyproject.path)
-    if isinstance(pin_s.value, str):
-        if pin_s.value.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ConfigError(f"{ENV_PIN_ENVIRONMENT} must be true or false, not {pin_s.value!r}")
-        pin_s = Setting(pin_s.value.strip().lower() in ("1", "true", "yes"), pin_s.source)
+    index_s = _load_index_url(index_url, env, tool, facts, pyproject, trusted, mirrors)
+    compat_s, installer_s, channel_s, pin_s = _load_choices(cuda_compat, installer, channel, pin_environment,
+                                                            env, tool, pyproject)
 
     packages = tuple(tool.get("backend-packages", facts.backend_packages)) + tuple(tool.get("extra-backend-packages", ()))
-    nbi_names = tool.get("no-build-isolation", list(facts.no_build_isolation))
-    build_reqs = {normalize(k): tuple(v) for k, v in tool.get("build-requirements", {}).items()}
-    nbi = {}
-    for name in nbi_names:
-        key = normalize(name)
-        nbi[key] = build_reqs.get(key, facts.no_build_isolation.get(key, facts.setuptools_fallback))
     from backendpick import recipes as recipes_mod
 
     recipes = recipes_mod.merged(tool.get("packages", {}), pyproject.path.name if pyproject.path else "pyproject.toml")
-    user_recipes = {normalize(k) for k in tool.get("packages", {})}
-    for name, rows in recipes.items():
-        # A build recipe joins no-build-isolation; a user-set list replaces the shipped recipes' names.
-        rows = [r for r in rows if r.build is not None or r.prebuilt is not None]
-        if rows and name not in nbi and (name in user_recipes or "no-build-isolation" not in tool):
-            nbi[name] = build_reqs.get(name, rows[-1].build or facts.no_build_isolation.get(name, facts.setuptools_fallback))
-    unused = set(build_reqs) - set(nbi)
-    if unused:
-        raise ConfigError(
-            f"tool.backendpick.build-requirements names {', '.join(sorted(unused))}, "
-            "which is not in no-build-isolation",
-            hint="add it to no-build-isolation, or remove its build-requirements",
-        )
-    prebuilt = {normalize(k): tuple(v) for k, v in tool.get("prebuilt", {}).items()}
-    for name, rows in recipes.items():
-        # The recipe key `prebuilt` is [tool.backendpick.prebuilt] for that package.
-        if rows[-1].prebuilt is not None and name not in prebuilt:
-            prebuilt[name] = rows[-1].prebuilt
-    unknown = set(prebuilt) - set(nbi)
-    if unknown:
-        raise ConfigError(
-            f"tool.backendpick.prebuilt names {', '.join(sorted(unknown))}, which is not in no-build-isolation",
-            hint="prebuilt wheels are looked up for the packages built after torch; add it to no-build-isolation",
-        )
-    for name, sources in prebuilt.items():
-        for source in sources:
-            if source.startswith("http://"):
-                host = urlsplit(source.replace("{filename}", "f").replace("{version}", "v")).hostname or ""
-                if host not in _LOCAL_HOSTS and host not in trusted:
-                    # A binary wheel over plain http is as dangerous as a plain-http index.
-                    raise ConfigError(
-                        f"tool.backendpick.prebuilt.{name} uses plain http: {redact(source)}",
-                        hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network",
-                    )
+    nbi = _load_no_build_isolation(tool, facts, recipes)
+    prebuilt = _load_prebuilt(tool, recipes, nbi, trusted)
     raw_build = tool.get("build", {})
     build = BuildSettings(
         max_jobs=raw_build.get("max-jobs"),
@@ -379,6 +316,100 @@ def load(
         channel=channel_s,
         pin_environment=pin_s,
     )
+
+
+def _load_index_url(index_url: str | None, env: Mapping[str, str], tool: Mapping, facts: Facts,
+                    pyproject: Pyproject, trusted: tuple, mirrors: tuple) -> Setting:
+    """The backend index template, through the mirrors, checked for its placeholder and scheme."""
+    index_s = _pick(index_url, env, ENV_INDEX_URL, tool, "index-url", facts.default_index_url, pyproject.path)
+    if "{backend}" not in index_s.value:
+        raise ConfigError(
+            f"index URL from {index_s.source} has no {{backend}} placeholder: {redact(index_s.value)}",
+            hint="write it as a template, e.g. https://mirror.example/pytorch/{backend}",
+        )
+    for prefix, replacement in mirrors:
+        host = urlsplit(replacement).hostname or ""
+        if replacement.startswith("http://") and host not in _LOCAL_HOSTS and host not in trusted:
+            raise ConfigError(f"tool.backendpick.mirrors maps {redact(prefix)} to plain http: {redact(replacement)}",
+                              hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network")
+    if mirrors:
+        from backendpick.recipes import mirror
+
+        index_s = Setting(mirror(index_s.value, mirrors), index_s.source)
+    _check_index_scheme(index_s, trusted)
+    return index_s
+
+
+def _load_choices(cuda_compat: str | None, installer: str | None, channel: str | None,
+                  pin_environment: bool | None, env: Mapping[str, str], tool: Mapping,
+                  pyproject: Pyproject) -> tuple[Setting, Setting, Setting, Setting]:
+    """cuda-compat, installer, channel and pin-environment, each checked against what it may be."""
+    compat_s = _pick(cuda_compat, env, ENV_CUDA_COMPAT, tool, "cuda-compat", "strict", pyproject.path)
+    if compat_s.value not in ("strict", "minor"):
+        raise ConfigError(f"cuda-compat from {compat_s.source} must be \"strict\" or \"minor\", not {compat_s.value!r}")
+
+    installer_s = _pick(installer, env, ENV_INSTALLER, tool, "installer", "pip", pyproject.path)
+    if installer_s.value not in ("pip", "uv"):
+        raise ConfigError(f"installer from {installer_s.source} must be \"pip\" or \"uv\", not {installer_s.value!r}")
+    channel_s = _pick(channel, env, ENV_CHANNEL, tool, "channel", "stable", pyproject.path)
+    if channel_s.value not in CHANNELS:
+        raise ConfigError(f"channel from {channel_s.source} must be one of {', '.join(CHANNELS)}, not {channel_s.value!r}")
+    pin_s = _pick(pin_environment, env, ENV_PIN_ENVIRONMENT, tool, "pin-environment", True, pyproject.path)
+    if isinstance(pin_s.value, str):
+        if pin_s.value.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{ENV_PIN_ENVIRONMENT} must be true or false, not {pin_s.value!r}")
+        pin_s = Setting(pin_s.value.strip().lower() in ("1", "true", "yes"), pin_s.source)
+    return compat_s, installer_s, channel_s, pin_s
+
+
+def _load_no_build_isolation(tool: Mapping, facts: Facts, recipes: Mapping) -> dict[str, tuple]:
+    """The packages built without build isolation, each with its build requirements."""
+    nbi_names = tool.get("no-build-isolation", list(facts.no_build_isolation))
+    build_reqs = {normalize(k): tuple(v) for k, v in tool.get("build-requirements", {}).items()}
+    nbi = {}
+    for name in nbi_names:
+        key = normalize(name)
+        nbi[key] = build_reqs.get(key, facts.no_build_isolation.get(key, facts.setuptools_fallback))
+    user_recipes = {normalize(k) for k in tool.get("packages", {})}
+    for name, rows in recipes.items():
+        # A build recipe joins no-build-isolation; a user-set list replaces the shipped recipes' names.
+        rows = [r for r in rows if r.build is not None or r.prebuilt is not None]
+        if rows and name not in nbi and (name in user_recipes or "no-build-isolation" not in tool):
+            nbi[name] = build_reqs.get(name, rows[-1].build or facts.no_build_isolation.get(name, facts.setuptools_fallback))
+    unused = set(build_reqs) - set(nbi)
+    if unused:
+        raise ConfigError(
+            f"tool.backendpick.build-requirements names {', '.join(sorted(unused))}, "
+            "which is not in no-build-isolation",
+            hint="add it to no-build-isolation, or remove its build-requirements",
+        )
+    return nbi
+
+
+def _load_prebuilt(tool: Mapping, recipes: Mapping, nbi: Mapping, trusted: tuple) -> dict[str, tuple]:
+    """The prebuilt wheel sources per build package, from the settings and the recipes."""
+    prebuilt = {normalize(k): tuple(v) for k, v in tool.get("prebuilt", {}).items()}
+    for name, rows in recipes.items():
+        # The recipe key `prebuilt` is [tool.backendpick.prebuilt] for that package.
+        if rows[-1].prebuilt is not None and name not in prebuilt:
+            prebuilt[name] = rows[-1].prebuilt
+    unknown = set(prebuilt) - set(nbi)
+    if unknown:
+        raise ConfigError(
+            f"tool.backendpick.prebuilt names {', '.join(sorted(unknown))}, which is not in no-build-isolation",
+            hint="prebuilt wheels are looked up for the packages built after torch; add it to no-build-isolation",
+        )
+    for name, sources in prebuilt.items():
+        for source in sources:
+            if source.startswith("http://"):
+                host = urlsplit(source.replace("{filename}", "f").replace("{version}", "v")).hostname or ""
+                if host not in _LOCAL_HOSTS and host not in trusted:
+                    # A binary wheel over plain http is as dangerous as a plain-http index.
+                    raise ConfigError(
+                        f"tool.backendpick.prebuilt.{name} uses plain http: {redact(source)}",
+                        hint=f"use https, or add \"{host}\" to tool.backendpick.trusted-hosts if you trust that network",
+                    )
+    return prebuilt
 
 
 def _parse_backend(s: Setting, facts: Facts) -> Backend | None:

@@ -31,6 +31,9 @@ from backendpick.config import Settings, normalize, redact
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
 
+# The names of the phases, in the order they run. BUILD is the phase that installs the packages built
+# against the installed torch (no build isolation); it is not the planner (``make_plan``), nor the
+# settings of source builds (``config.BuildSettings``), nor the prebuilt facts table.
 REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requirements", "build", "rest"
 
 # Where a build-phase package's wheel comes from (prebuilt.py decides; see its docstring).
