@@ -157,15 +157,7 @@ def route(
                      backend_index=backend_index)
     for req in reqs:
         name = normalize(req.name)
-        rows = recipes.get(name)
-        recipe = rc.choose(rows, req.specifier) if rows and markers_ok(req) else None
-        if recipe is not None and recipe.url_only and not req.url:
-            raise NoBackendError(
-                f"{req.name} comes only from a direct URL or a local checkout"
-                + (f" ({recipe.note})" if recipe.note else ""),
-                hint=f"name it as a URL, e.g. '{req.name} @ git+https://...', or a path to a checkout "
-                     f"(source: {recipe.source or recipe.origin})",
-            )
+        recipe = _recipe_for(req, recipes, markers_ok)
         if recipe is None or req.url:
             out.append(req)
             continue
@@ -179,70 +171,104 @@ def route(
         if backend.kind == CPU and recipe.cpu is not None:
             out.append(_cpu(req, recipe, routes))
             continue
-        matched = rc.match_backend(recipe, backend)
-        if matched is None:
-            raise NoBackendError(
-                f"{req.name} has no build for {backend}: its recipe lists {rc.listed_text(recipe)}"
-                + (f" ({recipe.note})" if recipe.note else ""),
-                hint="choose another backend, leave the package out, or override its recipe in "
-                     f"[tool.backendpick.packages.{name}] (source: {recipe.source or recipe.origin})",
-            )
-        for key in ("index-url", "find-links", "name", "extra"):
-            table = getattr(recipe, key.replace("-", "_"))
-            if table and recipe.template(key, backend.kind) is None:
-                raise NoBackendError(
-                    f"{req.name} has no {backend.kind} build: its recipe's {key} covers {', '.join(sorted(table))}",
-                    hint=f"choose another backend, or override the recipe in [tool.backendpick.packages.{name}]",
-                )
-        vals = rc.values(matched, **vals_base)
-        dist = req.name
-        extras = set(req.extras)
-        why = WHY[recipe.mechanism]
-        if recipe.name:
-            dist = rc.expand(recipe.template("name", backend.kind), vals, req.name)
-            if normalize(dist) != name:
-                why = WHY["name"] if backend.kind != "rocm" else "name per ROCm version"
-            for other in variants(recipe, target.installed):
-                if other != normalize(dist):
-                    remove.append(target.installed[other].name)
-        if recipe.extra:
-            extras.add(rc.expand(recipe.template("extra", backend.kind), vals, req.name))
-        spec = req.specifier & recipe.versions if recipe.versions is not None else req.specifier
-        if recipe.index_url and recipe.template("index-url", backend.kind) == "{backend_index}":
-            text = _text(dist, extras, spec, req.marker)
-            out.append(Requirement(text))
-            if normalize(dist) not in family:
-                new_family.append(normalize(dist))
-            routes.append(Route(req.name, text, BACKEND_PHASE, "the backend index", redact(backend_index), recipe.source))
-            continue
-        if recipe.index_url or recipe.find_links:
-            key = "index-url" if recipe.index_url else "find-links"
-            url = rc.mirror(rc.expand(recipe.template(key, backend.kind), vals, req.name), settings.mirrors)
-            link = _wheel(client, key, url, dist, spec, target, req.name, backend, torch)
-            version = _version(link)
-            have = target.get(dist)
-            if have is not None and have.version == str(version):
-                text = _text(dist, extras, f"=={version}", req.marker)  # installed: pip keeps it
-            else:
-                text = _text(dist, extras, "", None) + f" @ {rc.mirror(link.url, settings.mirrors)}"
-                if req.marker is not None:
-                    text += f" ; {req.marker}"
-            out.append(Requirement(text))
-            routes.append(Route(req.name, text, REST_PHASE, WHY[key], url, recipe.source))
-            continue
-        text = _text(dist, extras, spec, req.marker)
-        out.append(Requirement(text))
-        routes.append(Route(req.name, text, REST_PHASE, why if (recipe.name or recipe.extra) else
-                            f"{WHY['default']}, built for {matched}", source=recipe.source))
+        matched = _matched_backend(req, recipe, backend)
+        requirement, one = _route_recipe(req, recipe, matched, settings=settings, backend=backend, target=target,
+                                         torch=torch, backend_index=backend_index, client=client,
+                                         vals=rc.values(matched, **vals_base), remove=remove)
+        out.append(requirement)
+        routes.append(one)
+        if one.phase == BACKEND_PHASE and normalize(requirement.name) not in family:
+            new_family.append(normalize(requirement.name))
 
-    requested = {normalize(r.name) for r in out}
-    fences = sorted(
+    fences = _fences(recipes, {normalize(r.name) for r in out}, family, nbi, target, backend)
+    return Routed(tuple(out), tuple(routes), tuple(fences), tuple(dict.fromkeys(new_family)),
+                  tuple(dict.fromkeys(remove)), tuple(warnings))
+
+
+def _recipe_for(req: Requirement, recipes, markers_ok) -> rc.Recipe | None:
+    """The recipe row for this requirement, None without one; a URL-only package named by version is
+    an error."""
+    rows = recipes.get(normalize(req.name))
+    recipe = rc.choose(rows, req.specifier) if rows and markers_ok(req) else None
+    if recipe is not None and recipe.url_only and not req.url:
+        raise NoBackendError(
+            f"{req.name} comes only from a direct URL or a local checkout"
+            + (f" ({recipe.note})" if recipe.note else ""),
+            hint=f"name it as a URL, e.g. '{req.name} @ git+https://...', or a path to a checkout "
+                 f"(source: {recipe.source or recipe.origin})",
+        )
+    return recipe
+
+
+def _matched_backend(req: Requirement, recipe: rc.Recipe, backend: Backend):
+    """The recipe's entry for this backend; a backend the recipe does not cover is an error."""
+    name = normalize(req.name)
+    matched = rc.match_backend(recipe, backend)
+    if matched is None:
+        raise NoBackendError(
+            f"{req.name} has no build for {backend}: its recipe lists {rc.listed_text(recipe)}"
+            + (f" ({recipe.note})" if recipe.note else ""),
+            hint="choose another backend, leave the package out, or override its recipe in "
+                 f"[tool.backendpick.packages.{name}] (source: {recipe.source or recipe.origin})",
+        )
+    for key in ("index-url", "find-links", "name", "extra"):
+        table = getattr(recipe, key.replace("-", "_"))
+        if table and recipe.template(key, backend.kind) is None:
+            raise NoBackendError(
+                f"{req.name} has no {backend.kind} build: its recipe's {key} covers {', '.join(sorted(table))}",
+                hint=f"choose another backend, or override the recipe in [tool.backendpick.packages.{name}]",
+            )
+    return matched
+
+
+def _route_recipe(req: Requirement, recipe: rc.Recipe, matched, *, settings: Settings, backend: Backend,
+                  target: Target, torch: str | None, backend_index: str, client: IndexClient, vals,
+                  remove: list[str]) -> tuple[Requirement, Route]:
+    """The requirement a name/extra/index/find-links recipe installs, and its route. Installed
+    variants for another backend (cupy-cuda11x) join ``remove``."""
+    name = normalize(req.name)
+    dist = req.name
+    extras = set(req.extras)
+    why = WHY[recipe.mechanism]
+    if recipe.name:
+        dist = rc.expand(recipe.template("name", backend.kind), vals, req.name)
+        if normalize(dist) != name:
+            why = WHY["name"] if backend.kind != "rocm" else "name per ROCm version"
+        for other in variants(recipe, target.installed):
+            if other != normalize(dist):
+                remove.append(target.installed[other].name)
+    if recipe.extra:
+        extras.add(rc.expand(recipe.template("extra", backend.kind), vals, req.name))
+    spec = req.specifier & recipe.versions if recipe.versions is not None else req.specifier
+    if recipe.index_url and recipe.template("index-url", backend.kind) == "{backend_index}":
+        text = _text(dist, extras, spec, req.marker)
+        return Requirement(text), Route(req.name, text, BACKEND_PHASE, "the backend index", redact(backend_index),
+                                        recipe.source)
+    if recipe.index_url or recipe.find_links:
+        key = "index-url" if recipe.index_url else "find-links"
+        url = rc.mirror(rc.expand(recipe.template(key, backend.kind), vals, req.name), settings.mirrors)
+        link = _wheel(client, key, url, dist, spec, target, req.name, backend, torch)
+        version = _version(link)
+        have = target.get(dist)
+        if have is not None and have.version == str(version):
+            text = _text(dist, extras, f"=={version}", req.marker)  # installed: pip keeps it
+        else:
+            text = _text(dist, extras, "", None) + f" @ {rc.mirror(link.url, settings.mirrors)}"
+            if req.marker is not None:
+                text += f" ; {req.marker}"
+        return Requirement(text), Route(req.name, text, REST_PHASE, WHY[key], url, recipe.source)
+    text = _text(dist, extras, spec, req.marker)
+    return Requirement(text), Route(req.name, text, REST_PHASE, why if (recipe.name or recipe.extra) else
+                                    f"{WHY['default']}, built for {matched}", source=recipe.source)
+
+
+def _fences(recipes, requested: set, family: set, nbi: set, target: Target, backend: Backend) -> list[str]:
+    """``name<0`` for each recipe name the plan does not install and that would need routing."""
+    return sorted(
         f"{n}<0" for n, rows in recipes.items()
         if n not in requested and n not in family and n not in nbi and n not in target.installed
         and not passthrough(rc.choose(rows, SpecifierSet()) or rows[-1], backend)
     )
-    return Routed(tuple(out), tuple(routes), tuple(fences), tuple(dict.fromkeys(new_family)),
-                  tuple(dict.fromkeys(remove)), tuple(warnings))
 
 
 def _cpu(req: Requirement, recipe: rc.Recipe, routes: list) -> Requirement:
