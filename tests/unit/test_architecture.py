@@ -156,3 +156,30 @@ def test_the_check_sees_command_modules():
 def test_commands_do_not_import_each_other():
     crossing = {name: sorted(found) for name, found in _command_imports().items() if found}
     assert not crossing, crossing
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(trees: dict[str, ast.Module], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``module.function (N lines)`` for each function longer than ``limit``, decorators excluded."""
+    out = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    out.append(f"{name}.{node.name} ({length} lines)")
+    return sorted(out)
+
+
+def test_the_length_check_sees_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(81))
+    tree = ast.parse(f"def f():\n{body}\n\ndef g():\n    return 1\n")
+    assert _long_functions({"m": tree}) == ["m.f (82 lines)"]
+
+
+@pytest.mark.xfail(strict=True, reason="still over 80 lines, in modules being split in parallel: "
+                   "backendpick.buildenv.inspect_toolchain (82), backendpick.install._run_build (81)")
+def test_no_function_over_80_lines():
+    assert _long_functions(_sources()) == []
