@@ -7,11 +7,18 @@ target Python's standard library: the rule of constraints.py, its source embedde
 
 from __future__ import annotations
 
+import ast
+import inspect
+import os
 import shlex
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Mapping
 
-from backendpick import __version__, constraints as constraints_mod
+from backendpick import __version__, constraints as constraints_mod, envpins, pipconf
 from backendpick.config import redact
 from backendpick.engine import UV, UV_SOURCE_VARS
+from backendpick.envpins import PINS_NAME, merge_conf, write_atomic
 from backendpick.pipconf import SOURCE_KEYS
 from backendpick.plan import BACKEND, BUILD_REQS, REMOVE, Phase, Plan
 
@@ -19,72 +26,92 @@ from backendpick.plan import BACKEND, BUILD_REQS, REMOVE, Phase, Plan
 _SOURCE_VARS = tuple(sorted("PIP_" + k.upper().replace("-", "_") for k in SOURCE_KEYS))
 
 # The backend phase runs with PIP_CONFIG_FILE=/dev/null (no extra index or find-links of the
-# machine that runs the script can supply torch); this prints ``export PIP_X=...`` lines that
+# machine that runs the script can supply torch); a script prints ``export PIP_X=...`` lines that
 # give it back every other setting of that machine's pip configuration (cert, proxy, timeout,
 # trusted-host...), as install does. A variable already set wins, as it does for pip.
-_PIP_SETTINGS_SCRIPT = '''import ast, os, shlex, subprocess, sys
-source = set(sys.argv[1:])
+def pip_settings_exports(config_list: str, source: Iterable[str], environ: Mapping[str, str]) -> list:
+    """``export PIP_X=...`` lines for the settings in ``pip config list`` output (``install``
+    over ``global``), leaving out the package sources, variables already set and PIP_CONFIG_FILE.
+    Runs in the target Python too (its source is embedded in the script): standard library only."""
+    values = {}
+    for section in ("global", "install"):
+        for line in config_list.splitlines():
+            key, sep, raw = line.partition("=")
+            where, _, name = key.partition(".")
+            if not sep or where != section:
+                continue
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                continue
+            values[name] = " ".join(str(value).split())
+    out = []
+    for name, value in sorted(values.items()):
+        var = "PIP_" + name.upper().replace("-", "_")
+        if var not in source and var not in environ and var != "PIP_CONFIG_FILE":
+            out.append("export %s=%s" % (var, shlex.quote(value)))
+    return out
+
+
+_PIP_SETTINGS_MAIN = '''
 res = subprocess.run([sys.executable, "-m", "pip", "config", "list"], stdout=subprocess.PIPE,
                      stderr=subprocess.DEVNULL, universal_newlines=True)
-values = {}
-for section in ("global", "install"):
-    for line in res.stdout.splitlines():
-        key, sep, raw = line.partition("=")
-        where, _, name = key.partition(".")
-        if not sep or where != section:
-            continue
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            continue
-        values[name] = " ".join(str(value).split())
-for name, value in sorted(values.items()):
-    var = "PIP_" + name.upper().replace("-", "_")
-    if var not in source and var not in os.environ and var != "PIP_CONFIG_FILE":
-        print("export %s=%s" % (var, shlex.quote(value)))
+for line in pip_settings_exports(res.stdout, set(sys.argv[1:]), os.environ):
+    print(line)
 '''
 
-def _pin_script() -> str:
-    """The environment pins (envpins.py) as a standalone script for the target Python: the same
-    pip.conf merge, sources taken from envpins itself so the two cannot drift."""
-    import inspect
 
-    from backendpick import envpins, pipconf
-
-    parts = ["from __future__ import annotations", "import os, sys, tempfile, time",
-             "from importlib import metadata",
-             f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
-             f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
-    for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
-               envpins.write_atomic):
-        parts.append(inspect.getsource(fn))
-    parts.append(_PIN_MAIN)
-    return "\n".join(parts)
+def pip_settings_script() -> str:
+    """``pip_settings_exports`` as a standalone script for the target Python: argv names the
+    source variables to leave out."""
+    return "\n".join(["from __future__ import annotations", "import ast, os, shlex, subprocess, sys", "", "",
+                      inspect.getsource(pip_settings_exports), _PIP_SETTINGS_MAIN])
 
 
-_PIN_MAIN = '''
-from pathlib import Path
-names, backend = sys.argv[1].split(), sys.argv[2]
-lines = []
-for name in sorted(set(names)):
-    try:
-        lines.append("%s==%s" % (metadata.metadata(name)["Name"], metadata.version(name)))
-    except metadata.PackageNotFoundError:
-        pass
-if any(l.lower().startswith("torch==") for l in lines):
-    prefix = Path(sys.prefix)
+def pin_stack(names: Iterable[str], backend: str, prefix: Path) -> str | None:
+    """Pin the installed ``names`` in the environment at ``prefix`` (its own pip.conf and pins
+    file), as install does; the message to show, None without a torch to pin. Runs in the target
+    Python (the shell export embeds its source next to envpins')."""
+    lines = []
+    for name in sorted(set(names)):
+        try:
+            lines.append("%s==%s" % (metadata.metadata(name)["Name"], metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            pass
+    if not any(line.lower().startswith("torch==") for line in lines):
+        return None
     pins = prefix / PINS_NAME
     head = ["# Written by a script that backendpick generated (plan --format sh): the GPU stack of this environment (%s)." % backend,
             "# A plain pip cannot replace torch or a companion; to change the stack: backendpick install.",
             "# uv: UV_CONSTRAINT=<this file>."]
-    write_atomic(pins, "\\n".join(head + lines) + "\\n")
+    write_atomic(pins, "\n".join(head + lines) + "\n")
     conf = prefix / ("pip.ini" if os.name == "nt" else "pip.conf")
     old = conf.read_text() if conf.exists() else ""
     new = merge_conf(old, str(pins))
     if new != old:
         write_atomic(conf, new)
-    print("pinned the stack in %s (%s)" % (conf, pins), file=sys.stderr)
+    return "pinned the stack in %s (%s)" % (conf, pins)
+
+
+_PIN_MAIN = '''
+message = pin_stack(sys.argv[1].split(), sys.argv[2], Path(sys.prefix))
+if message:
+    print(message, file=sys.stderr)
 '''
+
+
+def _pin_script() -> str:
+    """The environment pins (envpins.py) as a standalone script for the target Python: the same
+    pip.conf merge, sources taken from envpins itself so the two cannot drift."""
+    parts = ["from __future__ import annotations", "import os, sys, tempfile, time",
+             "from importlib import metadata", "from pathlib import Path",
+             f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
+             f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
+    for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
+               envpins.write_atomic, pin_stack):
+        parts.append(inspect.getsource(fn))
+    parts.append(_PIN_MAIN)
+    return "\n".join(parts)
 
 
 def to_shell(plan: Plan) -> str:
@@ -190,7 +217,7 @@ def _phase_lines(plan: Plan, phase: Phase, words: list[str], uv: bool) -> list[s
         unset = [f"-u {k}" for k in _SOURCE_VARS]
         env = ["PIP_CONFIG_FILE=/dev/null"]
         return ["(",
-                f'  eval "$("$PY" -c {shlex.quote(_PIP_SETTINGS_SCRIPT)} {" ".join(_SOURCE_VARS)})"',
+                f'  eval "$("$PY" -c {shlex.quote(pip_settings_script())} {" ".join(_SOURCE_VARS)})"',
                 "  " + " ".join(["env", *unset, *env] + words),
                 ")"]
     prefix = ["env", *unset, *env] if (env or unset) else []

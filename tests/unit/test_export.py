@@ -285,3 +285,64 @@ def test_constraints_go_to_a_private_temporary_file_removed_at_the_end(tmp_path:
     used = Path(rest[rest.index("-c") + 1])
     assert used.parent == tmpdir and used.name.startswith("backendpick-constraints.") and used.name != "backendpick-constraints."
     assert list(tmpdir.iterdir()) == []  # removed when the script ends
+
+
+# -- the scripts the export embeds, in-process ------------------------------------------------------
+
+
+def test_pip_settings_exports_give_back_settings_but_no_sources() -> None:
+    listing = "\n".join([
+        "global.timeout='60'",
+        "global.index-url='https://mirror.example/simple'",
+        "install.timeout='90'",
+        "global.cert='/etc/ssl/a b.pem'",
+        "global.proxy='http://proxy:3128'",
+        "global.config-file='/x'",
+        "not a setting",
+        "global.broken=[unclosed",
+    ])
+    lines = export.pip_settings_exports(listing, {"PIP_INDEX_URL"}, {"PIP_PROXY": "set already"})
+    assert lines == ["export PIP_CERT='/etc/ssl/a b.pem'", "export PIP_TIMEOUT=90"]
+
+
+def test_the_embedded_scripts_compile() -> None:
+    compile(export.pip_settings_script(), "<pip settings>", "exec")
+    compile(export._pin_script(), "<pins>", "exec")
+
+
+class _Metadata:
+    """Installed distributions as ``importlib.metadata`` shows them: name -> version."""
+
+    PackageNotFoundError = metadata.PackageNotFoundError
+
+    def __init__(self, dists: dict) -> None:
+        self.dists = dists
+
+    def _get(self, name: str) -> tuple:
+        for dist, version in self.dists.items():
+            if dist.lower() == name.lower():
+                return dist, version
+        raise metadata.PackageNotFoundError(name)
+
+    def metadata(self, name: str) -> dict:
+        return {"Name": self._get(name)[0]}
+
+    def version(self, name: str) -> str:
+        return self._get(name)[1]
+
+
+def test_pin_stack_writes_pins_and_the_environments_pip_conf(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(export, "metadata", _Metadata({"torch": "2.5.1+cu124", "xformers": "0.0.28"}))
+    message = export.pin_stack(["torch", "xformers", "flash-attn"], "cu124", tmp_path)
+    pins = tmp_path / export.PINS_NAME
+    conf = tmp_path / ("pip.ini" if os.name == "nt" else "pip.conf")
+    assert message == f"pinned the stack in {conf} ({pins})"
+    body = pins.read_text()
+    assert body.endswith("\ntorch==2.5.1+cu124\nxformers==0.0.28\n") and "(cu124)" in body
+    assert str(pins) in conf.read_text()
+
+
+def test_pin_stack_without_torch_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(export, "metadata", _Metadata({"xformers": "0.0.28"}))
+    assert export.pin_stack(["torch", "xformers"], "cpu", tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
