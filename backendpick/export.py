@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from backendpick import __version__, constraints as constraints_mod, envpins, pipconf
+from backendpick import __version__, constraints as constraints_mod, envpins, fsutil, pipconf
 from backendpick.config import redact
 from backendpick.engine import UV, UV_SOURCE_VARS
 from backendpick.envpins import PINS_NAME, merge_conf, write_atomic
@@ -107,6 +107,9 @@ def _pin_script() -> str:
              "from importlib import metadata", "from pathlib import Path",
              f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
              f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
+    # envpins.write_atomic calls fsutil.write_atomic: the script gets that one under the same name.
+    parts += ["import types", inspect.getsource(fsutil.write_atomic),
+              "fsutil = types.SimpleNamespace(write_atomic=write_atomic)"]
     for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
                envpins.write_atomic, pin_stack):
         parts.append(inspect.getsource(fn))

@@ -346,3 +346,11 @@ def test_pin_stack_without_torch_writes_nothing(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(export, "metadata", _Metadata({"xformers": "0.0.28"}))
     assert export.pin_stack(["torch", "xformers"], "cpu", tmp_path) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_pin_script_writes_files_with_only_what_it_embeds(tmp_path: Path) -> None:
+    """The script's functions run without backendpick: everything they call is in the script."""
+    namespace: dict = {"__name__": "pins"}
+    exec(compile(export._pin_script().replace(export._PIN_MAIN, ""), "<pins>", "exec"), namespace)
+    namespace["write_atomic"](tmp_path / "new" / "pip.conf", "[global]\n")
+    assert (tmp_path / "new" / "pip.conf").read_text() == "[global]\n"
