@@ -181,6 +181,18 @@ def _version(argv: list[str], pattern: str, timeout: float) -> tuple[str | None,
     return f"{m.group(1)}.{m.group(2)}", None
 
 
+def _find_cxx(env: Mapping[str, str]) -> tuple[str | None, list[str]]:
+    """The C++ compiler a build would use ($CXX first), and the names looked for."""
+    if sys.platform == "win32":  # pragma: no cover - the projects publish no Windows support
+        return shutil.which("cl", path=_search_path(env)), ["cl"]
+    names = [env["CXX"].split()[0]] if env.get("CXX") else ["c++", "g++", "clang++"]
+    for name in names:
+        cxx = shutil.which(name, path=_search_path(env))
+        if cxx:
+            return cxx, names
+    return None, names
+
+
 def inspect_toolchain(torch: TorchInfo, *, what: str, env: Mapping[str, str], target_bin: Path | None,
                       root: Path = Path("/"), skip_gpu: bool = False,
                       timeout: float = PROBE_TIMEOUT) -> Toolchain:
@@ -231,16 +243,7 @@ def inspect_toolchain(torch: TorchInfo, *, what: str, env: Mapping[str, str], ta
             "install a GPU torch first: --backend cuXYZ or rocmX.Y (see `backendpick detect`)",
         ))
 
-    cxx = None
-    if sys.platform == "win32":  # pragma: no cover - the projects publish no Windows support
-        cxx = shutil.which("cl", path=_search_path(env))
-        names = ["cl"]
-    else:
-        names = [env["CXX"].split()[0]] if env.get("CXX") else ["c++", "g++", "clang++"]
-        for name in names:
-            cxx = shutil.which(name, path=_search_path(env))
-            if cxx:
-                break
+    cxx, names = _find_cxx(env)
     if cxx is None:
         problems.append(Problem(
             f"no C++ compiler found ({' or '.join(names)} on PATH)",

@@ -60,25 +60,7 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
     planned = phase  # the plan's own phase object, for messages about where the plan stopped
     ctx = phase.context
     assert isinstance(ctx, prebuilt.BuildContext)
-    steps = list(phase.steps)
-    if ctx.predicted:
-        # The plan chose for the torch it expected; read what the backend phase really left
-        # (version, CUDA or HIP, C++ ABI) and choose again when any of it differs: pip may have
-        # resolved another torch (a companion's exact pin), or the ABI table may be wrong for
-        # this build.
-        real = buildenv.torch_info(target.python)
-        if not real.same_build(ctx.torch):
-            say(f"the backend phase installed torch {_torch_words(real)}, not {_torch_words(ctx.torch)} as "
-                "predicted; choosing the build phase's wheels again")
-            steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
-                     if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
-            ctx = replace(ctx, torch=real, predicted=False)
-            steps = prebuilt.resolve(steps, ctx, env)
-        else:
-            ctx = replace(ctx, torch=real, predicted=False)
-    if ctx.torch is None and any(s.how in (PENDING, SOURCE) for s in steps):
-        ctx = replace(ctx, torch=buildenv.torch_info(target.python))
-        steps = prebuilt.resolve(steps, ctx, env)
+    ctx, steps = _for_the_installed_torch(ctx, list(phase.steps), target, env, say)
     phase = replace(phase, steps=tuple(steps), context=ctx)
 
     # Guards before anything is printed or built: a build that cannot succeed stops here, in
@@ -130,6 +112,31 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
     if res is not None and not res.ok:
         failed(plan, planned, phase, res, log_path)
     return phase, elapsed
+
+
+def _for_the_installed_torch(ctx, steps: list, target: Target, env: dict, say: Callable[[str], None]) -> tuple:
+    """The build context and steps for the torch the backend phase really left."""
+    from backendpick import buildenv, prebuilt
+
+    if ctx.predicted:
+        # The plan chose for the torch it expected; read what the backend phase really left
+        # (version, CUDA or HIP, C++ ABI) and choose again when any of it differs: pip may have
+        # resolved another torch (a companion's exact pin), or the ABI table may be wrong for
+        # this build.
+        real = buildenv.torch_info(target.python)
+        if not real.same_build(ctx.torch):
+            say(f"the backend phase installed torch {_torch_words(real)}, not {_torch_words(ctx.torch)} as "
+                "predicted; choosing the build phase's wheels again")
+            steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
+                     if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
+            ctx = replace(ctx, torch=real, predicted=False)
+            steps = prebuilt.resolve(steps, ctx, env)
+        else:
+            ctx = replace(ctx, torch=real, predicted=False)
+    if ctx.torch is None and any(s.how in (PENDING, SOURCE) for s in steps):
+        ctx = replace(ctx, torch=buildenv.torch_info(target.python))
+        steps = prebuilt.resolve(steps, ctx, env)
+    return ctx, steps
 
 
 def _torch_words(torch) -> str:

@@ -158,7 +158,8 @@ def _header(plan: Plan, python: str, uv: bool) -> list[str]:
         "# The constraints file: BACKENDPICK_CONSTRAINTS, else a new private temporary file.",
         'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-}"',
         'if [ -z "$CONSTRAINTS" ]; then',
-        '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.XXXXXXXX")"',
+        # mktemp's template: eight X characters it replaces with random ones.
+        '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.' + "X" * 8 + '")"',
         "  trap 'rm -f \"$CONSTRAINTS\"' EXIT",
         "fi",
     ]

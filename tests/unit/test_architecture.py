@@ -179,7 +179,5 @@ def test_the_length_check_sees_a_long_function():
     assert _long_functions({"m": tree}) == ["m.f (82 lines)"]
 
 
-@pytest.mark.xfail(strict=True, reason="still over 80 lines, in modules being split in parallel: "
-                   "backendpick.buildenv.inspect_toolchain (82), backendpick.buildrun.run_build (81)")
 def test_no_function_over_80_lines():
     assert _long_functions(_sources()) == []
