@@ -1,7 +1,7 @@
 """The installer that runs a plan's phases: pip (the default) or uv.
 
 The plan is the value backendpick adds: the backend, where each package comes from, the phase
-order, the pins. ``plan.make_plan`` writes it in pip's words; an engine turns each phase into the
+order, the pins. ``planner.make_plan`` writes it in pip's words; an engine turns each phase into the
 argv and environment of its installer. The pip engine is the identity. The uv engine runs the
 same phases as ``uv pip install --python <target>``:
 

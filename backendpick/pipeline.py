@@ -21,7 +21,7 @@ from packaging.specifiers import SpecifierSet
 
 from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, hashes, lastrun, offers as offers_mod
 from backendpick import paths, pipconf, plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod
-from backendpick import torchpins, torchpredict
+from backendpick import planner, torchpins, torchpredict
 from backendpick.errors import NoBackendError
 from backendpick.facts import Facts
 from backendpick.hardware import Hardware
@@ -346,7 +346,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     )
     if routed.family:
         settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
-    plan = plan_mod.make_plan(
+    plan = planner.make_plan(
         decision=decision, requirements=routed.requirements, settings=settings, target=target,
         index_url=index_url_for(i.template, decision.backend),
         offered=offers.versions.get(decision.backend, []) if offers else [],

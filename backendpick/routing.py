@@ -1,6 +1,6 @@
 """Route the requirements that have a recipe: what each one installs, from where, in which phase.
 
-Runs in ``prepare`` between the backend choice and ``plan.make_plan``, and turns each requirement with
+Runs in ``prepare`` between the backend choice and ``planner.make_plan``, and turns each requirement with
 a recipe into the requirement the plan installs:
 
 * ``name`` / ``extra``: ``cupy`` -> ``cupy-cuda12x``, ``jax`` -> ``jax[cuda12]`` (rest phase, the

@@ -320,7 +320,7 @@ def _names(words: Iterable[str]) -> set[str]:
 def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchChoice | None, resolution: Resolution,
            backend_constraints: Sequence[str], backend_constraints_path: Path, pre: bool, pin_environment: bool,
            family: Iterable[str], nbi: Iterable[str]):
-    """What this module adds to ``plan.make_plan``'s plan, in one place:
+    """What this module adds to ``planner.make_plan``'s plan, in one place:
 
     * the backend phase gets the user's constraints (``-c``: policy holds there too) and, on the
       nightly channel, ``--pre`` (pre-releases for the torch family only: the other phases don't);

@@ -1,6 +1,6 @@
 """``export.to_shell``: a plan as a POSIX shell script of pip commands.
 
-Plans are built with ``plan.make_plan`` from hand-made targets (no pip, no index). ``sh -n`` and the
+Plans are built with ``planner.make_plan`` from hand-made targets (no pip, no index). ``sh -n`` and the
 script's own constraints step run as subprocesses (``allow_subprocess``). That the script
 installs what ``install`` installs is shown against the local world in
 ``tests/integration/test_examples.py``.
@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 from backendpick import config, export
 from backendpick import facts as facts_mod
-from backendpick import plan as plan_mod
+from backendpick import plan as plan_mod, planner
 from backendpick.backend import Backend
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
@@ -47,7 +47,7 @@ def make_plan(tmp_path: Path, reqs, *, index: str = INDEX, installed=(), backend
               backend_env: dict | None = None, user_env: dict | None = None, constraints=(), rest_options=()):
     settings = config.load(FACTS, project_dir=tmp_path, env={})
     decision = Decision(Backend.parse(backend), "--backend", "chosen by --backend")
-    return plan_mod.make_plan(
+    return planner.make_plan(
         decision=decision, requirements=[Requirement(r) for r in reqs], settings=settings, target=target(*installed),
         index_url=index, offered=[], constraints_path=tmp_path / "state" / "constraints.txt",
         backend_env=backend_env if backend_env is not None else {"PIP_CONFIG_FILE": os.devnull},

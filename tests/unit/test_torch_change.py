@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import config, facts as facts_mod, plan as plan_mod
+from backendpick import config, facts as facts_mod, plan as plan_mod, planner
 from backendpick.backend import Backend
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
@@ -22,7 +22,7 @@ def _plan(tmp_path: Path, reqs, installed, backend="cu124") -> plan_mod.Plan:
     target = Target(python=Path("/env/bin/python"), prefix=Path("/env"), version=(3, 11, 7), markers=LINUX,
                     tags=("py3-none-any",), pip_version="24.0", purelib=Path("/env/lib/python3.11/site-packages"),
                     installed={config.normalize(d.name): d for d in installed}, is_venv=True)
-    return plan_mod.make_plan(
+    return planner.make_plan(
         decision=Decision(Backend.parse(backend), "--backend", "chosen by --backend"),
         requirements=[Requirement(r) for r in reqs], settings=config.load(FACTS, project_dir=tmp_path, env={}),
         target=target, index_url=f"https://download.pytorch.org/whl/{backend}", offered=[],
