@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import config
+from backendpick import config, settings_schema
 from backendpick import facts as facts_mod
 from backendpick.backend import CUDA, ROCM, Backend
 from backendpick.errors import ConfigError
@@ -182,7 +182,7 @@ def test_unknown_key_far_from_any_lists_the_known_ones(tmp_path):
     project(tmp_path, "zzzzzz = 1")
     err = refused(tmp_path)
     assert err.message.endswith("unknown key tool.backendpick.zzzzzz")
-    assert err.hint == "known keys: " + ", ".join(config.KEYS)
+    assert err.hint == "known keys: " + ", ".join(settings_schema.KEYS)
 
 
 # -- wrong types -----------------------------------------------------------------------------------
