@@ -289,16 +289,16 @@ def on_offer_hint(offers: Offers) -> str:
     """What the candidate backends offer at all (the pins aside), for the exit-3 message."""
     if not offers.versions:
         return "no backend index asked offers a torch for this Python and platform"
-    listing = "; ".join(
-        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: sort_key(kv[0]))
-    )
-    return f"torch on offer: {listing}"
+    return f"torch on offer: {_listing(offers)}"
 
 
 def _available_hint(offers: Offers) -> str:
     if not offers.versions:
         return "no backend index offers a matching torch; check the torch specifier and the index URL"
-    listing = "; ".join(
-        f"{b}: {', '.join(str(v) for v in vs[-3:])}" for b, vs in sorted(offers.versions.items(), key=lambda kv: sort_key(kv[0]))
-    )
-    return f"backends with a matching torch: {listing}"
+    return f"backends with a matching torch: {_listing(offers)}"
+
+
+def _listing(offers: Offers) -> str:
+    """``cu124: 2.4.1, 2.5.1; cu126: 2.6.0``: the newest three versions of each backend, in order."""
+    return "; ".join(f"{b}: {', '.join(str(v) for v in vs[-3:])}"
+                     for b, vs in sorted(offers.versions.items(), key=lambda kv: sort_key(kv[0])))
