@@ -1,4 +1,4 @@
-from backendpick.cli import main
+from backendpick.start import main
 
 if __name__ == "__main__":
     main()

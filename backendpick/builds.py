@@ -110,14 +110,16 @@ def from_torch(name: str, version: str, torch, how: str, wheel: str | None = Non
     return Record(name, version, torch.version, torch.cuda, torch.hip, torch.cxx11abi, how, wheel)
 
 
-def after_install(state: Path, phase, python: Path) -> None:
-    """Record the build phase that just ran (its steps, or its plain pip run) for ``python``."""
+def after_install(state: Path, phase, target) -> None:
+    """Record the build phase that just ran (its steps, or its plain pip run) for ``target`` (a
+    target.Target inspected before the phases)."""
     from backendpick import buildenv
     from backendpick.config import normalize
-    from backendpick.target import inspect
+    from backendpick.target import rescan
     from packaging.requirements import Requirement
 
-    after = inspect(python, tags=False)
+    python = target.python
+    after = rescan(target)
     installed = {n: d.version for n, d in after.installed.items()}
     ctx = phase.context
     torch = getattr(ctx, "torch", None) if phase.steps else None

@@ -177,8 +177,12 @@ def plan(fmt: str, **kw) -> int:
 def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, **kw) -> int:
     from backendpick import target
 
-    # The target's inspection (a subprocess) runs while the plan machinery is imported.
-    inspection = None if dry_run else target.start_inspect(target.choose_python(kw["python"]))
+    # The target's inspection (a subprocess) runs while the plan machinery is imported; the
+    # console script (start.py) may have started it before this module was imported.
+    inspection = None
+    if not dry_run:
+        early = (click.get_current_context().obj or {}).pop("inspection", None)
+        inspection = target.reuse_or_start(early, target.choose_python(kw["python"]))
     from backendpick.commands import install as command
     from backendpick.output import Output
 
@@ -281,11 +285,13 @@ def _fail(json_mode: bool, code: int, message: str, hint: str | None = None, det
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, early_inspection=None) -> None:
+    """``early_inspection``: the target's inspection the console script started (start.py)."""
     args = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(args)
+    obj = {"inspection": early_inspection} if early_inspection is not None else None
     try:
-        rv = cli.main(args=args, prog_name="backendpick", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="backendpick", standalone_mode=False, obj=obj)
     except BackendpickError as exc:
         if os.environ.get("BACKENDPICK_DEBUG"):
             raise
@@ -303,4 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(json_mode, code, exc.format_message(), hint)
     except KeyboardInterrupt:
         _fail(json_mode, 130, "interrupted")
+    finally:
+        if obj and obj.get("inspection") is not None:
+            obj["inspection"].cancel()  # not used: a usage error came first
     sys.exit(rv if isinstance(rv, int) else 0)

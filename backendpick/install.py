@@ -23,7 +23,7 @@ from backendpick.errors import BackendpickError, StateError
 from backendpick.fsutil import write_atomic
 from backendpick.phaselog import FenceConflict, FenceHit, fenced_needs
 from backendpick.plan import BACKEND, BUILD, BUILD_REQS, REST, Phase, Plan, fold
-from backendpick.target import Target, inspect
+from backendpick.target import Target, rescan
 
 # The executor's failure types, named where install's callers look for them.
 __all__ = ["FenceConflict", "FenceHit", "PhaseResult", "execute", "failure_details", "fenced_needs", "open_logs",
@@ -66,7 +66,7 @@ def execute(
             continue
         if phase.name in (BUILD_REQS, BUILD, REST) and current is None:
             # Once, after the backend phase: later phases cannot change what it pins.
-            current = inspect(target.python, tags=False)
+            current = rescan(target)
             plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
             with _state_file(plan.constraints_path):
                 write_atomic(plan.constraints_path, "\n".join(constraints.after_backend(plan, current, user_constraints)) + "\n")
@@ -105,7 +105,7 @@ def execute(
         # install itself succeeded: a record that cannot be written is a warning, and verify
         # then warns that the package has no record.
         try:
-            builds.after_install(plan.constraints_path.parent, built, target.python)
+            builds.after_install(plan.constraints_path.parent, built, target)
         except (BackendpickError, OSError) as exc:
             note(f"warning: cannot record what {', '.join(sorted(plan.building))} were built for: "
                  f"{getattr(exc, 'message', exc)}")

@@ -51,6 +51,13 @@ class Started:
             return Result(self.args, None, "", "", error=self.error)
         return _finish(self.args, self.proc, self.timeout)
 
+    def cancel(self) -> None:
+        """Stop the child (its group) and reap it; its output is not wanted."""
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_group(self.proc)
+        if self.proc is not None:
+            self.proc.communicate()
+
 
 def start(
     argv: Sequence[str | Path],

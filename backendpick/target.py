@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -41,6 +41,11 @@ class Target:
     is_venv: bool = False
     # Text of a few package files read without importing them ("torch/version.py", ...).
     files: dict = field(default_factory=dict)
+    # The target's sys.path, its site dirs and what their .pth files added: ``rescan`` reads
+    # the same folders again in this process.
+    path: tuple[str, ...] = ()
+    site_dirs: tuple[str, ...] = ()
+    pth_paths: tuple[str, ...] = ()
 
     @property
     def python_tag(self) -> str:
@@ -97,6 +102,11 @@ class Inspection:
     def __init__(self, python: Path, started: Started | None, error: ConfigError | None = None):
         self.python, self.started, self.error = python, started, error
 
+    def cancel(self) -> None:
+        """Stop an inspection that will not be used."""
+        if self.started is not None:
+            self.started.cancel()
+
     def result(self) -> Target:
         if self.error is not None or self.started is None:
             raise self.error or ConfigError(f"cannot inspect target interpreter {self.python}")
@@ -127,6 +137,16 @@ def start_inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> 
                                     timeout=timeout, env=env))
 
 
+def reuse_or_start(early: Inspection | None, python: Path) -> Inspection:
+    """``early`` (started from a peek at the arguments, start.py) when it inspects ``python``,
+    the interpreter the parsed flags chose; else it is stopped and ``python`` inspected."""
+    if early is not None and early.python == python:
+        return early
+    if early is not None:
+        early.cancel()
+    return start_inspect(python)
+
+
 def inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Target:
     """``tags=False`` skips the wheel tags (only index queries need them; a few tens of ms)."""
     return start_inspect(python, timeout=timeout, tags=tags).result()
@@ -145,10 +165,7 @@ def _parse(python: Path, res) -> Target:
     version = tuple(data["version"])
     if version < (3, 9):
         raise ConfigError(f"target interpreter {python} is Python {'.'.join(map(str, version))}; backendpick supports 3.9 and newer")
-    installed = {
-        normalize(k): Installed(v["name"], v["version"], tuple(v["requires"]), v["installer"], v["direct_url"])
-        for k, v in data["dists"].items()
-    }
+    installed = _installed(data["dists"])
     return Target(
         python=python,
         prefix=Path(data["prefix"]),
@@ -160,4 +177,54 @@ def _parse(python: Path, res) -> Target:
         installed=installed,
         is_venv=data["prefix"] != data["base_prefix"],
         files={k: v for k, v in data.get("files", {}).items() if v is not None},
+        path=tuple(data.get("path", ())),
+        site_dirs=tuple(data.get("site_dirs", ())),
+        pth_paths=tuple(data.get("pth_paths", ())),
     )
+
+
+def _installed(dists: dict) -> dict:
+    from backendpick.config import normalize
+
+    return {normalize(k): Installed(v["name"], v["version"], tuple(v["requires"]), v["installer"], v["direct_url"])
+            for k, v in dists.items()}
+
+
+def rescan(before: Target) -> Target:
+    """``before``'s interpreter as an installer left it: what is installed and the package files,
+    read in this process from the folders its inspection named (a Python start and a metadata
+    import fewer than ``inspect``, which is what it falls back to when a package file it needs
+    is not where a plain folder scan finds it, e.g. an editable torch behind an import hook).
+
+    The path is the inspected one, less what .pth files added then, plus what they add now: an
+    install that adds or removes a .pth folder is seen as the target's next start would."""
+    from backendpick.probes_in_target import inspect_env
+
+    if not before.path:
+        return inspect(before.python, tags=False)
+    added = set(before.pth_paths)
+    now = inspect_env.pth_paths(before.site_dirs)
+    base = [p for p in before.path if p not in added]
+    path = base + [p for p in now if p not in base]
+    dists = inspect_env.scan(path)
+    files = {}
+    for key, (package, name) in inspect_env.wanted_files(dists).items():
+        folder = _package_folder(path, package)
+        if folder is None:
+            return inspect(before.python, tags=False)
+        text = inspect_env.read_file(os.path.join(folder, name))
+        if text is not None:
+            files[key] = text
+    pip = dists.get("pip")
+    return replace(before, installed=_installed(dists), files=files, pth_paths=tuple(now),
+                   pip_version=pip["version"] if pip else None)
+
+
+def _package_folder(path: list[str], package: str) -> str | None:
+    """The folder of the regular package ``package`` in the first entry of ``path`` that holds
+    it, as the import system finds it on plain folders; None when none does."""
+    for entry in path:
+        folder = os.path.join(entry or ".", package)
+        if os.path.isfile(os.path.join(folder, "__init__.py")):
+            return folder
+    return None

@@ -31,7 +31,7 @@ from tests.support.venvs import hermetic_env  # noqa: E402
 # backendpick from this checkout, keeping its own bytecode as an installed copy would.
 LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.cli import main; main()"
+    "from backendpick.start import main; main()"
 ).format(root=str(ROOT))
 
 

@@ -43,7 +43,7 @@ GOAL_RERUN = 0.3
 # backendpick from this checkout, keeping its own bytecode as an installed copy would.
 LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.cli import main; main()"
+    "from backendpick.start import main; main()"
 ).format(root=str(ROOT))
 
 

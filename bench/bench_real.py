@@ -14,11 +14,15 @@ Per round, in this order (so drift hits every tool alike), each in a fresh venv:
 * backendpick pip:  backendpick install --backend cu130 --installer pip torch==2.14.1 torchvision
 * backendpick uv:   backendpick install --backend cu130 --installer uv torch==2.14.1 torchvision
 
+backendpick runs as users run it: its console script, from a venv where this checkout is
+installed (with this machine's pip configuration) at the start of the run.
+
 "cold": an empty cache of the installer for the sample; "warm": the installer's cache after one
 earlier install of the same wheels (another venv, a Docker layer rebuilt with the cache
-mounted). Medians over ``--runs``; ratios from the same run. About 5 GB are installed per
-sample: each venv and each cold cache is removed as soon as it was measured. Results go to
-bench/results/ (gitignored).
+mounted); for backendpick also its own cache (index pages) after one earlier install.
+Medians over ``--runs``; ratios from the same run. About 5 GB are installed per sample: each
+venv and each cold cache is removed as soon as it was measured. Results go to bench/results/
+(gitignored).
 
     python bench/bench_real.py                       # 3 runs, the default folders
     python bench/bench_real.py --runs 5 /srv/wheels  # other folders
@@ -54,7 +58,7 @@ STAND_INS = {"cuda-bindings": "13.0.3"}
 GOAL_UV_WARM = 1.2  # backendpick --installer uv against plain uv, warm cache
 LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.cli import main; main()"
+    "from backendpick.start import main; main()"
 ).format(root=str(ROOT))
 
 
@@ -153,6 +157,23 @@ def base_env(tmp: Path, template: str) -> dict[str, str]:
     return env
 
 
+def installed_backendpick(tmp: Path) -> list[str]:
+    """backendpick as users run it: its console script in a venv where it is installed from this
+    checkout (not editable: a development install's import hook costs every start ~8 ms). Set up
+    with this machine's pip configuration (its index or mirror provides click, rich, packaging);
+    where that fails, the checkout is run in place and the output says so."""
+    venv = tmp / "backendpick-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{ROOT}[uv]"],
+                          capture_output=True, text=True)
+    script = venv / "bin" / "backendpick"
+    if proc.returncode == 0 and script.is_file():
+        return [str(script)]
+    print(f"note: could not install backendpick into a venv ({(proc.stderr or proc.stdout).strip()[-300:]}); "
+          "running the checkout in place", flush=True)
+    return [sys.executable, "-c", LAUNCH]
+
+
 def find_uv() -> str:
     try:
         from uv import find_uv_bin
@@ -192,6 +213,7 @@ def main() -> None:
         env = base_env(tmp, f"{base}/{{backend}}/simple")
         cwd = tmp / "project"
         cwd.mkdir()
+        backendpick = installed_backendpick(tmp)
         print(f"mirror: {count} wheels from {', '.join(map(str, folders))} at {index_url}", flush=True)
         n = 0
 
@@ -212,18 +234,21 @@ def main() -> None:
             if tool == "uv":
                 return [uv, "pip", "install", "--python", py, "--no-config", "--index-url", index_url, *REQUIREMENTS]
             engine = tool.split("-")[1]
-            return [sys.executable, "-c", LAUNCH, "install", "--python", py, "--backend", BACKEND,
+            return [*backendpick, "install", "--python", py, "--backend", BACKEND,
                     "--installer", engine, *REQUIREMENTS]
 
         tools = tuple(t for t in ("pip", "uv", "bp-pip", "bp-uv") if not opts.only or t in opts.only.split(","))
         states = ("warm",) if opts.warm_only else ("cold", "warm")
         warm_cache = {"pip": tmp / "warm-pip-cache", "uv": tmp / "warm-uv-cache"}
-        # Warm-up, not measured: fills the warm caches, compiles backendpick's bytecode, pages the
-        # wheels into the OS cache (every sample then reads them from memory alike).
-        for kind in sorted({"pip" if t.endswith("pip") else "uv" for t in tools}):
+        # Warm-up, not measured: fills the warm caches (each tool's: uv's or pip's, and for
+        # backendpick also its own cache of index pages), compiles bytecode, pages the wheels
+        # into the OS cache (every sample then reads them from memory alike).
+        for tool in [k for k in ("pip", "uv") if any(t.endswith(k) for t in tools)] + \
+                [t for t in tools if t.startswith("bp-") and "warm" in states]:
+            kind = "pip" if tool.endswith("pip") else "uv"
             v = venv()
-            print(f"warm-up: {kind} ... ", end="", flush=True)
-            print(f"{timed(command(kind, v), caches(kind, warm_cache[kind]), cwd):.1f}s", flush=True)
+            print(f"warm-up: {tool} ... ", end="", flush=True)
+            print(f"{timed(command(tool, v), caches(kind, warm_cache[kind]), cwd):.1f}s", flush=True)
             shutil.rmtree(v)
         samples: dict[str, list[float]] = {f"{t} {c}": [] for t in tools for c in states}
         for i in range(opts.runs):

@@ -247,7 +247,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> t
     facts = facts_mod.load()
     settings = prepared.settings
     before = prepared.target
-    after = target_mod.inspect(before.python, tags=False)
+    after = target_mod.rescan(before)
     family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
     flag = where_flags(req.python, settings)
     # The hardware counts only when backendpick chose by it; an explicit backend (a Docker

@@ -14,23 +14,137 @@ import os
 import platform
 import sys
 import sysconfig
-from importlib import metadata
 
 
-def distributions() -> dict:
-    """Normalized-lower name -> what backendpick needs of each installed distribution."""
-    dists = {}
-    for d in metadata.distributions():
+def _headers(path: str) -> dict | None:
+    """Name, Version and every Requires-Dist of a METADATA file, read up to its first blank
+    line (the description after it can be large). None when unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = []
+            for line in f:
+                if not line.strip():
+                    break
+                head.append(line.rstrip("\r\n"))
+    except OSError:
+        return None
+    fields: dict = {}
+    last = None
+    for line in head:
+        if line[:1] in (" ", "\t") and last is not None:
+            fields[last][-1] += "\n" + line  # a folded header continues the previous one
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        last = key.strip().lower()
+        fields.setdefault(last, []).append(value.strip())
+    return fields
+
+
+def _read(path: str, name: str):
+    try:
+        with open(os.path.join(path, name), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _record(dist_info: str):
+    """What backendpick needs of one ``*.dist-info`` folder, or None when it has no name."""
+    fields = _headers(os.path.join(dist_info, "METADATA"))
+    if not fields or not fields.get("name") or not fields["name"][0]:
+        return None
+    name = fields["name"][0]
+    return {"name": name, "version": (fields.get("version") or [""])[0], "requires": fields.get("requires-dist", []),
+            "installer": (_read(dist_info, "INSTALLER") or "").strip(), "direct_url": _read(dist_info, "direct_url.json")}
+
+
+def _from_importlib(entry: str) -> list:
+    """Records of the unusual entries (egg-info, eggs, zips) as importlib.metadata reads them."""
+    from importlib import metadata
+
+    out = []
+    for d in metadata.distributions(path=[entry]):
         name = d.metadata["Name"]
-        if not name or name.lower() in dists:
+        if not name:
             continue
         try:
             direct = d.read_text("direct_url.json")
         except Exception:
             direct = None
-        dists[name.lower()] = {"name": name, "version": d.version, "requires": d.requires or [],
-                               "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct}
+        out.append({"name": name, "version": d.version, "requires": d.requires or [],
+                    "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct})
+    return out
+
+
+def scan(paths) -> dict:
+    """Normalized-lower name -> record of every distribution importlib.metadata would find on
+    ``paths`` (the first of a name wins, as there). Plain ``*.dist-info`` folders, nearly all
+    of them, are read directly: importing importlib.metadata and its email parser costs a
+    target twice the time of reading them. Used in the target, and by backendpick itself to
+    look again at a target it has inspected (``target.rescan``)."""
+    dists: dict = {}
+    for entry in paths:
+        entry = entry or "."
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            if os.path.isfile(entry):  # a zip or egg on the path
+                for rec in _from_importlib(entry):
+                    dists.setdefault(rec["name"].lower(), rec)
+            continue
+        unusual = False
+        for n in names:
+            low = n.lower()
+            if low.endswith(".dist-info") and os.path.isdir(os.path.join(entry, n)):
+                rec = _record(os.path.join(entry, n))
+                if rec is not None:
+                    dists.setdefault(rec["name"].lower(), rec)
+            elif low.endswith((".egg-info", ".egg")):
+                unusual = True
+        if unusual:
+            for rec in _from_importlib(entry):
+                dists.setdefault(rec["name"].lower(), rec)
     return dists
+
+
+def pth_paths(site_dirs) -> list:
+    """The folders the ``.pth`` files of ``site_dirs`` put on sys.path, as site.addpackage reads
+    them: a line that exists as a folder, relative to its site dir; comments and ``import``
+    lines (code, such as an editable install's finder) add none."""
+    out = []
+    for site_dir in site_dirs:
+        try:
+            names = sorted(n for n in os.listdir(site_dir) if n.endswith(".pth") and not n.startswith("."))
+        except OSError:
+            continue
+        for n in names:
+            try:
+                with open(os.path.join(site_dir, n), encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if not line.strip() or line.startswith("#") or line.startswith(("import ", "import\t")):
+                    continue
+                folder = os.path.normpath(os.path.join(site_dir, line.rstrip()))
+                if folder not in out and os.path.isdir(folder):
+                    out.append(folder)
+    return out
+
+
+def site_dirs() -> list:
+    import site
+
+    try:
+        return [d for d in site.getsitepackages() if d in sys.path]
+    except AttributeError:  # an old virtualenv's site.py
+        return [p for p in sys.path if p.endswith("-packages")]
+
+
+def distributions() -> dict:
+    return scan(sys.path)
 
 
 def pip_version():
@@ -62,25 +176,34 @@ def package_file(pkg: str, name: str):
     for loc in spec.submodule_search_locations:
         path = os.path.join(loc, name)
         if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    return f.read(200000)
-            except OSError:
-                return None
+            return read_file(path)
     return None
 
 
-def package_files(dists: dict) -> dict:
+def read_file(path: str):
+    """The text of a package file (the first 200 kB), or None."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(200000)
+    except OSError:
+        return None
+
+
+def wanted_files(dists: dict) -> dict:
+    """"package/file" -> (package, file inside it) of the files backendpick reads for ``dists``."""
     files = {}
     if "torch" in dists:
-        files["torch/version.py"] = package_file("torch", "version.py")
+        files["torch/version.py"] = ("torch", "version.py")
     if "xformers" in dists:
-        files["xformers/cpp_lib.json"] = package_file("xformers", "cpp_lib.json")
+        files["xformers/cpp_lib.json"] = ("xformers", "cpp_lib.json")
     if "onnxruntime-gpu" in dists or "onnxruntime" in dists:
         # The CUDA the build was made with (read, not imported: importing loads CUDA libraries).
-        files["onnxruntime/capi/build_and_package_info.py"] = package_file(
-            "onnxruntime", os.path.join("capi", "build_and_package_info.py"))
+        files["onnxruntime/capi/build_and_package_info.py"] = ("onnxruntime", os.path.join("capi", "build_and_package_info.py"))
     return files
+
+
+def package_files(dists: dict) -> dict:
+    return {key: package_file(pkg, name) for key, (pkg, name) in wanted_files(dists).items()}
 
 
 def markers() -> dict:
@@ -102,9 +225,11 @@ def markers() -> dict:
 
 
 def collect(argv: list) -> dict:
-    """Everything backendpick asks of the target, from this process's own ``sys``."""
+    """Everything backendpick asks of the target, from this process's own ``sys``; ``path``,
+    ``site_dirs`` and ``pth_paths`` let backendpick scan the same folders again itself."""
     dists = distributions()
-    return {"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
+    sites = site_dirs()
+    return {"path": list(sys.path), "site_dirs": sites, "pth_paths": pth_paths(sites),"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
             "version": list(sys.version_info[:3]), "markers": markers(),
             "tags": [] if "--no-tags" in argv else wheel_tags(),
             "pip": pip_version(), "purelib": sysconfig.get_paths()["purelib"], "dists": dists,

@@ -22,7 +22,7 @@ from tests.support.world import FILELOCK_VERSION, TYPING_EXTENSIONS_VERSION
 
 pytestmark = pytest.mark.integration
 
-LAUNCH = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from backendpick.cli import main; main()"
+LAUNCH = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from backendpick.start import main; main()"
 
 
 def sha256(path: Path) -> str:

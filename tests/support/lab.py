@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # backendpick's own modules may keep their bytecode, as an installed copy would.
 _LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.cli import main; main()"
+    "from backendpick.start import main; main()"
 )
 TIMEOUT = 300
 
