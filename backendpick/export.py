@@ -197,7 +197,9 @@ def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[st
             words.append('"$PY"')
         elif uv_exe is not None and a == uv_exe:
             words.append('"$UV"')
-        elif a == constraints:
+        elif a == constraints or (plan.build_constraints_path is not None and a == str(plan.build_constraints_path)):
+            # The script's build requirements go into the environment, after the backend
+            # phase: the stack's own constraints hold for them as for the build.
             words.append('"$CONSTRAINTS"')
         elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
             words.append('"$BACKEND_CONSTRAINTS"')

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -53,63 +53,125 @@ def execute(
     """``on_note`` gets the build phase's lines for the user (which wheel, why, limits, elapsed
     time of a long build); without it they go to stderr."""
     note = on_note or _stderr_note
-    results: list[PhaseResult] = []
-    built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
     buildrun.check_before_changes(plan, user_env)
     open_logs(log_dir)
-    current: Target | None = None
-    phases = list(plan.phases)
-    for i in range(len(phases)):
-        phase = phases[i]
-        if phase.skip:
-            results.append(PhaseResult(phase.name, 0.0, phase.skip))
-            continue
-        if phase.name in (BUILD_REQS, BUILD, REST) and current is None:
-            # Once, after the backend phase: later phases cannot change what it pins.
-            current = rescan(target)
-            plan.constraints_path.parent.mkdir(parents=True, exist_ok=True)
-            with _state_file(plan.constraints_path):
-                write_atomic(plan.constraints_path, "\n".join(constraints.after_backend(plan, current, user_constraints)) + "\n")
-        if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
-            # The user's constraints hold in the backend phase too (policy, not a package source).
-            plan.backend_constraints_path.parent.mkdir(parents=True, exist_ok=True)
-            with _state_file(plan.backend_constraints_path):
-                write_atomic(plan.backend_constraints_path, "\n".join(plan.backend_constraints) + "\n")
-        env = phase_env(user_env, phase)
-        if phase.name == BUILD and phase.steps:
-            ran, elapsed = buildrun.run_build(plan, phase, target=current, env=env, on_phase_start=on_phase_start,
-                                      on_line=on_line, on_note=note, log_dir=log_dir)
-            on_phase_end(ran, elapsed)
-            built = ran
-            results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
-            # The rest phase installs the wheels as they really ended up (chosen again when the
-            # torch prediction missed), or none when the build phase had to install them itself.
-            r = next((j for j, p in enumerate(phases) if p.name == REST and p.skip is None), None)
-            if r is not None and ran.deferred:
-                phases[r] = fold(ran, phases[r])
-            elif r is not None and phases[r].base_argv:
-                phases[r] = replace(phases[r], argv=phases[r].base_argv, base_argv=())
-            continue
-        on_phase_start(phase)
-        res, log_path, elapsed = run_phase(phase, env=env, log_dir=log_dir, on_line=on_line)
-        if not res.ok:
-            phaselog.failed(plan, phase, phase, res, log_path)
-        on_phase_end(phase, elapsed)
-        if phase.name == BUILD:
-            built = phase
-        results.append(PhaseResult(phase.name, elapsed))
-    if built is not None:
+    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end, note, log_dir)
+    try:
+        run.phases()
+    finally:
+        if run.beside is not None:
+            run.beside.stop()  # the foreground failed or was stopped: no pip may outlive install
+    if run.built is not None:
         from backendpick import builds
 
         # What each build package was built or downloaded for, for verify (state folder). The
         # install itself succeeded: a record that cannot be written is a warning, and verify
         # then warns that the package has no record.
         try:
-            builds.after_install(plan.constraints_path.parent, built, target)
+            builds.after_install(plan.constraints_path.parent, run.built, target)
         except (BackendpickError, OSError) as exc:
             note(f"warning: cannot record what {', '.join(sorted(plan.building))} were built for: "
                  f"{getattr(exc, 'message', exc)}")
-    return results
+    return run.results
+
+
+@dataclass
+class _Run:
+    """One execution of a plan's phases, in order; the build requirements beside the backend
+    phase when they go to a folder of their own (``Phase.alongside``)."""
+
+    plan: Plan
+    target: Target
+    user_env: dict
+    user_constraints: list
+    on_phase_start: Callable[[Phase], None]
+    on_line: Callable[[str], None]
+    on_phase_end: Callable[[Phase, float], None]
+    note: Callable[[str], None]
+    log_dir: Path
+    results: list = field(default_factory=list)
+    built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
+    beside: runner.Beside | None = None
+    beside_lines: list = field(default_factory=list)
+
+    def phases(self) -> None:
+        plan = self.plan
+        current: Target | None = None
+        phases = list(plan.phases)
+        for i in range(len(phases)):
+            phase = phases[i]
+            if phase.skip:
+                self.results.append(PhaseResult(phase.name, 0.0, phase.skip))
+                continue
+            if phase.name == BUILD_REQS and self.beside is not None:
+                self._join_beside(phase)
+                continue
+            if current is None and (phase.name in (BUILD, REST) or (phase.name == BUILD_REQS and not phase.alongside)):
+                # Once, after the backend phase: later phases cannot change what it pins.
+                current = rescan(self.target)
+                _write_lines(plan.constraints_path, constraints.after_backend(plan, current, self.user_constraints))
+            if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
+                # The user's constraints hold in the backend phase too (policy, not a package source).
+                _write_lines(plan.backend_constraints_path, plan.backend_constraints)
+            if phase.name == BUILD_REQS and phase.alongside and plan.build_constraints_path is not None:
+                _write_lines(plan.build_constraints_path, phase.constraints)
+            env = phase_env(self.user_env, phase)
+            if phase.name == BUILD and phase.steps:
+                self._build(phases, phase, current, env)
+                continue
+            if phase.name == BACKEND:
+                self._start_beside(phases[i + 1:])
+            self.on_phase_start(phase)
+            res, log_path, elapsed = run_phase(phase, env=env, log_dir=self.log_dir, on_line=self.on_line)
+            if not res.ok:
+                phaselog.failed(plan, phase, phase, res, log_path)
+            self.on_phase_end(phase, elapsed)
+            if phase.name == BUILD:
+                self.built = phase
+            self.results.append(PhaseResult(phase.name, elapsed))
+
+    def _build(self, phases: list[Phase], phase: Phase, current: Target | None, env: dict) -> None:
+        ran, elapsed = buildrun.run_build(self.plan, phase, target=current, env=env, on_phase_start=self.on_phase_start,
+                                          on_line=self.on_line, on_note=self.note, log_dir=self.log_dir)
+        self.on_phase_end(ran, elapsed)
+        self.built = ran
+        self.results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
+        # The rest phase installs the wheels as they really ended up (chosen again when the
+        # torch prediction missed), or none when the build phase had to install them itself.
+        r = next((j for j, p in enumerate(phases) if p.name == REST and p.skip is None), None)
+        if r is not None and ran.deferred:
+            phases[r] = fold(ran, phases[r])
+        elif r is not None and phases[r].base_argv:
+            phases[r] = replace(phases[r], argv=phases[r].base_argv, base_argv=())
+
+    def _start_beside(self, later: list[Phase]) -> None:
+        """Start the build-requirements phase that runs alongside the backend phase, if any.
+        Its pip lines are kept and shown when it is joined, so they never interleave."""
+        phase = next((p for p in later if p.name == BUILD_REQS and p.alongside == BACKEND and p.skip is None), None)
+        if phase is None or self.plan.build_constraints_path is None:
+            return
+        _write_lines(self.plan.build_constraints_path, phase.constraints)
+        self.note(f"phase {phase.name}: {' '.join(phase.requirements)} (alongside the backend phase)")
+        env = phase_env(self.user_env, phase)
+        self.beside = runner.Beside(lambda started: run_phase(phase, env=env, log_dir=self.log_dir,
+                                                              on_line=self.beside_lines.append, on_started=started))
+
+    def _join_beside(self, phase: Phase) -> None:
+        beside, self.beside = self.beside, None
+        res, log_path, elapsed = beside.wait()
+        for line in self.beside_lines:
+            self.on_line(line)
+        if not res.ok:
+            phaselog.failed(self.plan, phase, phase, res, log_path)
+        self.on_phase_end(phase, elapsed)
+        self.results.append(PhaseResult(phase.name, elapsed))
+
+
+def _write_lines(path: Path, lines) -> None:
+    """One of the phases' constraints files, atomically, or a StateError naming it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _state_file(path):
+        write_atomic(path, "\n".join(lines) + "\n")
 
 
 def phase_env(user_env: dict, phase: Phase) -> dict:
@@ -127,12 +189,12 @@ def open_logs(log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_phase(phase: Phase, *, env: dict, log_dir: Path, on_line: Callable[[str], None]) -> tuple:
+def run_phase(phase: Phase, *, env: dict, log_dir: Path, on_line: Callable[[str], None], on_started=None) -> tuple:
     """One pip run of a phase (install's and restore's), its whole output in the phase's log
     file: (runner.Result, the log's path, seconds)."""
     started = time.monotonic()
     with phaselog.phase_log(log_dir, phase, on_line) as (_log, log_path, tee):
-        res = runner.stream(phase.argv, on_line=tee, env=env)
+        res = runner.stream(phase.argv, on_line=tee, env=env, on_started=on_started)
     return res, log_path, time.monotonic() - started
 
 

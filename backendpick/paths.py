@@ -112,6 +112,11 @@ def build_staging(state: Path) -> Path:
     return state / "build"
 
 
+def build_constraints(state: Path) -> Path:
+    """The build-requirements phase's constraints: the stack fenced, the user's lines."""
+    return state / "build-constraints.txt"
+
+
 def build_env(state: Path) -> Path:
     """The build requirements of source builds (``pip install --target``), seen by the builds only."""
     return state / "build-env"

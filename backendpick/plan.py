@@ -126,6 +126,9 @@ class Phase:
     deferred: bool = False
     # Rest phase: its argv before the build phase's wheels were folded in.
     base_argv: tuple[str, ...] = ()
+    # Build-requirements phase into a folder of its own: it starts with this phase (the
+    # backend's) and runs beside it, as nothing it installs depends on torch.
+    alongside: str | None = None
 
     def install_argv(self) -> tuple[str, ...]:
         """``argv`` with each build step's wheel in place of its requirement."""
@@ -142,7 +145,8 @@ class Phase:
         source build, then pip install), after a ``#`` comment per package saying why.
         """
         if not self.steps:
-            return _shell(self.argv, self.env, self.unset)
+            line = _shell(self.argv, self.env, self.unset)
+            return f"# runs alongside the {self.alongside} phase\n{line}" if self.alongside else line
         lines = [f"# {redact(s.note)}" for s in self.steps if s.note]
         lines += [_shell(s.build_argv, {**self.env, **s.build_env}, self.unset) for s in self.steps if s.build_argv]
         if self.deferred:
@@ -162,6 +166,8 @@ class Phase:
             "argv": [redact(a) for a in self.install_argv()],
             "skip": self.skip,
         }
+        if self.alongside:
+            data["alongside"] = self.alongside
         if self.steps:
             data["builds"] = [s.to_json() for s in self.steps]
         return data
@@ -183,6 +189,9 @@ class Plan:
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
     routes: tuple = ()  # routing.Route per package with a recipe: where it comes from and why
     installer: str = "pip"  # the engine whose commands the phases hold (engine.py)
+    # The build-requirements phase's own constraints file, when it installs into the build
+    # folder (its lines are that phase's ``constraints``); None otherwise.
+    build_constraints_path: Path | None = None
     # torchpins.py: the torch chosen and what pinned it; resolve.py: where the pins came from.
     torch: object = None  # torchpins.TorchChoice
     resolution: object = None  # resolve.Resolution

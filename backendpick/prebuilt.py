@@ -230,30 +230,38 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
     phases = list(plan.phases)
     phases[at] = replace(phase, steps=tuple(steps), context=ctx)
     if all(s.how != AS_IS for s in steps):
-        phases, ctx = _separate_build_requirements(phases, at, ctx)
+        phases, ctx, plan = _separate_build_requirements(plan, phases, at, ctx)
     return replace(plan, phases=fold_builds(phases), warnings=plan.warnings + tuple(warnings))
 
 
-def _separate_build_requirements(phases: list[Phase], at: int, ctx: BuildContext) -> tuple[list[Phase], BuildContext]:
+def _separate_build_requirements(plan: Plan, phases: list[Phase], at: int,
+                                 ctx: BuildContext) -> tuple[list[Phase], BuildContext, Plan]:
     """The build-requirements phase installs into a folder of the state directory that only the
     source builds see (``pip wheel`` with PYTHONPATH and PATH); it is skipped when nothing is
-    built from source."""
+    built from source.
+
+    Nothing there belongs to the stack, so it does not wait for the backend phase: it runs
+    beside it (a pip start and a resolution that would otherwise come after it), with a
+    constraints file of its own that fences the stack (a build tool must not bring a second
+    torch into the folder) and keeps the user's lines."""
     req_at = next((i for i, p in enumerate(phases) if p.name == BUILD_REQS), None)
     if req_at is None:
-        return phases, ctx
+        return phases, ctx, plan
     folder = paths.build_env(ctx.staging.parent)
     ctx = replace(ctx, build_path=str(folder))
     steps = [replace(s, build_env={**s.build_env, "PYTHONPATH": str(folder)}) if s.how == SOURCE else s
              for s in phases[at].steps]
     phases[at] = replace(phases[at], steps=tuple(steps), context=ctx)
     reqs = phases[req_at]
-    argv = list(reqs.argv)
+    own = paths.build_constraints(ctx.staging.parent)
+    argv = [str(own) if a == str(plan.constraints_path) else a for a in reqs.argv]
     i = argv.index("install") + 1
     argv[i:i] = ["--target", str(folder), "--upgrade"]
     building = any(s.how in (PENDING, SOURCE) for s in steps)
-    phases[req_at] = replace(reqs, argv=tuple(argv),
+    lines = tuple(f"{n}<0" for n in sorted(set(plan.backend_names) | set(plan.build_names))) + plan.user_constraints
+    phases[req_at] = replace(reqs, argv=tuple(argv), constraints=lines, alongside=BACKEND,
                              skip=None if building else "nothing is built from source")
-    return phases, ctx
+    return phases, ctx, replace(plan, build_constraints_path=own)
 
 
 def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, hardware: Hardware,

@@ -120,6 +120,7 @@ def stream(
     on_line: Callable[[str], None],
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    on_started: Callable[[subprocess.Popen], None] | None = None,
 ) -> Result:
     """Run ``argv`` (pip), handing each output line to ``on_line`` as it comes.
 
@@ -155,6 +156,8 @@ def stream(
         return Result(args, None, "", "", error=f"could not run {args[0]}: {exc.strerror or exc}")
     _children.add(proc)
     lock.note_child(proc.pid)
+    if on_started is not None:
+        on_started(proc)
     lines: list[str] = []
     assert proc.stdout is not None
     try:
@@ -171,6 +174,43 @@ def stream(
         _children.discard(proc)
         lock.note_child(None)
     return Result(args, proc.returncode, "\n".join(lines), "")
+
+
+class Beside:
+    """``stream`` in a thread, for a pip run beside the one in the foreground (the build
+    requirements beside the backend phase). ``wait`` gives its result (or raises what it
+    raised); ``stop`` ends it like a signal would (its group, SIGTERM then SIGKILL) and waits."""
+
+    def __init__(self, run: Callable[[Callable[[subprocess.Popen], None]], object]):
+        self._proc: subprocess.Popen | None = None
+        self._stopping = False
+        self._value: object = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _main(self, run) -> None:
+        try:
+            self._value = run(self._started)
+        except BaseException as exc:  # handed to the caller by wait()
+            self._error = exc
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+        if self._stopping:  # stop() came before the child was there
+            _terminate(proc)
+
+    def wait(self) -> object:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._thread.is_alive() and self._proc is not None:
+            _stop_group(self._proc)
+        self._thread.join()
 
 
 GRACE_SECONDS = 10.0  # pip cleans up its temporary build folders on SIGTERM

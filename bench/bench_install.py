@@ -102,7 +102,9 @@ def main() -> None:
         probe_root, bindir = fake_build_host(tmp / "host")
         template = world.server.base_url + "/{backend}/simple"
         env = world.env()
-        for key in [k for k in env if k.startswith("BACKENDPICK_") or k == "CUDA_VERSION"]:
+        # The test world's recipe points CUDA_HOME at an empty folder (no toolkit of this machine
+        # may leak into a test); this host's toolkit is the fake nvcc on PATH.
+        for key in [k for k in env if k.startswith("BACKENDPICK_") or k in ("CUDA_VERSION", "CUDA_HOME", "CUDA_PATH")]:
             del env[key]
         env.update(
             BACKENDPICK_PROBE_ROOT=str(probe_root),

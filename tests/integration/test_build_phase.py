@@ -256,3 +256,29 @@ def test_missing_nvcc_fails_before_building_with_the_fix(scene: Scene, server: I
     assert f"no prebuilt wheel {PREBUILT} (github: network unreachable" in proc.stderr, _output(proc)
     assert SDIST not in server.files_downloaded("bp-build")  # pip wheel never started
     assert "flash-attn" not in installed_versions(venv, scene.world.env())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_build_requirements_run_beside_the_backend_phase(scene: Scene, server: IndexServer, engine: str) -> None:
+    """The build tools go to a folder of their own and need nothing of the stack, so their pip
+    run starts with the backend phase: the server holds the installer's torch page until the
+    build tools' run has asked for ninja, which only an overlapping run can do (sequential
+    phases would make the gate time out)."""
+    server.index_dir(scene.releases)
+    scene.prebuilt_sources(scene.releases_template)  # holds no such file: a source build
+    venv = scene.world.new_venv(scene.base)
+    gate = server.gate(held=lambda p: p.startswith("/cu124/") and p.rstrip("/").endswith("/torch"),
+                       opens=lambda p: p.startswith("/bp-build/") and "/ninja" in p, timeout=30)
+    try:
+        proc = scene.install(venv, "--installer", engine)
+    finally:
+        server.ungate(gate)
+    assert proc.returncode == 0, _output(proc)
+    assert gate.waited and not gate.timed_out, "the build requirements did not run beside the backend phase"
+    said = proc.stdout + proc.stderr
+    assert "phase build-requirements: setuptools wheel packaging psutil ninja einops (alongside the backend phase)" in said
+    assert scene.flash_attn(venv)["torch"] == "2.5.1+cu124"
+    state = venv / ".backendpick"
+    assert {"flash-attn<0", "torch<0"} <= set((state / "build-constraints.txt").read_text().splitlines())
+    assert any((state / "build-env").glob("ninja*")), "the build tools are in the build folder"
+    assert "ninja" not in installed_versions(venv, scene.world.env())  # and not in the environment

@@ -23,6 +23,7 @@ import tarfile
 import threading
 import zipfile
 from dataclasses import dataclass
+from typing import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -140,6 +141,27 @@ def _negotiate(accept: str, json_api: bool) -> str:
     return best
 
 
+class Gate:
+    """Installer requests matching ``held`` wait until a request matching ``opens`` arrived (at
+    most ``timeout`` seconds; ``timed_out`` then says so): how a test proves that two pip runs
+    overlap without timing them. backendpick's own look-ups (User-Agent backendpick) are
+    never held."""
+
+    def __init__(self, held: Callable[[str], bool], opens: Callable[[str], bool], timeout: float):
+        self.held, self.opens, self.timeout = held, opens, timeout
+        self.open = threading.Event()
+        self.timed_out = False
+        self.waited = 0
+
+    def pass_through(self, path: str, agent: str) -> None:
+        if self.opens(path):
+            self.open.set()
+        elif self.held(path) and not agent.startswith("backendpick") and not self.open.is_set():
+            self.waited += 1
+            if not self.open.wait(self.timeout):
+                self.timed_out = True
+
+
 class IndexServer:
     """Threaded HTTP server hosting named simple indexes from ``root/<name>/``."""
 
@@ -155,6 +177,7 @@ class IndexServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.json_api = json_api
         self._log: list[RequestRecord] = []
+        self._gates: list[Gate] = []
         self._lock = threading.Lock()
         # (path, mtime_ns, size) -> (sha256, requires_python, sha256 of the PEP 658 metadata).
         # Keyed on stat because tests may rewrite files (atomically) while the server runs.
@@ -198,6 +221,19 @@ class IndexServer:
     @property
     def paths(self) -> list[str]:
         return [record.path for record in self.log]
+
+    def gate(self, held: Callable[[str], bool], opens: Callable[[str], bool], timeout: float = 60.0) -> Gate:
+        """Hold the requests ``held`` accepts until one ``opens`` accepts has come (``Gate``);
+        ``ungate`` removes it."""
+        gate = Gate(held, opens, timeout)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
+    def ungate(self, gate: Gate) -> None:
+        with self._lock:
+            self._gates.remove(gate)
+        gate.open.set()
 
     def clear_log(self) -> None:
         with self._lock:
@@ -394,6 +430,10 @@ class IndexServer:
 
             def _serve(self, send_body: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
+                with server._lock:
+                    gates = list(server._gates)
+                for gate in gates:
+                    gate.pass_through(path, self.headers.get("User-Agent", ""))
                 response = server._respond(path, self.headers.get("Accept", ""))
                 self.send_response(response.status)
                 content_type = response.content_type
