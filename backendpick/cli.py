@@ -113,7 +113,8 @@ def _plan_options(func):
                      help="The installer that runs the phases: pip (default) or uv "
                           "(BACKENDPICK_INSTALLER, [tool.backendpick] installer)."),
         click.option("--refresh", is_flag=True,
-                     help="Ask the indexes again even when the environment matches the last install."),
+                     help="Ask the indexes again even when the environment matches the last install, and revalidate "
+                          "the index pages kept in the cache."),
         click.option("--channel", type=click.Choice(["stable", "test", "nightly"]), default=None,
                      help="PyTorch channel: stable, test (release candidates) or nightly (pre-releases of the "
                           "torch family). Default: BACKENDPICK_CHANNEL, [tool.backendpick] channel, stable."),

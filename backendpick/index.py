@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -103,11 +103,23 @@ def open_url(pip_config: PipConfig, url: str):
 
 
 class IndexClient:
-    def __init__(self, pip_config: PipConfig, timeout: float | None = None):
+    """Project pages of indexes, each read once per run; with ``env`` (the user's environment)
+    http(s) pages are also kept on disk between runs as HTTP caching allows (pagecache.py), and
+    ``refresh`` (``--refresh``) revalidates every kept page before using it."""
+
+    def __init__(self, pip_config: PipConfig, timeout: float | None = None, *,
+                 env: Mapping[str, str] | None = None, refresh: bool = False):
         self.pip_config = pip_config
         # Short: a blackholed mirror must not stall a Docker build; pip retries on its own later.
         self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
+        self.refresh = refresh
         self._cache: dict[str, list[FileLink]] = {}
+        self._disk = None
+        if env is not None:
+            from backendpick import paths
+            from backendpick.pagecache import PageCache
+
+            self._disk = PageCache(paths.page_cache(env))
 
     def project(self, index_url: str, name: str) -> list[FileLink]:
         """Files of ``name`` on the index at ``index_url``; PageNotFound for a 404."""
@@ -115,24 +127,50 @@ class IndexClient:
 
     def page(self, url: str) -> list[FileLink]:
         """Files linked from the page at ``url`` (a project page, or a find-links page)."""
+        if url in self._cache:
+            return self._cache[url]
+        if urlsplit(url).scheme == "file":
+            files = _file_project(url)
+        else:
+            files = self._http_page(url)
+        self._cache[url] = files
+        return files
+
+    def _http_page(self, url: str) -> list[FileLink]:
+        """A page from the disk cache while it is fresh (no request: urllib is not even
+        imported), else from the index, revalidating what the cache holds."""
+        import time
+
+        entry = self._disk.load(url) if self._disk is not None else None
+        if entry is not None and not self.refresh and entry.fresh(time.time()):
+            return [FileLink(*f) for f in entry.files]
+        return self._fetch(url, entry if entry is not None and entry.has_validator else None)
+
+    def _fetch(self, url: str, entry) -> list[FileLink]:
+        """GET the page, conditional when ``entry`` (a stored page with validators) is given:
+        a 304 keeps its links and refreshes it, a 200 replaces it. Errors are never answered
+        from the cache: an index that is down is an error as it was without one."""
+        import time
         import urllib.error
         import urllib.request
 
-        if url in self._cache:
-            return self._cache[url]
-        parts = urlsplit(url)
-        if parts.scheme == "file":
-            files = _file_project(url)
-            self._cache[url] = files
-            return files
+        from backendpick import pagecache
+
         opener, url_clean = open_url(self.pip_config, url)
-        request = urllib.request.Request(url_clean, headers={"Accept": _ACCEPT, "User-Agent": "backendpick"})
+        headers = {"Accept": _ACCEPT, "User-Agent": "backendpick"}
+        if entry is not None:
+            headers.update(entry.conditional_headers())
+        request = urllib.request.Request(url_clean, headers=headers)
         try:
             with opener.open(request, timeout=self.timeout) as resp:
                 body = resp.read()
                 ctype = resp.headers.get("Content-Type", "text/html")
                 final = resp.geturl()
+                reply = resp.headers
         except urllib.error.HTTPError as exc:
+            if exc.code == 304 and entry is not None:
+                self._keep(url, pagecache.revalidated(entry, exc.headers, time.time()))
+                return [FileLink(*f) for f in entry.files]
             if exc.code == 404:
                 raise PageNotFound(f"{redact(url)} (HTTP 404)") from None
             raise IndexUnavailable(f"{redact(url)}: HTTP {exc.code}") from None
@@ -140,8 +178,18 @@ class IndexClient:
             reason = getattr(exc, "reason", exc)
             raise IndexUnavailable(f"{redact(url)}: {reason}") from None
         files = parse_page(body, ctype, final)
-        self._cache[url] = files
+        rows = [(f.filename, f.url, f.requires_python, f.yanked) for f in files]
+        self._keep(url, pagecache.new_entry(redact(url), reply, rows, time.time()))
         return files
+
+    def _keep(self, url: str, entry) -> None:
+        """Store ``entry`` for ``url``; None (the server said not to keep it): drop the old one."""
+        if self._disk is None:
+            return
+        if entry is None:
+            self._disk.forget(url)
+        else:
+            self._disk.store(url, entry)
 
 
 def _file_project(url: str) -> list[FileLink]:

@@ -5,8 +5,9 @@ Two roots, one rule for both:
 * the user's cache folder, ``cache_home``: ``~/Library/Caches/backendpick`` on macOS,
   ``%LOCALAPPDATA%\\backendpick\\Cache`` on Windows, else ``$XDG_CACHE_HOME/backendpick``
   (``~/.cache/backendpick`` without it), as pip and other tools place their caches. The wheel
-  cache is its ``wheels`` folder unless ``BACKENDPICK_CACHE_DIR`` names another; the state of an
-  environment backendpick cannot write into is its ``envs/<hash of the prefix>`` folder.
+  cache is its ``wheels`` folder unless ``BACKENDPICK_CACHE_DIR`` names another; index project
+  pages are kept in its ``pages`` folder; the state of an environment backendpick cannot write
+  into is its ``envs/<hash of the prefix>`` folder.
 * the environment's state folder, ``state_dir``: ``<venv>/.backendpick`` inside a writable
   virtual environment (so it goes when the environment goes), else the cache's ``envs`` folder.
   The constraints file, logs, history, lock and records of one environment live there.
@@ -56,6 +57,12 @@ def wheel_cache(env: Mapping[str, str] | None = None) -> Path:
     if env.get(ENV_CACHE_DIR):
         return Path(env[ENV_CACHE_DIR]).expanduser()
     return cache_home(env) / "wheels"
+
+
+def page_cache(env: Mapping[str, str] | None = None) -> Path:
+    """Where index project pages are kept between runs (pagecache.py): ``cache_home()/pages``.
+    Not under ``BACKENDPICK_CACHE_DIR``, which names the wheel cache alone."""
+    return cache_home(env) / "pages"
 
 
 def state_dir(target: Environment, env: Mapping[str, str] | None = None) -> Path:

@@ -164,8 +164,11 @@ def _configure(req: Request, env: dict, target: target_mod.Target | None) -> _In
               if config.normalize(r.name) in family and (r.specifier or r.url)]
     policy += torchpins.constraint_pins(wanted.constraints, family, "constraint (-c)")
     upgrade = torchpins.Upgrade(req.upgrade, tuple(config.normalize(n) for n in req.upgrade_packages))
+    # One client per plan: each page read once; kept on disk between runs as HTTP caching
+    # allows (pagecache.py), revalidated with --refresh.
+    client = IndexClient(pip_config, env=env, refresh=req.refresh)
     return _Inputs(req, env, facts, settings, engine, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
-                   cons_lines, policy, upgrade, explicit_choice(settings), IndexClient(pip_config), warnings)
+                   cons_lines, policy, upgrade, explicit_choice(settings), client, warnings)
 
 
 def _candidates(i: _Inputs) -> _Candidates:
@@ -383,7 +386,7 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
 
         plan = prebuilt.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
                                pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
-                               predicted=torchpredict.predicted_torch(i.facts, s.decision, offers))
+                               predicted=torchpredict.predicted_torch(i.facts, s.decision, offers), client=i.client)
     if i.wanted.hashes:
         plan = hashes.with_hashes(plan, i.wanted.hashes, i.state)
     return i.engine.apply(plan, pip_config=i.pip_config, user_env=i.env)

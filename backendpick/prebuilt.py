@@ -173,7 +173,8 @@ def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...
 
 
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
-           env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None) -> Plan:
+           env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None,
+           client=None) -> Plan:
     """Give the plan's build phase its steps: each package's version now, and where its wheel
     comes from when torch is already installed and no earlier phase changes it."""
     from backendpick.index import IndexClient
@@ -186,7 +187,8 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
     if not any(normalize(Requirement(r).name) in known for r in phase.requirements):
         return plan
     ctx = _context(plan, phase, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
-    client = IndexClient(pip_config)
+    # The plan's client when given: its pages read once per run, revalidated with --refresh.
+    client = client if client is not None else IndexClient(pip_config, env=env)
     index_url = default_index(pip_config, rest_options)
     steps = []
     for text in phase.requirements:

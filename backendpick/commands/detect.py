@@ -75,7 +75,7 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
         kept = installed_backend(target, facts)
         if kept is not None and kept.is_gpu and kept not in candidates:
             candidates.append(kept)
-    offers = gather(facts, IndexClient(pipconf.read(env, target.prefix)), settings.index_url.value, candidates,
+    offers = gather(facts, IndexClient(pipconf.read(env, target.prefix), env=env), settings.index_url.value, candidates,
                     torch_spec(wanted), target)
     releases, source, notes = offers.releases, offers.source, list(offers.warnings)
     unanswered = offers.unanswered()

@@ -73,7 +73,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
             out.emit_json({"ok": True, "snapshot": snap.id, "dry_run": dry_run,
                            "phases": [ph.to_json() for ph in phases]})
         return EXIT_OK
-    missing = check_available(phases, target, pip_config)
+    missing = check_available(phases, target, pip_config, env)
     if missing:
         raise InstallError(
             f"cannot restore snapshot {snap.id}: not available any more: {'; '.join(missing[:5])}",
@@ -134,14 +134,14 @@ def _forget_builds(state: Path, phases) -> None:
     builds.forget(state, names)
 
 
-def check_available(phases: list[Phase], target, pip_config) -> list[str]:
+def check_available(phases: list[Phase], target, pip_config, env: dict | None = None) -> list[str]:
     """Each ``name==version`` the restore installs, looked up on the index its phase uses (the
     backend index for backend builds, the user's indexes otherwise); the ones not offered there
     for this interpreter. An index that cannot be asked is an error: without the answer the
     restore could remove what it cannot put back."""
     from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, fetch_many
 
-    client = IndexClient(pip_config)
+    client = IndexClient(pip_config, env=env)
     user_indexes = [pip_config.get("index-url") or facts_mod.load().pypi_url, *pip_config.list("extra-index-url")]
     if pip_config.get("no-index"):
         user_indexes = []

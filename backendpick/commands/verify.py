@@ -53,7 +53,8 @@ def torch_offered(target: target_mod.Target, settings: config.Settings, backend,
     from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, matching_versions
     from backendpick.offers import index_url_for
 
-    client = IndexClient(pipconf.read(dict(os.environ if env is None else env), target.prefix))
+    env = dict(os.environ if env is None else env)
+    client = IndexClient(pipconf.read(env, target.prefix), env=env)
     try:
         files = client.project(index_url_for(settings.index_url.value, backend), "torch")
     except (PageNotFound, IndexUnavailable):

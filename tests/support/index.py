@@ -11,6 +11,10 @@ files under ``root``::
 
 Directories are read on every request, so files may be added while serving.
 Every request is logged so tests can assert which index served what.
+
+Every response says ``Cache-Control: no-store`` (pages change when tests add files), unless
+``page_caching`` gives an index's project pages a policy of their own: any Cache-Control (or
+none), and an ETag the server honours in ``If-None-Match`` with a 304.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class RequestRecord:
     name: str  # normalized project for "project", file name for "file", else ""
     status: int
     content_type: str  # "" for errors and files
+    conditional: bool = False  # sent If-None-Match or If-Modified-Since
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class _Response:
     body: bytes = b""
     content_type: str = "text/plain"
     location: str | None = None
+    cache_control: str | None = "no-store"  # None: no Cache-Control header at all
+    etag: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -183,6 +190,8 @@ class IndexServer:
         # Keyed on stat because tests may rewrite files (atomically) while the server runs.
         self._file_info: dict[tuple[str, int, int], tuple[str, str | None, str | None]] = {}
         self._host = host
+        # index -> (Cache-Control of its project pages or None for none, send an ETag)
+        self._caching: dict[str, tuple[str | None, bool]] = {}
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -234,6 +243,18 @@ class IndexServer:
         with self._lock:
             self._gates.remove(gate)
         gate.open.set()
+
+    def page_caching(self, index: str, cache_control: str | None, *, etag: bool = False) -> None:
+        """How ``index`` answers for its project pages: ``cache_control`` (None: no such
+        header) and, with ``etag``, an ETag of the page's content, a 304 to a request whose
+        If-None-Match names the current one."""
+        with self._lock:
+            self._caching[index] = (cache_control, etag)
+
+    def page_requests(self, index: str, project: str) -> list[RequestRecord]:
+        """The requests for ``project``'s page on ``index`` (any status), oldest first."""
+        wanted = normalize_name(project)
+        return [r for r in self.log if r.index == index and r.kind == "project" and r.name == wanted]
 
     def clear_log(self) -> None:
         with self._lock:
@@ -344,8 +365,18 @@ class IndexServer:
             links.append(f"<a {anchor}>{html.escape(name)}</a><br/>\n")
         return _html_page(f"Links for {project}", "".join(links))
 
-    def _respond(self, path: str, accept: str) -> _Response:
-        """Route one GET/HEAD request and log it."""
+    def _cached_page(self, index: str, body: bytes, media: str, if_none_match: str | None) -> _Response:
+        """A project page under the index's ``page_caching`` policy (a 304 when it matches)."""
+        with self._lock:
+            cache_control, with_etag = self._caching.get(index, ("no-store", False))
+        etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"' if with_etag else None
+        if etag is not None and if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+            return _Response(HTTPStatus.NOT_MODIFIED, cache_control=cache_control, etag=etag)
+        return _Response(HTTPStatus.OK, body, media, cache_control=cache_control, etag=etag)
+
+    def _respond(self, path: str, accept: str, conditional: dict | None = None) -> _Response:
+        """Route one GET/HEAD request and log it. ``conditional``: its If-* headers."""
+        conditional = conditional or {}
         parts = [part for part in path.split("/") if part]
         index = parts[0] if parts else None
         # Dot names would let "/../" escape the root.
@@ -372,8 +403,8 @@ class IndexServer:
             if body is None:
                 missing = _Response(HTTPStatus.NOT_FOUND)
                 return self._logged(path, index, "project", project, missing)
-            page = _Response(HTTPStatus.OK, body, media)
-            return self._logged(path, index, "project", project, page)
+            page = self._cached_page(index, body, media, conditional.get("If-None-Match"))
+            return self._logged(path, index, "project", project, page, conditional=bool(conditional))
         if section == "files" and len(rest) == 1 and rest[0].endswith(".whl.metadata"):
             wheel = self.root / index / rest[0][: -len(".metadata")]
             metadata = _wheel_metadata(wheel) if wheel.is_file() else None
@@ -398,7 +429,8 @@ class IndexServer:
         return self._logged(path, index, "other", "", _Response(HTTPStatus.NOT_FOUND))
 
     def _logged(
-        self, path: str, index: str | None, kind: str, name: str, response: _Response
+        self, path: str, index: str | None, kind: str, name: str, response: _Response,
+        *, conditional: bool = False,
     ) -> _Response:
         page_type = response.content_type if kind in ("root", "project") else ""
         record = RequestRecord(
@@ -408,6 +440,7 @@ class IndexServer:
             name,
             int(response.status),
             page_type if response.ok else "",
+            conditional,
         )
         with self._lock:
             self._log.append(record)
@@ -434,7 +467,8 @@ class IndexServer:
                     gates = list(server._gates)
                 for gate in gates:
                     gate.pass_through(path, self.headers.get("User-Agent", ""))
-                response = server._respond(path, self.headers.get("Accept", ""))
+                conditional = {h: self.headers[h] for h in ("If-None-Match", "If-Modified-Since") if h in self.headers}
+                response = server._respond(path, self.headers.get("Accept", ""), conditional)
                 self.send_response(response.status)
                 content_type = response.content_type
                 if content_type.startswith("text/"):
@@ -443,8 +477,11 @@ class IndexServer:
                 self.send_header("Content-Length", str(len(response.body)))
                 if response.location:
                     self.send_header("Location", response.location)
-                # Pages change when tests add files: forbid any HTTP caching.
-                self.send_header("Cache-Control", "no-store")
+                # Pages change when tests add files: no HTTP caching unless a test asks for it.
+                if response.cache_control is not None:
+                    self.send_header("Cache-Control", response.cache_control)
+                if response.etag is not None:
+                    self.send_header("ETag", response.etag)
                 self.end_headers()
                 if send_body:
                     self.wfile.write(response.body)

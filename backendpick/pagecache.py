@@ -1,0 +1,157 @@
+"""The disk cache of index project pages, following HTTP caching (RFC 9111) as uv and pip's
+CacheControl apply it to a private cache.
+
+A page is kept as its parsed links (not its body) with what freshness needs: when it was
+stored, how long the server said it stays fresh (``Cache-Control: max-age`` less ``Age``) and
+its validators (``ETag``, ``Last-Modified``). A fresh page answers with no request at all (PyPI
+and download.pytorch.org send ``max-age=600``); a stale one is revalidated with a conditional
+request, whose 304 refreshes the entry. ``no-store`` is never kept; ``no-cache``, a missing or
+malformed ``max-age`` keep a page only with a validator, and always revalidate it. ``Expires``
+is not honoured (neither index backendpick talks to relies on it; ``max-age`` wins over it
+anyway).
+
+Entries live in ``cache_home()/pages/<sha256 of the full URL>.json``: the key covers the
+credentials of a private index, the entry names the URL with them redacted. A damaged entry is
+a miss; a cache folder backendpick cannot write is no cache, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+FORMAT = 1
+
+
+def parse_cache_control(values: Sequence[str]) -> dict[str, str | None]:
+    """The directives of ``Cache-Control`` header values, names lowercased, quotes removed;
+    of a repeated directive the first (RFC 9111 4.2.1 allows it)."""
+    out: dict[str, str | None] = {}
+    for value in values:
+        for item in value.split(","):
+            name, sep, arg = item.strip().partition("=")
+            name = name.strip().lower()
+            if not name or name in out:
+                continue
+            arg = arg.strip()
+            if len(arg) >= 2 and arg[0] == arg[-1] == '"':
+                arg = arg[1:-1]
+            out[name] = arg if sep else None
+    return out
+
+
+def _seconds(text: str | None) -> int | None:
+    """A delta-seconds value (RFC 9111 1.2.2): digits only; anything else is None."""
+    if text is None or not text.isdigit():
+        return None
+    return int(text)
+
+
+def lifetime(directives: Mapping[str, str | None], age: str | None) -> int:
+    """Seconds a response stays fresh from now: ``max-age`` less ``Age``; 0 (stale at once) for
+    ``no-cache``, no ``max-age`` or one that is malformed (RFC 9111 4.2.1: treat it as stale)."""
+    if "no-cache" in directives:
+        return 0
+    max_age = _seconds(directives.get("max-age"))
+    if max_age is None:
+        return 0
+    return max(0, max_age - (_seconds(age.strip() if age else None) or 0))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored page."""
+
+    url: str  # redacted, for whoever reads the folder
+    stored: float  # time.time() when stored or last revalidated
+    lifetime: int  # seconds fresh after ``stored``
+    etag: str | None
+    last_modified: str | None
+    cache_control: str  # the directives the lifetime came from; a 304 without any keeps them
+    files: tuple[tuple[str, str, str | None, bool], ...]  # (filename, url, requires_python, yanked)
+
+    @property
+    def has_validator(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def fresh(self, now: float) -> bool:
+        # A clock set back makes the entry look younger than it is: treat that as stale.
+        return self.stored <= now < self.stored + self.lifetime
+
+    def conditional_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+def new_entry(url: str, headers, files: Sequence[tuple], now: float) -> Entry | None:
+    """The entry for a 200 response with ``headers`` (a Message-like: ``get``, ``get_all``), or
+    None when it must not be stored: ``no-store``, or stale at once without a validator."""
+    control = ", ".join(headers.get_all("Cache-Control") or [])
+    directives = parse_cache_control([control])
+    if "no-store" in directives:
+        return None
+    entry = Entry(url, now, lifetime(directives, headers.get("Age")), headers.get("ETag"),
+                  headers.get("Last-Modified"), control, tuple(tuple(f) for f in files))
+    return entry if entry.lifetime > 0 or entry.has_validator else None
+
+
+def revalidated(entry: Entry, headers, now: float) -> Entry | None:
+    """The entry after a 304 with ``headers``: the 304's caching headers replace the stored
+    ones (RFC 9111 4.3.4), its freshness counts from now. None: the 304 says ``no-store``."""
+    control = ", ".join(headers.get_all("Cache-Control") or []) or entry.cache_control
+    directives = parse_cache_control([control])
+    if "no-store" in directives:
+        return None
+    return replace(entry, stored=now, lifetime=lifetime(directives, headers.get("Age")), cache_control=control,
+                   etag=headers.get("ETag") or entry.etag,
+                   last_modified=headers.get("Last-Modified") or entry.last_modified)
+
+
+def key(url: str) -> str:
+    """The entry's file name: the full URL hashed, credentials included (two users of one
+    private index may see different pages) and never written in clear."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest() + ".json"
+
+
+class PageCache:
+    """Entries in ``folder``; every failure to read is a miss, every failure to write is ignored."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def load(self, url: str) -> Entry | None:
+        try:
+            data = json.loads((self.folder / key(url)).read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                return None
+            files = tuple((str(f[0]), str(f[1]), None if f[2] is None else str(f[2]), bool(f[3]))
+                          for f in data["files"])
+            return Entry(str(data["url"]), float(data["stored"]), int(data["lifetime"]), data.get("etag"),
+                         data.get("last_modified"), str(data.get("cache_control", "")), files)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return None
+
+    def store(self, url: str, entry: Entry) -> None:
+        from backendpick.fsutil import write_atomic
+
+        data = {"format": FORMAT, "url": entry.url, "stored": entry.stored, "lifetime": entry.lifetime,
+                "etag": entry.etag, "last_modified": entry.last_modified, "cache_control": entry.cache_control,
+                "files": [list(f) for f in entry.files]}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.folder / key(url), json.dumps(data))
+        except OSError:
+            pass  # a read-only or full cache: this run just does not cache
+
+    def forget(self, url: str) -> None:
+        try:
+            (self.folder / key(url)).unlink()
+        except OSError:
+            pass
