@@ -49,13 +49,16 @@ def execute(
     on_phase_end: Callable[[Phase, float], None],
     log_dir: Path,
     on_note: Callable[[str], None] | None = None,
+    on_phase_beside: Callable[[Phase], None] | None = None,
 ) -> list[PhaseResult]:
     """``on_note`` gets the build phase's lines for the user (which wheel, why, limits, elapsed
-    time of a long build); without it they go to stderr."""
+    time of a long build); without it they go to stderr. ``on_phase_beside``: a phase started
+    beside the running one (its end comes through ``on_phase_end`` when it is joined)."""
     note = on_note or _stderr_note
     buildrun.check_before_changes(plan, user_env)
     open_logs(log_dir)
-    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end, note, log_dir)
+    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end, note, log_dir,
+               on_phase_beside=on_phase_beside)
     try:
         run.phases()
     finally:
@@ -91,6 +94,7 @@ class _Run:
     log_dir: Path
     results: list = field(default_factory=list)
     built: Phase | None = None  # the build phase as it ran, recorded once every phase is done
+    on_phase_beside: Callable[[Phase], None] | None = None
     beside: runner.Beside | None = None
     beside_lines: list = field(default_factory=list)
 
@@ -119,9 +123,9 @@ class _Run:
             if phase.name == BUILD and phase.steps:
                 self._build(phases, phase, current, env)
                 continue
+            self.on_phase_start(phase)
             if phase.name == BACKEND:
                 self._start_beside(phases[i + 1:])
-            self.on_phase_start(phase)
             res, log_path, elapsed = run_phase(phase, env=env, log_dir=self.log_dir, on_line=self.on_line)
             if not res.ok:
                 phaselog.failed(plan, phase, phase, res, log_path)
@@ -151,7 +155,8 @@ class _Run:
         if phase is None or self.plan.build_constraints_path is None:
             return
         _write_lines(self.plan.build_constraints_path, phase.constraints)
-        self.note(f"phase {phase.name}: {' '.join(phase.requirements)} (alongside the backend phase)")
+        if self.on_phase_beside is not None:
+            self.on_phase_beside(phase)
         env = phase_env(self.user_env, phase)
         self.beside = runner.Beside(lambda started: run_phase(phase, env=env, log_dir=self.log_dir,
                                                               on_line=self.beside_lines.append, on_started=started))

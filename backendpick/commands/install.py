@@ -41,9 +41,17 @@ class _Progress:
             self.status = self.out.console().status(self.label)
             self.status.start()
         else:
-            # A build phase's command is several lines: comments, pip wheel, pip install.
-            lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in phase.command_line().splitlines()]
-            self.out.info("\n".join([self.label, *(f"  {ln}" for ln in lines)]))
+            self.out.info(self._described(phase))
+
+    def beside(self, phase) -> None:
+        """A phase started beside the one running (its lines come when it is joined)."""
+        self.note(self._described(phase))
+
+    @staticmethod
+    def _described(phase) -> str:
+        # A build phase's command is several lines: comments, pip wheel, pip install.
+        lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in phase.command_line().splitlines()]
+        return "\n".join([f"phase {phase.name}: {' '.join(phase.requirements)}", *(f"  {ln}" for ln in lines)])
 
     def note(self, text: str) -> None:
         """Build-phase notes (which wheel and why, limits, elapsed time of a long build)."""
@@ -300,6 +308,7 @@ def _execute(out: Output, prepared: Prepared) -> list:
             on_line=progress.line,
             on_phase_end=progress.end,
             on_note=progress.note,
+            on_phase_beside=progress.beside,
             log_dir=logs(state_dir(prepared.target, prepared.user_env)),
         )
     finally:

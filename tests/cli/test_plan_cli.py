@@ -59,8 +59,11 @@ def test_plan_json_has_the_documented_shape(lab: Lab, target: str) -> None:
     for later in (build_reqs, build, rest):
         assert later["index_url"] is None  # the user's own pip configuration
         assert " -c " in later["command"]
-        assert any(c.startswith("torch==") for c in later["constraints"])
         assert "torchaudio<0" in later["constraints"]  # a backend package the plan does not install
+    for later in (build, rest):
+        assert any(c.startswith("torch==") for c in later["constraints"])
+    # The build tools go to a folder of their own, beside the backend phase: no torch there.
+    assert "torch<0" in build_reqs["constraints"] and build_reqs["alongside"] == "backend"
 
 
 def test_plan_text_shows_backend_reason_and_phases(lab: Lab, target: str) -> None:

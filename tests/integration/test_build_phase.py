@@ -276,7 +276,7 @@ def test_build_requirements_run_beside_the_backend_phase(scene: Scene, server: I
     assert proc.returncode == 0, _output(proc)
     assert gate.waited and not gate.timed_out, "the build requirements did not run beside the backend phase"
     said = proc.stdout + proc.stderr
-    assert "phase build-requirements: setuptools wheel packaging psutil ninja einops (alongside the backend phase)" in said
+    assert "phase build-requirements: setuptools wheel packaging psutil ninja einops\n  # runs alongside the backend phase" in said
     assert scene.flash_attn(venv)["torch"] == "2.5.1+cu124"
     state = venv / ".backendpick"
     assert {"flash-attn<0", "torch<0"} <= set((state / "build-constraints.txt").read_text().splitlines())
