@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.venvs import hermetic_env  # noqa: E402
+from tests.support.hermetic import subprocess_env  # noqa: E402
 
 # backendpick from this checkout, keeping its own bytecode as an installed copy would.
 LAUNCH = (
@@ -55,7 +55,7 @@ def main() -> None:
         (tmp / "root").mkdir()
         (tmp / "bin").mkdir()
         (tmp / "project").mkdir()
-        env = hermetic_env(Path(os.devnull))
+        env = subprocess_env(os.devnull)
         for key in [k for k in env if k.startswith("BACKENDPICK_") or k == "CUDA_VERSION"]:
             del env[key]
         env.update(BACKENDPICK_PROBE_ROOT=str(tmp / "root"), PATH=f"{tmp / 'bin'}:/usr/bin:/bin", NO_COLOR="1")
