@@ -261,20 +261,25 @@ def test_missing_nvcc_fails_before_building_with_the_fix(scene: Scene, server: I
 @pytest.mark.parametrize("engine", ENGINES)
 def test_build_requirements_run_beside_the_backend_phase(scene: Scene, server: IndexServer, engine: str) -> None:
     """The build tools go to a folder of their own and need nothing of the stack, so their pip
-    run starts with the backend phase: the server holds the installer's torch page until the
-    build tools' run has asked for ninja, which only an overlapping run can do (sequential
-    phases would make the gate time out)."""
+    run starts with the backend phase. The server holds the installer's torch page until the
+    build tools' run has asked for ninja, and ninja's page until the torch page was asked for:
+    whichever run comes first waits for the other, which only runs in flight at the same time
+    can answer (runs one after the other would make the first gate time out)."""
     server.index_dir(scene.releases)
     scene.prebuilt_sources(scene.releases_template)  # holds no such file: a source build
     venv = scene.world.new_venv(scene.base)
-    gate = server.gate(held=lambda p: p.startswith("/cu124/") and p.rstrip("/").endswith("/torch"),
-                       opens=lambda p: p.startswith("/bp-build/") and "/ninja" in p, timeout=30)
+    torch_page = lambda p: p.startswith("/cu124/") and p.rstrip("/").endswith("/torch")  # noqa: E731
+    ninja_page = lambda p: p.startswith("/bp-build/") and p.rstrip("/").endswith("/ninja")  # noqa: E731
+    gates = [server.gate(held=torch_page, opens=ninja_page, timeout=30),
+             server.gate(held=ninja_page, opens=torch_page, timeout=30)]
     try:
         proc = scene.install(venv, "--installer", engine)
     finally:
-        server.ungate(gate)
+        for gate in gates:
+            server.ungate(gate)
     assert proc.returncode == 0, _output(proc)
-    assert gate.waited and not gate.timed_out, "the build requirements did not run beside the backend phase"
+    assert not any(g.timed_out for g in gates), "the build requirements did not run beside the backend phase"
+    assert sum(g.waited for g in gates) >= 1  # the first of the two runs did wait for the other
     said = proc.stdout + proc.stderr
     assert "phase build-requirements: setuptools wheel packaging psutil ninja einops\n  # runs alongside the backend phase" in said
     assert scene.flash_attn(venv)["torch"] == "2.5.1+cu124"

@@ -160,10 +160,12 @@ class Gate:
         self.timed_out = False
         self.waited = 0
 
-    def pass_through(self, path: str, agent: str) -> None:
+    def see(self, path: str) -> None:
         if self.opens(path):
             self.open.set()
-        elif self.held(path) and not agent.startswith("backendpick") and not self.open.is_set():
+
+    def hold(self, path: str, agent: str) -> None:
+        if self.held(path) and not self.opens(path) and not agent.startswith("backendpick") and not self.open.is_set():
             self.waited += 1
             if not self.open.wait(self.timeout):
                 self.timed_out = True
@@ -465,8 +467,10 @@ class IndexServer:
                 path = unquote(urlsplit(self.path).path)
                 with server._lock:
                     gates = list(server._gates)
+                for gate in gates:  # every gate sees the request before any holds it
+                    gate.see(path)
                 for gate in gates:
-                    gate.pass_through(path, self.headers.get("User-Agent", ""))
+                    gate.hold(path, self.headers.get("User-Agent", ""))
                 conditional = {h: self.headers[h] for h in ("If-None-Match", "If-Modified-Since") if h in self.headers}
                 response = server._respond(path, self.headers.get("Accept", ""), conditional)
                 self.send_response(response.status)
