@@ -77,6 +77,17 @@ def failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path:
     ``planned`` is the plan's own phase (where the environment stands), ``ran`` what ran."""
     if planned.name != BACKEND:
         hit = fenced_needs(res.stdout, plan)
+        if hit and planned.alongside and (hit.backend or hit.build):
+            # The build requirements' own folder fences the stack: moving the package to the
+            # backend phase (the retry) cannot help a build tool that wants a torch of its own.
+            names = ", ".join(hit.backend + hit.build)
+            raise InstallError(
+                f"a build requirement depends on {names}; build requirements go to a folder of their own "
+                f"(installed beside the backend phase), where the stack is fenced; {left_state(plan, planned)}",
+                hint=f"leave it out of [tool.backendpick] build-requirements: the build already sees the "
+                     f"environment's {names}; full pip output: {log_path}",
+                details=tail(res.stdout, ran),
+            )
         if hit and (hit.backend or hit.build or hit.recipe):
             raise FenceConflict(hit)
     raise InstallError(
