@@ -256,7 +256,8 @@ def cache_list(names: tuple, json_mode: bool) -> int:
     return command.list_entries(Output(json_mode=json_mode), names)
 
 
-@cache.command("clear", help="Remove the cached wheels (all, or those of the named packages).")
+@cache.command("clear", help="Remove the cached wheels (all, or those of the named packages); without names also "
+               "the kept index pages.")
 @click.argument("names", nargs=-1, metavar="[PACKAGE]...")
 @json_option
 def cache_clear(names: tuple, json_mode: bool) -> int:

@@ -4,11 +4,15 @@ CacheControl apply it to a private cache.
 A page is kept as its parsed links (not its body) with what freshness needs: when it was
 stored, how long the server said it stays fresh (``Cache-Control: max-age`` less ``Age``) and
 its validators (``ETag``, ``Last-Modified``). A fresh page answers with no request at all (PyPI
-and download.pytorch.org send ``max-age=600``); a stale one is revalidated with a conditional
-request, whose 304 refreshes the entry. ``no-store`` is never kept; ``no-cache``, a missing or
-malformed ``max-age`` keep a page only with a validator, and always revalidate it. ``Expires``
-is not honoured (neither index backendpick talks to relies on it; ``max-age`` wins over it
-anyway).
+sends ``max-age=600``); a stale one is revalidated with a conditional request, whose 304
+refreshes the entry. ``no-store`` is never kept; ``no-cache`` or a malformed ``max-age`` keep a
+page only with a validator, and always revalidate it.
+
+A page without ``max-age`` but with ``Last-Modified`` gets the heuristic freshness RFC 9111
+4.2.2 allows: a tenth of its age when sent, at most 600 s. download.pytorch.org's pages are
+served that way (no Cache-Control; ETag and Last-Modified from S3), and uv gives them 600 s
+the same way (astral-sh/uv#15481, checked 2026-12-01). ``Expires`` is not honoured (neither
+index backendpick talks to relies on it; ``max-age`` wins over it anyway).
 
 Entries live in ``cache_home()/pages/<sha256 of the full URL>.json``: the key covers the
 credentials of a private index, the entry names the URL with them redacted. A damaged entry is
@@ -50,15 +54,40 @@ def _seconds(text: str | None) -> int | None:
     return int(text)
 
 
-def lifetime(directives: Mapping[str, str | None], age: str | None) -> int:
+HEURISTIC_MAX = 600  # seconds: what PyPI declares for its pages, and uv's figure for PyTorch's
+
+
+def lifetime(directives: Mapping[str, str | None], age: str | None, *, last_modified: str | None = None,
+             date: str | None = None, now: float = 0.0) -> int:
     """Seconds a response stays fresh from now: ``max-age`` less ``Age``; 0 (stale at once) for
-    ``no-cache``, no ``max-age`` or one that is malformed (RFC 9111 4.2.1: treat it as stale)."""
+    ``no-cache`` or a malformed ``max-age`` (RFC 9111 4.2.1: treat it as stale); without any
+    ``max-age``, a tenth of the time since ``Last-Modified`` (at ``Date``, else ``now``), at most
+    HEURISTIC_MAX, less ``Age`` (RFC 9111 4.2.2), else 0."""
     if "no-cache" in directives:
         return 0
+    spent = _seconds(age.strip() if age else None) or 0
+    if "max-age" not in directives:
+        modified, sent = _http_date(last_modified), _http_date(date)
+        if modified is None:
+            return 0
+        return max(0, min(HEURISTIC_MAX, int(((sent if sent is not None else now) - modified) / 10)) - spent)
     max_age = _seconds(directives.get("max-age"))
     if max_age is None:
         return 0
-    return max(0, max_age - (_seconds(age.strip() if age else None) or 0))
+    return max(0, max_age - spent)
+
+
+def _http_date(text: str | None) -> float | None:
+    """An HTTP date as a POSIX timestamp, or None when absent or unreadable."""
+    if not text:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
@@ -97,8 +126,10 @@ def new_entry(url: str, headers, files: Sequence[tuple], now: float) -> Entry | 
     directives = parse_cache_control([control])
     if "no-store" in directives:
         return None
-    entry = Entry(url, now, lifetime(directives, headers.get("Age")), headers.get("ETag"),
-                  headers.get("Last-Modified"), control, tuple(tuple(f) for f in files))
+    fresh_for = lifetime(directives, headers.get("Age"), last_modified=headers.get("Last-Modified"),
+                         date=headers.get("Date"), now=now)
+    entry = Entry(url, now, fresh_for, headers.get("ETag"), headers.get("Last-Modified"), control,
+                  tuple(tuple(f) for f in files))
     return entry if entry.lifetime > 0 or entry.has_validator else None
 
 
@@ -109,9 +140,10 @@ def revalidated(entry: Entry, headers, now: float) -> Entry | None:
     directives = parse_cache_control([control])
     if "no-store" in directives:
         return None
-    return replace(entry, stored=now, lifetime=lifetime(directives, headers.get("Age")), cache_control=control,
-                   etag=headers.get("ETag") or entry.etag,
-                   last_modified=headers.get("Last-Modified") or entry.last_modified)
+    last_modified = headers.get("Last-Modified") or entry.last_modified
+    fresh_for = lifetime(directives, headers.get("Age"), last_modified=last_modified, date=headers.get("Date"), now=now)
+    return replace(entry, stored=now, lifetime=fresh_for, cache_control=control,
+                   etag=headers.get("ETag") or entry.etag, last_modified=last_modified)
 
 
 def key(url: str) -> str:
@@ -149,6 +181,17 @@ class PageCache:
             write_atomic(self.folder / key(url), json.dumps(data))
         except OSError:
             pass  # a read-only or full cache: this run just does not cache
+
+    def clear(self) -> int:
+        """Remove every kept page; how many were removed."""
+        removed = 0
+        for entry in self.folder.glob("*.json"):
+            try:
+                entry.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
 
     def forget(self, url: str) -> None:
         try:

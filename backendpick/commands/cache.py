@@ -40,12 +40,21 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
 
 
 def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
+    """The named packages' wheels; without names every wheel and the kept index pages too (a
+    way to start from nothing, beside --refresh, which asks the indexes again)."""
+    from backendpick.pagecache import PageCache
+
     root = paths.wheel_cache(env)
     removed = cache.clear(root, names)
     freed = sum(e.size for e in removed)
+    pages_dir = paths.page_cache(env)
+    pages = PageCache(pages_dir).clear() if not names else 0
     if out.json_mode:
-        out.emit_json({"cache_dir": str(root), "removed": [e.to_json() for e in removed], "freed": freed})
+        out.emit_json({"cache_dir": str(root), "removed": [e.to_json() for e in removed], "freed": freed,
+                       "pages_dir": str(pages_dir), "pages_removed": pages})
         return EXIT_OK
     what = f" of {', '.join(names)}" if names else ""
     out.line(f"removed {len(removed)} cached wheels{what} ({_size(freed)}) from {root}")
+    if not names:
+        out.line(f"removed {pages} kept index pages from {pages_dir}")
     return EXIT_OK

@@ -9,6 +9,8 @@ the policy set here touches no other test) and a cache folder of its own.
 from __future__ import annotations
 
 import shutil
+import time
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ pytestmark = pytest.mark.integration
 HEAVY_IMPORTS = ("urllib.request", "http.client", "ssl", "html.parser")
 
 
-def cpu_copy(server: IndexServer, prefix: str, cache_control: str | None, *, etag: bool = False) -> str:
+def cpu_copy(server: IndexServer, prefix: str, cache_control: str | None, *, etag: bool = False,
+             last_modified: str | None = None) -> str:
     """A copy of the world's cpu index as ``<prefix>-cpu`` with the given caching; its template."""
     name = f"{prefix}-cpu"
     directory = server.root / name
@@ -30,7 +33,7 @@ def cpu_copy(server: IndexServer, prefix: str, cache_control: str | None, *, eta
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(server.index_dir("cpu"), staging)
         staging.rename(directory)
-    server.page_caching(name, cache_control, etag=etag)
+    server.page_caching(name, cache_control, etag=etag, last_modified=last_modified)
     return server.base_url + f"/{prefix}-{{backend}}/simple"
 
 
@@ -94,3 +97,30 @@ def test_a_page_changed_after_its_lifetime_is_seen(lab: Lab, server: IndexServer
         wheel.unlink()
     assert torch_of(plan(lab, venv, template, tmp_path / "cache")) == "2.6.0+cpu"
     assert [r.status for r in server.page_requests("pc-changed-cpu", "torch")] == [200, 304, 200]
+
+
+def test_cache_clear_without_names_removes_the_kept_pages(lab: Lab, server: IndexServer, tmp_path: Path) -> None:
+    template = cpu_copy(server, "pc-clear", "max-age=600")
+    venv = lab.new_venv()
+    cache = tmp_path / "cache"
+    plan(lab, venv, template, cache)
+    named = ok(lab.run("cache", "clear", "flash-attn", XDG_CACHE_HOME=str(cache)))
+    assert "index pages" not in named.stdout  # naming packages touches their wheels only
+    plan(lab, venv, template, cache)
+    assert len(server.page_requests("pc-clear-cpu", "torch")) == 1
+    cleared = ok(lab.run("cache", "clear", "--json", XDG_CACHE_HOME=str(cache)))
+    assert cleared.json()["pages_removed"] >= 1 and cleared.json()["pages_dir"] == str(cache / "backendpick" / "pages")
+    plan(lab, venv, template, cache)
+    assert len(server.page_requests("pc-clear-cpu", "torch")) == 2  # asked again
+
+
+def test_a_page_served_as_download_pytorch_org_serves_it_is_fresh_by_its_last_modified(
+        lab: Lab, server: IndexServer, tmp_path: Path) -> None:
+    # download.pytorch.org: no Cache-Control, an ETag and a Last-Modified (S3 behind CloudFront).
+    # A page last changed a day ago is fresh for 600 s (a tenth of a day, capped), as uv treats it.
+    day_ago = formatdate(time.time() - 86400, usegmt=True)
+    template = cpu_copy(server, "pc-s3", None, etag=True, last_modified=day_ago)
+    venv = lab.new_venv()
+    plan(lab, venv, template, tmp_path / "cache")
+    plan(lab, venv, template, tmp_path / "cache")
+    assert len(server.page_requests("pc-s3-cpu", "torch")) == 1  # the second run asked nothing

@@ -62,6 +62,7 @@ class _Response:
     location: str | None = None
     cache_control: str | None = "no-store"  # None: no Cache-Control header at all
     etag: str | None = None
+    last_modified: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -193,7 +194,7 @@ class IndexServer:
         self._file_info: dict[tuple[str, int, int], tuple[str, str | None, str | None]] = {}
         self._host = host
         # index -> (Cache-Control of its project pages or None for none, send an ETag)
-        self._caching: dict[str, tuple[str | None, bool]] = {}
+        self._caching: dict[str, tuple[str | None, bool, str | None]] = {}
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -246,12 +247,13 @@ class IndexServer:
             self._gates.remove(gate)
         gate.open.set()
 
-    def page_caching(self, index: str, cache_control: str | None, *, etag: bool = False) -> None:
+    def page_caching(self, index: str, cache_control: str | None, *, etag: bool = False,
+                     last_modified: str | None = None) -> None:
         """How ``index`` answers for its project pages: ``cache_control`` (None: no such
         header) and, with ``etag``, an ETag of the page's content, a 304 to a request whose
         If-None-Match names the current one."""
         with self._lock:
-            self._caching[index] = (cache_control, etag)
+            self._caching[index] = (cache_control, etag, last_modified)
 
     def page_requests(self, index: str, project: str) -> list[RequestRecord]:
         """The requests for ``project``'s page on ``index`` (any status), oldest first."""
@@ -370,11 +372,11 @@ class IndexServer:
     def _cached_page(self, index: str, body: bytes, media: str, if_none_match: str | None) -> _Response:
         """A project page under the index's ``page_caching`` policy (a 304 when it matches)."""
         with self._lock:
-            cache_control, with_etag = self._caching.get(index, ("no-store", False))
+            cache_control, with_etag, modified = self._caching.get(index, ("no-store", False, None))
         etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"' if with_etag else None
         if etag is not None and if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
-            return _Response(HTTPStatus.NOT_MODIFIED, cache_control=cache_control, etag=etag)
-        return _Response(HTTPStatus.OK, body, media, cache_control=cache_control, etag=etag)
+            return _Response(HTTPStatus.NOT_MODIFIED, cache_control=cache_control, etag=etag, last_modified=modified)
+        return _Response(HTTPStatus.OK, body, media, cache_control=cache_control, etag=etag, last_modified=modified)
 
     def _respond(self, path: str, accept: str, conditional: dict | None = None) -> _Response:
         """Route one GET/HEAD request and log it. ``conditional``: its If-* headers."""
@@ -486,6 +488,8 @@ class IndexServer:
                     self.send_header("Cache-Control", response.cache_control)
                 if response.etag is not None:
                     self.send_header("ETag", response.etag)
+                if response.last_modified is not None:
+                    self.send_header("Last-Modified", response.last_modified)
                 self.end_headers()
                 if send_body:
                     self.wfile.write(response.body)

@@ -58,6 +58,33 @@ def test_lifetime_is_max_age_less_age_else_zero(control: str, age: str | None, s
     assert lifetime(parse_cache_control([control]), age) == seconds
 
 
+DATE = "Tue, 01 Dec 2026 12:00:00 GMT"
+
+
+@pytest.mark.parametrize("control, age, modified, seconds", [
+    ("", None, "Mon, 30 Nov 2026 12:00:00 GMT", 600),  # a day old: a tenth is 8640 s, capped at 600
+    ("", None, "Tue, 01 Dec 2026 11:00:00 GMT", 360),  # an hour old: a tenth
+    ("", "60", "Tue, 01 Dec 2026 11:00:00 GMT", 300),  # less Age
+    ("public", None, "Tue, 01 Dec 2026 11:00:00 GMT", 360),  # no expiration: heuristic allowed
+    ("", None, "not a date", 0),
+    ("", None, "Tue, 01 Dec 2026 13:00:00 GMT", 0),  # changed after it was sent: no freshness
+    ("max-age=0", None, "Mon, 30 Nov 2026 12:00:00 GMT", 0),  # an explicit lifetime wins
+    ("max-age=abc", None, "Mon, 30 Nov 2026 12:00:00 GMT", 0),  # a malformed one is stale, not heuristic
+    ("no-cache", None, "Mon, 30 Nov 2026 12:00:00 GMT", 0),
+])
+def test_heuristic_freshness_from_last_modified(control: str, age: str | None, modified: str, seconds: int):
+    assert lifetime(parse_cache_control([control]), age, last_modified=modified, date=DATE) == seconds
+
+
+def test_a_page_as_download_pytorch_org_sends_it_is_fresh_for_600_s():
+    sent = headers(ETag='"39758beefc9f06fc180a92f8225577da"', Last_Modified="Mon, 30 Nov 2026 12:00:00 GMT", Date=DATE)
+    entry = new_entry("https://download.pytorch.org/whl/cu124/torch/", sent, FILES, 1000.0)
+    assert entry.fresh(1599.0) and not entry.fresh(1600.0) and entry.has_validator
+    # Without a Date the age counts to now (here a minute after the Last-Modified).
+    late = new_entry("u", headers(Last_Modified="Thu, 01 Jan 1970 00:00:00 GMT"), FILES, 60.0)
+    assert late.lifetime == 6
+
+
 # -- the freshness decision --------------------------------------------------------------------------
 
 
