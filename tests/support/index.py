@@ -152,8 +152,8 @@ def _negotiate(accept: str, json_api: bool) -> str:
 class Gate:
     """Installer requests matching ``held`` wait until a request matching ``opens`` arrived (at
     most ``timeout`` seconds; ``timed_out`` then says so): how a test proves that two pip runs
-    overlap without timing them. backendpick's own look-ups (User-Agent backendpick) are
-    never held."""
+    overlap without timing them. backendpick's own look-ups (User-Agent backendpick) neither
+    open nor wait: only the installers' requests count."""
 
     def __init__(self, held: Callable[[str], bool], opens: Callable[[str], bool], timeout: float):
         self.held, self.opens, self.timeout = held, opens, timeout
@@ -161,8 +161,8 @@ class Gate:
         self.timed_out = False
         self.waited = 0
 
-    def see(self, path: str) -> None:
-        if self.opens(path):
+    def see(self, path: str, agent: str) -> None:
+        if self.opens(path) and not agent.startswith("backendpick"):
             self.open.set()
 
     def hold(self, path: str, agent: str) -> None:
@@ -469,10 +469,11 @@ class IndexServer:
                 path = unquote(urlsplit(self.path).path)
                 with server._lock:
                     gates = list(server._gates)
+                agent = self.headers.get("User-Agent", "")
                 for gate in gates:  # every gate sees the request before any holds it
-                    gate.see(path)
+                    gate.see(path, agent)
                 for gate in gates:
-                    gate.hold(path, self.headers.get("User-Agent", ""))
+                    gate.hold(path, agent)
                 conditional = {h: self.headers[h] for h in ("If-None-Match", "If-Modified-Since") if h in self.headers}
                 response = server._respond(path, self.headers.get("Accept", ""), conditional)
                 self.send_response(response.status)
