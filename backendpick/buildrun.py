@@ -5,7 +5,6 @@ one), ``pip wheel`` with a heartbeat and notes, the wheel cache, then one ``pip 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from dataclasses import replace
@@ -150,6 +149,8 @@ def build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str
     """``pip wheel`` for one package, with elapsed time on a timer; the wheel it wrote."""
     what = _what(step)
     out_dir = Path(step.build_argv[step.build_argv.index("-w") + 1])
+    import shutil  # only where a build runs
+
     shutil.rmtree(out_dir, ignore_errors=True)  # a wheel left by an interrupted build is not this one
     out_dir.mkdir(parents=True, exist_ok=True)
     on_note(f"building {what} from source: {step.limits}; pip output: {log_path}")

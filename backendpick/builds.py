@@ -13,13 +13,13 @@ new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from packaging.version import InvalidVersion, Version
+
+from backendpick.fsutil import write_atomic
 
 FORMAT = 1
 PIP = "pip"  # a build phase without steps: pip built it with --no-build-isolation
@@ -75,14 +75,7 @@ def write(state: Path, records: Mapping[str, Record]) -> None:
     state.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, "packages": {n: r.to_json() for n, r in sorted(records.items())}},
                       indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".builds-", suffix=".json", dir=state)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path(state))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path(state), text)
 
 
 def update(state: Path, new: Iterable[Record], installed: Mapping[str, str]) -> dict[str, Record]:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,6 +189,8 @@ def store(base: Path, key: Key, wheel: Path, seen: dict) -> Entry:
     if existing is not None and existing.key == key:
         return existing
     base.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only when a wheel is stored
+
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=base))
     try:
         shutil.copy2(wheel, staging / wheel.name)

@@ -103,12 +103,12 @@ if message:
 def _pin_script() -> str:
     """The environment pins (envpins.py) as a standalone script for the target Python: the same
     pip.conf merge, sources taken from envpins itself so the two cannot drift."""
-    parts = ["from __future__ import annotations", "import os, sys, tempfile, time",
+    parts = ["from __future__ import annotations", "import os, sys, time",
              "from importlib import metadata", "from pathlib import Path",
              f"PINS_NAME = {envpins.PINS_NAME!r}", f"REPLACED = {envpins.REPLACED!r}", f"OWN = {envpins.OWN!r}",
              f"SECTIONS = {envpins.SECTIONS!r}", f"CONF_HEADER = {envpins.CONF_HEADER!r}"]
     # envpins.write_atomic calls fsutil.write_atomic: the script gets that one under the same name.
-    parts += ["import types", inspect.getsource(fsutil.write_atomic),
+    parts += ["import types", inspect.getsource(fsutil._create_beside), inspect.getsource(fsutil.write_atomic),
               "fsutil = types.SimpleNamespace(write_atomic=write_atomic)"]
     for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
                envpins.write_atomic, pin_stack):

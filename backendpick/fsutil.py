@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` (same directory, so the rename stays on one file system),
+    created with O_EXCL like ``tempfile.mkstemp`` does; tempfile itself (with random and
+    shutil) is not imported for it on every start."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
@@ -14,7 +26,7 @@ def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
     one file system). The file keeps the mode it had; a new one is 0644 like any file pip reads
     (a pip.conf in a venv shared by several users), not mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "w", encoding=encoding) as f:
             f.write(text)

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -220,6 +218,8 @@ def resolvable(requirements: Sequence[Requirement]) -> list[Requirement]:
 
 def _stub_wheel(folder: Path, name: str, version: Version) -> None:
     """A metadata-only wheel: enough for pip's resolver, never installed (dry run)."""
+    import zipfile  # only when a resolution runs, not on every start
+
     dist = f"{name.replace('-', '_')}-{version}"
     path = folder / f"{dist}-py3-none-any.whl"
     info = f"{dist}.dist-info"
@@ -305,6 +305,8 @@ def resolve(
     # Local tags kept: a stub 2.7.1+cu126 outranks an untagged 2.7.1 on the user's index (a
     # higher version), so pip takes the stub and never fetches the real wheel or its metadata.
     published = {normalize(n): sorted({Version(str(v)) for v in vs}) for n, vs in (published or {}).items()}
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="backendpick-resolve-") as tmp:
         folder = Path(tmp)
         stubs = folder / "stubs"

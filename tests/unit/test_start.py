@@ -57,3 +57,4 @@ def test_the_cli_uses_the_early_inspection_only_for_its_own_choice(monkeypatch):
     assert target.reuse_or_start(other, Path("/venv/bin/python")) == ("started", Path("/venv/bin/python"))
     assert other.cancelled
     assert target.reuse_or_start(None, Path("/p")) == ("started", Path("/p"))
+
