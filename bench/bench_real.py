@@ -26,6 +26,13 @@ venv and each cold cache is removed as soon as it was measured. Results go to be
 
     python bench/bench_real.py                       # 3 runs, the default folders
     python bench/bench_real.py --runs 5 /srv/wheels  # other folders
+    python bench/bench_real.py --overhead --runs 9   # backendpick's own time around a warm uv
+
+``--overhead`` measures what the ratio hides in uv's noise: backendpick --installer uv on a warm
+cache with ``BACKENDPICK_UV`` set to a wrapper that records uv's own wall time; the whole
+process's time less uv's is backendpick's (start, plan, snapshot, verification, pins, exit, and
+the wrapper's own start, a few ms). uv links ~5 GB per sample, whose time scatters by 2x with the
+machine's load; backendpick's own time does not.
 """
 
 from __future__ import annotations
@@ -186,6 +193,37 @@ def find_uv() -> str:
         return found
 
 
+def overhead(runs: int, tmp: Path, venv, command, uv: str, env: dict[str, str], cwd: Path) -> None:
+    """backendpick's own time around uv: whole process less uv's run (``--overhead``)."""
+    times = tmp / "uv-times"
+    wrapper = tmp / "uv-timed"
+    wrapper.write_text(f'''#!/bin/sh
+start=$(date +%s%N)
+{uv!r} "$@"
+rc=$?
+echo $(( $(date +%s%N) - start )) >> {str(times)!r}
+exit $rc
+''')
+    wrapper.chmod(0o755)
+    env = {**env, "BACKENDPICK_UV": str(wrapper)}
+    v = venv()
+    print(f"warm-up (fills uv's cache and backendpick's): {timed(command('bp-uv', v), env, cwd):.1f}s", flush=True)
+    shutil.rmtree(v)
+    own, whole = [], []
+    for i in range(runs):
+        v = venv()
+        times.unlink(missing_ok=True)
+        seconds = timed(command("bp-uv", v), env, cwd)
+        inner = sum(int(x) for x in times.read_text().split()) / 1e9
+        shutil.rmtree(v)
+        own.append(seconds - inner)
+        whole.append(seconds)
+        print(f"run {i + 1}/{runs}: whole {seconds:5.3f}s, uv {inner:5.3f}s, backendpick {1000 * (seconds - inner):5.1f} ms",
+              flush=True)
+    print(f"median: backendpick's own time {1000 * statistics.median(own):.1f} ms "
+          f"(whole {statistics.median(whole):.3f}s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", type=Path, help="folders of wheels (default: this machine's mirror)")
@@ -195,6 +233,8 @@ def main() -> None:
     parser.add_argument("--only", default="", metavar="TOOLS",
                         help="comma-separated subset of pip,uv,bp-pip,bp-uv (ratios need a tool and its bp- twin)")
     parser.add_argument("--warm-only", action="store_true", help="measure warm caches only")
+    parser.add_argument("--overhead", action="store_true",
+                        help="only backendpick's own time around a warm uv install (see the module doc)")
     opts = parser.parse_args()
 
     folders = opts.folders or list(DEFAULT_FOLDERS)
@@ -237,6 +277,9 @@ def main() -> None:
             return [*backendpick, "install", "--python", py, "--backend", BACKEND,
                     "--installer", engine, *REQUIREMENTS]
 
+        if opts.overhead:
+            overhead(opts.runs, tmp, venv, command, uv, caches("uv", tmp / "warm-uv-cache"), cwd)
+            return
         tools = tuple(t for t in ("pip", "uv", "bp-pip", "bp-uv") if not opts.only or t in opts.only.split(","))
         states = ("warm",) if opts.warm_only else ("cold", "warm")
         warm_cache = {"pip": tmp / "warm-pip-cache", "uv": tmp / "warm-uv-cache"}
