@@ -129,6 +129,30 @@ def _plan_options(func):
     return func
 
 
+def _inspection(python: Path | None, *, start: bool):
+    """The target's inspection (a subprocess), running while the plan machinery is imported: the
+    one the console script (start.py) started before this module was imported when it inspects
+    the interpreter click's parsing chose. Otherwise a new one with ``start`` (install, which
+    inspects before anything else), else None: plan and ``--dry-run`` inspect where the pipeline
+    does, after the configuration and the requirements, whose mistakes are reported first."""
+    from backendpick import target
+    from backendpick.errors import BackendpickError
+
+    early = (click.get_current_context().obj or {}).pop("inspection", None)
+    if start:
+        return target.reuse_or_start(early, target.choose_python(python))
+    if early is None:
+        return None
+    try:
+        chosen = target.choose_python(python)
+    except BackendpickError:
+        chosen = None  # the pipeline reports it in its turn
+    if early.python != chosen:
+        early.cancel()
+        return None
+    return early
+
+
 def _request(**kw):
     from backendpick.pipeline import Request
 
@@ -152,11 +176,13 @@ def _request(**kw):
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sh"]), default="text", show_default=True,
               help="text; json (as --json); sh: a POSIX shell script of the pip phases, for images without backendpick.")
 def plan(fmt: str, **kw) -> int:
+    inspection = _inspection(kw["python"], start=False)
     from backendpick.commands import plan as command
     from backendpick.output import Output
 
     json_mode = kw["json_mode"] or fmt == "json"
-    return command.run(Output(json_mode=json_mode), _request(**kw), fmt="sh" if fmt == "sh" else "text")
+    return command.run(Output(json_mode=json_mode), _request(**kw), fmt="sh" if fmt == "sh" else "text",
+                       inspection=inspection)
 
 
 @cli.command(
@@ -176,14 +202,7 @@ def plan(fmt: str, **kw) -> int:
                    "torch or a companion (default; [tool.backendpick] pin-environment). --no-pin-environment "
                    "removes them.")
 def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, **kw) -> int:
-    from backendpick import target
-
-    # The target's inspection (a subprocess) runs while the plan machinery is imported; the
-    # console script (start.py) may have started it before this module was imported.
-    inspection = None
-    if not dry_run:
-        early = (click.get_current_context().obj or {}).pop("inspection", None)
-        inspection = target.reuse_or_start(early, target.choose_python(kw["python"]))
+    inspection = _inspection(kw["python"], start=not dry_run)
     from backendpick.commands import install as command
     from backendpick.output import Output
 

@@ -109,11 +109,18 @@ class _Selection:
     extra_build: tuple
 
 
-def prepare(req: Request, env: dict | None = None, target: target_mod.Target | None = None) -> Prepared:
+def prepare(req: Request, env: dict | None = None, target: target_mod.Target | None = None,
+            inspection: target_mod.Inspection | None = None) -> Prepared:
     """config -> probe -> select -> plan. ``target``: the target as just inspected by the
-    caller, to save inspecting it again."""
+    caller, to save inspecting it again; ``inspection``: one the caller started early, taken
+    where the target is needed (after the configuration and the requirements were read, so their
+    mistakes come first) when it is of the interpreter the request chooses."""
     env = dict(os.environ if env is None else env)
-    inputs = _configure(req, env, target)
+    try:
+        inputs = _configure(req, env, target, inspection)
+    finally:
+        if inspection is not None:
+            inspection.cancel()  # not taken: an earlier mistake, or another interpreter
     cands = _candidates(inputs)
     resolution = _resolve(inputs, cands)
     if resolution is None:
@@ -128,7 +135,8 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
                     pipconf.backend_phase_env(env, inputs.pip_config), env, cands.request_key, selection.offers)
 
 
-def _configure(req: Request, env: dict, target: target_mod.Target | None) -> _Inputs:
+def _configure(req: Request, env: dict, target: target_mod.Target | None,
+               inspection: target_mod.Inspection | None = None) -> _Inputs:
     """config and probe: the settings, the requirements, the target, pip's configuration, the hardware."""
     facts = facts_mod.load()
     settings = config.load(
@@ -141,7 +149,7 @@ def _configure(req: Request, env: dict, target: target_mod.Target | None) -> _In
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
                                  editables=req.editables)
     if target is None:
-        target = target_mod.inspect(target_mod.choose_python(req.python, env))
+        target = target_mod.take_or_inspect(inspection, target_mod.choose_python(req.python, env))
     pip_config = pipconf.read(env, target.prefix)
     hardware = probe(facts, ProbeSettings.from_env(env))
     family = set(settings.backend_packages)

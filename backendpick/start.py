@@ -1,6 +1,7 @@
-"""The console script's entry point. For ``install``, it starts the target's inspection (a
-Python start and a scan of its site-packages in a subprocess) before the CLI and the plan
-machinery are imported, so the two overlap and the plan finds the inspection done.
+"""The console script's entry point. For ``install`` and ``plan``, it starts the target's
+inspection (a Python start, its wheel tags and a scan of its site-packages in a subprocess: 25-50
+ms) before the CLI and the plan machinery are imported, so the two overlap and the plan finds the
+inspection done.
 
 Only a peek at the arguments: click parses them as always, and the CLI uses the early
 inspection only when it inspects the interpreter the parsed flags choose (else it is stopped).
@@ -35,8 +36,8 @@ def _python_flag(args: list[str]) -> tuple[bool, str | None]:
 
 
 def early_inspection(args: list[str]):
-    """A ``target.Inspection`` started for ``backendpick install ...``, or None."""
-    if not args or args[0] != "install" or any(a in ("--dry-run", "--help", "-h") for a in args):
+    """A ``target.Inspection`` started for ``backendpick install|plan ...``, or None."""
+    if not args or args[0] not in ("install", "plan") or any(a in ("--help", "-h") for a in args):
         return None
     understood, python = _python_flag(args[1:])
     if not understood or (python is not None and not python.strip()):

@@ -101,15 +101,18 @@ class Inspection:
 
     def __init__(self, python: Path, started: Started | None, error: ConfigError | None = None):
         self.python, self.started, self.error = python, started, error
+        self.taken = False
 
     def cancel(self) -> None:
-        """Stop an inspection that will not be used."""
-        if self.started is not None:
+        """Stop an inspection that will not be used (nothing once its result was taken)."""
+        if self.started is not None and not self.taken:
+            self.taken = True
             self.started.cancel()
 
     def result(self) -> Target:
         if self.error is not None or self.started is None:
             raise self.error or ConfigError(f"cannot inspect target interpreter {self.python}")
+        self.taken = True
         return _parse(self.python, self.started.result())
 
 
@@ -145,6 +148,14 @@ def reuse_or_start(early: Inspection | None, python: Path) -> Inspection:
     if early is not None:
         early.cancel()
     return start_inspect(python)
+
+
+def take_or_inspect(early: Inspection | None, python: Path) -> Target:
+    """``python``'s Target: the result of ``early`` when it inspects ``python``, else inspected
+    now (the caller cancels an ``early`` left untaken)."""
+    if early is not None and early.python == python:
+        return early.result()
+    return inspect(python)
 
 
 def inspect(python: Path, *, timeout: float = 60.0, tags: bool = True) -> Target:

@@ -80,7 +80,7 @@ class _Progress:
 def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Inspection | None = None) -> int:
     """``inspection``: the target's inspection, started by the caller while it imported us."""
     if dry_run:
-        prepared = prepare(req)
+        prepared = prepare(req, inspection=inspection)
         if out.json_mode:
             out.emit_json({"ok": True, **prepared.plan.to_json()})
         else:

@@ -42,8 +42,10 @@ def render(out: Output, p: plan_mod.Plan) -> None:
         out.warn(w)
 
 
-def run(out: Output, req: Request, fmt: str = "text") -> int:
-    prepared = prepare(req)
+def run(out: Output, req: Request, fmt: str = "text", inspection=None) -> int:
+    """``inspection``: the target's inspection (``target.Inspection``) started early by the
+    console script, which the pipeline takes in its turn; None inspects there."""
+    prepared = prepare(req, inspection=inspection)
     if fmt == "sh":
         from backendpick.export import to_shell
 

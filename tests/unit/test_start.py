@@ -12,8 +12,8 @@ from backendpick import start, target
 
 
 @pytest.mark.parametrize("args", [
-    [], ["detect"], ["plan", "--python", "/x"], ["install", "--dry-run"], ["install", "--help"], ["install", "-h", "x"],
-    ["install", "--python"], ["install", "--python", " "], ["install", "--python="],
+    [], ["detect"], ["verify", "--python", "/x"], ["install", "--help"], ["install", "-h", "x"], ["plan", "--help"],
+    ["install", "--python"], ["install", "--python", " "], ["install", "--python="], ["plan", "--python"],
 ])
 def test_no_early_inspection(args, monkeypatch):
     monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("started"))
@@ -25,6 +25,9 @@ def test_no_early_inspection(args, monkeypatch):
     (["install", "--python", "/venv/bin/python", "torch"], "/venv/bin/python"),
     (["install", "--python=/venv/bin/python"], "/venv/bin/python"),
     (["install", "--", "--python", "/not/this"], None),  # after --, a requirement, not a flag
+    (["install", "--dry-run", "--python", "/venv/bin/python"], "/venv/bin/python"),
+    (["plan", "--python", "/venv/bin/python", "--format", "sh"], "/venv/bin/python"),
+    (["plan", "torch"], None),
 ])
 def test_early_inspection_of_the_flagged_python(args, python, monkeypatch):
     chosen = []
@@ -58,3 +61,80 @@ def test_the_cli_uses_the_early_inspection_only_for_its_own_choice(monkeypatch):
     assert other.cancelled
     assert target.reuse_or_start(None, Path("/p")) == ("started", Path("/p"))
 
+
+
+@pytest.mark.parametrize("args, module", [
+    (["plan", "--python", "/venv/bin/python", "torch"], "plan"),
+    (["plan", "--python", "/venv/bin/python", "--format", "sh", "torch"], "plan"),
+    (["install", "--dry-run", "--python", "/venv/bin/python", "torch"], "install"),
+])
+def test_plan_and_dry_run_plan_for_the_early_inspection(args, module, monkeypatch):
+    # plan and install --dry-run inspect the target too: the one start.py started is the one
+    # the plan is made for, not a second inspection.
+    import importlib
+
+    from backendpick import cli
+    from backendpick.errors import ConfigError
+
+    command = importlib.import_module(f"backendpick.commands.{module}")
+    early = _Early("/venv/bin/python")
+    planned_for = []
+
+    def prepare(req, env=None, target=None, inspection=None):
+        planned_for.append(inspection)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag))
+    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("inspected a second time"))
+    monkeypatch.setattr(command, "prepare", prepare)
+    with pytest.raises(SystemExit):
+        cli.main(args, early_inspection=early)
+    assert planned_for == [early] and not early.cancelled
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "--python", "/other/python", "torch"],  # click chose another interpreter than the peek
+    ["plan", "torch"],
+])
+def test_plan_without_a_matching_early_inspection_inspects_in_the_pipeline(args, monkeypatch):
+    from backendpick import cli
+    from backendpick.commands import plan as command
+    from backendpick.errors import ConfigError
+
+    early = _Early("/venv/bin/python")
+    planned_for = []
+
+    def prepare(req, env=None, target=None, inspection=None):
+        planned_for.append(inspection)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
+    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("plan starts no inspection of its own"))
+    monkeypatch.setattr(command, "prepare", prepare)
+    with pytest.raises(SystemExit):
+        cli.main(args, early_inspection=early)
+    assert planned_for == [None] and early.cancelled
+
+
+def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
+    calls = []
+
+    class FakeStarted:
+        def result(self):
+            calls.append("result")
+            return "output"
+
+        def cancel(self):
+            calls.append("cancel")
+
+    monkeypatch.setattr(target, "_parse", lambda python, res: ("target of", python))
+    monkeypatch.setattr(target, "inspect", lambda python, **k: ("inspected now", python))
+    mine = target.Inspection(Path("/venv/bin/python"), FakeStarted())
+    assert target.take_or_inspect(mine, Path("/venv/bin/python")) == ("target of", Path("/venv/bin/python"))
+    mine.cancel()  # the pipeline cancels what it did not take: nothing once taken
+    assert calls == ["result"]
+    other = target.Inspection(Path("/other/python"), FakeStarted())
+    assert target.take_or_inspect(other, Path("/venv/bin/python")) == ("inspected now", Path("/venv/bin/python"))
+    other.cancel()
+    other.cancel()
+    assert calls == ["result", "cancel"]
