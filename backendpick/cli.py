@@ -85,11 +85,12 @@ def cli() -> None:
 @json_option
 def detect(project_dir: Path, python: Path | None, backend: str | None, index_url: str | None,
            cuda_compat: str | None, offline: bool, json_mode: bool) -> int:
+    inspection = None if offline else _inspection(python, start=False)
     from backendpick.commands import detect as command
     from backendpick.output import Output
 
     return command.run(Output(json_mode=json_mode), project_dir=project_dir, backend=backend, cuda_compat=cuda_compat,
-                       python=python, index_url=index_url, offline=offline)
+                       python=python, index_url=index_url, offline=offline, inspection=inspection)
 
 
 def _plan_options(func):
@@ -138,7 +139,8 @@ def _inspection(python: Path | None, *, start: bool):
     from backendpick import target
     from backendpick.errors import BackendpickError
 
-    early = (click.get_current_context().obj or {}).pop("inspection", None)
+    # Left in ctx.obj: main() cancels it at the end unless its result was taken.
+    early = (click.get_current_context().obj or {}).get("inspection")
     if start:
         return target.reuse_or_start(early, target.choose_python(python))
     if early is None:
@@ -332,5 +334,5 @@ def main(argv: list[str] | None = None, *, early_inspection=None) -> None:
         _fail(json_mode, 130, "interrupted")
     finally:
         if obj and obj.get("inspection") is not None:
-            obj["inspection"].cancel()  # not used: a usage error came first
+            obj["inspection"].cancel()  # nothing when its result was taken; else a mistake came first
     sys.exit(rv if isinstance(rv, int) else 0)

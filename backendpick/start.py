@@ -1,4 +1,4 @@
-"""The console script's entry point. For ``install`` and ``plan``, it starts the target's
+"""The console script's entry point. For ``install``, ``plan`` and ``detect``, it starts the target's
 inspection (a Python start, its wheel tags and a scan of its site-packages in a subprocess: 25-50
 ms) before the CLI and the plan machinery are imported, so the two overlap and the plan finds the
 inspection done.
@@ -36,9 +36,11 @@ def _python_flag(args: list[str]) -> tuple[bool, str | None]:
 
 
 def early_inspection(args: list[str]):
-    """A ``target.Inspection`` started for ``backendpick install|plan ...``, or None."""
-    if not args or args[0] not in ("install", "plan") or any(a in ("--help", "-h") for a in args):
+    """A ``target.Inspection`` started for ``backendpick install|plan|detect ...``, or None."""
+    if not args or args[0] not in ("install", "plan", "detect") or any(a in ("--help", "-h") for a in args):
         return None
+    if args[0] == "detect" and "--offline" in args:
+        return None  # the packaged table: no target to inspect
     understood, python = _python_flag(args[1:])
     if not understood or (python is not None and not python.strip()):
         return None  # click reports the mistake

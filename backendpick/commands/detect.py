@@ -46,9 +46,11 @@ def detect(settings: config.Settings, offers=None) -> Detection:
     return Detection(hardware, decision, settings)
 
 
-def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict | None = None) -> Detection:
+def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict | None = None,
+                   inspection=None) -> Detection:
     """The choice ``plan`` makes on this machine: the same candidates, the same index offers for
-    the project's torch specifier and the target Python, the same rule for an installed GPU torch."""
+    the project's torch specifier and the target Python, the same rule for an installed GPU torch.
+    ``inspection``: the target's, started early by the console script (``target.Inspection``)."""
     import os
 
     from backendpick import pipconf, requirements, target as target_mod
@@ -61,7 +63,7 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     env = dict(os.environ if env is None else env)
     facts = facts_mod.load()
     hardware = probe(facts, ProbeSettings.from_env(env))
-    target = target_mod.inspect(target_mod.choose_python(python, env))
+    target = target_mod.take_or_inspect(inspection, target_mod.choose_python(python, env))
     try:
         wanted = requirements.gather((), (), settings.pyproject, (), ()).requirements
     except ConfigError:
@@ -149,10 +151,10 @@ def render(out: Output, d: Detection) -> None:
 
 
 def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str | None, python: Path | None = None,
-        index_url: str | None = None, offline: bool = False) -> int:
+        index_url: str | None = None, offline: bool = False, inspection=None) -> int:
     facts = facts_mod.load()
     settings = config.load(facts, project_dir=project_dir, backend=backend, index_url=index_url, cuda_compat=cuda_compat)
-    d = replace(detect(settings), offline=True) if offline else detect_as_plan(settings, python=python)
+    d = replace(detect(settings), offline=True) if offline else detect_as_plan(settings, python=python, inspection=inspection)
     if out.json_mode:
         out.emit_json(to_json(d))
     else:

@@ -12,7 +12,7 @@ from backendpick import start, target
 
 
 @pytest.mark.parametrize("args", [
-    [], ["detect"], ["verify", "--python", "/x"], ["install", "--help"], ["install", "-h", "x"], ["plan", "--help"],
+    [], ["detect", "--offline"], ["verify", "--python", "/x"], ["install", "--help"], ["install", "-h", "x"], ["plan", "--help"],
     ["install", "--python"], ["install", "--python", " "], ["install", "--python="], ["plan", "--python"],
 ])
 def test_no_early_inspection(args, monkeypatch):
@@ -28,6 +28,7 @@ def test_no_early_inspection(args, monkeypatch):
     (["install", "--dry-run", "--python", "/venv/bin/python"], "/venv/bin/python"),
     (["plan", "--python", "/venv/bin/python", "--format", "sh"], "/venv/bin/python"),
     (["plan", "torch"], None),
+    (["detect", "--json", "--python", "/venv/bin/python"], "/venv/bin/python"),
 ])
 def test_early_inspection_of_the_flagged_python(args, python, monkeypatch):
     chosen = []
@@ -89,7 +90,7 @@ def test_plan_and_dry_run_plan_for_the_early_inspection(args, module, monkeypatc
     monkeypatch.setattr(command, "prepare", prepare)
     with pytest.raises(SystemExit):
         cli.main(args, early_inspection=early)
-    assert planned_for == [early] and not early.cancelled
+    assert planned_for == [early]  # (cancelled at the end only because this prepare never takes it)
 
 
 @pytest.mark.parametrize("args", [
@@ -138,3 +139,23 @@ def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
     other.cancel()
     other.cancel()
     assert calls == ["result", "cancel"]
+
+
+def test_detect_chooses_for_the_early_inspection(monkeypatch):
+    from backendpick import cli
+    from backendpick.commands import detect as command
+    from backendpick.errors import ConfigError
+
+    early = _Early("/venv/bin/python")
+    chosen_for = []
+
+    def detect_as_plan(settings, *, python, env=None, inspection=None):
+        chosen_for.append(inspection)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
+    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("inspected a second time"))
+    monkeypatch.setattr(command, "detect_as_plan", detect_as_plan)
+    with pytest.raises(SystemExit):
+        cli.main(["detect", "--python", "/venv/bin/python"], early_inspection=early)
+    assert chosen_for == [early]
