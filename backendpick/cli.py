@@ -228,11 +228,12 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_envi
               help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
 @json_option
 def verify(requirement, files, project_dir: Path, python: Path | None, json_mode: bool) -> int:
+    inspection = _inspection(python, start=False)
     from backendpick.commands import verify as command
     from backendpick.output import Output
 
     return command.run(Output(json_mode=json_mode), python=python, project_dir=project_dir,
-                       reqs=tuple(requirement), files=tuple(files))
+                       reqs=tuple(requirement), files=tuple(files), inspection=inspection)
 
 
 @cli.command(

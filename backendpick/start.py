@@ -1,7 +1,7 @@
-"""The console script's entry point. For ``install``, ``plan`` and ``detect``, it starts the target's
-inspection (a Python start, its wheel tags and a scan of its site-packages in a subprocess: 25-50
-ms) before the CLI and the plan machinery are imported, so the two overlap and the plan finds the
-inspection done.
+"""The console script's entry point. For the commands that inspect the target interpreter
+(``INSPECTING``), it starts that inspection (a Python start, its wheel tags and a scan of its
+site-packages in a subprocess: 25-50 ms) before the CLI and the plan machinery are imported, so
+the two overlap and the command finds the inspection done.
 
 Only a peek at the arguments: click parses them as always, and the CLI uses the early
 inspection only when it inspects the interpreter the parsed flags choose (else it is stopped).
@@ -20,6 +20,10 @@ import importlib
 import sys
 
 
+# The commands that inspect the target interpreter (cli.py takes the early inspection for each).
+INSPECTING = ("install", "plan", "detect", "verify")
+
+
 def _python_flag(args: list[str]) -> tuple[bool, str | None]:
     """(understood, the --python value or None). Not understood: a flag without its value."""
     value = None
@@ -36,8 +40,8 @@ def _python_flag(args: list[str]) -> tuple[bool, str | None]:
 
 
 def early_inspection(args: list[str]):
-    """A ``target.Inspection`` started for ``backendpick install|plan|detect ...``, or None."""
-    if not args or args[0] not in ("install", "plan", "detect") or any(a in ("--help", "-h") for a in args):
+    """A ``target.Inspection`` started for ``backendpick install|plan|detect|verify ...``, or None."""
+    if not args or args[0] not in INSPECTING or any(a in ("--help", "-h") for a in args):
         return None
     if args[0] == "detect" and "--offline" in args:
         return None  # the packaged table: no target to inspect

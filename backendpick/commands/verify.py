@@ -112,10 +112,12 @@ def check(
     return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded, pins)
 
 
-def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...]) -> int:
+def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...],
+        inspection=None) -> int:
+    """``inspection``: the target's, started early by the console script (``target.Inspection``)."""
     facts = facts_mod.load()
     settings = config.load(facts, project_dir=project_dir)
-    target = target_mod.inspect(target_mod.choose_python(python))
+    target = target_mod.take_or_inspect(inspection, target_mod.choose_python(python))
     try:
         wanted = requirements.gather(reqs, files, settings.pyproject, (), ()).requirements
     except ConfigError:

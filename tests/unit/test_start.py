@@ -12,7 +12,7 @@ from backendpick import start, target
 
 
 @pytest.mark.parametrize("args", [
-    [], ["detect", "--offline"], ["verify", "--python", "/x"], ["install", "--help"], ["install", "-h", "x"], ["plan", "--help"],
+    [], ["detect", "--offline"], ["cache", "list"], ["restore", "--python", "/x"], ["install", "--help"], ["install", "-h", "x"], ["plan", "--help"],
     ["install", "--python"], ["install", "--python", " "], ["install", "--python="], ["plan", "--python"],
 ])
 def test_no_early_inspection(args, monkeypatch):
@@ -29,6 +29,7 @@ def test_no_early_inspection(args, monkeypatch):
     (["plan", "--python", "/venv/bin/python", "--format", "sh"], "/venv/bin/python"),
     (["plan", "torch"], None),
     (["detect", "--json", "--python", "/venv/bin/python"], "/venv/bin/python"),
+    (["verify", "--python", "/venv/bin/python"], "/venv/bin/python"),
 ])
 def test_early_inspection_of_the_flagged_python(args, python, monkeypatch):
     chosen = []
@@ -159,3 +160,21 @@ def test_detect_chooses_for_the_early_inspection(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["detect", "--python", "/venv/bin/python"], early_inspection=early)
     assert chosen_for == [early]
+
+
+def test_verify_checks_the_early_inspection(monkeypatch):
+    from backendpick import cli
+    from backendpick.commands import verify as command
+
+    early = _Early("/venv/bin/python")
+    taken = []
+
+    def take_or_inspect(inspection, python):
+        taken.append((inspection, python))
+        raise target.ConfigError("stop here")
+
+    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
+    monkeypatch.setattr(target, "take_or_inspect", take_or_inspect)
+    with pytest.raises(SystemExit):
+        cli.main(["verify", "--python", "/venv/bin/python"], early_inspection=early)
+    assert taken == [(early, Path("/venv/bin/python"))]
