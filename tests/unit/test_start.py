@@ -65,33 +65,40 @@ def test_the_cli_uses_the_early_inspection_only_for_its_own_choice(monkeypatch):
 
 
 
-@pytest.mark.parametrize("args, module", [
-    (["plan", "--python", "/venv/bin/python", "torch"], "plan"),
-    (["plan", "--python", "/venv/bin/python", "--format", "sh", "torch"], "plan"),
-    (["install", "--dry-run", "--python", "/venv/bin/python", "torch"], "install"),
-])
-def test_plan_and_dry_run_plan_for_the_early_inspection(args, module, monkeypatch):
-    # plan and install --dry-run inspect the target too: the one start.py started is the one
-    # the plan is made for, not a second inspection.
+def _handed(monkeypatch, args, early, module: str, step: str) -> list:
+    """Run the CLI as if start.py had started ``early``; ``module.step``, where the command takes
+    the target, records the inspection it is handed and stops the run."""
     import importlib
 
     from backendpick import cli
     from backendpick.errors import ConfigError
 
-    command = importlib.import_module(f"backendpick.commands.{module}")
-    early = _Early("/venv/bin/python")
-    planned_for = []
+    handed = []
 
-    def prepare(req, env=None, target=None, inspection=None):
-        planned_for.append(inspection)
+    def stop(*args, **kw):
+        handed.append(kw["inspection"] if "inspection" in kw else args[0])
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag))
-    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("inspected a second time"))
-    monkeypatch.setattr(command, "prepare", prepare)
+    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
+    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("a second inspection was started"))
+    monkeypatch.setattr(importlib.import_module(module), step, stop)
     with pytest.raises(SystemExit):
         cli.main(args, early_inspection=early)
-    assert planned_for == [early]  # (cancelled at the end only because this prepare never takes it)
+    return handed
+
+
+@pytest.mark.parametrize("args, module, step", [
+    (["plan", "--python", "/venv/bin/python", "torch"], "backendpick.commands.plan", "prepare"),
+    (["plan", "--python", "/venv/bin/python", "--format", "sh", "torch"], "backendpick.commands.plan", "prepare"),
+    (["install", "--dry-run", "--python", "/venv/bin/python", "torch"], "backendpick.commands.install", "prepare"),
+    (["detect", "--python", "/venv/bin/python"], "backendpick.commands.detect", "detect_as_plan"),
+    (["verify", "--python", "/venv/bin/python"], "backendpick.target", "take_or_inspect"),
+])
+def test_commands_take_the_early_inspection(args, module, step, monkeypatch):
+    # plan, --dry-run, detect and verify inspect the target too: the one start.py started is
+    # the one they take (where they inspected before), not a second inspection.
+    early = _Early("/venv/bin/python")
+    assert _handed(monkeypatch, args, early, module, step) == [early]
 
 
 @pytest.mark.parametrize("args", [
@@ -99,23 +106,9 @@ def test_plan_and_dry_run_plan_for_the_early_inspection(args, module, monkeypatc
     ["plan", "torch"],
 ])
 def test_plan_without_a_matching_early_inspection_inspects_in_the_pipeline(args, monkeypatch):
-    from backendpick import cli
-    from backendpick.commands import plan as command
-    from backendpick.errors import ConfigError
-
     early = _Early("/venv/bin/python")
-    planned_for = []
-
-    def prepare(req, env=None, target=None, inspection=None):
-        planned_for.append(inspection)
-        raise ConfigError("stop here")
-
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
-    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("plan starts no inspection of its own"))
-    monkeypatch.setattr(command, "prepare", prepare)
-    with pytest.raises(SystemExit):
-        cli.main(args, early_inspection=early)
-    assert planned_for == [None] and early.cancelled
+    assert _handed(monkeypatch, args, early, "backendpick.commands.plan", "prepare") == [None]
+    assert early.cancelled
 
 
 def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
@@ -141,40 +134,3 @@ def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
     other.cancel()
     assert calls == ["result", "cancel"]
 
-
-def test_detect_chooses_for_the_early_inspection(monkeypatch):
-    from backendpick import cli
-    from backendpick.commands import detect as command
-    from backendpick.errors import ConfigError
-
-    early = _Early("/venv/bin/python")
-    chosen_for = []
-
-    def detect_as_plan(settings, *, python, env=None, inspection=None):
-        chosen_for.append(inspection)
-        raise ConfigError("stop here")
-
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
-    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("inspected a second time"))
-    monkeypatch.setattr(command, "detect_as_plan", detect_as_plan)
-    with pytest.raises(SystemExit):
-        cli.main(["detect", "--python", "/venv/bin/python"], early_inspection=early)
-    assert chosen_for == [early]
-
-
-def test_verify_checks_the_early_inspection(monkeypatch):
-    from backendpick import cli
-    from backendpick.commands import verify as command
-
-    early = _Early("/venv/bin/python")
-    taken = []
-
-    def take_or_inspect(inspection, python):
-        taken.append((inspection, python))
-        raise target.ConfigError("stop here")
-
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
-    monkeypatch.setattr(target, "take_or_inspect", take_or_inspect)
-    with pytest.raises(SystemExit):
-        cli.main(["verify", "--python", "/venv/bin/python"], early_inspection=early)
-    assert taken == [(early, Path("/venv/bin/python"))]
