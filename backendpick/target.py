@@ -26,6 +26,7 @@ class Installed:
     requires: tuple[str, ...] = ()
     installer: str = ""
     direct_url: str | None = None
+    dist_info: str | None = None  # its metadata folder (``*.dist-info``, an egg-info or egg)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _parse(python: Path, res) -> Target:
 def _installed(dists: dict) -> dict:
     from backendpick.config import normalize
 
-    return {normalize(k): Installed(v["name"], v["version"], tuple(v["requires"]), v["installer"], v["direct_url"])
+    return {normalize(k): Installed(v["name"], v["version"], tuple(v["requires"]), v["installer"], v["direct_url"],
+                                    v.get("path"))
             for k, v in dists.items()}
 
 

@@ -57,7 +57,8 @@ def _record(dist_info: str):
         return None
     name = fields["name"][0]
     return {"name": name, "version": (fields.get("version") or [""])[0], "requires": fields.get("requires-dist", []),
-            "installer": (_read(dist_info, "INSTALLER") or "").strip(), "direct_url": _read(dist_info, "direct_url.json")}
+            "installer": (_read(dist_info, "INSTALLER") or "").strip(), "direct_url": _read(dist_info, "direct_url.json"),
+            "path": dist_info}
 
 
 def _from_importlib(entry: str) -> list:
@@ -73,8 +74,12 @@ def _from_importlib(entry: str) -> list:
             direct = d.read_text("direct_url.json")
         except Exception:
             direct = None
+        where = getattr(d, "_path", None)  # the egg-info folder or the egg (PathDistribution)
+        if where is not None and os.path.basename(str(where)).startswith("~"):
+            continue  # pip's stash of an interrupted uninstall (see scan)
         out.append({"name": name, "version": d.version, "requires": d.requires or [],
-                    "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct})
+                    "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct,
+                    "path": str(where) if where is not None else None})
     return out
 
 
@@ -97,6 +102,10 @@ def scan(paths) -> dict:
         unusual = False
         for n in names:
             low = n.lower()
+            if n.startswith("~"):
+                # pip's stash of a distribution it was uninstalling (``~orch-2.5.1.dist-info``),
+                # left behind when it was killed: pip ignores it, and so do we.
+                continue
             if low.endswith(".dist-info") and os.path.isdir(os.path.join(entry, n)):
                 rec = _record(os.path.join(entry, n))
                 if rec is not None:

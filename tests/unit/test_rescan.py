@@ -15,17 +15,20 @@ from backendpick.probes_in_target import inspect_env
 
 
 def _by_importlib(paths: list[str]) -> dict:
+    """importlib.metadata's answers, less pip's stash of an interrupted uninstall (``~orch-...``),
+    which pip itself ignores ("Ignoring invalid distribution ~orch")."""
     out = {}
     for d in metadata.distributions(path=paths):
         name = d.metadata["Name"]
-        if not name or name.lower() in out:
+        if not name or name.lower() in out or Path(str(d._path)).name.startswith("~"):
             continue
         try:
             direct = d.read_text("direct_url.json")
         except Exception:
             direct = None
         out[name.lower()] = {"name": name, "version": d.version, "requires": d.requires or [],
-                             "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct}
+                             "installer": (d.read_text("INSTALLER") or "").strip(), "direct_url": direct,
+                             "path": str(d._path)}
     return out
 
 
@@ -60,6 +63,9 @@ def site(tmp_path: Path) -> Path:
     (egg / "requires.txt").write_text("six\n\n[fast]\ncython\n")
     (site / "single-0.1.egg-info").write_text("Metadata-Version: 1.1\nName: single\nVersion: 0.1\n")
     (site / "not-a-dist-info.dist-info").write_text("a file, not a folder\n")
+    # What a pip killed in the middle of uninstalling torch 2.4.0 leaves: its stash, before the
+    # real torch in listing order.
+    _dist_info(site, "~orch", "2.4.0", metadata_text="Metadata-Version: 2.1\nName: torch\nVersion: 2.4.0\n")
     return site
 
 
@@ -71,6 +77,8 @@ def test_scan_answers_as_importlib_metadata(site: Path, tmp_path: Path):
     scanned = inspect_env.scan(paths)
     assert scanned == _by_importlib(paths)
     assert scanned["plain"]["version"] == "1.0" and scanned["torch"]["installer"] == "uv"
+    assert scanned["torch"]["version"] == "2.5.1+cu124", "pip's stash (~orch-2.4.0.dist-info) was taken for torch"
+    assert scanned["torch"]["path"] == str(site / "torch-2.5.1+cu124.dist-info")
     assert scanned["legacy"]["requires"] == ["six", 'cython; extra == "fast"']  # egg-info: importlib's answer
     assert "not-a-header" not in scanned and "nometa" not in scanned
 
