@@ -237,8 +237,9 @@ def verify(requirement, files, project_dir: Path, python: Path | None, json_mode
 
 
 @cli.command(
-    help="Return an environment to a snapshot that install recorded before changing it.\n\n"
-    "\b\nExamples:\n  backendpick restore --list\n  backendpick restore            # the latest snapshot\n"
+    help="Return an environment to a snapshot that install recorded before changing it: every "
+    "distribution as it was (the same files), what was removed from the copy kept then.\n\n"
+    "\b\nExamples:\n  backendpick restore --list\n  backendpick restore            # back to before the latest install\n"
     "  backendpick restore 20261121-101500-0 --dry-run"
 )
 @click.argument("snapshot", required=False)

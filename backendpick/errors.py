@@ -56,6 +56,14 @@ class StateError(BackendpickError):
     exit_code = EXIT_USAGE
 
 
+class KeepError(BackendpickError):
+    """A distribution a change would remove or replace cannot be kept for restore (an editable
+    install, files changed since it was installed, no RECORD): refused before anything changes
+    (issue 18: nothing is removed that cannot be put back)."""
+
+    exit_code = EXIT_USAGE
+
+
 class Stopped(BackendpickError):
     """SIGINT or SIGTERM ended the run (after stopping pip); exits 128 + the signal number,
     as the shell reports a process killed by it (130 for Ctrl-C, 143 for SIGTERM)."""

@@ -40,3 +40,28 @@ def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
         except OSError:
             pass
         raise
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a file just renamed into it) to disk: after a crash or a kill
+    the new name is there, not only its data. Where folders cannot be opened (Windows) the
+    rename stands as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file written by another means than ``write_atomic`` (a zip, a copy) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -91,6 +91,15 @@ def note(text: str, stream: IO[str] | None = None) -> None:
     print(text, file=stream or sys.stderr, flush=True)
 
 
+def size_text(n: float) -> str:
+    """``1.1 GB``, ``350.2 KB``, ``12 B``: a size in bytes for people (1024-based)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 def _plain_value(value: Any) -> str:
     """``-`` for none, JSON-style quotes around values with spaces, so lines split as key=value."""
     if value is None or value == "":

@@ -99,6 +99,11 @@ def history(state: Path) -> Path:
     return state / "history"
 
 
+def kept(state: Path) -> Path:
+    """Copies of what installs and restores removed or replaced (keep.py), one folder per identity."""
+    return state / "kept"
+
+
 def lock(state: Path) -> Path:
     """The file one install at a time holds."""
     return state / "lock"

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from backendpick import distfiles
 from backendpick.distfiles import Row
+from backendpick.fsutil import fsync_dir, fsync_file
 
 # The copy is made while the user waits for an install, so speed comes first: files of a MiB and
 # more (torch's shared libraries: 14 files, 1054 of the 1146 MB of torch 2.14.1) are stored as
@@ -159,6 +160,8 @@ def _copy_checked(zf: zipfile.ZipFile, source: Path, arcname: str, row: Row, scr
             written.update(chunk)
             out += len(chunk)
             dest.write(chunk)
+    if script:
+        return distfiles.record_hash(written.digest()), out  # its #! line names the interpreter: moving a venv rewrites it
     if row.hash is not None and distfiles.record_hash(on_disk.digest(), on_disk.name) != row.hash:
         raise NotRepackable(f"{row.path} was changed since it was installed (its hash is not RECORD's)")
     if row.size is not None and size != row.size:
@@ -238,14 +241,10 @@ def repack(dist_info: Path, dest: Path, layout: Layout) -> Repacked:
     tmp = dest / f".{filename}.{os.getpid()}.part"
     try:
         _write(tmp, dist_info, keep, layout, data_dir, entry_points, wheel_text)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         final = dest / filename
         os.replace(tmp, final)
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except BaseException:
         try:
             tmp.unlink()
@@ -278,19 +277,6 @@ def _write(tmp: Path, dist_info: Path, rows: list[Row], layout: Layout, data_dir
             record.append(Row(f"{dist_info.name}/WHEEL", distfiles.record_hash(hashlib.sha256(data).digest()), len(data)))
         lines = [f"{r.path},{r.hash},{r.size}" for r in record] + [f"{dist_info.name}/RECORD,,"]
         zf.writestr(_info(f"{dist_info.name}/RECORD"), "\n".join(lines) + "\n")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every system (Windows); the rename itself stands
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Layout", "NotRepackable", "Repacked", "editable", "repack", "rows_to_repack"]

@@ -6,15 +6,7 @@ from typing import Mapping, Sequence
 
 from backendpick import cache, paths
 from backendpick.errors import EXIT_OK
-from backendpick.output import Output
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
+from backendpick.output import Output, size_text
 
 
 def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
@@ -30,12 +22,12 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
         return EXIT_OK
     rows = [
         (e.key.name, e.key.version, e.key.torch, e.key.backend, e.key.python, e.key.platform,
-         e.key.arch, _size(e.size), e.to_json()["created"], e.wheel.name)
+         e.key.arch, size_text(e.size), e.to_json()["created"], e.wheel.name)
         for e in entries
     ]
     out.table("Cached wheels", ["Package", "Version", "Torch", "Backend", "Python", "Platform", "Arch", "Size",
                                 "Built", "Wheel"], rows)
-    out.line(f"total: {len(entries)} wheels, {_size(sum(e.size for e in entries))}")
+    out.line(f"total: {len(entries)} wheels, {size_text(sum(e.size for e in entries))}")
     return EXIT_OK
 
 
@@ -54,7 +46,7 @@ def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None 
                        "pages_dir": str(pages_dir), "pages_removed": pages})
         return EXIT_OK
     what = f" of {', '.join(names)}" if names else ""
-    out.line(f"removed {len(removed)} cached wheels{what} ({_size(freed)}) from {root}")
+    out.line(f"removed {len(removed)} cached wheels{what} ({size_text(freed)}) from {root}")
     if not names:
         out.line(f"removed {pages} kept index pages from {pages_dir}")
     return EXIT_OK

@@ -15,7 +15,7 @@ from backendpick import envpins, facts as facts_mod, history, install as executo
 from backendpick import target as target_mod
 from backendpick.config import normalize
 from backendpick.dependencies import dependency_problems
-from backendpick.errors import EXIT_OK, InstallError, StateError
+from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
 from backendpick.output import Output, where_flags
 from backendpick.pipeline import Prepared, Request, prepare
 from backendpick.paths import logs, state_dir
@@ -107,8 +107,11 @@ def _install_locked(out: Output, req: Request, target: target_mod.Target | None)
     prepared = prepare(req, target=target)
     snapshot = None
     if prepared.plan.active:
-        snapshot = history.record(prepared.target, state_dir(prepared.target))
+        tb = torch_build(prepared.target, facts_mod.load())
+        snapshot = history.record(prepared.target, state_dir(prepared.target, prepared.user_env), command=_command(req),
+                                  torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
         out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}")
+        snapshot = _keep(out, prepared, snapshot)
     try:
         return _run_phases(out, req, prepared, snapshot)
     except (runner.Interrupted, KeyboardInterrupt) as exc:
@@ -124,6 +127,8 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     attempts = 0
     while True:
         try:
+            if attempts:  # the retry's plan may remove more than the first one did
+                snapshot = _keep(out, prepared, snapshot, unchanged=False)
             results = _execute(out, prepared)
             break
         except executor.FenceConflict as conflict:
@@ -141,7 +146,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
             )
             prepared = prepare(req)
             _renamed_dependency(prepared, hit)
-        except (InstallError, StateError) as exc:
+        except (InstallError, StateError, KeepError) as exc:
             if snapshot is not None:
                 exc.hint = (exc.hint + "; " if exc.hint else "") + \
                     f"to return to the environment before this install: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}"
@@ -171,6 +176,47 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
         for w in plan.warnings:
             out.warn(w)
     return EXIT_OK
+
+
+def _command(req: Request) -> str:
+    """What the snapshot says it was taken before (``restore --list``): the request in words,
+    credentials hidden."""
+    import shlex
+
+    from backendpick.config import redact
+
+    words = ["install"]
+    for flag, value in (("--backend", req.backend), ("--channel", req.channel), ("--installer", req.installer)):
+        if value:
+            words += [flag, value]
+    words += ["-U"] if req.upgrade else []
+    words += [w for n in req.reinstall for w in ("--reinstall", n)]
+    words += [w for e in req.extras for w in ("--extra", e)] + [w for g in req.groups for w in ("--group", g)]
+    words += [*req.requirements, *(w for f in req.files for w in ("-r", str(f))), *(w for e in req.editables for w in ("-e", e))]
+    if not (req.requirements or req.files or req.editables):
+        words.append(str(req.project_dir.resolve() / "pyproject.toml"))
+    return " ".join(shlex.quote(redact(w)) for w in words)
+
+
+def _keep(out: Output, prepared: Prepared, snapshot, *, unchanged: bool = True):
+    """Copies of what the plan removes or replaces, kept before any change and named in the
+    snapshot (keep.py); a distribution that must go but cannot be kept stops the install here."""
+    from backendpick import keep, paths
+
+    if snapshot is None:
+        return None
+    state = state_dir(prepared.target, prepared.user_env)
+    done = {k for k, p in snapshot.packages.items() if p.kept}
+    snapshot, kept = keep.before_change(prepared.plan.phases, prepared.target, snapshot, state,
+                                        build_names=prepared.settings.no_build_isolation,
+                                        cache_base=paths.wheel_cache(prepared.user_env), skip=done,
+                                        unchanged=unchanged)
+    for name, why in sorted(kept.unkept.items()):
+        out.warn(f"pip may replace {name}, and no copy of it can be kept: {why}")
+    if kept.copies:
+        out.info(f"kept a copy of {keep.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s); "
+                 "restore puts them back offline")
+    return snapshot
 
 
 def _renamed_dependency(prepared: Prepared, hit) -> None:

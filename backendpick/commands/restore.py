@@ -1,9 +1,13 @@
 """``backendpick restore``: return an environment to a snapshot taken before an install.
 
-Nothing is removed before every version the snapshot needs is known to be on its index
-(``check_available``), and the environment as it is now is recorded first, so a restore can
-itself be undone. The phases run through install's executor (install.py): the same
-environment, log files, signal handling and redacted output as an install.
+Nothing is removed before every distribution the snapshot needs is known to come back: its kept
+copy there with its hash, a cached build, or its version on its index (``check_available``).
+The environment as it is now is recorded first, with copies of what the restore removes, so a
+restore can itself be undone exactly. The phases (restoreplan.py) run through install's executor
+(install.py): the same environment, log files, signal handling and redacted output as an
+install. Afterwards the metadata pip rewrote (INSTALLER, REQUESTED, direct_url.json) and the
+build records are put back as the snapshot has them, and every distribution is compared with
+the snapshot, files included.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from urllib.parse import unquote, urlsplit
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from backendpick import config, envpins, facts as facts_mod, history, install as executor, lock, pipconf, runner
+from backendpick import config, envpins, facts as facts_mod, history, install as executor, lock, paths, pipconf
+from backendpick import restoreplan, runner
 from backendpick import target as target_mod
 from backendpick.errors import EXIT_OK, InstallError, StateError
-from backendpick.output import Output, where_flags
+from backendpick.output import Output, size_text, where_flags
 from backendpick.paths import logs, state_dir
 from backendpick.plan import Phase
 from backendpick.runner import stopped
@@ -32,14 +37,7 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
     target = target_mod.inspect(target_mod.choose_python(python))
     state = state_dir(target)
     if list_only:
-        paths = history.snapshots(state)
-        if out.json_mode:
-            out.emit_json({"ok": True, "snapshots": [p.stem for p in paths]})
-        for p in paths if not out.json_mode else ():
-            out.line(f"snapshot: {p.stem}")
-        if not paths and not out.json_mode:
-            out.line("no snapshots recorded for this environment")
-        return EXIT_OK
+        return _list(out, state)
     env = dict(os.environ)
     pip_config = pipconf.read(env, target.prefix)
     # The pins install left in the environment would block the way back: our runs ignore them.
@@ -54,56 +52,71 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
         raise stopped(exc, "the environment is unchanged") from None
 
 
+def _list(out: Output, state: Path) -> int:
+    """Each snapshot: when, before which command, its torch, what it keeps; the one a plain
+    ``restore`` takes is marked."""
+    items = history.listing(state)
+    if out.json_mode:
+        out.emit_json({"ok": True, "snapshots": [i.to_json() for i in items]})
+        return EXIT_OK
+    if not items:
+        out.line("no snapshots recorded for this environment")
+        return EXIT_OK
+    rows = []
+    for i in items:
+        s = i.snapshot
+        if s is None:
+            rows.append((i.id, None, None, None, None, f"damaged: {i.problem}"))
+            continue
+        torch = f"{s.torch} ({s.backend})" if s.torch and s.backend else s.torch or "none"
+        before = f"{s.by}: {s.command}" if s.command else s.by
+        kept = size_text(s.kept_bytes()) if s.kept_bytes() else None
+        rows.append((i.id, s.created.replace("T", " ") or None, before, torch, kept, "default" if i.default else None))
+    out.table("Snapshot", ["Id", "Taken", "Before", "Torch", "Kept", "Note"], rows)
+    return EXIT_OK
+
+
+def _sources(target, state: Path, settings, pip_config, env: dict) -> restoreplan.Sources:
+    return restoreplan.Sources(
+        index_template=settings.index_url.value, default_index=pip_config.get("index-url") or facts_mod.load().pypi_url,
+        backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
+        family=frozenset(settings.backend_packages), build_names=frozenset(settings.no_build_isolation),
+        cache_base=paths.wheel_cache(env), state=state)
+
+
 def _restore_locked(out: Output, target, state: Path, settings, pip_config, env: dict, snapshot_id: str | None,
                     dry_run: bool, python: Path | None) -> int:
-
     snap = history.load(state, snapshot_id)
-    phases = history.restore_phases(
-        snap, target, index_template=settings.index_url.value, runner_python=sys.executable,
-        backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
-        family=frozenset(settings.backend_packages),
-        default_index=pip_config.get("index-url") or facts.pypi_url,
-    )
+    sources = _sources(target, state, settings, pip_config, env)
+    rplan = restoreplan.plan(snap, target, sources, sys.executable)
+    phases = list(rplan.phases)
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
             out.line(ph.command_line())
         if not phases:
-            out.info(f"the environment already matches snapshot {snap.id}")
+            out.info(f"the environment already matches snapshot {snap.id}" + _taken(snap))
         if out.json_mode:
             out.emit_json({"ok": True, "snapshot": snap.id, "dry_run": dry_run,
                            "phases": [ph.to_json() for ph in phases]})
         return EXIT_OK
-    missing = check_available(phases, target, pip_config, env)
+    missing = list(rplan.unavailable) + _kept_problems(snap, rplan, state) + check_available(phases, target, pip_config, env)
     if missing:
         raise InstallError(
             f"cannot restore snapshot {snap.id}: not available any more: {'; '.join(missing[:5])}",
             hint="nothing was changed; restore another snapshot (backendpick restore --list)",
         )
-    before = history.record(target, state)
+    before = _snapshot_before(out, target, state, snap, phases, settings, env)
     undo = f"backendpick restore{where_flags(python, settings)} {before.id}"
     out.info(f"snapshot {before.id} recorded; to undo this restore: {undo}")
-    log_dir = logs(state)
-    executor.open_logs(log_dir)
-    try:
-        for ph in phases:
-            out.info(f"phase {ph.name}: {' '.join(ph.requirements)}\n  $ {ph.command_line()}")
-            res, log_path, _seconds = executor.run_phase(
-                ph, env=executor.phase_env(env, ph), log_dir=log_dir,
-                on_line=(lambda line: out.info(f"  | {line}")) if out.verbose else (lambda line: None))
-            if not res.ok:
-                raise InstallError(f"restore phase '{ph.name}' failed (pip exit {res.returncode})",
-                                   details=executor.failure_details(res.stdout, ph),
-                                   hint=f"full pip output: {log_path}; to return to the environment before "
-                                        f"this restore: {undo}")
-    except (runner.Interrupted, KeyboardInterrupt) as exc:
-        raise stopped(exc, "pip was stopped and the environment may be partly restored",
-                      f"to return to the environment before this restore: {undo}") from None
-    _forget_builds(state, phases)
-    after = target_mod.inspect(target.python)
-    left = history.differences(snap, after)
+    _run(out, phases, env, logs(state), undo)
+    after = target_mod.rescan(target)
+    restoreplan.put_back(snap, after, rplan.restored)
+    _records(state, snap, rplan.restored, settings)
+    left = restoreplan.differences(snap, after)
     if left:
         raise InstallError(f"restore of snapshot {snap.id} did not bring everything back: {'; '.join(left[:5])}",
                            hint=f"the package index may no longer offer those versions; to undo: {undo}")
+    _clear_stashes(out, after)
     if envpins.pins_path(target.prefix).exists():
         # The pins follow the stack back (an install wrote them; they are rewritten here).
         names = set(settings.backend_packages) | set(settings.no_build_isolation)
@@ -114,24 +127,99 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
         out.emit_json({"ok": True, "snapshot": snap.id, "undo_snapshot": before.id,
                        "phases": [ph.to_json() for ph in phases]})
     else:
-        out.result(f"restored snapshot {snap.id}")
+        out.result(f"restored snapshot {snap.id}" + _taken(snap))
     return EXIT_OK
 
 
-def _forget_builds(state: Path, phases) -> None:
-    """Build packages restore reinstalled carry no record of the torch they were built for."""
-    from packaging.requirements import InvalidRequirement
+def _clear_stashes(out: Output, after) -> None:
+    """pip's stash of an uninstall it was killed in (the environment is back, so they hold
+    nothing it lacks)."""
+    import shutil
 
+    gone = []
+    for path in restoreplan.pip_stashes(after):
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            gone.append(path.name)
+        except OSError as exc:
+            out.warn(f"cannot remove {path}, left by an interrupted pip: {exc.strerror or exc}")
+    if gone:
+        out.info(f"removed what an interrupted pip left beside the packages: {', '.join(gone)}")
+
+
+def _taken(snap: history.Snapshot) -> str:
+    """`` (taken 2026-11-30 10:15:00 before install --backend cu128 torch)``, as far as known."""
+    when = f"taken {snap.created.replace('T', ' ')}" if snap.created else ""
+    before = f"before {snap.by} {snap.command}".rstrip() if snap.command else ""
+    words = " ".join(w for w in (when, before) if w)
+    return f" ({words})" if words else ""
+
+
+def _kept_problems(snap: history.Snapshot, rplan: restoreplan.RestorePlan, state: Path) -> list[str]:
+    """Kept copies the restore installs that are gone or not the bytes kept: checked before any
+    change (pip checks the hash again as it installs)."""
+    from backendpick import keep
+
+    out = []
+    for name in rplan.restored:
+        p = snap.packages.get(name)
+        if p is not None and p.kept and keep.Copy.from_json(p.kept).path(state).is_file():
+            problem = keep.check(keep.Copy.from_json(p.kept), state)
+            if problem:
+                out.append(f"{p.name}=={p.version} ({problem})")
+    return out
+
+
+def _snapshot_before(out: Output, target, state: Path, snap, phases, settings, env: dict) -> history.Snapshot:
+    """The environment as it is now, recorded, with copies of what the restore removes, so the
+    restore itself can be undone exactly."""
+    from backendpick import keep
+    from backendpick.verify import torch_build
+
+    tb = torch_build(target, facts_mod.load())
+    before = history.record(target, state, by=history.BY_RESTORE, command=f"restore {snap.id}",
+                            torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
+    before, kept = keep.before_change(phases, target, before, state, build_names=settings.no_build_isolation,
+                                      cache_base=paths.wheel_cache(env))
+    for name, why in sorted(kept.unkept.items()):
+        out.warn(f"{name} may be replaced, and no copy of it can be kept: {why}")
+    if kept.copies:
+        out.info(f"kept a copy of {keep.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s)")
+    return before
+
+
+def _run(out: Output, phases, env: dict, log_dir: Path, undo: str) -> None:
+    executor.open_logs(log_dir)
+    try:
+        for ph in phases:
+            out.info(f"phase {ph.name}: {' '.join(ph.requirements)}\n  $ {ph.command_line()}")
+            res, log_path, _seconds = executor.run_phase(
+                ph, env=executor.phase_env(env, ph), log_dir=log_dir,
+                on_line=(lambda line: out.info(f"  | {line}")) if out.verbose else (lambda line: None))
+            if not res.ok:
+                raise InstallError(f"restore phase '{ph.name}' failed (exit {res.returncode})",
+                                   details=executor.failure_details(res.stdout, ph),
+                                   hint=f"full output: {log_path}; to return to the environment before "
+                                        f"this restore: {undo}")
+    except (runner.Interrupted, KeyboardInterrupt) as exc:
+        raise stopped(exc, "pip was stopped and the environment may be partly restored",
+                      f"to return to the environment before this restore: {undo}") from None
+
+
+def _records(state: Path, snap: history.Snapshot, restored, settings) -> None:
+    """The build records of the restored build packages: the snapshot's (what they were built
+    for), or none where it has none (verify then says nothing tells which torch they match)."""
     from backendpick import builds
 
-    names = []
-    for ph in phases:
-        for text in ph.requirements:
-            try:
-                names.append(config.normalize(Requirement(text).name))
-            except InvalidRequirement:
-                continue
-    builds.forget(state, names)
+    nbi = set(settings.no_build_isolation)
+    names = [n for n in restored if n in nbi]
+    if not names:
+        return
+    recorded = restoreplan.build_records(snap, names)
+    current = {n: r for n, r in builds.read(state).items() if n not in names}
+    for name, row in recorded.items():
+        current[name] = builds.Record(**{k: row.get(k) for k in builds.Record.__dataclass_fields__})
+    builds.write(state, current)
 
 
 def check_available(phases: list[Phase], target, pip_config, env: dict | None = None) -> list[str]:
@@ -150,8 +238,8 @@ def check_available(phases: list[Phase], target, pip_config, env: dict | None = 
     pages: dict = {}
     wanted: dict = {}
     for ph in phases:
-        if ph.name == "remove":
-            continue
+        if ph.name in ("remove", "restore-kept", restoreplan.INCOMPLETE):
+            continue  # kept copies and cached wheels are checked by hash
         for text in ph.requirements:
             req = Requirement(text)
             if req.url:

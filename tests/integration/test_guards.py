@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import queue
 import re
 import threading
@@ -126,15 +127,26 @@ def test_snapshot_and_restore_round_trip(world: World, tmp_path: Path, server: I
     on_cu126 = versions(py, world)
     assert (on_cu126["torch"], on_cu126["torchvision"], on_cu126["xformers"]) == ("2.6.0+cu126", "0.21.0+cu126", "0.0.29.post2")
 
-    # What was recorded: every distribution with its name, version and source.
+    # What was recorded: every distribution with its name, version, source and files; what the
+    # switch removed (torch and its companions) with the copy kept of it.
     snap_id = back_to_cu124.split()[-1]
     recorded = json.loads((venv / ".backendpick" / "history" / f"{snap_id}.json").read_text())["packages"]
     assert {k: v["version"] for k, v in recorded.items()} == on_cu124
-    assert recorded["torch"] == {"name": "torch", "version": "2.5.1+cu124", "direct_url": None}
+    torch = recorded["torch"]
+    assert (torch["name"], torch["version"], torch["direct_url"], torch["installer"]) == ("torch", "2.5.1+cu124", None, "pip")
+    assert {k for k, v in recorded.items() if "kept" in v} == {"torch", "torchvision", "xformers"}
+    assert torch["kept"]["identity"] == torch["files"]
+    assert (venv / ".backendpick" / "kept" / torch["kept"]["wheel"]).is_file()
 
     listing = backendpick("restore", "--python", py, "--list", env=env, cwd=tmp_path)
     assert listing.returncode == 0, out(listing)
-    assert listing.stdout.splitlines() == [f"snapshot: {back_to_empty.split()[-1]}", f"snapshot: {snap_id}"]
+    lines = listing.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["snapshot:", f"id={back_to_empty.split()[-1]}"],
+                                                    ["snapshot:", f"id={snap_id}"]], out(listing)
+    assert 'torch=none' in lines[0] and 'torch="2.5.1+cu124 (cu124)"' in lines[1] and lines[1].endswith("note=default")
+    assert 'before="install: install --backend cu126 torch==2.6.0 torchvision xformers"' in lines[1], out(listing)
+    # Without its kept copies (removed by hand), a snapshot's backend builds come from their index.
+    shutil.rmtree(venv / ".backendpick" / "kept")
 
     dry = backendpick(*fix_argv(back_to_cu124), "--dry-run", env=env, cwd=tmp_path)
     assert dry.returncode == 0, out(dry)
