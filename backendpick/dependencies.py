@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Collection, Iterable
+from typing import Collection, Iterable, Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
@@ -17,11 +17,15 @@ from backendpick.verify import Problem, TorchBuild, _fix, _requires, torch_pin
 
 
 def missing_problems(target: Target, requirements: Iterable[Requirement], build_packages: Iterable[str], python_flag: str,
-                     *, from_project: bool = True) -> list[Problem]:
+                     *, from_project: bool = True, recipes: Mapping | None = None, family: Iterable[str] = ()) -> list[Problem]:
     """Requirements of the project that are not installed (the missing flash-attn of the seeds).
 
-    The fix installs the project when they come from its pyproject.toml, else the requirement."""
+    A requirement a recipe installs under another name (``cupy`` as ``cupy-cuda12x``, or the
+    cpu backend's ``faiss-cpu`` for ``faiss-gpu``) is installed when that distribution is. The
+    fix installs the project when they come from its pyproject.toml, else the requirement; a
+    missing torch beside its companions gets the torch they were made for."""
     from backendpick.plan import marker_ok
+    from backendpick.verify import torch_missing_fix
 
     nbi = set(build_packages)
     out = []
@@ -29,9 +33,12 @@ def missing_problems(target: Target, requirements: Iterable[Requirement], build_
     for req in requirements:
         if not marker_ok(req, target.markers):
             continue
-        dist = target.get(req.name)
+        dist = target.get(req.name) or _installed_as(target, req.name, recipes or {})
         note = " (it builds against torch: backendpick installs it after torch with --no-build-isolation)" if normalize(req.name) in nbi else ""
         fix = f"backendpick install{python_flag}" + ("" if from_project else f" {shlex.quote(str(req))}")
+        if dist is None and normalize(req.name) == "torch" and any(
+                n in set(family) | nbi for n in target.installed):
+            fix = torch_missing_fix(target, family, nbi, python_flag)
         if dist is None:
             out.append(Problem(req.name, f"{req} is required but not installed{note}", fix))
             reported.add(normalize(req.name))
@@ -49,6 +56,29 @@ def missing_problems(target: Target, requirements: Iterable[Requirement], build_
                 wants = dep.name + (f"[{','.join(sorted(dep.extras))}]" if dep.extras else "") + str(dep.specifier)
                 out.append(Problem(dep.name, f"{wants} is required by {needed_by} (for {req}) but not installed{note}", fix))
     return out
+
+
+def _installed_as(target: Target, name: str, recipes: Mapping):
+    """The installed distribution a recipe gave ``name`` under another name, or None: the
+    build its ``name`` template names (cupy-cuda12x, cupy-rocm-6-2), or its cpu replacement."""
+    from backendpick.recipes import REFUSE, SAME
+    from backendpick.routing import variant_pattern
+
+    key = normalize(name)
+    for recipe in recipes.get(key, ()):
+        for template in recipe.name.values():
+            pattern = variant_pattern(template)
+            found = next((d for n, d in sorted(target.installed.items()) if n != key and pattern.match(n)), None)
+            if found is not None:
+                return found
+        if recipe.cpu not in (None, SAME, REFUSE):
+            try:
+                found = target.get(Requirement(recipe.cpu).name)
+            except InvalidRequirement:
+                found = None
+            if found is not None:
+                return found
+    return None
 
 
 def _missing_dependencies(target: Target, req: Requirement) -> list[tuple[Requirement, str]]:

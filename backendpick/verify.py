@@ -153,7 +153,7 @@ def stack_problems(
         installed = sorted(d.name for n, d in target.installed.items() if n in family | set(build_packages))
         if installed:
             problems.append(Problem("torch", f"torch is not installed, but {', '.join(installed)} need it",
-                                    f"backendpick install{python_flag} torch"))
+                                    torch_missing_fix(target, family, build_packages, python_flag)))
         return problems
     torch_version = Version(tb.version)
     fix_stack = lambda pkgs: _fix(python_flag, tb.backend, [torch_pin(tb, offered), *pkgs])  # noqa: E731 - one-line helper
@@ -184,6 +184,28 @@ def stack_problems(
         if name == "xformers":
             problems += _xformers(target, tb, dist.version, fix_stack)
     return problems
+
+
+def torch_missing_fix(target: Target, family: Iterable[str], build_packages: Iterable[str], python_flag: str) -> str:
+    """The fix when torch is gone but its companions and builds are not (``pip uninstall torch``):
+    the torch they were made for, on their backend, with them named, so the result verifies.
+    A plain ``backendpick install torch`` would take the newest torch beside companions pinned
+    to the old one (issue 18)."""
+    import shlex
+
+    from packaging.specifiers import SpecifierSet
+
+    stack = set(family) | set(build_packages)
+    names = sorted((d.name for n, d in target.installed.items() if n in stack and n != "torch"), key=str.lower)
+    spec, backend = SpecifierSet(), None
+    for name in names:
+        dist = target.get(name)
+        backend = backend or local_tag_backend(dist.version)
+        for dep in _requires(dist):
+            if normalize(dep.name) == "torch" and (dep.marker is None or "extra" not in str(dep.marker)):
+                spec &= dep.specifier
+    words = (["--backend", str(backend)] if backend else []) + [shlex.quote(f"torch{spec}"), *names]
+    return f"backendpick install{python_flag} {' '.join(words)}"
 
 
 def _nightly_mismatch(torch_version: str, version: str) -> str | None:

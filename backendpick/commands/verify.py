@@ -85,7 +85,8 @@ def check(
     problems: list[Problem] = stack_problems(
         target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value, offered=offered
     )
-    problems += missing_problems(target, wanted, nbi, flag, from_project=from_project)
+    problems += missing_problems(target, wanted, nbi, flag, from_project=from_project, recipes=settings.recipes,
+                                 family=family)
     built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime)
     problems += built
     from backendpick import fingerprint

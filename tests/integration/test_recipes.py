@@ -110,6 +110,17 @@ def test_a_project_without_torchs_backend_takes_the_newest_of_the_same_major(lab
     assert "the recipe for llama-cpp-python is partly unverified" in res.stderr
 
 
+def test_install_then_verify_of_a_project_with_renamed_packages_passes(done: Done, lab: Lab, tmp_path: Path) -> None:
+    """A Dockerfile's ``backendpick install && backendpick verify`` of a project listing ``cupy``
+    and ``jax``: installed as cupy-cuda12x and jax[cuda12], they count as installed (issue 18)."""
+    deps = ", ".join(f'"{d}"' for d in DONE)
+    proj = project(tmp_path / "proj", lab.server, f'[project]\nname = "demo"\nversion = "0.1"\ndependencies = [{deps}]\n')
+    where = ("--python", py(done.venv), "--project", str(proj))
+    ok(lab.run("install", *where, machine=MACHINE))
+    res = ok(lab.run("verify", *where, machine=MACHINE))
+    assert "cupy" not in res.stdout and "ok: the GPU stack is consistent" in res.stdout, res
+
+
 def test_verify_accepts_the_result_then_names_a_mismatch(done: Done, lab: Lab) -> None:
     ok(done.verify)
     # Another CUDA major's cupy next to ours, and a PyG wheel for the cpu backend.

@@ -23,6 +23,8 @@ from tests.integration.bp_helpers import (
     no_gpu,
     nvidia,
     out,
+    pip,
+    pip_env,
     pip_from,
     problems_of,
     project,
@@ -237,6 +239,30 @@ def test_torch_against_the_hardware(world: World, tmp_path: Path, install, drive
     rc, report, proc = verify_json(py, env=env, cwd=tmp_path)
     assert rc == 0, out(proc)
     assert versions(py, world)["torch"] == fixed_torch
+
+
+def test_after_pip_uninstall_torch_every_fix_line_makes_verify_pass(world: World, tmp_path: Path) -> None:
+    """torch removed by plain pip from a cu124 stack, on a machine whose newest backend is cu128:
+    the fixes bring back the torch the companions were made for, not the newest one beside them
+    (issue 18: ``backendpick install torch`` installed 2.7.1+cu128 beside packages pinned to 2.5.1)."""
+    env = bp_env(world, nvidia(tmp_path, driver="570.133.20"))
+    py = venv_python(world.new_venv(tmp_path))
+    pip_from(world, py, "torch==2.5.1+cu124", "filelock", "typing-extensions", "torchvision==0.20.1+cu124",
+             "xformers==0.0.28.post3", indexes=["cu124"])
+    proj = project(tmp_path / "proj", ["torch", "torchvision", "xformers"])
+    pip(py, "uninstall", "-y", "torch", env=pip_env(world))
+
+    rc, report, proc = verify_json(py, env=env, cwd=proj)
+    assert rc == 1, out(proc)
+    # "torch is required" (the project) and "torch is not installed, but torchvision, xformers
+    # need it" (the stack): one fix, and running it alone repairs the environment.
+    [fix] = {p["fix"] for p in report["problems"]}
+    assert " --backend cu124 torch==2.5.1 torchvision xformers" in fix, report
+    proc = run_fix(fix, env=env, cwd=proj)
+    assert proc.returncode == 0, f"fix {fix!r} does not work\n" + out(proc)
+    rc, report, proc = verify_json(py, env=env, cwd=proj)
+    assert rc == 0, out(proc)
+    assert versions(py, world)["torch"] == "2.5.1+cu124"
 
 
 # -- pip check ---------------------------------------------------------------------------------

@@ -175,9 +175,16 @@ def test_packages_outside_the_stack_are_not_judged_here() -> None:
 
 
 def test_companions_without_torch() -> None:
-    [p] = stack(target(dist("torchvision", "0.20.1+cu124"), dist("flash-attn", "2.7.4")))
-    assert p.package == "torch" and "flash-attn, torchvision" in p.message
-    assert p.fix == f"backendpick install{FLAG} torch"
+    """After ``pip uninstall torch`` the fix brings back the torch the companions were made for,
+    on their backend, with them named: a plain ``install torch`` took the newest torch beside
+    companions pinned to the old one (issue 18)."""
+    [p] = stack(target(dist("torchvision", "0.20.1+cu124", "torch==2.5.1"), dist("flash-attn", "2.7.4", "torch"),
+                       dist("xformers", "0.0.28.post3", "torch==2.5.1", 'torch>=9; extra == "dev"')))
+    assert p.package == "torch" and "flash-attn, torchvision, xformers" in p.message
+    assert p.fix == f"backendpick install{FLAG} --backend cu124 torch==2.5.1 flash-attn torchvision xformers"
+    # Nothing pins torch: the newest the backend (unknown here) offers, the builds named to be rebuilt.
+    [p] = stack(target(dist("flash-attn", "2.7.4", "torch")))
+    assert p.fix == f"backendpick install{FLAG} torch flash-attn"
     assert stack(target(dist("tqdm", "4.66.0"))) == []
 
 
@@ -287,6 +294,34 @@ def test_missing_and_mismatched_requirements() -> None:
         ("tqdm", "tqdm>=4.60 is required but 4.0 is installed"),
     ]
     assert all(p.fix == f"backendpick install{FLAG}" for p in problems)
+
+
+def test_a_requirement_a_recipe_renamed_counts_as_installed() -> None:
+    """``cupy`` is installed as cupy-cuda12x (its recipe's name per CUDA major), ``faiss-gpu`` as
+    faiss-cpu on the cpu backend: a Dockerfile's ``install && verify`` must pass (issue 18)."""
+    from backendpick import recipes
+
+    t, _ = torch("2.5.1+cu124")
+    tgt = target(t, dist("cupy-cuda12x", "13.3.0", "numpy"), dist("numpy", "1.26.4"), dist("faiss-cpu", "1.9.0"),
+                 dist("jax", "0.4.35", 'jax-cuda12-plugin==0.4.35; extra == "cuda12"'),
+                 dist("jax-cuda12-plugin", "0.4.35"))
+    shipped = recipes.shipped()
+    wanted = [Requirement("cupy>=13"), Requirement("faiss-gpu"), Requirement("jax")]
+    assert dependencies.missing_problems(tgt, wanted, NBI, FLAG, recipes=shipped) == []
+    # The version is still the requirement's to judge, and a build that is not there is missing.
+    problems = dependencies.missing_problems(tgt, [Requirement("cupy>=14"), Requirement("spconv")], NBI, FLAG,
+                                             recipes=shipped)
+    assert [(p.package, p.message) for p in problems] == [
+        ("cupy", "cupy>=14 is required but 13.3.0 is installed"), ("spconv", "spconv is required but not installed")]
+    # Without the recipes (as before), cupy-cuda12x was not seen as cupy.
+    assert [p.package for p in dependencies.missing_problems(tgt, wanted[:1], NBI, FLAG)] == ["cupy"]
+
+
+def test_a_missing_torch_beside_its_companions_gets_their_torch() -> None:
+    tgt = target(dist("torchvision", "0.20.1+cu124", "torch==2.5.1"), dist("tqdm", "4.66.0"))
+    [p] = dependencies.missing_problems(tgt, [Requirement("torch"), Requirement("torchvision")], NBI, FLAG,
+                                        family=["torch", "torchvision"])
+    assert p.fix == f"backendpick install{FLAG} --backend cu124 torch==2.5.1 torchvision"
 
 
 def test_missing_transitive_requirement_is_a_problem() -> None:
