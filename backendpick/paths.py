@@ -10,7 +10,8 @@ Two roots, one rule for both:
   into is its ``envs/<hash of the prefix>`` folder.
 * the environment's state folder, ``state_dir``: ``<venv>/.backendpick`` inside a writable
   virtual environment (so it goes when the environment goes), else the cache's ``envs`` folder.
-  The constraints file, logs, history, lock and records of one environment live there.
+  The constraints file, logs, history, the copies kept for restore, lock and records of one
+  environment live there.
 
 The environment is passed in (``env``, a mapping); ``os.environ`` is read only as the default,
 so tests and the CLI decide which variables count.

@@ -10,7 +10,7 @@ and, where the snapshot knows them, the same files) comes back from, in this ord
    (its build record), again offline: never a source build, which in pip's isolation fails
    with ``No module named 'torch'`` (issue 18) and out of it builds against whatever torch is
    there;
-3. its direct URL;
+3. its direct URL (a build package's only when it is a wheel);
 4. its index: a backend build from its backend index, PyPI's torch family from the user's main
    index (never an extra index), anything else through the user's pip configuration.
 
@@ -126,8 +126,8 @@ def _sources(todo: list[Package], snapshot: Snapshot, target: Target, sources: S
         wheel = _kept(p, sources) or (_cached_build(p, snapshot, target, sources) if name in sources.build_names else None)
         if wheel is not None:
             offline.append(f"{p.name} @ {wheel}")
-        elif p.direct_url:
-            plain.append(f"{p.name} @ {p.direct_url}")
+        elif p.direct_url and (name not in sources.build_names or p.direct_url.split("#")[0].endswith(".whl")):
+            plain.append(f"{p.name} @ {p.direct_url}")  # a build package's only as a wheel: no isolated build
         elif name in sources.build_names:
             torch = snap_torch.version if snap_torch else "?"
             unavailable.append(f"{p.name}=={p.version} (no kept copy, and no wheel in the cache built for torch {torch}; "

@@ -55,5 +55,5 @@ def test_writable_venv_keeps_its_state_inside(tmp_path):
     state = tmp_path / ".backendpick"
     assert {paths.constraints(state).name, paths.logs(state).name, paths.history(state).name,
             paths.lock(state).name, paths.last_install(state).name, paths.builds_record(state).name,
-            paths.build_staging(state).name, paths.build_env(state).name} == {
-        "constraints.txt", "logs", "history", "lock", "last-install.json", "builds.json", "build", "build-env"}
+            paths.build_staging(state).name, paths.build_env(state).name, paths.kept(state).name} == {
+        "constraints.txt", "logs", "history", "lock", "last-install.json", "builds.json", "build", "build-env", "kept"}

@@ -8,7 +8,6 @@ in tests/integration/test_restore_exact.py."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import zipfile
@@ -18,55 +17,7 @@ import pytest
 
 from backendpick import distfiles, repack
 from tests.support.dists import make_wheel
-
-TAG = "cp311-cp311-linux_x86_64"
-
-
-def _hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-class Installed:
-    """A distribution installed into ``prefix`` as pip would leave it."""
-
-    def __init__(self, prefix: Path, name: str = "demo", version: str = "1.0+local.7", *,
-                 files: dict[str, bytes] | None = None, scripts: dict[str, bytes] | None = None,
-                 data: dict[str, bytes] | None = None, entry_points: str = "", wheel: bool = True):
-        self.prefix = prefix
-        self.lib = prefix / "lib" / "python3.11" / "site-packages"
-        self.dist_info = self.lib / f"{name}-{version}.dist-info"
-        self.rows: list[str] = []
-        files = dict(files if files is not None else {
-            "demo/__init__.py": b"VALUE = 1\n", "demo/_ext.so": bytes(range(256)) * 40, "demo_top.py": b"x = 2\n"})
-        files.setdefault(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode())
-        if wheel:
-            files[f"{name}-{version}.dist-info/WHEEL"] = f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {TAG}\n".encode()
-        if entry_points:
-            files[f"{name}-{version}.dist-info/entry_points.txt"] = entry_points.encode()
-        for rel, body in files.items():
-            self.put(rel, body)
-        for rel, body in (scripts or {}).items():
-            self.put(f"../../../bin/{rel}", body)
-        for rel, body in (data or {}).items():
-            self.put(f"../../../{rel}", body)
-        # What pip adds: bytecode of the sources, its markers, RECORD listing itself unhashed.
-        if "demo/__init__.py" in files:
-            self.put("demo/__pycache__/__init__.cpython-311.pyc", b"\x00compiled")
-        for marker, body in (("INSTALLER", b"pip\n"), ("REQUESTED", b""),
-                             ("direct_url.json", b'{"url": "file:///w/demo.whl", "archive_info": {}}')):
-            self.put(f"{name}-{version}.dist-info/{marker}", body)
-        self.rows.append(f"{name}-{version}.dist-info/RECORD,,")
-        (self.dist_info / "RECORD").write_text("\n".join(self.rows) + "\n", encoding="utf-8")
-
-    def put(self, rel: str, body: bytes) -> None:
-        path = (self.lib / rel).resolve() if rel.startswith("..") else self.lib / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-        self.rows.append(f"{rel},{_hash(body)},{len(body)}")
-
-    def layout(self) -> repack.Layout:
-        return repack.Layout(self.prefix, self.prefix / "bin", TAG)
-
+from tests.support.installed import TAG, Installed, record_hash as _hash
 
 def _entries(wheel: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(wheel) as zf:
@@ -81,6 +32,8 @@ def test_record_rows_are_csv_with_optional_hash_and_size():
     assert rows == [distfiles.Row("a/b.py", "sha256=abc", 12), distfiles.Row("a/with,comma.py", "sha256=def", 3),
                     distfiles.Row("x.dist-info/RECORD", None, None)]
     with pytest.raises(ValueError, match="4 fields"):
+        distfiles.parse_record('"a",b,1,extra\n')
+    with pytest.raises(ValueError, match="no size"):
         distfiles.parse_record("a,b,1,extra\n")
     with pytest.raises(ValueError, match="no size"):
         distfiles.parse_record("a,sha256=x,big\n")
