@@ -282,6 +282,40 @@ def before_change(phases: Sequence, target: Target, snapshot, state: Path, *, bu
     return snapshot, kept
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A copy the plan will keep (``install --dry-run``): what, and how large installed."""
+
+    name: str
+    version: str
+    size: int  # bytes its RECORD lists
+    maybe: bool  # only if pip replaces it
+
+    def words(self) -> str:
+        from backendpick.output import size_text
+
+        return f"{self.name} {self.version} ({size_text(self.size)} installed{', if pip replaces it' if self.maybe else ''})"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def preview(phases: Sequence, target: Target, build_names: Iterable[str] = ()) -> list[Planned]:
+    """What ``before_change`` would keep, without copying anything (a RECORD read each)."""
+    certain, maybe = at_risk(phases, target, build_names)
+    out = []
+    for name in certain + maybe:
+        dist = target.get(name)
+        rows = None
+        if dist.dist_info:
+            try:
+                rows = distfiles.read_record(Path(dist.dist_info))
+            except (OSError, ValueError, UnicodeDecodeError):
+                rows = None
+        out.append(Planned(dist.name, dist.version, sum(r.size or 0 for r in rows or ()), name in maybe))
+    return out
+
+
 def check(copy: Copy, state: Path) -> str | None:
     """Why the kept wheel cannot be installed (gone, or not the bytes kept), or None."""
     path = copy.path(state)
@@ -299,4 +333,5 @@ def describe(kept: Kept) -> str:
     return ", ".join(f"{c.name} {c.version} ({size_text(c.size)}, {c.how})" for c in kept.copies.values())
 
 
-__all__ = ["Copy", "Kept", "at_risk", "before_change", "check", "describe", "from_an_index", "keep"]
+__all__ = ["Copy", "Kept", "Planned", "at_risk", "before_change", "check", "describe", "from_an_index", "keep",
+           "preview"]

@@ -80,14 +80,19 @@ class _Progress:
 def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Inspection | None = None) -> int:
     """``inspection``: the target's inspection, started by the caller while it imported us."""
     if dry_run:
+        from backendpick import keep
+
         prepared = prepare(req, inspection=inspection)
+        keeps = keep.preview(prepared.plan.phases, prepared.target, prepared.settings.no_build_isolation)
         if out.json_mode:
-            out.emit_json({"ok": True, **prepared.plan.to_json()})
+            out.emit_json({"ok": True, **prepared.plan.to_json(), "keeps": [k.to_json() for k in keeps]})
         else:
             for route in prepared.plan.routes:
                 out.line(f"# {route.line()}")
             for line in torch_lines(prepared.plan) if prepared.plan.active else ():
                 out.line(f"# {line}")
+            if keeps:
+                out.line(f"# before any change, a copy is kept for restore of: {', '.join(k.words() for k in keeps)}")
             for phase in prepared.plan.active:
                 out.line(phase.command_line())
             for w in prepared.plan.warnings:

@@ -90,6 +90,8 @@ def test_a_torch_no_index_serves_comes_back_exactly_and_a_second_restore_changes
     before = files_of(venv)
     direct_url = (site_packages(venv) / f"torch-{NGC_TORCH}.dist-info" / "direct_url.json").read_text()
 
+    dry = ok(launch("install", "--python", py, "--backend", "cpu", "torch", "--dry-run", env=env, cwd=tmp_path))
+    assert f"# before any change, a copy is kept for restore of: torch {NGC_TORCH} (" in dry.stdout, dry
     replaced = ok(launch("install", "--python", py, "--backend", "cpu", "torch", env=env, cwd=tmp_path))
     assert versions(py, world)["torch"] == "2.7.1+cpu"
     assert f"kept a copy of torch {NGC_TORCH} (" in replaced.stdout and ", repacked)" in replaced.stdout, replaced

@@ -66,6 +66,14 @@ def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
     assert keep.at_risk([install("backend", "torch")], ngc) == ([], [])
 
 
+def test_dry_run_names_what_would_be_kept_and_its_installed_size(tmp_path: Path):
+    demo = Installed(tmp_path / "env", "torch", "2.4.0a0+f70bd71a48.nv24.6")
+    env = environment(demo.prefix, demo.entry())
+    [planned] = keep.preview([remove("torch")], env)
+    assert planned.words() == "torch 2.4.0a0+f70bd71a48.nv24.6 (10.2 KB installed)"
+    assert not (tmp_path / "state").exists()
+
+
 # -- from where ---------------------------------------------------------------------------------------
 
 
