@@ -150,7 +150,9 @@ class Env:
         it) with a copy of the wheel cache as it is now, for one test alone."""
         venv = clone_venv(self.venv, tmp_path / "venv")
         conf = venv / "pip.conf"
-        conf.write_text(conf.read_text().replace(str(self.venv), str(venv)))
+        text = conf.read_text().replace(str(self.venv), str(venv))
+        conf.unlink()  # a new file: a clone may share the original's (hard links)
+        conf.write_text(text)
         shutil.copytree(self.env["BACKENDPICK_CACHE_DIR"], tmp_path / "wheel-cache")
         return Env(self.world, venv, {**self.env, "BACKENDPICK_CACHE_DIR": str(tmp_path / "wheel-cache")})
 
