@@ -15,10 +15,15 @@ Every request is logged so tests can assert which index served what.
 Every response says ``Cache-Control: no-store`` (pages change when tests add files), unless
 ``page_caching`` gives an index's project pages a policy of their own: any Cache-Control (or
 none), and an ETag the server honours in ``If-None-Match`` with a 304.
+
+``require_auth`` puts an index behind HTTP Basic auth, as a company mirror (Artifactory, Nexus,
+devpi) is: every request for it without the right ``Authorization`` header gets a 401 with a
+``WWW-Authenticate: Basic`` challenge, and the log says which requests were authorized.
 """
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import hashlib
 import html
@@ -52,6 +57,8 @@ class RequestRecord:
     status: int
     content_type: str  # "" for errors and files
     conditional: bool = False  # sent If-None-Match or If-Modified-Since
+    user: str | None = None  # the Basic-auth user name the request carried, if any
+    agent: str = ""  # its User-Agent
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,8 @@ class IndexServer:
         self._host = host
         # index -> (Cache-Control of its project pages or None for none, send an ETag)
         self._caching: dict[str, tuple[str | None, bool, str | None]] = {}
+        self._auth: dict[str, tuple[str, str]] = {}  # index -> (user, password) it requires
+        self._current = threading.local()  # the request a handler thread is answering: (user, agent)
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -254,6 +263,27 @@ class IndexServer:
         If-None-Match names the current one."""
         with self._lock:
             self._caching[index] = (cache_control, etag, last_modified)
+
+    def require_auth(self, index: str, user: str, password: str) -> None:
+        """Answer requests for ``index`` only with HTTP Basic auth of ``user``/``password``: a 401
+        (``WWW-Authenticate: Basic``) without it or with any other."""
+        with self._lock:
+            self._auth[index] = (user, password)
+
+    def _authorized(self, index: str | None, header: str | None) -> tuple[bool, str | None]:
+        """Whether a request for ``index`` with ``Authorization: header`` may be answered, and the
+        user name it carried."""
+        user = None
+        if header and header.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, password = None, None
+        else:
+            password = None
+        with self._lock:
+            wanted = self._auth.get(index or "")
+        return wanted is None or (user, password) == wanted, user
 
     def page_requests(self, index: str, project: str) -> list[RequestRecord]:
         """The requests for ``project``'s page on ``index`` (any status), oldest first."""
@@ -437,6 +467,7 @@ class IndexServer:
         *, conditional: bool = False,
     ) -> _Response:
         page_type = response.content_type if kind in ("root", "project") else ""
+        user, agent = getattr(self._current, "who", (None, ""))
         record = RequestRecord(
             path,
             index,
@@ -445,6 +476,8 @@ class IndexServer:
             int(response.status),
             page_type if response.ok else "",
             conditional,
+            user,
+            agent,
         )
         with self._lock:
             self._log.append(record)
@@ -475,7 +508,13 @@ class IndexServer:
                 for gate in gates:
                     gate.hold(path, agent)
                 conditional = {h: self.headers[h] for h in ("If-None-Match", "If-Modified-Since") if h in self.headers}
-                response = server._respond(path, self.headers.get("Accept", ""), conditional)
+                parts = [part for part in path.split("/") if part]
+                allowed, user = server._authorized(parts[0] if parts else None, self.headers.get("Authorization"))
+                server._current.who = (user, agent)  # for the log record of this request
+                if allowed:
+                    response = server._respond(path, self.headers.get("Accept", ""), conditional)
+                else:
+                    response = server._logged(path, parts[0], "denied", "", _Response(HTTPStatus.UNAUTHORIZED))
                 self.send_response(response.status)
                 content_type = response.content_type
                 if content_type.startswith("text/"):
@@ -484,6 +523,8 @@ class IndexServer:
                 self.send_header("Content-Length", str(len(response.body)))
                 if response.location:
                     self.send_header("Location", response.location)
+                if response.status == HTTPStatus.UNAUTHORIZED:
+                    self.send_header("WWW-Authenticate", 'Basic realm="test index"')
                 # Pages change when tests add files: no HTTP caching unless a test asks for it.
                 if response.cache_control is not None:
                     self.send_header("Cache-Control", response.cache_control)
