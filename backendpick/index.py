@@ -1,13 +1,15 @@
 """Read project pages of a package index (PEP 691 JSON, else PEP 503 HTML).
 
 Used to learn which backends really publish a torch for this Python and this specifier, so a
-new release or a company mirror works without a new backendpick. urllib keeps this cheap; it
-honours the user's pip certificate, proxy and trusted hosts.
+new release or a company mirror works without a new backendpick. urllib keeps this cheap; the
+requests go out as pip's would (transport.py: the user's certificate, proxy, trusted hosts and
+credentials).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import urljoin, urlsplit
@@ -75,54 +77,46 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
     return files
 
 
-def open_url(pip_config: PipConfig, url: str):
-    """A urllib opener for ``url`` with the user's pip certificate, proxy and trusted hosts, and
-    the URL without its credentials (urllib does not send those by itself: the opener does).
-
-    The one way backendpick reads HTTP: index pages and the existence checks of prebuilt wheels."""
-    import ssl
-    import urllib.request
-    from urllib.parse import unquote
-
-    parts = urlsplit(url)
-    handlers: list = []
-    if pip_config.proxy:
-        handlers.append(urllib.request.ProxyHandler({"http": pip_config.proxy, "https": pip_config.proxy}))
-    if parts.scheme == "https":
-        ctx = ssl.create_default_context(cafile=pip_config.cert) if pip_config.cert else ssl.create_default_context()
-        if parts.hostname in pip_config.trusted_hosts:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        handlers.append(urllib.request.HTTPSHandler(context=ctx))
-    if parts.username:
-        mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-        mgr.add_password(None, f"{parts.scheme}://{parts.hostname}", unquote(parts.username), unquote(parts.password or ""))
-        handlers.append(urllib.request.HTTPBasicAuthHandler(mgr))
-        url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
-    return urllib.request.build_opener(*handlers), url
-
-
 class IndexClient:
     """Project pages of indexes, each read once per run; with ``env`` (the user's environment)
     http(s) pages are also kept on disk between runs as HTTP caching allows (pagecache.py), and
-    ``refresh`` (``--refresh``) revalidates every kept page before using it."""
+    ``refresh`` (``--refresh``) revalidates every kept page before using it. ``urls``: configured
+    URLs whose credentials count for their host (``credentials.configured_urls``).
+
+    ``session`` sends every request backendpick makes itself (pages, prebuilt checks and
+    downloads) with the run's credentials (``credentials.Keychain``)."""
 
     def __init__(self, pip_config: PipConfig, timeout: float | None = None, *,
-                 env: Mapping[str, str] | None = None, refresh: bool = False):
+                 env: Mapping[str, str] | None = None, refresh: bool = False, urls: Iterable[str] = ()):
+        from backendpick.credentials import Keychain
+
         self.pip_config = pip_config
         # Short: a blackholed mirror must not stall a Docker build; pip retries on its own later.
         self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
         self.refresh = refresh
         self._cache: dict[str, list[FileLink]] = {}
         self._disk = None
+        self._env = dict(os.environ if env is None else env)
+        self.keychain = Keychain(self._env, pip_config, urls)
+        self._session = None
         if env is not None:
             from backendpick import paths
             from backendpick.pagecache import PageCache
 
             self._disk = PageCache(paths.page_cache(env))
 
+    @property
+    def session(self):
+        """The transport (created on first use: a run answered from the cache sends nothing)."""
+        if self._session is None:
+            from backendpick.transport import Session
+
+            self._session = Session(self.pip_config, self._env, self.keychain, self.timeout)
+        return self._session
+
     def project(self, index_url: str, name: str) -> list[FileLink]:
         """Files of ``name`` on the index at ``index_url``; PageNotFound for a 404."""
+        self.keychain.learn(index_url)  # an index URL, as pip's --index-url: its credentials count for its host
         return self.page(index_url.rstrip("/") + "/" + normalize(name) + "/")
 
     def page(self, url: str) -> list[FileLink]:
@@ -142,7 +136,9 @@ class IndexClient:
         import time
 
         entry = self._disk.load(url) if self._disk is not None else None
-        if entry is not None and not self.refresh and entry.fresh(time.time()):
+        # A page that needed credentials is shown to no one the server has not just accepted:
+        # always revalidated, with this run's credentials (pagecache.py).
+        if entry is not None and not self.refresh and not entry.authenticated and entry.fresh(time.time()):
             return [FileLink(*f) for f in entry.files]
         return self._fetch(url, entry if entry is not None and entry.has_validator else None)
 
@@ -152,17 +148,14 @@ class IndexClient:
         from the cache: an index that is down is an error as it was without one."""
         import time
         import urllib.error
-        import urllib.request
 
         from backendpick import pagecache
 
-        opener, url_clean = open_url(self.pip_config, url)
-        headers = {"Accept": _ACCEPT, "User-Agent": "backendpick"}
+        headers = {"Accept": _ACCEPT}
         if entry is not None:
             headers.update(entry.conditional_headers())
-        request = urllib.request.Request(url_clean, headers=headers)
         try:
-            with opener.open(request, timeout=self.timeout) as resp:
+            with self.session.open(url, headers=headers) as resp:
                 body = resp.read()
                 ctype = resp.headers.get("Content-Type", "text/html")
                 final = resp.geturl()
@@ -173,14 +166,26 @@ class IndexClient:
                 return [FileLink(*f) for f in entry.files]
             if exc.code == 404:
                 raise PageNotFound(f"{redact(url)} (HTTP 404)") from None
-            raise IndexUnavailable(f"{redact(url)}: HTTP {exc.code}") from None
+            raise IndexUnavailable(f"{redact(url)}: HTTP {exc.code}{self.unauthorized(url, exc.code)}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise IndexUnavailable(f"{redact(url)}: {reason}") from None
         files = parse_page(body, ctype, final)
         rows = [(f.filename, f.url, f.requires_python, f.yanked) for f in files]
-        self._keep(url, pagecache.new_entry(redact(url), reply, rows, time.time()))
+        # Sent with credentials (found before, or from keyring after a 401: then kept for the host).
+        authenticated = self.keychain.find(url) is not None
+        self._keep(url, pagecache.new_entry(url, reply, rows, time.time(), authenticated=authenticated))
         return files
+
+    def unauthorized(self, url: str, code: int) -> str:
+        """What a 401 or 403 means here, in words: which credentials went, or where none were found."""
+        if code not in (401, 403):
+            return ""
+        auth = self.keychain.find(url)
+        if auth is not None:
+            return f" (the credentials from {auth.source} were refused)"
+        said = f"; {self.keychain.keyring_said}" if self.keychain.keyring_said else ""
+        return f" (no credentials for this host in the URL, an index URL, .netrc or keyring{said})"
 
     def _keep(self, url: str, entry) -> None:
         """Store ``entry`` for ``url``; None (the server said not to keep it): drop the old one."""

@@ -14,9 +14,15 @@ served that way (no Cache-Control; ETag and Last-Modified from S3), and uv gives
 the same way (astral-sh/uv#15481, checked 2026-12-01). ``Expires`` is not honoured (neither
 index backendpick talks to relies on it; ``max-age`` wins over it anyway).
 
-Entries live in ``cache_home()/pages/<sha256 of the full URL>.json``: the key covers the
-credentials of a private index, the entry names the URL with them redacted. A damaged entry is
-a miss; a cache folder backendpick cannot write is no cache, never an error.
+Entries live in ``cache_home()/pages/<sha256 of the URL>.json``, the URL taken without its user
+information both in the key and in the entry: no secret, not even hashed (a hash of a short
+password can be searched for), is written down. A page fetched with credentials is kept with
+``authenticated`` set and is never used without asking: every later use revalidates it, with
+that run's credentials, so a server that has not just accepted them (a 401 or 403 is an error,
+as it was without a cache) shows nothing; a 304 says these credentials may see the page kept.
+Such a page needs a validator (``ETag`` / ``Last-Modified``) to be kept at all. The folder is
+the user's own (``XDG_CACHE_HOME``): another local user never reads it. A damaged entry is a
+miss; a cache folder backendpick cannot write is no cache, never an error.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from backendpick.redaction import strip
 
 FORMAT = 1
 
@@ -101,6 +109,7 @@ class Entry:
     last_modified: str | None
     cache_control: str  # the directives the lifetime came from; a 304 without any keeps them
     files: tuple[tuple[str, str, str | None, bool], ...]  # (filename, url, requires_python, yanked)
+    authenticated: bool = False  # fetched with credentials: revalidated before every use
 
     @property
     def has_validator(self) -> bool:
@@ -119,17 +128,20 @@ class Entry:
         return headers
 
 
-def new_entry(url: str, headers, files: Sequence[tuple], now: float) -> Entry | None:
+def new_entry(url: str, headers, files: Sequence[tuple], now: float, *, authenticated: bool = False) -> Entry | None:
     """The entry for a 200 response with ``headers`` (a Message-like: ``get``, ``get_all``), or
-    None when it must not be stored: ``no-store``, or stale at once without a validator."""
+    None when it must not be stored: ``no-store``, stale at once without a validator, or
+    fetched with credentials without a validator (it could never be revalidated)."""
     control = ", ".join(headers.get_all("Cache-Control") or [])
     directives = parse_cache_control([control])
     if "no-store" in directives:
         return None
     fresh_for = lifetime(directives, headers.get("Age"), last_modified=headers.get("Last-Modified"),
                          date=headers.get("Date"), now=now)
-    entry = Entry(url, now, fresh_for, headers.get("ETag"), headers.get("Last-Modified"), control,
-                  tuple(tuple(f) for f in files))
+    entry = Entry(strip(url), now, fresh_for, headers.get("ETag"), headers.get("Last-Modified"), control,
+                  tuple(tuple(f) for f in files), authenticated)
+    if authenticated:
+        return entry if entry.has_validator else None
     return entry if entry.lifetime > 0 or entry.has_validator else None
 
 
@@ -147,9 +159,9 @@ def revalidated(entry: Entry, headers, now: float) -> Entry | None:
 
 
 def key(url: str) -> str:
-    """The entry's file name: the full URL hashed, credentials included (two users of one
-    private index may see different pages) and never written in clear."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest() + ".json"
+    """The entry's file name: the URL without its user information, hashed (see the module's
+    docstring for why credentials are not part of it)."""
+    return hashlib.sha256(strip(url).encode("utf-8")).hexdigest() + ".json"
 
 
 class PageCache:
@@ -166,7 +178,8 @@ class PageCache:
             files = tuple((str(f[0]), str(f[1]), None if f[2] is None else str(f[2]), bool(f[3]))
                           for f in data["files"])
             return Entry(str(data["url"]), float(data["stored"]), int(data["lifetime"]), data.get("etag"),
-                         data.get("last_modified"), str(data.get("cache_control", "")), files)
+                         data.get("last_modified"), str(data.get("cache_control", "")), files,
+                         bool(data.get("authenticated", False)))
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
 
@@ -175,7 +188,7 @@ class PageCache:
 
         data = {"format": FORMAT, "url": entry.url, "stored": entry.stored, "lifetime": entry.lifetime,
                 "etag": entry.etag, "last_modified": entry.last_modified, "cache_control": entry.cache_control,
-                "files": [list(f) for f in entry.files]}
+                "files": [list(f) for f in entry.files], "authenticated": entry.authenticated}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self.folder / key(url), json.dumps(data))

@@ -1,8 +1,9 @@
 """Where prebuilt wheels are looked for: the sources of ``[tool.backendpick.prebuilt]`` (URL
 templates, folders, ``"github"`` for the project's release) and whether a file is there.
 
-A URL is asked with HEAD (a one-byte GET where HEAD is refused) through ``index.open_url``, so
-the user's pip certificate, proxy and trusted hosts apply; a folder is looked into directly.
+A URL is asked with HEAD (a one-byte GET where HEAD is refused) through the run's
+``transport.Session``, so the user's pip certificate, proxy, trusted hosts and credentials
+apply; a folder is looked into directly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from packaging.version import InvalidVersion, Version
 from backendpick.buildenv import TorchInfo
 from backendpick.config import GITHUB_SOURCE, redact
 from backendpick.facts import Package
-from backendpick.pipconf import PipConfig
 from backendpick.wheelnames import wheel_filename
 
 CHECK_TIMEOUT = 15.0  # per source; a blackholed mirror must not stall an install for minutes
@@ -55,31 +55,31 @@ class Found:
     source: Source
 
 
-def url_exists(url: str, pip_config: PipConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool | None, str]:
+def url_exists(url: str, session, timeout: float = CHECK_TIMEOUT) -> tuple[bool | None, str]:
     """True when the URL serves a file, False when the server says it has none, None when it
-    cannot be asked (no network); with the reason in words."""
+    cannot be asked (no network); with the reason in words. ``session``: a transport.Session."""
     import urllib.error
-    import urllib.request
 
     if urlsplit(url).scheme == "file":
         from urllib.request import url2pathname
 
         path = Path(url2pathname(urlsplit(url).path))
         return (True, "") if path.is_file() else (False, "no such file")
-    from backendpick.index import open_url
-
-    opener, clean = open_url(pip_config, url)
     # HEAD first; servers that refuse HEAD (signed storage URLs) get a one-byte GET instead.
     for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
-        request = urllib.request.Request(clean, method=method, headers={"User-Agent": "backendpick", **headers})
         try:
-            with opener.open(request, timeout=timeout):
+            with session.open(url, method=method, headers=headers, timeout=timeout):
                 return True, ""
         except urllib.error.HTTPError as exc:
             if exc.code in (404, 410):
                 return False, f"not published (HTTP {exc.code})"
             if exc.code in (401, 403, 405, 501) and method == "HEAD":
                 continue
+            if exc.code in (401, 403):
+                found = session.keychain.find(url)
+                return None, (f"HTTP {exc.code} (the credentials from {found.source} were refused)" if found
+                              else f"HTTP {exc.code} (no credentials for this host in the URL, an index URL, "
+                                   ".netrc or keyring)")
             return None, f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -87,7 +87,7 @@ def url_exists(url: str, pip_config: PipConfig, timeout: float = CHECK_TIMEOUT) 
     return None, "no answer"  # pragma: no cover - the loop returns
 
 
-def look(filename: str, version: str, where: Sequence[Source], pip_config: PipConfig,
+def look(filename: str, version: str, where: Sequence[Source], session,
          timeout: float = CHECK_TIMEOUT) -> tuple[Found | None, list[str]]:
     """The first source holding ``filename``; otherwise what each source said."""
     said = []
@@ -99,7 +99,7 @@ def look(filename: str, version: str, where: Sequence[Source], pip_config: PipCo
             said.append(f"{source.label()}: not there" if source.folder.is_dir() else f"{source.label()}: no such folder")
             continue
         url = (source.url or "").replace("{filename}", quote(filename)).replace("{version}", quote(version))
-        ok, why = url_exists(url, pip_config, timeout)
+        ok, why = url_exists(url, session, timeout)
         if ok:
             return Found(url, source), said
         said.append(f"{source.label()}: {why}")

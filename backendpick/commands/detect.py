@@ -77,7 +77,10 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
         kept = installed_backend(target, facts)
         if kept is not None and kept.is_gpu and kept not in candidates:
             candidates.append(kept)
-    offers = gather(facts, IndexClient(pipconf.read(env, target.prefix), env=env), settings.index_url.value, candidates,
+    from backendpick.credentials import configured_urls
+
+    client = IndexClient(pipconf.read(env, target.prefix), env=env, urls=configured_urls(settings))
+    offers = gather(facts, client, settings.index_url.value, candidates,
                     torch_spec(wanted), target)
     releases, source, notes = offers.releases, offers.source, list(offers.warnings)
     unanswered = offers.unanswered()

@@ -54,7 +54,9 @@ def torch_offered(target: target_mod.Target, settings: config.Settings, backend,
     from backendpick.offers import index_url_for
 
     env = dict(os.environ if env is None else env)
-    client = IndexClient(pipconf.read(env, target.prefix), env=env)
+    from backendpick.credentials import configured_urls
+
+    client = IndexClient(pipconf.read(env, target.prefix), env=env, urls=configured_urls(settings))
     try:
         files = client.project(index_url_for(settings.index_url.value, backend), "torch")
     except (PageNotFound, IndexUnavailable):
@@ -101,6 +103,10 @@ def check(
         problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family, offered=offered)
                      if config.normalize(p.package) not in reported]
     pins = envpins.status(target.prefix, target.installed, family | nbi, os.environ)
+    if pins.in_place and pins.unreadable:
+        # The file is there, yet a plain pip fails on every install (or ignores the pins).
+        problems.append(Problem("pins", f"pip cannot read the environment's pins ({pins.path}): {pins.unreadable}",
+                                f"backendpick install{flag}   # rewrites the pins in a form pip reads"))
     if pins.in_place and not pins.current:
         # Stale pins make a plain pip refuse what the environment already holds.
         problems.append(Problem("pins", f"the environment's pins ({pins.path}) are not current: "
@@ -148,6 +154,7 @@ def render(out: Output, report: Report) -> None:
             out.line("pins: none (a plain pip can replace the stack; backendpick install writes them)")
         else:
             out.line(f"pins: {p.path}, " + ("current" if p.current else "not current")
+                     + ("" if p.unreadable is None else ", not readable by pip")
                      + (f"; hidden in this shell by {p.hidden_by}" if p.hidden_by else ""))
     for p in report.problems:
         out.line(f"problem: {p.package}: {p.message}")

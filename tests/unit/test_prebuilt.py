@@ -170,7 +170,9 @@ def no_proxy(monkeypatch):
 
 
 def test_url_exists_answers_found_missing_and_unreachable(http_server, no_proxy):
-    conf = PipConfig()
+    from backendpick.transport import Session
+
+    conf = Session(PipConfig())
     assert wheelsources.url_exists(f"{http_server}/w/present.whl", conf) == (True, "")
     assert wheelsources.url_exists(f"{http_server}/w/absent.whl", conf) == (False, "not published (HTTP 404)")
     # Storage that refuses HEAD (signed URLs) gets a one-byte GET.
