@@ -60,6 +60,7 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
     ctx = phase.context
     assert isinstance(ctx, prebuilt.BuildContext)
     ctx, steps = _for_the_installed_torch(ctx, list(phase.steps), target, env, say)
+    steps = _fetched(ctx, steps, say)
     phase = replace(phase, steps=tuple(steps), context=ctx)
 
     # Guards before anything is printed or built: a build that cannot succeed stops here, in
@@ -111,6 +112,19 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
     if res is not None and not res.ok:
         failed(plan, planned, phase, res, log_path)
     return phase, elapsed
+
+
+def _fetched(ctx, steps: list, say: Callable[[str], None]) -> list:
+    """The steps with their wheels behind credentials pip would not find downloaded by
+    backendpick (fetches.py): the plan's, and those chosen again just now."""
+    if ctx.client is None:
+        return steps
+    from backendpick import fetches, paths
+
+    localized, found = fetches.localize_steps(steps, ctx.client.keychain.child_cannot_find,
+                                              paths.downloads(ctx.staging.parent))
+    fetches.fetch(found.items(), ctx.client.session, say)
+    return list(localized)
 
 
 def _for_the_installed_torch(ctx, steps: list, target: Target, env: dict, say: Callable[[str], None]) -> tuple:

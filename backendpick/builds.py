@@ -99,8 +99,12 @@ def forget(state: Path, names: Iterable[str]) -> None:
 
 
 def from_torch(name: str, version: str, torch, how: str, wheel: str | None = None) -> Record:
-    """A record for a package built or chosen for ``torch`` (a buildenv.TorchInfo)."""
-    return Record(name, version, torch.version, torch.cuda, torch.hip, torch.cxx11abi, how, wheel)
+    """A record for a package built or chosen for ``torch`` (a buildenv.TorchInfo); its wheel's
+    URL without user information (the file is read by anyone who can read the environment)."""
+    from backendpick.redaction import strip
+
+    return Record(name, version, torch.version, torch.cuda, torch.hip, torch.cxx11abi, how,
+                  strip(wheel) if wheel else wheel)
 
 
 def after_install(state: Path, phase, target) -> None:

@@ -20,6 +20,10 @@ same phases as ``uv pip install --python <target>``:
   packages run ``pip wheel`` into backendpick's own torch-keyed wheel cache either way.)
 
 uv keeps its own cache on otherwise: that is where its speed on a warm machine comes from.
+
+Both engines keep credentials off the command line (credentials.py): an index or find-links URL
+that holds them goes to pip as its ``PIP_*`` variable, to uv as a named index with
+``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD`` (or ``UV_FIND_LINKS``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from backendpick.credentials import PROVIDERS, pip_args, pip_lists, strip, uv_args
 from backendpick.errors import ConfigError
 
 PIP, UV = "pip", "uv"
@@ -82,7 +87,7 @@ class Engine:
     def apply(self, plan, *, pip_config, user_env: Mapping[str, str]):
         """The plan with each phase in this engine's argv and environment."""
         if self.name == PIP:
-            return plan
+            return replace(plan, phases=tuple(pip_phase(p, pip_config) for p in plan.phases))
         assert self.uv is not None
         phases = tuple(uv_phase(p, uv=str(self.uv), python=str(plan.python), pip_config=pip_config,
                                 user_env=user_env) for p in plan.phases)
@@ -152,8 +157,28 @@ def source_flags(pip_config, options: Sequence[str] = ()) -> list[str]:
 
 
 def safety_flags(pip_config) -> list[str]:
-    """Settings that are not sources and apply to every phase: trusted hosts."""
-    return [w for host in pip_config.trusted_hosts for w in ("--allow-insecure-host", host)]
+    """Settings that are not sources and apply to every phase: trusted hosts, and keyring where
+    pip's configuration asks for it (uv has the subprocess provider only; it needs the user name
+    in the index URL, as pip's does)."""
+    flags = [w for host in pip_config.trusted_hosts for w in ("--allow-insecure-host", host)]
+    if (pip_config.get("keyring-provider") or "").lower() in PROVIDERS:
+        flags += ["--keyring-provider", "subprocess"]
+    return flags
+
+
+def pip_phase(phase, pip_config):
+    """A phase of the pip engine with every index or find-links URL that holds credentials moved
+    from its argv to its environment (credentials.pip_args); ``plain_argv`` keeps the command
+    for the shell export. A phase that reads no pip configuration (the backend phase) adds to
+    nothing configured."""
+    reads_config = phase.env.get("PIP_CONFIG_FILE") != os.devnull
+    configured = pip_lists(pip_config) if reads_config else None
+    argv, moved = pip_args(phase.argv, configured)
+    base, moved_base = pip_args(phase.base_argv, configured) if phase.base_argv else ([], {})
+    if not moved and not moved_base:
+        return phase
+    return replace(phase, argv=tuple(argv), base_argv=tuple(base), env={**phase.env, **moved_base, **moved},
+                   plain_argv=tuple(strip(w) for w in (phase.base_argv or phase.argv)))
 
 
 def uv_env(user_env: Mapping[str, str], pip_config) -> dict[str, str]:
@@ -193,4 +218,9 @@ def uv_phase(phase, *, uv: str, python: str, pip_config, user_env: Mapping[str, 
     if phase.base_argv:  # the rest phase with the build phase's wheels folded in: its plain form too
         b_args = _split(phase.base_argv)[1]
         base = (*head, *uv_options(b_args[: len(b_args) - n]), *reqs)
+    hidden, moved = uv_args(argv)
+    hidden_base, moved_base = uv_args(base) if base else ([], {})
+    if moved or moved_base:
+        return replace(phase, argv=tuple(hidden), base_argv=tuple(hidden_base), env={**env, **moved_base, **moved},
+                       unset=unset, plain_argv=tuple(strip(w) for w in (base or argv)))
     return replace(phase, argv=argv, base_argv=base, env=env, unset=unset)

@@ -2,7 +2,13 @@
 
 The script repeats what ``install`` does between phases: after the backend phase it writes
 the constraints file from what is installed (pins) and what is not (fences), using only the
-target Python's standard library: the rule of constraints.py, its source embedded. Credentials are never written into it.
+target Python's standard library: the rule of constraints.py, its source embedded.
+
+Credentials are never written into it: every URL appears without its user information (a
+``***`` user name would be sent as is and keep pip from reading .netrc), files backendpick
+downloads behind credentials appear as their URL again, and the header names the hosts that
+want credentials and how to give them: ``.netrc`` (or the file ``NETRC`` names), which pip and
+uv both read, mounted as a build secret in a Dockerfile (examples/Dockerfile).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Iterable, Mapping
 
 from backendpick import __version__, constraints as constraints_mod, envpins, fsutil, pipconf
 from backendpick.config import redact
+from backendpick.credentials import has_credentials
+from backendpick.redaction import strip
 from backendpick.engine import UV, UV_SOURCE_VARS
 from backendpick.envpins import PINS_NAME, merge_conf, write_atomic
-from backendpick.pipconf import SOURCE_KEYS
+from backendpick.pipconf import SOURCE_KEYS, pins_value
 from backendpick.plan import BACKEND, BUILD_REQS, REMOVE, Phase, Plan
 
 # Variables that name package sources: the backend phase runs without any of them.
@@ -87,7 +95,7 @@ def pin_stack(names: Iterable[str], backend: str, prefix: Path) -> str | None:
     write_atomic(pins, "\n".join(head + lines) + "\n")
     conf = prefix / ("pip.ini" if os.name == "nt" else "pip.conf")
     old = conf.read_text() if conf.exists() else ""
-    new = merge_conf(old, str(pins))
+    new = merge_conf(old, pins_value(pins))
     if new != old:
         write_atomic(conf, new)
     return "pinned the stack in %s (%s)" % (conf, pins)
@@ -110,8 +118,9 @@ def _pin_script() -> str:
     # envpins.write_atomic calls fsutil.write_atomic: the script gets that one under the same name.
     parts += ["import types", inspect.getsource(fsutil._create_beside), inspect.getsource(fsutil.write_atomic),
               "fsutil = types.SimpleNamespace(write_atomic=write_atomic)"]
-    for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, envpins.unmerge_conf, envpins.merge_conf,
-               envpins.write_atomic, pin_stack):
+    parts.append(f"_PLAIN = frozenset({''.join(sorted(pipconf._PLAIN))!r})")
+    for fn in (pipconf.section_of, pipconf.key_of, pipconf.conf_entries, pipconf.pins_value, envpins.unmerge_conf,
+               envpins.merge_conf, envpins.write_atomic, pin_stack):
         parts.append(inspect.getsource(fn))
     parts.append(_PIN_MAIN)
     return "\n".join(parts)
@@ -136,7 +145,7 @@ def to_shell(plan: Plan) -> str:
             # The user's constraints (pip config, -c files) hold in the backend phase too.
             out.append('BACKEND_CONSTRAINTS="${BACKENDPICK_BACKEND_CONSTRAINTS:-/tmp/backendpick-backend-constraints.txt}"')
             out.append("cat > \"$BACKEND_CONSTRAINTS\" <<'BACKENDPICK_EOF'")
-            out += [redact(c) for c in plan.backend_constraints]
+            out += [strip(c) for c in plan.backend_constraints]
             out.append("BACKENDPICK_EOF")
         out += _phase_lines(plan, phase, _words(plan, phase, python, uv_exe), uv)
     if plan.pin_environment and plan.phases:
@@ -166,11 +175,50 @@ def _header(plan: Plan, python: str, uv: bool) -> list[str]:
     if uv:
         out.append("# uv reads no pip.conf: the package sources of this machine's pip configuration are on each command.")
         out.append('UV="${UV:-uv}"')
-    if "@" in plan.index_url.split("//", 1)[-1].split("/", 1)[0]:
-        out.append("# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file.")
+    out += _credentials_note(plan)
     for route in plan.routes:
-        out.append(f"# {redact(route.line())}")
+        out.append(f"# {strip(route.line())}")
     return out
+
+
+def credential_hosts(plan: Plan) -> list[str]:
+    """The hosts whose credentials the plan's commands would use, which the script leaves out:
+    URLs holding them (moved into a phase's environment), uv's named indexes given credentials,
+    and files backendpick downloads behind them."""
+    from urllib.parse import urlsplit
+
+    wanted = [plan.index_url] if has_credentials(plan.index_url) else []
+    for phase in plan.phases:
+        wanted += [u for value in phase.env.values() for u in value.replace(",", " ").split() if has_credentials(u)]
+        words = [w.rpartition(" @ ")[2] for w in (*phase.argv, *phase.base_argv) if "://" in w]
+        wanted += [w.partition("=")[2] if "=" in w.split("://", 1)[0] else w for w in words if has_credentials(w)]
+        wanted += [url for url, _path in phase.downloads]
+        wanted += [s.wheel for s in phase.steps if s.fetched and s.wheel]
+        named = {k[len("UV_INDEX_"):].rsplit("_", 1)[0] for k in phase.env if k.startswith("UV_INDEX_")}
+        for word in phase.argv:
+            name, eq, url = word.partition("=")
+            if eq and "://" in url and name.upper().replace("-", "_").replace(".", "_") in named:
+                wanted.append(url)
+    hosts: list[str] = list(plan.credential_hosts)
+    for url in wanted:
+        host = urlsplit(url).hostname
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _credentials_note(plan: Plan) -> list[str]:
+    hosts = credential_hosts(plan)
+    if not hosts:
+        return []
+    first = hosts[0]
+    return [
+        f"# Credentials are not written into this script. {', '.join(hosts)} want them: put them in ~/.netrc",
+        "# (or the file the NETRC variable names), which pip and uv read, one line per host:",
+        f"#   machine {first} login USER password SECRET",
+        "# In a Docker build, mount that file as a secret, so no layer keeps it (see examples/Dockerfile):",
+        "#   RUN --mount=type=secret,id=netrc,target=/root/.netrc sh install.sh",
+    ]
 
 
 def _constraints_line(plan: Plan) -> str:
@@ -185,7 +233,12 @@ def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[st
     """The phase's command as shell words, the interpreter, uv and the constraints files as variables."""
     constraints = str(plan.constraints_path)
     words = []
-    argv = list(phase.base_argv or phase.argv)
+    argv = list(phase.plain_argv or phase.base_argv or phase.argv)
+    # Files backendpick would download first are named by their URL: the script's pip or uv
+    # fetches them (with the credentials of .netrc).
+    back = {Path(path).as_uri(): url for p in plan.phases for url, path in p.downloads}
+    back.update({path: url for p in plan.phases for url, path in p.downloads})
+    argv = [_unfetched(a, back) for a in argv]
     if phase.name == BUILD_REQS and "--target" in argv:
         # The script's build phase is one plain ``pip install --no-build-isolation``, which
         # needs its build requirements in the environment (install keeps them apart).
@@ -204,8 +257,15 @@ def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[st
         elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
             words.append('"$BACKEND_CONSTRAINTS"')
         else:
-            words.append(shlex.quote(redact(a)))
+            words.append(shlex.quote(strip(a)))
     return words
+
+
+def _unfetched(word: str, back: Mapping[str, str]) -> str:
+    for local, url in back.items():
+        if local in word:
+            return word.replace(local, url)
+    return word
 
 
 def _phase_lines(plan: Plan, phase: Phase, words: list[str], uv: bool) -> list[str]:

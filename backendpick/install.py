@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from backendpick import buildrun, constraints, phaselog, runner
+from backendpick import buildrun, constraints, fetches, phaselog, runner
 from backendpick.errors import BackendpickError, StateError
 from backendpick.fsutil import write_atomic
 from backendpick.phaselog import FenceConflict, FenceHit, fenced_needs
@@ -50,20 +50,27 @@ def execute(
     log_dir: Path,
     on_note: Callable[[str], None] | None = None,
     on_phase_beside: Callable[[Phase], None] | None = None,
+    client=None,
 ) -> list[PhaseResult]:
     """``on_note`` gets the build phase's lines for the user (which wheel, why, limits, elapsed
     time of a long build); without it they go to stderr. ``on_phase_beside``: a phase started
-    beside the running one (its end comes through ``on_phase_end`` when it is joined)."""
+    beside the running one (its end comes through ``on_phase_end`` when it is joined).
+    ``client``: the plan's index.IndexClient, whose session downloads the files the phases name
+    (``Phase.downloads``) before the first phase changes anything."""
     note = on_note or _stderr_note
     buildrun.check_before_changes(plan, user_env)
     open_logs(log_dir)
-    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end, note, log_dir,
-               on_phase_beside=on_phase_beside)
+    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end,
+               note, log_dir, on_phase_beside=on_phase_beside)
+    downloads = [d for p in plan.phases if p.skip is None for d in p.downloads]
     try:
+        if downloads:
+            fetches.fetch(dict(downloads).items(), _session(client, user_env, target), note)
         run.phases()
     finally:
         if run.beside is not None:
             run.beside.stop()  # the foreground failed or was stopped: no pip may outlive install
+        _remove_downloads(plan)
     if run.built is not None:
         from backendpick import builds
 
@@ -170,6 +177,27 @@ class _Run:
             phaselog.failed(self.plan, phase, phase, res, log_path)
         self.on_phase_end(phase, elapsed)
         self.results.append(PhaseResult(phase.name, elapsed))
+
+
+def _session(client, user_env: dict, target: Target):
+    """The session that downloads the plan's files: the plan's client's, else one with the
+    user's pip configuration."""
+    if client is None:
+        from backendpick import pipconf
+        from backendpick.index import IndexClient
+
+        client = IndexClient(pipconf.read(user_env, target.prefix), env=user_env)
+    return client.session
+
+
+def _remove_downloads(plan: Plan) -> None:
+    """The downloaded files are installed (or the install failed): they go, as pip's temporary
+    downloads do. A file left behind is harmless (the next install downloads again)."""
+    import shutil
+
+    from backendpick import paths
+
+    shutil.rmtree(paths.downloads(plan.constraints_path.parent), ignore_errors=True)
 
 
 def _write_lines(path: Path, lines) -> None:

@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 from backendpick import paths
 from backendpick.fsutil import write_atomic
 from backendpick.backend import Backend
-from backendpick.config import redact
+from backendpick.redaction import strip
 from backendpick.errors import ConfigError
 from backendpick.target import Target
 
@@ -73,7 +73,7 @@ def save(state: Path, *, request: str, environment: str, backend: Backend, index
         "request": request,
         "environment": environment,
         "backend": backend.name,
-        "index_url": redact(index_url),
+        "index_url": strip(index_url),
         "torch": torch,
         "offers": {b.name: [str(v) for v in vs] for b, vs in offers.items()},
         "offers_source": offers_source,

@@ -133,3 +133,9 @@ def build_constraints(state: Path) -> Path:
 def build_env(state: Path) -> Path:
     """The build requirements of source builds (``pip install --target``), seen by the builds only."""
     return state / "build-env"
+
+
+def downloads(state: Path) -> Path:
+    """Files backendpick downloads for a phase (behind credentials the installer would not find;
+    fetches.py), removed when install ends."""
+    return state / "downloads"

@@ -19,7 +19,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, engine as engine_mod, envpins, facts as facts_mod, hashes, lastrun, offers as offers_mod
+from backendpick import config, credentials, engine as engine_mod, envpins, facts as facts_mod, fetches, hashes
+from backendpick import lastrun, offers as offers_mod
 from backendpick import paths, pipconf, plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod
 from backendpick import planner, torchpins, torchpredict
 from backendpick.errors import NoBackendError
@@ -132,7 +133,8 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         # The record promised a finished environment, yet something is left to do: ask again.
         return prepare(replace(req, refresh=True), env, inputs.target)
     return Prepared(plan, inputs.target, settings, inputs.hardware, selection.decision, inputs.pip_config,
-                    pipconf.backend_phase_env(env, inputs.pip_config), env, cands.request_key, selection.offers)
+                    pipconf.backend_phase_env(env, inputs.pip_config), env, cands.request_key, selection.offers,
+                    inputs.client)
 
 
 def _configure(req: Request, env: dict, target: target_mod.Target | None,
@@ -174,7 +176,7 @@ def _configure(req: Request, env: dict, target: target_mod.Target | None,
     upgrade = torchpins.Upgrade(req.upgrade, tuple(config.normalize(n) for n in req.upgrade_packages))
     # One client per plan: each page read once; kept on disk between runs as HTTP caching
     # allows (pagecache.py), revalidated with --refresh.
-    client = IndexClient(pip_config, env=env, refresh=req.refresh)
+    client = IndexClient(pip_config, env=env, refresh=req.refresh, urls=credentials.configured_urls(settings))
     return _Inputs(req, env, facts, settings, engine, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
                    cons_lines, policy, upgrade, explicit_choice(settings), client, warnings)
 
@@ -186,7 +188,7 @@ def _candidates(i: _Inputs) -> _Candidates:
     wanted = i.wanted
     request = lastrun.request_key(
         requirements=[str(r) for r in wanted.requirements], options=list(wanted.rest_options),
-        constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=i.template,
+        constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=credentials.strip(i.template),
         compat=settings.cuda_compat.value, family=sorted(i.family), nbi=sorted(settings.no_build_isolation),
         hardware=i.hardware.to_json(), python=str(target.python), extra_backend=list(req.extra_backend),
         extra_build=list(req.extra_build), reinstall=list(req.reinstall), editables=list(req.editables),
@@ -229,6 +231,7 @@ def _resolve(i: _Inputs, c: _Candidates) -> resolve_mod.Resolution | None:
         env={**i.env, **i.own_env}, family=i.family, build=i.nbi,
         published=lambda: offers_mod.published(i.client, i.template, c.order, i.family, target, i.nightly),
         options=i.wanted.rest_options, constraints=[str(x) for x in i.wanted.constraints], pre=i.channel == "nightly",
+        configured=credentials.pip_lists(i.pip_config),
     )
     if resolution.stopped:
         i.warnings.append(resolution.stopped)
@@ -381,7 +384,8 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
 
 def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Settings) -> plan_mod.Plan:
     """The plan's last checks and attachments: the family on the backend index, prebuilt
-    wheels for a build phase, hashes, and the installer (pip or uv)."""
+    wheels for a build phase, the files backendpick downloads behind credentials, hashes, and
+    the installer (pip or uv), which moves credentials off the command lines."""
     offers = s.offers
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
     if backend_phase is not None and offers is not None and offers.source == "index":
@@ -395,8 +399,11 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
         plan = prebuilt.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
                                pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
                                predicted=torchpredict.predicted_torch(i.facts, s.decision, offers), client=i.client)
+    # Files behind credentials pip and uv would not find: backendpick downloads them first.
+    plan = fetches.localize(plan, i.client.keychain.child_cannot_find, paths.downloads(i.state))
     if i.wanted.hashes:
         plan = hashes.with_hashes(plan, i.wanted.hashes, i.state)
+    plan = replace(plan, credential_hosts=tuple(i.client.keychain.hosts()))
     return i.engine.apply(plan, pip_config=i.pip_config, user_env=i.env)
 
 

@@ -27,6 +27,7 @@ from packaging.version import InvalidVersion, Version
 
 from backendpick.backend import CPU, Backend, local_tag_backend
 from backendpick.config import normalize, redact
+from backendpick.redaction import redact_var
 from backendpick.select import Decision
 from backendpick.target import Installed, Target
 
@@ -57,17 +58,22 @@ class BuildStep:
     # Folder holding its wheel (the build folder, or its cache entry): pip gets ``-f folder
     # name==version``, a command known before the build, so --dry-run prints it exactly.
     find_links: str | None = None
+    # The local file backendpick downloaded ``wheel`` (or the requirement's URL) to: the server
+    # wants credentials that pip and uv would not find themselves (fetches.py).
+    fetched: str | None = None
 
     def install_requirement(self) -> str:
         """What the build phase's pip install gets for this package (a placeholder until known)."""
-        if self.how == AS_IS:
-            return self.requirement
         req = Requirement(self.requirement)
         head = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+        marker = f" ; {req.marker}" if req.marker is not None else ""
+        if self.how == AS_IS:
+            return f"{head} @ {Path(self.fetched).as_uri()}{marker}" if self.fetched else self.requirement
         if self.find_links and self.version:
             return f"{head}=={self.version}"
         if self.wheel:
-            location = self.wheel if "://" in self.wheel else Path(self.wheel).as_uri()
+            where = self.fetched or self.wheel
+            location = where if "://" in where else Path(where).as_uri()
             return f"{head} @ {location}"
         if self.how == SOURCE:  # version still open: the wheel's name is known only after the build
             return f"{head} @ <the wheel built above>"
@@ -80,9 +86,10 @@ class BuildStep:
             "how": self.how,
             "version": self.version,
             "wheel": redact(self.wheel) if self.wheel else None,
+            "downloaded_to": self.fetched,
             "note": redact(self.note),
             "build_argv": [redact(a) for a in self.build_argv],
-            "build_env": dict(self.build_env),
+            "build_env": {k: redact_var(k, v) for k, v in self.build_env.items()},
         }
 
 
@@ -90,7 +97,7 @@ class BuildStep:
 
 
 def _shell(argv: Sequence[str], env: Mapping[str, str], unset: Sequence[str] = ()) -> str:
-    words = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(env.items())]
+    words = [f"{k}={shlex.quote(redact_var(k, v))}" for k, v in sorted(env.items())]
     prefix = (["env"] + [f"-u {k}" for k in unset] + words) if (words or unset) else []
     return " ".join(prefix + [shlex.quote(redact(a)) for a in argv])
 
@@ -129,6 +136,12 @@ class Phase:
     # Build-requirements phase into a folder of its own: it starts with this phase (the
     # backend's) and runs beside it, as nothing it installs depends on torch.
     alongside: str | None = None
+    # Files backendpick downloads before the phase runs, (URL, local file): behind credentials
+    # the installer would not find; its command names the local file (fetches.py).
+    downloads: tuple[tuple[str, str], ...] = ()
+    # The command as the shell export writes it, when credentials were moved off ``argv`` into
+    # ``env`` (credentials.py): every option back in place, its URL without user information.
+    plain_argv: tuple[str, ...] = ()
 
     def install_argv(self) -> tuple[str, ...]:
         """``argv`` with each build step's wheel in place of its requirement."""
@@ -144,10 +157,14 @@ class Phase:
         A build phase with steps prints one line per command it runs (pip wheel for each
         source build, then pip install), after a ``#`` comment per package saying why.
         """
+        fetched = [f"# downloaded first by backendpick (the server wants credentials): {redact(url)} -> {path}"
+                   for url, path in self.downloads]
         if not self.steps:
             line = _shell(self.argv, self.env, self.unset)
-            return f"# runs alongside the {self.alongside} phase\n{line}" if self.alongside else line
-        lines = [f"# {redact(s.note)}" for s in self.steps if s.note]
+            if self.alongside:
+                fetched.append(f"# runs alongside the {self.alongside} phase")
+            return "\n".join([*fetched, line])
+        lines = fetched + [f"# {redact(s.note)}" for s in self.steps if s.note]
         lines += [_shell(s.build_argv, {**self.env, **s.build_env}, self.unset) for s in self.steps if s.build_argv]
         if self.deferred:
             lines.append("# the wheels are installed by the rest phase's pip run")
@@ -168,6 +185,8 @@ class Phase:
         }
         if self.alongside:
             data["alongside"] = self.alongside
+        if self.downloads:
+            data["downloads"] = [{"url": redact(url), "file": path} for url, path in self.downloads]
         if self.steps:
             data["builds"] = [s.to_json() for s in self.steps]
         return data
@@ -199,6 +218,9 @@ class Plan:
     backend_constraints: tuple[str, ...] = ()
     backend_constraints_path: Path | None = None
     pin_environment: bool = True  # install leaves the stack's pins in the environment (envpins.py)
+    # Hosts whose credentials the plan's look-ups used (credentials.Keychain.hosts): the shell
+    # export names them, as its pip and uv need the same credentials (from .netrc).
+    credential_hosts: tuple[str, ...] = ()
 
     @property
     def building(self) -> frozenset:

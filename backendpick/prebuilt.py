@@ -138,6 +138,9 @@ class BuildContext:
     # user's environment. None: they are installed into the environment (a package pip builds
     # itself during its install, which no PYTHONPATH can reach without misleading its resolver).
     build_path: str | None = None
+    # The run's index.IndexClient: its pages, and its session for the prebuilt checks and
+    # downloads (the user's certificate, proxy and credentials).
+    client: object = None
 
     def sources_for(self, name: str) -> list[Source]:
         package = packages()[name]
@@ -172,6 +175,15 @@ def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...
                  + ["--no-binary", name, "--no-deps", "-w", str(ctx.staging / name), requirement])
 
 
+def wheel_command(ctx: BuildContext, name: str, requirement: str) -> tuple[tuple[str, ...], dict]:
+    """``wheel_argv`` with an index URL holding credentials moved to pip's variables, which the
+    build's environment gets (credentials.pip_args)."""
+    from backendpick.credentials import pip_args, pip_lists
+
+    argv, moved = pip_args(wheel_argv(ctx, name, requirement), pip_lists(ctx.pip_config))
+    return tuple(argv), moved
+
+
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
            env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None,
            client=None) -> Plan:
@@ -186,9 +198,10 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
     known = packages()
     if not any(normalize(Requirement(r).name) in known for r in phase.requirements):
         return plan
-    ctx = _context(plan, phase, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
     # The plan's client when given: its pages read once per run, revalidated with --refresh.
     client = client if client is not None else IndexClient(pip_config, env=env)
+    ctx = _context(plan, phase, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
+    ctx = replace(ctx, client=client)
     index_url = default_index(pip_config, rest_options)
     steps = []
     for text in phase.requirements:
@@ -343,7 +356,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
         elif not where:
             reasons.append(f"no prebuilt sources configured for {req.name}")
         else:
-            found, said = look(filename, version, where, ctx.pip_config)
+            found, said = look(filename, version, where, _session(ctx))
             if found is not None:
                 return replace(step, how=PREBUILT, wheel=found.location,
                                note=f"{req.name} {version}: prebuilt wheel {filename} from {found.source.label()}")
@@ -357,7 +370,8 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
         reasons.append(step.note or "the version is unknown")
 
     build_req = f"{req.name}=={version}" if version else f"{req.name}{req.specifier}"
-    build_env = dict(limits.env)
+    build_argv, build_env = wheel_command(ctx, step.name, build_req)
+    build_env.update(limits.env)
     if ctx.build_path:  # the build requirements, for this build only
         build_env["PYTHONPATH"] = ctx.build_path
     if package.force_build_env and not env.get(package.force_build_env):
@@ -366,9 +380,18 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     what = f"{req.name} {version}" if version else req.name
     return replace(
         step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
-        build_argv=wheel_argv(ctx, step.name, build_req), build_env=build_env, arch_key=limits.arch_key,
+        build_argv=build_argv, build_env=build_env, arch_key=limits.arch_key,
         limits=limits.summary, find_links=str(ctx.staging / step.name) if version else None,
     )
+
+
+def _session(ctx: BuildContext):
+    """The transport of the run's client (a context made without one gets a client of its own)."""
+    if ctx.client is None:
+        from backendpick.index import IndexClient
+
+        return IndexClient(ctx.pip_config).session
+    return ctx.client.session
 
 
 def skip_gpu_build(step: BuildStep, env: Mapping[str, str]) -> bool:

@@ -51,6 +51,7 @@ class Prepared:
     user_env: dict
     request_key: str = ""  # lastrun: the request's fingerprint
     offers: Offers | None = None  # what the choice was made from
+    client: object = None  # the run's index.IndexClient: its session downloads what the plan names
 
 
 def check_reinstall(names, reqs, target: target_mod.Target, settings: config.Settings) -> None:

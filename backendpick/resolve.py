@@ -288,6 +288,7 @@ def resolve(
     options: Sequence[str] = (),
     constraints: Sequence[str] = (),
     pre: bool = False,
+    configured: Mapping[str, Sequence[str]] | None = None,
 ) -> Resolution:
     """One dry-run resolution of ``requirements`` (the ordinary ones) for ``target``.
 
@@ -295,7 +296,8 @@ def resolve(
     it (their pip configuration); ``published``: name -> versions the candidate backend indexes
     publish (the stubs), or a function returning that, called only when pip runs;
     ``constraints``: lines from the request's ``-c`` files; ``options``: the requirements files'
-    index options."""
+    index options (one holding credentials goes to pip's environment, credentials.pip_args, after
+    the ``configured`` lists of the user's pip configuration)."""
     family, build = tuple(family), tuple(build)
     requirements = resolvable(requirements)
     if not requirements:
@@ -322,10 +324,12 @@ def resolve(
         cons = folder / "constraints.txt"
         cons.write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = folder / "report.json"
-        base = dry_run_argv(pip_argv, options=options, stubs=str(stubs), constraints=str(cons), report=str(report),
-                            pre=pre)
+        from backendpick.credentials import pip_args
+
+        base, moved = pip_args(dry_run_argv(pip_argv, options=options, stubs=str(stubs), constraints=str(cons),
+                                            report=str(report), pre=pre), configured or {})
         reqs = [str(r) for r in requirements]
-        run_env = {**env, "PIP_NO_INPUT": "1"}
+        run_env = {**env, "PIP_NO_INPUT": "1", **moved}
         res = capture([*base, *reqs], timeout=TIMEOUT, env=run_env)
         markers = target.markers
         if res.ok and report.is_file():

@@ -1,4 +1,6 @@
-"""The one place that starts subprocesses: always an argv list, never a shell.
+"""The one place that starts subprocesses: always an argv list, never a shell, never a
+credential (every local user can read a child's argv in ``/proc/<pid>/cmdline``: an argv with
+a URL holding one is refused, credentials.py moves them to the child's environment).
 
 Probes pass a timeout. On timeout the whole process group is killed: a wedged ``nvidia-smi``
 may leave children holding our pipes open, and waiting for them would hang backendpick too.
@@ -59,6 +61,22 @@ class Started:
             self.proc.communicate()
 
 
+def _checked(argv: Sequence[str | Path]) -> tuple[str, ...]:
+    """``argv`` as strings; an InstallError (nothing is started) when a word holds a credential."""
+    from backendpick.redaction import in_argv
+
+    args = tuple(str(a) for a in argv)
+    leaked = in_argv(args)
+    if leaked is not None:
+        from backendpick.errors import InstallError
+
+        raise InstallError(f"refusing to start {Path(args[0]).name}: {leaked} would show a credential on its "
+                           "command line, which every local user can read",
+                           hint="put the credentials in ~/.netrc (machine HOST login USER password SECRET) "
+                                "instead of the URL; please report this case as a backendpick bug")
+    return args
+
+
 def start(
     argv: Sequence[str | Path],
     *,
@@ -68,7 +86,7 @@ def start(
 ) -> Started:
     """Start ``argv`` with captured output and return at once: the caller does other work (imports,
     probing) while it runs, then calls ``result()``. The timeout counts from ``result()``."""
-    args = tuple(str(a) for a in argv)
+    args = _checked(argv)
     try:
         proc = subprocess.Popen(
             args,
@@ -140,7 +158,7 @@ def stream(
     """
     from backendpick import lock
 
-    args = tuple(str(a) for a in argv)
+    args = _checked(argv)
     try:
         proc = subprocess.Popen(
             args,

@@ -361,6 +361,7 @@ def _execute(out: Output, prepared: Prepared) -> list:
             on_note=progress.note,
             on_phase_beside=progress.beside,
             log_dir=logs(state_dir(prepared.target, prepared.user_env)),
+            client=prepared.client,
         )
     finally:
         progress.stop()

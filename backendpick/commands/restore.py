@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from backendpick import config, envpins, facts as facts_mod, history, install as executor, lock, paths, pipconf
-from backendpick import restoreplan, runner
+from backendpick import config, engine, envpins, facts as facts_mod, history, install as executor, lock, paths
+from backendpick import pipconf, restoreplan, runner
 from backendpick import target as target_mod
 from backendpick.errors import EXIT_OK, InstallError, StateError
 from backendpick.output import Output, size_text, where_flags
@@ -89,7 +89,8 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
     snap = history.load(state, snapshot_id)
     sources = _sources(target, state, settings, pip_config, env)
     rplan = restoreplan.plan(snap, target, sources, sys.executable)
-    phases = list(rplan.phases)
+    # An index URL holding credentials goes to pip's environment, never on its command line.
+    phases = [engine.pip_phase(ph, pip_config) for ph in rplan.phases]
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
             out.line(ph.command_line())

@@ -143,8 +143,12 @@ def test_index_credentials_are_not_written(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, STACK, index="https://alice:t0ken-s3cret@mirror.example/pytorch/cu124")
     script = export.to_shell(plan)
     assert "t0ken-s3cret" not in script and "alice" not in script
-    assert "https://***@mirror.example/pytorch/cu124" in script
-    assert "# The index URL carried credentials; they were replaced by ***. Supply them with a netrc file." in script
+    # Without user information: a "***" user name would be sent as is, and pip would never
+    # look in .netrc (issue 19); the header says where the credentials go instead.
+    assert " --index-url https://mirror.example/pytorch/cu124 " in script and "***" not in script
+    assert "mirror.example want them: put them in ~/.netrc" in script
+    assert "#   machine mirror.example login USER password SECRET" in script
+    assert "--mount=type=secret,id=netrc,target=/root/.netrc" in script
 
 
 def test_pip_settings_of_the_planning_machine_are_not_written(tmp_path: Path) -> None:
@@ -167,8 +171,8 @@ def test_direct_url_credentials_are_not_written(tmp_path: Path) -> None:
 def test_rest_options_credentials_are_not_written(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, ["torch", "tqdm"], rest_options=["--extra-index-url", "https://erin:opt-t0ken@pkgs.corp/simple"])
     script = export.to_shell(plan)
-    assert "opt-t0ken" not in script
-    assert "https://***@pkgs.corp/simple" in script
+    assert "opt-t0ken" not in script and "erin" not in script
+    assert "--extra-index-url https://pkgs.corp/simple" in script and "pkgs.corp want them" in script
 
 
 # -- the constraints step -----------------------------------------------------------------------
