@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from backendpick import __version__, fsutil
+from backendpick import __version__, fsutil, pipconf
 from backendpick.config import normalize
-from backendpick.pipconf import PINS_NAME, REPLACED, conf_entries, section_of, user_constraints  # noqa: F401 (user_constraints: envpins API)
+from backendpick.pipconf import PINS_NAME, REPLACED, conf_entries, is_pins, pins_value, section_of, user_constraints  # noqa: F401 (user_constraints: envpins API)
 
 OWN = "# backendpick: "
 SECTIONS = ("global", "install")
@@ -180,7 +180,7 @@ def write(prefix: Path, pins: list[str], *, env: Mapping[str, str], backend: str
     write_atomic(target, pins_text(pins, includes, backend=backend))
     conf = conf_path(prefix)
     old = conf.read_text(encoding="utf-8") if conf.exists() else ""
-    new = merge_conf(old, str(target))
+    new = merge_conf(old, pins_value(target))
     if new != old:
         write_atomic(conf, new)
     return target
@@ -196,7 +196,7 @@ def up_to_date(prefix: Path, pins: list[str], *, env: Mapping[str, str]) -> bool
     except OSError:
         return False
     new = pins_text(pins, user_includes(env, prefix), backend="")
-    return old.splitlines()[1:] == new.splitlines()[1:] and merge_conf(conf, str(target)) == conf
+    return old.splitlines()[1:] == new.splitlines()[1:] and merge_conf(conf, pins_value(target)) == conf
 
 
 def remove(prefix: Path) -> bool:
@@ -242,10 +242,42 @@ class PinStatus:
     stale: tuple[str, ...] = ()  # "torch: pinned 2.5.1+cu124, installed 2.6.0+cu124"
     hidden_by: str | None = None  # PIP_CONSTRAINT / PIP_CONFIG_FILE overriding the site file
     path: str = ""
+    # Why pip cannot read the pins its pip.conf names (a path split at a space, a file that is
+    # not there, a file pip cannot decode), or None when it can.
+    unreadable: str | None = None
 
     def to_json(self) -> dict:
         return {"in_place": self.in_place, "current": self.current, "stale": list(self.stale),
-                "hidden_by": self.hidden_by, "file": self.path}
+                "hidden_by": self.hidden_by, "file": self.path, "readable_by_pip": self.unreadable is None,
+                "unreadable": self.unreadable}
+
+
+def pip_reads(text: str, target: Path) -> str | None:
+    """Why pip, reading the site pip.conf ``text`` as it does, would not apply the pins file
+    ``target``; None when it would. pip takes ``[install]`` over ``[global]`` in one file,
+    splits the value on whitespace, opens each part (a path or a ``file:`` URL), and decodes the
+    file in the locale's encoding."""
+    import locale
+
+    values: dict[str, str] = {}
+    for section, _a, _b, key, value in conf_entries(text.splitlines()):
+        if key == "constraint" and section in SECTIONS:
+            values[section] = value
+    value = values.get("install", values.get("global"))
+    if value is None:
+        return "its pip.conf names no constraint"
+    parts = value.split()
+    missing = [p for p in parts if not pipconf.value_path(p).is_file()]
+    if missing:
+        return f"pip reads `constraint = {value}` as {len(parts)} file(s) and cannot open {missing[0]}"
+    if not any(pipconf.value_path(p) == target for p in parts):
+        return f"`constraint = {value}` does not name {target}"
+    encoding = locale.getpreferredencoding(False)
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return f"pip.conf holds characters pip cannot decode in this locale ({encoding})"
+    return None
 
 
 def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], env: Mapping[str, str]) -> PinStatus:
@@ -254,10 +286,11 @@ def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], 
         text = conf.read_text(encoding="utf-8")
     except OSError:
         text = ""
-    pointed = any(key == "constraint" and value == str(target)
+    pointed = any(key == "constraint" and is_pins(value, target)
                   for _s, _a, _b, key, value in conf_entries(text.splitlines()))
     if not pointed or not target.exists():
         return PinStatus(False, False, path=str(target))
+    unreadable = pip_reads(text, target)
     pinned = read_pins(target.read_text(encoding="utf-8"))
     stale = []
     for name in sorted({normalize(n) for n in names} | set(pinned)):
@@ -276,4 +309,4 @@ def status(prefix: Path, installed: Mapping[str, object], names: Iterable[str], 
             other = ""
         if any(key == "constraint" for _s, _a, _b, key, _v in conf_entries(other.splitlines())):
             hidden = f"PIP_CONFIG_FILE ({env['PIP_CONFIG_FILE']})"
-    return PinStatus(True, not stale, tuple(stale), hidden, str(target))
+    return PinStatus(True, not stale, tuple(stale), hidden, str(target), unreadable)

@@ -106,7 +106,7 @@ def read(env: Mapping[str, str] | None = None, target_prefix: Path | None = None
             raise ConfigError(f"pip configuration file {path} is not valid: {exc}") from None
         own: dict[str, str | None] = {}
         if site is not None and path == site and path.is_file():
-            own = user_constraints(path.read_text(encoding="utf-8"), str(Path(target_prefix) / PINS_NAME))
+            own = user_constraints(path.read_text(encoding="utf-8"), Path(target_prefix) / PINS_NAME)
         for section in _SECTIONS:
             if parser.has_section(section):
                 for key, value in parser.items(section):
@@ -142,6 +142,39 @@ def backend_phase_env(base: Mapping[str, str], config: PipConfig) -> dict[str, s
 
 PINS_NAME = "backendpick-pins.txt"  # next to the site pip.conf, in the environment's prefix
 REPLACED = "# backendpick-replaced: constraint = "
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+~,@=:")
+
+
+def pins_value(path) -> str:
+    """How pip.conf names the pins file so that pip reads it as one value.
+
+    pip splits list options (``constraint``) on whitespace, and reads pip.conf in the locale's
+    encoding (a C locale cannot decode a non-ASCII path). A path of plain ASCII characters is
+    written as it is; any other (a space, a quote, ``é``) as a ``file:`` URL, percent-encoded,
+    which pip opens as a local file (its requirement-file reader takes ``file:`` URLs; checked
+    with pip 23.2 under LANG=C). Standard library only: the shell export embeds it."""
+    from pathlib import Path
+
+    text = str(path)
+    return text if text and set(text) <= _PLAIN else Path(path).absolute().as_uri()
+
+
+def value_path(value: str):
+    """The file a pip ``constraint`` value names (a path, or a ``file:`` URL as pip reads it)."""
+    from pathlib import Path
+
+    if value.startswith("file:"):
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(urlsplit(value).path))
+    return Path(value).expanduser()
+
+
+def is_pins(value: str, pins) -> bool:
+    """Whether a ``constraint`` value names backendpick's pins file ``pins``, in either form (an
+    older backendpick wrote the plain path even where it held a space)."""
+    return value in (str(pins), pins_value(pins))
 
 
 def section_of(line: str) -> str | None:
@@ -182,7 +215,7 @@ def conf_entries(lines: list[str]):
         i = j
 
 
-def user_constraints(text: str, pins: str) -> dict[str, str | None]:
+def user_constraints(text: str, pins) -> dict[str, str | None]:
     """Section -> the user's own ``constraint`` value in this file, as if backendpick had never
     written it (our value replaced by what it replaced, or by nothing)."""
     lines = text.splitlines()
@@ -198,5 +231,5 @@ def user_constraints(text: str, pins: str) -> dict[str, str | None]:
     for section, _s, _e, key, value in conf_entries(lines):
         if key != "constraint" or section is None:
             continue
-        out[section] = replaced.get(section) if value == pins else value
+        out[section] = replaced.get(section) if is_pins(value, pins) else value
     return out

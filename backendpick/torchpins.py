@@ -73,8 +73,10 @@ def read_constraint_files(paths: Iterable[str]) -> tuple[list[tuple[str, Require
     from backendpick.requirements import read_file
 
     out, warnings = [], []
+    from backendpick.pipconf import value_path
+
     for raw in paths:
-        path = Path(raw).expanduser()
+        path = value_path(raw)  # a path, or a file: URL (pip reads both)
         if str(path) == os.devnull:
             continue
         try:
