@@ -1,6 +1,6 @@
 """backendpick's own HTTP requests (index pages, prebuilt checks and downloads), sent as pip
-would send them: the user's pip certificate, client certificate, trusted hosts, proxy and
-credentials.
+would send them: the user's pip certificate (else ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, as
+requests reads them for pip), client certificate, trusted hosts, proxy and credentials.
 
 * Credentials: ``credentials.Keychain`` (the URL, an index URL of the host, .netrc, keyring
   after a 401), sent with the first request as pip sends them, never to another host: a
@@ -116,8 +116,9 @@ class Session:
         handlers: list = [_always_proxy({} if proxy is None else {"http": proxy, "https": proxy})]
         parts = urlsplit(url)
         if parts.scheme == "https":
-            ctx = ssl.create_default_context(cafile=self.pip_config.cert) if self.pip_config.cert \
-                else ssl.create_default_context()
+            # pip's `cert`, else the bundle requests takes from the environment for pip.
+            cafile = self.pip_config.cert or self.env.get("REQUESTS_CA_BUNDLE") or self.env.get("CURL_CA_BUNDLE")
+            ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
             client_cert = self.pip_config.get("client-cert")
             if client_cert:
                 ctx.load_cert_chain(client_cert)
@@ -130,7 +131,7 @@ class Session:
             def redirect_request(self, req, fp, code, msg, hdrs, newurl):
                 new = super().redirect_request(req, fp, code, msg, hdrs, newurl)
                 if new is not None:
-                    again = auth if _same_origin(url, newurl) else session.keychain.from_netrc(newurl)
+                    again = auth if same_origin(url, newurl) else session.keychain.from_netrc(newurl)
                     if again is not None:
                         new.add_unredirected_header("Authorization", again.header())
                 return new
@@ -150,15 +151,22 @@ class Session:
         os.replace(part, dest)
 
 
-def _same_origin(old: str, new: str) -> bool:
-    """requests' ``should_strip_auth`` inverted: the same host, and the same scheme and port
-    (http to https on the default ports counts as the same)."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(old: str, new: str) -> bool:
+    """requests' ``should_strip_auth`` inverted: whether a redirect from ``old`` to ``new`` keeps
+    the credentials. The same host, and the same scheme and port (a default port written or
+    not), or http to https on the default ports."""
     a, b = urlsplit(old), urlsplit(new)
     if a.hostname != b.hostname:
         return False
-    if (a.scheme, a.port, b.scheme, b.port) in (("http", 80, "https", 443), ("http", None, "https", None)):
+    if a.scheme == "http" and a.port in (80, None) and b.scheme == "https" and b.port in (443, None):
         return True
-    return (a.scheme, a.port) == (b.scheme, b.port)
+    if a.scheme != b.scheme:
+        return False
+    default = (_DEFAULT_PORTS.get(a.scheme), None)
+    return a.port == b.port or (a.port in default and b.port in default)
 
 
 def _always_proxy(proxies: dict):

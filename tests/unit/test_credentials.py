@@ -154,6 +154,15 @@ def test_environment_proxies_honour_no_proxy_as_requests_does(url: str, no_proxy
     assert transport.proxy_for(url, PipConfig(), env) == expected
 
 
+@pytest.mark.parametrize("new, kept", [
+    ("https://m.example/simple/x/", True), ("https://m.example:443/x", True), ("http://m.example/x", False),
+    ("https://cdn.example/x.whl", False), ("https://m.example:8443/x", False),
+])
+def test_a_redirect_keeps_the_credentials_on_the_same_host_only(new: str, kept: bool):
+    assert transport.same_origin("https://m.example/simple/x", new) is kept
+    assert transport.same_origin("http://m.example/simple/x", "https://m.example/x")  # the upgrade to https
+
+
 def test_pips_own_proxy_setting_takes_every_request_as_pip_sends_it():
     assert transport.proxy_for("http://mirror.corp/", conf(proxy="http://p:1"), {"no_proxy": "corp"}) == "http://p:1"
 
@@ -185,6 +194,11 @@ def test_uv_gets_named_indexes_with_their_credentials_in_the_environment():
     assert env == {"UV_INDEX_BACKENDPICK_1_USERNAME": "u", "UV_INDEX_BACKENDPICK_1_PASSWORD": SECRET,
                    "UV_INDEX_BACKENDPICK_3_USERNAME": "TOK"}
     assert redaction.in_argv(argv) is None
+    # Keyring named by pip's configuration: uv's own provider (it needs the user name too).
+    from backendpick.engine import safety_flags
+
+    assert safety_flags(conf(**{"keyring-provider": "subprocess"})) == ["--keyring-provider", "subprocess"]
+    assert safety_flags(conf(**{"keyring-provider": "auto"})) == []
 
 
 def test_the_runner_refuses_an_argv_with_a_credential_before_starting_anything():
