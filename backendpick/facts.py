@@ -84,6 +84,17 @@ def _package(name: str, row: dict) -> Package:
 
 
 @dataclass(frozen=True)
+class ForeignBuild:
+    """A ``[[torch.foreign.builds]]`` row: the local version segment of torch builds no index
+    serves, who makes them, and the variable their images set (``NVIDIA_PYTORCH_VERSION``)."""
+
+    label: str  # "NVIDIA build"
+    local: str  # regular expression on the part after "+"
+    env: str | None = None
+    env_label: str | None = None  # "NGC": named with the variable's value ("NGC 24.06")
+
+
+@dataclass(frozen=True)
 class Facts:
     default_index_url: str
     cuda_drivers: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (toolkit, min driver), ascending
@@ -106,6 +117,10 @@ class Facts:
     # torch (major, minor) -> backend names whose builds use the CXX11 ABI before cxx11abi_from
     cxx11abi_early: dict = field(default_factory=dict)
     prebuilt: dict = field(default_factory=dict)  # normalized name -> Package
+    # [torch.foreign]: how a torch no index serves is recognised (origin.py)
+    foreign_builds: tuple[ForeignBuild, ...] = ()
+    index_installers: frozenset = frozenset({"pip", "uv"})
+    managed_installers: frozenset = frozenset()
 
     def cxx11abi(self, release: tuple[int, ...], backend) -> bool:
         """Whether the Linux wheels of torch ``release`` for ``backend`` use the CXX11 ABI."""
@@ -249,6 +264,10 @@ def build(raw: dict) -> Facts:
             canonicalize_name(name): _package(canonicalize_name(name), row)
             for name, row in raw.get("prebuilt", {}).items()
         },
+        foreign_builds=tuple(ForeignBuild(r["label"], r["local"], r.get("env"), r.get("env-label"))
+                             for r in torch.get("foreign", {}).get("builds", [])),
+        index_installers=frozenset(torch.get("foreign", {}).get("index-installers", ["pip", "uv"])),
+        managed_installers=frozenset(torch.get("foreign", {}).get("managed-installers", [])),
     )
 
 

@@ -20,7 +20,7 @@ from backendpick.facts import dotted, read_toml, show
 PATH = Path(facts_mod.__file__).parent / "data" / "facts.toml"
 RAW = read_toml(PATH)
 FACTS = facts_mod.load()
-TODAY = date(2026, 11, 30)
+TODAY = date(2026, 12, 5)  # no table may claim a check later than this
 
 
 def _headers() -> list[tuple[str, bool]]:
