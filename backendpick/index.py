@@ -30,6 +30,7 @@ class FileLink:
     url: str
     requires_python: str | None = None
     yanked: bool = False
+    metadata: bool = False  # the index serves its core metadata at URL + ".metadata" (PEP 658/714)
 
 
 class PageNotFound(Exception):
@@ -64,7 +65,8 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
     if "json" in content_type:
         data = json.loads(body.decode("utf-8"))
         return [
-            FileLink(f["filename"], urljoin(base_url, f["url"]), f.get("requires-python"), bool(f.get("yanked")))
+            FileLink(f["filename"], urljoin(base_url, f["url"]), f.get("requires-python"), bool(f.get("yanked")),
+                     bool(f.get("core-metadata") or f.get("dist-info-metadata")))
             for f in data.get("files", [])
         ]
     files = []
@@ -73,7 +75,9 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
         name = urlsplit(url).path.rsplit("/", 1)[-1]
         from urllib.parse import unquote
 
-        files.append(FileLink(unquote(name), url, attrs.get("data-requires-python"), "data-yanked" in attrs))
+        meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+        files.append(FileLink(unquote(name), url, attrs.get("data-requires-python"), "data-yanked" in attrs,
+                              meta is not None and meta.lower() != "false"))
     return files
 
 
@@ -171,7 +175,7 @@ class IndexClient:
             reason = getattr(exc, "reason", exc)
             raise IndexUnavailable(f"{redact(url)}: {reason}") from None
         files = parse_page(body, ctype, final)
-        rows = [(f.filename, f.url, f.requires_python, f.yanked) for f in files]
+        rows = [(f.filename, f.url, f.requires_python, f.yanked, f.metadata) for f in files]
         # Sent with credentials (found before, or from keyring after a 401: then kept for the host).
         authenticated = self.keychain.find(url) is not None
         self._keep(url, pagecache.new_entry(url, reply, rows, time.time(), authenticated=authenticated))
@@ -186,6 +190,29 @@ class IndexClient:
             return f" (the credentials from {auth.source} were refused)"
         said = f"; {self.keychain.keyring_said}" if self.keychain.keyring_said else ""
         return f" (no credentials for this host in the URL, an index URL, .netrc or keyring{said})"
+
+    def metadata(self, file: FileLink) -> str | None:
+        """The core metadata (METADATA text) of a wheel the page says the index serves it for
+        (PEP 658/714), without downloading the wheel; None when not served or not readable. Sent
+        through the session, with the credentials the keychain holds for its host."""
+        if not file.metadata:
+            return None
+        import urllib.error
+
+        url = file.url.split("#", 1)[0] + ".metadata"
+        if urlsplit(url).scheme == "file":
+            from pathlib import Path
+            from urllib.request import url2pathname
+
+            try:
+                return Path(url2pathname(urlsplit(url).path)).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return None
+        try:
+            with self.session.open(url) as resp:
+                return resp.read().decode("utf-8", errors="replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
 
     def _keep(self, url: str, entry) -> None:
         """Store ``entry`` for ``url``; None (the server said not to keep it): drop the old one."""

@@ -224,6 +224,48 @@ def companions_check(client, template, pins, family, target, spec):
     return serves
 
 
+def companion_pins(client, template, backends, requirements, family, target) -> list:
+    """Issue 18 item 9: a companion pinned to one release (``xformers==0.0.31``) requires one
+    torch (``torch==2.7.1``), and that pin takes part in the backend choice like a package's.
+    Read from the companion's core metadata (PEP 658, no wheel downloaded) on the first index
+    of ``backends`` (in the order the choice asks them) that publishes the release; nothing
+    when none serves its metadata (pip then judges in the backend phase)."""
+    from email.parser import Parser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from backendpick.index import installable
+    from backendpick.plan import marker_ok
+    from backendpick.resolve import Pin
+
+    out = []
+    for req in requirements:
+        name = normalize(req.name)
+        exact = [s for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
+        if name not in set(COMPANIONS) & set(family) or not exact:
+            continue
+        for backend in backends:
+            try:
+                files = client.project(index_url_for(template, backend), name)
+            except (PageNotFound, IndexUnavailable):
+                continue
+            found = [c for c in installable(files, name, tags=target.tags, python_version=target.python_version_text)
+                     if req.specifier.contains(c.version, prereleases=True)]
+            if not found:
+                continue
+            best = min(found, key=lambda c: c.rank)
+            text = client.metadata(best.file)
+            for raw in (Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []) if text else []:
+                try:
+                    dep = Requirement(raw)
+                except InvalidRequirement:
+                    continue
+                if normalize(dep.name) == "torch" and dep.specifier and marker_ok(dep, target.markers):
+                    out.append(Pin(Requirement(f"torch{dep.specifier}"), f"{req.name} {best.version}"))
+            break
+    return out
+
+
 def torch_on(client, template, backend: Backend, target, spec) -> list:
     """Every torch the backend's index publishes for this target (from the plan's page cache)."""
     try:

@@ -27,7 +27,7 @@ def headers(**fields: str) -> Message:
     return msg
 
 
-FILES = [("torch-2.5.1+cpu-py3-none-any.whl", "http://i/cpu/files/torch-2.5.1%2Bcpu-py3-none-any.whl", ">=3.9", False)]
+FILES = [("torch-2.5.1+cpu-py3-none-any.whl", "http://i/cpu/files/torch-2.5.1%2Bcpu-py3-none-any.whl", ">=3.9", False, True)]
 
 
 # -- Cache-Control ----------------------------------------------------------------------------------
@@ -154,6 +154,17 @@ def test_a_page_fetched_with_credentials_is_kept_only_with_a_validator():
     # It is revalidated before every use; without a validator it never could be.
     assert new_entry("https://m/x/", headers(Cache_Control="max-age=600"), FILES, 5.0, authenticated=True) is None
     assert new_entry("https://m/x/", headers(Cache_Control="max-age=600"), FILES, 5.0) is not None
+
+
+def test_an_entry_kept_before_the_metadata_column_reads_as_no_metadata(tmp_path: Path):
+    cache = PageCache(tmp_path / "pages")
+    url = "https://mirror.example/cpu/simple/torch/"
+    cache.store(url, new_entry(url, headers(Cache_Control="max-age=600"), FILES, 5.0))
+    (stored,) = (tmp_path / "pages").iterdir()
+    data = json.loads(stored.read_text())
+    data["files"] = [row[:4] for row in data["files"]]  # as an earlier backendpick wrote it
+    stored.write_text(json.dumps(data))
+    assert cache.load(url).files == (FILES[0][:4] + (False,),)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 1, "url": "u"}', '{"format": 99}', ""])
