@@ -123,6 +123,9 @@ def _plan_options(func):
                      help="Move to the newest torch (and packages) the machine and the whole request allow."),
         click.option("--upgrade-package", "upgrade_packages", multiple=True, metavar="NAME",
                      help="Upgrade NAME only (repeatable); torch moves its companions with it."),
+        click.option("--replace-conda", is_flag=True,
+                     help="Let pip remove or replace stack packages that conda installed (their INSTALLER says "
+                          "conda); without it such a plan stops with exit 2 and nothing changes."),
         json_option,
     ]
     for option in reversed(options):
@@ -164,7 +167,7 @@ def _request(**kw):
         extras=tuple(kw["extras"]), groups=tuple(kw["groups"]), python=kw["python"], backend=kw["backend"],
         index_url=kw["index_url"], cuda_compat=kw["cuda_compat"], installer=kw["installer"],
         refresh=kw["refresh"], channel=kw["channel"],
-        upgrade=kw["upgrade"], upgrade_packages=tuple(kw["upgrade_packages"]),
+        upgrade=kw["upgrade"], upgrade_packages=tuple(kw["upgrade_packages"]), replace_conda=kw["replace_conda"],
     )
 
 

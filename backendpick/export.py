@@ -138,6 +138,10 @@ def to_shell(plan: Plan) -> str:
             continue  # specific to the environment the plan was made for
         out.append("")
         out.append(f"# phase {phase.name}")
+        if phase.name == BACKEND and plan.offers_source == "installed":
+            # The installed torch no index serves stays (stays.py): there is no index to ask.
+            out.append(f"# skipped: {phase.skip}")
+            continue
         if phase.name != BACKEND and not wrote_constraints:
             out.append(_constraints_line(plan))
             wrote_constraints = True

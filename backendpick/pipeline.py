@@ -18,11 +18,12 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from backendpick import config, credentials, engine as engine_mod, envpins, facts as facts_mod, fetches, hashes
 from backendpick import lastrun, offers as offers_mod
 from backendpick import paths, pipconf, plan as plan_mod, requirements, resolve as resolve_mod, target as target_mod
-from backendpick import planner, torchpins, torchpredict
+from backendpick import origin as origin_mod, planner, stays, torchpins, torchpredict
 from backendpick.errors import NoBackendError
 from backendpick.facts import Facts
 from backendpick.hardware import Hardware
@@ -31,7 +32,7 @@ from backendpick.offers import Offers, candidate_kinds, gather, gather_preferred
 from backendpick.probe import ProbeSettings, probe
 from backendpick.request import Prepared, Request, check_reinstall
 from backendpick.select import Decision, Explicit, choose, explicit_choice, keep_installed_gpu_backend, no_backend
-from backendpick.select import table_offers
+from backendpick.select import runs_here, table_offers
 from backendpick.verify import installed_backend
 
 __all__ = ["Prepared", "Request", "prepare"]
@@ -59,6 +60,7 @@ class _Inputs:
     explicit: Explicit | None
     client: IndexClient  # one page cache for every index look-up of this plan
     warnings: list
+    origin: origin_mod.TorchOrigin | None = None  # the installed torch: an index build, or one no index serves
 
     @property
     def family(self) -> set:
@@ -108,6 +110,8 @@ class _Selection:
     resolution: resolve_mod.Resolution
     extra_backend: tuple
     extra_build: tuple
+    kept: bool = False  # the installed torch no index serves stays: nothing of the stack is asked for
+    replacing: str | None = None  # why an installed torch no index serves is replaced
 
 
 def prepare(req: Request, env: dict | None = None, target: target_mod.Target | None = None,
@@ -123,11 +127,12 @@ def prepare(req: Request, env: dict | None = None, target: target_mod.Target | N
         if inspection is not None:
             inspection.cancel()  # not taken: an earlier mistake, or another interpreter
     cands = _candidates(inputs)
-    resolution = _resolve(inputs, cands)
+    companions = _companion_pins(inputs, cands)
+    resolution = _resolve(inputs, cands, companions)
     if resolution is None:
         # The record promised a finished environment, yet a requirement is not met: ask again.
         return prepare(replace(req, refresh=True), env, inputs.target)
-    selection = _select(inputs, cands, resolution)
+    selection = _select(inputs, cands, resolution, companions)
     plan, settings = _plan(inputs, selection)
     if selection.offers is not None and selection.offers.source == "recorded" and plan.active:
         # The record promised a finished environment, yet something is left to do: ask again.
@@ -178,7 +183,8 @@ def _configure(req: Request, env: dict, target: target_mod.Target | None,
     # allows (pagecache.py), revalidated with --refresh.
     client = IndexClient(pip_config, env=env, refresh=req.refresh, urls=credentials.configured_urls(settings))
     return _Inputs(req, env, facts, settings, engine, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
-                   cons_lines, policy, upgrade, explicit_choice(settings), client, warnings)
+                   cons_lines, policy, upgrade, explicit_choice(settings), client, warnings,
+                   origin_mod.of(target, facts, env))
 
 
 def _candidates(i: _Inputs) -> _Candidates:
@@ -204,7 +210,9 @@ def _candidates(i: _Inputs) -> _Candidates:
     else:
         kinds = candidate_kinds(i.hardware)
         candidates = [b for b in facts.all_backends() if b.kind in kinds]
-    kept = installed_backend(target, facts) if i.explicit is None else None
+    # A torch no index serves is kept by its own rule (stays.py), never asked for on an index.
+    foreign = i.origin is not None and i.origin.foreign
+    kept = installed_backend(target, facts) if i.explicit is None and not foreign else None
     keep = kept if kept is not None and kept.is_gpu else None  # auto never downgrades
     order = candidates if i.explicit is not None else preference(facts, i.hardware, candidates,
                                                                  settings.cuda_compat.value)
@@ -213,10 +221,31 @@ def _candidates(i: _Inputs) -> _Candidates:
     return _Candidates(request, recorded_offers, candidates, order, keep)
 
 
-def _resolve(i: _Inputs, c: _Candidates) -> resolve_mod.Resolution | None:
+def _companion_pins(i: _Inputs, c: _Candidates) -> list:
+    """The torch pins of companions requested at one release (``xformers==0.0.31`` requires
+    ``torch==2.7.1``): they take part in the choice like an ordinary package's (issue 18, item 9).
+    Read from the first backend index of the order that publishes the release; not on a re-run
+    the last install's record answers (that choice held them)."""
+    wanted = [r for r in i.reqs if config.normalize(r.name) in i.family and config.normalize(r.name) != "torch"]
+    if not wanted or c.recorded_offers is not None:
+        return []
+    return offers_mod.companion_pins(i.client, i.template, c.order, wanted, i.family, i.target)
+
+
+def _may_keep(i: _Inputs, pins: list) -> bool:
+    """Whether the installed torch no index serves can still stay with the pins known so far."""
+    return stays.replace_reason(i.origin, i.explicit, pins, i.req.reinstall) is None and \
+        i.origin is not None and i.origin.foreign
+
+
+def _resolve(i: _Inputs, c: _Candidates, companions: list) -> resolve_mod.Resolution | None:
     """ONE resolution per plan (resolve.py): the pins on the torch family and the backend and
     build packages the ordinary requirements pull in, before any backend is chosen. None: the
-    last install's record no longer holds (ask again)."""
+    last install's record no longer holds (ask again).
+
+    With a torch no index serves installed, pip is first offered that torch alone (and the
+    installed companions): when the request resolves with it, it stays and no torch page is
+    read; otherwise the backend indexes' torches are offered as usual."""
     target = i.target
     known = None if i.upgrade.any else resolve_mod.from_installed(
         i.ordinary, target.installed, target.markers, family=i.family, build=i.nbi)
@@ -226,13 +255,28 @@ def _resolve(i: _Inputs, c: _Candidates) -> resolve_mod.Resolution | None:
         return known  # already installed: their metadata answers, no pip, no index
     if c.recorded_offers is not None:
         return None
-    resolution = resolve_mod.resolve(
-        resolve_mod.resolvable(i.ordinary), plan_mod.pip_argv(target, sys.executable), target,
-        env={**i.env, **i.own_env}, family=i.family, build=i.nbi,
-        published=lambda: offers_mod.published(i.client, i.template, c.order, i.family, target, i.nightly),
+    if _may_keep(i, [*torchpins.direct_pins(i.reqs, i.family), *i.policy, *companions]):
+        installed = {n: [i.target.get(n).version] for n in ("torch", *offers_mod.COMPANIONS)
+                     if n in i.family and i.target.get(n) is not None}
+        first = _resolution(i, installed)
+        if not first.fallback and _may_keep(i, [*first.pins, *companions]):
+            return _noted(i, first)
+    return _noted(i, _resolution(i, lambda: offers_mod.published(i.client, i.template, c.order, i.family, target,
+                                                                   i.nightly)))
+
+
+def _resolution(i: _Inputs, published) -> resolve_mod.Resolution:
+    """pip's dry-run resolution of the ordinary requirements, the family offered as ``published``."""
+    return resolve_mod.resolve(
+        resolve_mod.resolvable(i.ordinary), plan_mod.pip_argv(i.target, sys.executable), i.target,
+        env={**i.env, **i.own_env}, family=i.family, build=i.nbi, published=published,
         options=i.wanted.rest_options, constraints=[str(x) for x in i.wanted.constraints], pre=i.channel == "nightly",
         configured=credentials.pip_lists(i.pip_config),
     )
+
+
+def _noted(i: _Inputs, resolution: resolve_mod.Resolution) -> resolve_mod.Resolution:
+    """The resolution the plan stands on, with what it fell short of in the plan's warnings."""
     if resolution.stopped:
         i.warnings.append(resolution.stopped)
     if resolution.fallback:
@@ -240,34 +284,89 @@ def _resolve(i: _Inputs, c: _Candidates) -> resolve_mod.Resolution | None:
     return resolution
 
 
-def _select(i: _Inputs, c: _Candidates, resolution: resolve_mod.Resolution) -> _Selection:
+def _select(i: _Inputs, c: _Candidates, resolution: resolve_mod.Resolution, companions: list) -> _Selection:
     """select: the pins, the offers of the backend indexes, the backend, then the torch."""
     extra_backend, extra_build = _pulled_in(i.req, resolution, i.target, i.settings)
     wants_backend = any(config.normalize(r.name) in i.family for r in i.reqs) or bool(extra_backend)
-    pins = [*torchpins.direct_pins(i.reqs, i.family), *resolution.pins, *i.policy]
+    pins = [*torchpins.direct_pins(i.reqs, i.family), *resolution.pins, *i.policy, *companions]
     # Pins that cannot hold together stop here (exit 2); pins that hold but that no backend offers
     # meet the backend choice's own errors below (exit 3, naming the index and the pins).
     for name in sorted({p.name for p in pins}):
         torchpins.check(pins, name=name)
+    replacing = stays.replace_reason(i.origin, i.explicit, pins, i.req.reinstall)
+    if i.origin is not None and i.origin.foreign and replacing is None:
+        return _select_kept(i, resolution, pins, extra_backend, extra_build)
+    # A constraint only constrains (issue 18, item 8): a line on a companion nobody asked for
+    # neither makes it required nor blocks a backend whose index lacks it.
+    named = {"torch", *extra_backend, *resolution.pulled, *(config.normalize(r.name) for r in i.reqs)}
+    named = {config.normalize(Requirement(n).name) for n in named}
+    asked = [p for p in pins if p.name in named]
     spec = torchpins.merged(pins).get("torch", SpecifierSet())
-    offers = _offers(i, c, pins, spec) if wants_backend else None
-    releases = offers.releases if offers is not None else table_offers(i.facts)
-    decision = choose(i.hardware, i.facts, releases, policy=i.settings.cuda_compat.value, explicit=i.explicit)
-    torch = i.target.get("torch")
-    decision = keep_installed_gpu_backend(decision, installed_backend(i.target, i.facts),
-                                          torch.version if torch is not None else None)
-    if wants_backend:
-        _check_served(i, c, decision, offers, pins, spec)
+    try:
+        offers = _offers(i, c, asked, spec) if wants_backend else None
+        releases = offers.releases if offers is not None else table_offers(i.facts)
+        decision = choose(i.hardware, i.facts, releases, policy=i.settings.cuda_compat.value, explicit=i.explicit)
+        torch = i.target.get("torch")
+        decision = keep_installed_gpu_backend(decision, c.keep, torch.version if torch is not None else None)
+        if wants_backend and not i.upgrade.torch(i.family):
+            decision, offers = _installed_stays(i, decision, offers, asked, spec)
+        if wants_backend:
+            _check_served(i, c, decision, offers, asked, spec)
+    except NoBackendError as exc:
+        raise stays.with_held_lines(exc, i.origin, i.target, pins) if replacing else exc from None
     choice, requested = None, list(i.wanted.requirements)
     if wants_backend:
         choice, requested = _choose_torch(i, decision, offers, pins, resolution, requested)
     if i.upgrade.packages:
         requested = list(torchpins.hold_others(requested, i.target.installed, i.upgrade, i.family))
-    return _Selection(decision, offers, pins, choice, requested, resolution, extra_backend, extra_build)
+    return _Selection(decision, offers, pins, choice, requested, resolution, extra_backend, extra_build,
+                      replacing=replacing)
+
+
+def _select_kept(i: _Inputs, resolution, pins: list, extra_backend: tuple, extra_build: tuple) -> _Selection:
+    """The installed torch no index serves stays (issue 18): it is the backend, it is the torch,
+    no index is asked for either; the family members the request needs must be there already."""
+    origin = i.origin
+    nearest = stays.nearest_index_backend(origin, i.facts.all_backends())
+    requested = list(torchpins.apply(i.wanted.requirements, pins, resolution.pulled, family=i.family,
+                                     torch_exact=None))
+    wanted = [r for r in requested if config.normalize(r.name) in i.family and plan_mod.marker_ok(r, i.target.markers)]
+    wanted += [Requirement(n) for n in extra_backend]
+    stays.missing_companions(origin, wanted, i.target.installed, nearest)
+    if i.upgrade.packages:
+        requested = list(torchpins.hold_others(requested, i.target.installed, i.upgrade, i.family))
+    decision = stays.kept_decision(origin, upgrade=i.upgrade.torch(i.family), nearest=nearest)
+    choice = torchpins.TorchChoice(origin.version, tuple(p for p in pins if p.name == "torch"), resolution.describe(),
+                                   f"the installed {origin.label}: {origin.tail()}; every pin accepts it", i.channel)
+    return _Selection(decision, None, pins, choice, requested, resolution, extra_backend, extra_build, kept=True)
+
+
+def _installed_stays(i: _Inputs, decision: Decision, offers: Offers | None, pins: list, spec: SpecifierSet):
+    """A satisfied environment stays as it is (issue 18, item 7): an installed backend index
+    build that every pin accepts and that still runs here is kept when auto selection now
+    prefers another backend (a driver upgrade), and the decision says how to move."""
+    origin = i.origin
+    if i.explicit is not None or origin is None or origin.foreign or offers is None:
+        return decision, offers
+    release = Version(origin.version).release
+    runs = runs_here(i.facts, i.hardware, origin.backend, release, i.settings.cuda_compat.value)
+    if not stays.index_build_stays(origin, decision, pins, runs_here=runs):
+        return decision, offers
+    versions = dict(offers.versions)
+    if origin.backend not in versions and offers.source == "index":
+        mine = gather(i.facts, i.client, i.template, [origin.backend], spec & i.nightly, i.target)
+        serves = offers_mod.companions_check(i.client, i.template, pins, i.family, i.target, i.nightly)
+        found = torchpins.allowed(mine.versions.get(origin.backend, []), pins)
+        if found and serves(origin.backend):
+            versions[origin.backend] = found
+    if origin.backend not in versions:
+        return decision, offers  # its index no longer offers what the request needs
+    return stays.stays_decision(origin, decision), replace(offers, versions=versions)
 
 
 def _offers(i: _Inputs, c: _Candidates, pins: list, spec: SpecifierSet) -> Offers:
-    """What the backend indexes offer for the torch the pins allow (or the last install's record)."""
+    """What the backend indexes offer for the torch the pins allow (or the last install's record).
+    ``pins``: those on torch and on the family members the request names."""
     facts, explicit, target = i.facts, i.explicit, i.target
     asked = spec & i.nightly
     # A backend whose index lacks a pinned companion (torchvision==0.20.1) cannot serve the
@@ -352,12 +451,15 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     # Family members a dependency pulled in go through their recipe too (triton on ROCm is
     # pytorch-triton-rocm).
     recipe_backend = tuple(n for n in s.extra_backend if config.normalize(Requirement(n).name) in settings.recipes)
-    routed = routing.route(
-        s.requested, settings=settings, backend=decision.backend, target=target,
-        torch=torchpredict.torch_for_recipes(facts, target, decision, offers, i.reqs),
-        backend_index=index_url_for(i.template, decision.backend), client=i.client,
-        markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=i.req.extra_recipe + recipe_backend,
-    )
+    try:
+        routed = routing.route(
+            s.requested, settings=settings, backend=decision.backend, target=target,
+            torch=torchpredict.torch_for_recipes(facts, target, decision, offers, i.reqs),
+            backend_index=index_url_for(i.template, decision.backend), client=i.client,
+            markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=i.req.extra_recipe + recipe_backend,
+        )
+    except NoBackendError as exc:
+        raise stays.with_choices(exc, i.origin, i.facts) if s.kept else exc from None
     if routed.family:
         settings = replace(settings, backend_packages=settings.backend_packages + routed.family)
     plan = planner.make_plan(
@@ -371,14 +473,24 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
         offers_source=offers.source if offers else "table",
         extra_backend=tuple(n for n in s.extra_backend if n not in recipe_backend), extra_build=s.extra_build,
         reinstall=tuple(stale) + i.req.reinstall + routed.remove, warnings=warnings + list(routed.warnings),
+        keep=stays.left_alone(target, i.family if s.kept else ()),
     )
-    plan = replace(plan, routes=routed.routes)
+    if s.kept:  # not "already installed for cu125": there is no such index
+        plan = replace(plan, phases=tuple(replace(p, skip=f"the installed {i.origin.label} stays")
+                                          if p.name == plan_mod.BACKEND else p for p in plan.phases))
+    plan = replace(plan, routes=routed.routes, installed_torch=i.origin,
+                   offers_source="installed" if s.kept else plan.offers_source,
+                   replacing=stays.replacing_line(i.origin, s.replacing) if s.replacing
+                   else stays.shadowing_line(plan, i.origin, target))
     plan = torchpins.finish(
         plan, upgrade=i.upgrade, own_env=i.own_env, choice=s.choice, resolution=s.resolution,
         backend_constraints=[str(r) for _f, r in i.cons_lines] + [str(c) for c in i.wanted.constraints],
         backend_constraints_path=paths.backend_constraints(i.state), pre=i.channel == "nightly",
-        pin_environment=bool(settings.pin_environment.value), family=i.family, nbi=i.nbi,
+        pin_environment=bool(settings.pin_environment.value), family=i.family, nbi=i.nbi, keep_torch=s.kept,
     )
+    # pip never removes what conda manages unless the user says so (issue 18, item 3).
+    conda = stays.conda_guard(plan, target, facts.managed_installers, allowed=i.req.replace_conda)
+    plan = replace(plan, warnings=plan.warnings + tuple(conda))
     return _finish(i, s, plan, settings), settings
 
 
@@ -399,6 +511,10 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
         plan = prebuilt.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
                                pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
                                predicted=torchpredict.predicted_torch(i.facts, s.decision, offers), client=i.client)
+        ctx = next((p.context for p in plan.phases if p.name == plan_mod.BUILD and p.context is not None), None)
+        if s.kept and ctx is not None and ctx.torch is not None and not ctx.predicted:
+            # The build read the C++ ABI from the installed torch itself: the plan says it too.
+            plan = replace(plan, installed_torch=plan.installed_torch.with_abi(ctx.torch.cxx11abi))
     # Files behind credentials pip and uv would not find: backendpick downloads them first.
     plan = fetches.localize(plan, i.client.keychain.child_cannot_find, paths.downloads(i.state))
     if i.wanted.hashes:

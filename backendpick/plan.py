@@ -221,6 +221,8 @@ class Plan:
     # Hosts whose credentials the plan's look-ups used (credentials.Keychain.hosts): the shell
     # export names them, as its pip and uv need the same credentials (from .netrc).
     credential_hosts: tuple[str, ...] = ()
+    installed_torch: object = None  # origin.TorchOrigin: the torch installed before this plan
+    replacing: str = ""  # an installed torch no index serves that this plan replaces, and why (stays.py)
 
     @property
     def building(self) -> frozenset:
@@ -247,6 +249,8 @@ class Plan:
             "torch": self.torch.to_json() if self.torch is not None else None,
             "resolution": self.resolution.to_json() if self.resolution is not None else None,
             "pin_environment": self.pin_environment,
+            "installed_torch": self.installed_torch.to_json() if self.installed_torch is not None else None,
+            "replacing": self.replacing or None,
         }
 
 

@@ -84,13 +84,17 @@ def _removals(
     nbi: Mapping[str, Sequence[str]],
     reinstall: Iterable[str],
     backend_reqs: Sequence[Requirement],
+    keep: Iterable[str] = (),
 ) -> tuple[dict[str, Installed], dict[str, Installed]]:
     """What goes before anything is installed, and which of it are builds rebuilt for a new torch.
 
     A backend switch: installed family members built for another backend are removed first
     and reinstalled from the new index, so nothing of the old backend stays behind. Packages
-    named in ``reinstall`` (broken companions, --reinstall) are removed and reinstalled too."""
-    installed_family = {n: d for n, d in target.installed.items() if n in family}
+    named in ``reinstall`` (broken companions, --reinstall) are removed and reinstalled too.
+    ``keep``: installed names never removed (a kept torch no index serves and its companions;
+    what a base environment holds, which pip cannot remove from a venv)."""
+    keep = {normalize(n) for n in keep}
+    installed_family = {n: d for n, d in target.installed.items() if n in family and n not in keep}
     reinstall_names = {normalize(n) for n in reinstall}
     tagged = facts.load().tagged
     mismatched = sorted(
@@ -100,13 +104,13 @@ def _removals(
         if n in tagged and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
     )
     removed = dict(installed_family) if mismatched else {}
-    removed.update({n: d for n, d in target.installed.items() if n in reinstall_names})
+    removed.update({n: d for n, d in target.installed.items() if n in reinstall_names and n not in keep})
     rebuilt: dict[str, Installed] = {}
     if torch_changes(backend_reqs, removed, target):
         # Every installed build package was compiled against the torch that goes: each is
         # removed and installed again, at the same version, from a build for the new torch
         # (cache, prebuilt, source). One the user names keeps the user's requirement.
-        rebuilt = {n: d for n, d in target.installed.items() if n in nbi and n not in removed}
+        rebuilt = {n: d for n, d in target.installed.items() if n in nbi and n not in removed and n not in keep}
         removed.update(rebuilt)
     return removed, rebuilt
 
@@ -237,6 +241,7 @@ def make_plan(
     extra_build: Iterable[str] = (),
     reinstall: Iterable[str] = (),
     warnings: Sequence[str] = (),
+    keep: Iterable[str] = (),
 ) -> Plan:
     """The planner: which pip phases install the requirements on the chosen backend.
 
@@ -251,7 +256,7 @@ def make_plan(
     backend_reqs, build_reqs, rest_reqs = _split_requirements(
         requirements, target, family, nbi, extra_backend, extra_build, notes)
     backend_reqs = _apply_arch_rule(backend_reqs, decision, offered)
-    removed, rebuilt = _removals(target, backend, family, nbi, reinstall, backend_reqs)
+    removed, rebuilt = _removals(target, backend, family, nbi, reinstall, backend_reqs, keep)
     installed_after_remove = {k: v for k, v in target.installed.items() if k not in removed}
 
     phases: list[Phase] = []

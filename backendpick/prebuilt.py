@@ -44,6 +44,7 @@ from backendpick.buildenv import TorchInfo
 from backendpick.config import BuildSettings, Settings, normalize, redact
 from backendpick.errors import BackendpickError
 from backendpick.facts import Package
+from backendpick.origin import version_signs
 from backendpick.hardware import AMD, NVIDIA, Hardware
 from backendpick.pipconf import PipConfig
 from backendpick.plan import AS_IS, BACKEND, BUILD, BUILD_REQS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase, Plan, fold_builds
@@ -349,7 +350,12 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
 
     where = ctx.sources_for(step.name)
     reasons: list[str] = []
-    if version:
+    label, _note, signs = version_signs(torch.version, facts.load(), env)
+    if signs:
+        # A torch no index serves (NVIDIA's, a source build): the projects build their release
+        # wheels against the index builds of a release, whose C++ symbols this one need not share.
+        reasons.append(f"no prebuilt wheel is built against the {label} {torch.version}")
+    elif version:
         filename, why = wheel_filename(package, version, torch, ctx.python_tag, ctx.platform)
         if filename is None:
             reasons.append(why)

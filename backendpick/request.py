@@ -37,6 +37,7 @@ class Request:
     upgrade_packages: tuple[str, ...] = ()  # --upgrade-package NAME
     channel: str | None = None  # --channel stable|test|nightly
     pin_environment: bool | None = None  # --pin-environment / --no-pin-environment
+    replace_conda: bool = False  # --replace-conda: pip may replace what conda installed (stays.py)
 
 
 @dataclass(frozen=True)

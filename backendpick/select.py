@@ -265,6 +265,12 @@ def _fits(facts: Facts, hw: Hardware, b: Backend, release: tuple, gpus: Sequence
         b.kind != ROCM or all(facts.rocm_supports(a.arch or "", b) for a in gpus if a.vendor == AMD))
 
 
+def runs_here(facts: Facts, hw: Hardware, backend: Backend, release: tuple, policy: str) -> bool:
+    """Whether ``backend``'s build of torch ``release`` runs on every GPU here (auto's rules)."""
+    gpus = [a for a in hw.accelerators if a.ignored is None]
+    return bool(gpus) and _fits(facts, hw, backend, release, gpus, policy)
+
+
 def no_backend(facts: Facts, hw: Hardware, decision: Decision, spec, policy: str) -> NoBackendError:
     """The exit-3 error when auto selection leaves GPUs unserved for the torch asked
     (``spec``): why each backend lost, and the torch releases that would run here."""

@@ -321,7 +321,7 @@ def _names(words: Iterable[str]) -> set[str]:
 
 def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchChoice | None, resolution: Resolution,
            backend_constraints: Sequence[str], backend_constraints_path: Path, pre: bool, pin_environment: bool,
-           family: Iterable[str], nbi: Iterable[str]):
+           family: Iterable[str], nbi: Iterable[str], keep_torch: bool = False):
     """What this module adds to ``planner.make_plan``'s plan, in one place:
 
     * the backend phase gets the user's constraints (``-c``: policy holds there too) and, on the
@@ -329,6 +329,9 @@ def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchC
     * ``-U`` / ``--upgrade-package``: ``--upgrade`` for the phases holding what moves, which then
       run even when their requirements are already satisfied;
     * the other phases get ``own_env`` (PIP_CONSTRAINT without backendpick's environment pins).
+
+    ``keep_torch``: the installed torch no index serves stays (stays.py): ``-U`` does not move
+    the backend phase, which has no index to move to.
     """
     from dataclasses import replace
 
@@ -345,7 +348,7 @@ def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchC
                 flags += ["-c", str(backend_constraints_path)]
             if pre:
                 flags.append("--pre")
-            if upgrade.torch(family) or names & set(upgrade.packages):
+            if not keep_torch and (upgrade.torch(family) or names & set(upgrade.packages)):
                 flags.append("--upgrade")
                 ph = replace(ph, skip=None)
             ph = replace(ph, argv=_with_flag(ph.argv, *flags), constraints=lines if lines else ph.constraints)

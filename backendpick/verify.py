@@ -81,8 +81,11 @@ def torch_build(target: Target, facts: Facts) -> TorchBuild | None:
     return TorchBuild(dist.version, backend, cuda, hip)
 
 
-def _fix(python_flag: str, backend: Backend, packages: Iterable[str]) -> str:
-    return f"backendpick install{python_flag} --backend {backend} {' '.join(packages)}"
+def _fix(python_flag: str, backend: Backend | None, packages: Iterable[str]) -> str:
+    """The install command that fixes ``packages``; ``backend`` None: the torch's own, which no
+    index serves (issue 18): install keeps that torch without being told a backend."""
+    where = f" --backend {backend}" if backend is not None else ""
+    return f"backendpick install{python_flag}{where} {' '.join(packages)}"
 
 
 def torch_pin(tb: TorchBuild, offered: Collection[str] | None) -> str:
@@ -144,8 +147,10 @@ def stack_problems(
     python_flag: str = "",
     policy: str = "strict",
     offered: Collection[str] | None = None,
+    foreign: bool = False,
 ) -> list[Problem]:
-    """``offered``: torch versions on the backend index (see ``torch_pin``)."""
+    """``offered``: torch versions on the backend index (see ``torch_pin``); ``foreign``: the
+    installed torch is one no index serves (origin.py), so fixes name no backend index."""
     problems: list[Problem] = []
     tb = torch_build(target, facts)
     family = set(family)
@@ -156,7 +161,8 @@ def stack_problems(
                                     torch_missing_fix(target, family, build_packages, python_flag)))
         return problems
     torch_version = Version(tb.version)
-    fix_stack = lambda pkgs: _fix(python_flag, tb.backend, [torch_pin(tb, offered), *pkgs])  # noqa: E731 - one-line helper
+    fix_stack = lambda pkgs: _fix(python_flag, None if foreign else tb.backend,  # noqa: E731 - one-line helper
+                                  [torch_pin(tb, offered), *pkgs])
 
     if hardware is not None:
         problems += _torch_vs_hardware(tb, torch_version, hardware, facts, python_flag, policy)
@@ -375,16 +381,16 @@ def installed_backend(target: Target, facts: Facts) -> Backend | None:
     return build.backend if build is not None else None
 
 
-def build_records(target: Target, tb, nbi, flag: str, *, runtime: bool) -> tuple[list, list]:
+def build_records(target: Target, tb, nbi, flag: str, *, runtime: bool, abi: bool | None = None) -> tuple[list, list]:
     """build_record_problems with the records of the target's state folder; the installed
-    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package."""
+    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package,
+    unless the caller read it already (``abi``)."""
     from backendpick import builds
     from backendpick.paths import state_dir
 
     if tb is None or not any(target.get(n) is not None for n in nbi):
         return [], []
-    abi = None
-    if runtime:
+    if runtime and abi is None:
         from backendpick.buildenv import torch_info
         from backendpick.errors import BackendpickError
 

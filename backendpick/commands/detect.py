@@ -26,6 +26,7 @@ class Detection:
     offers_source: str = "table"
     offer_warnings: tuple = ()
     offline: bool = False
+    installed_torch: object = None  # origin.TorchOrigin of the target's torch (not with --offline)
 
     @property
     def warnings(self) -> list[str]:
@@ -53,7 +54,12 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     ``inspection``: the target's, started early by the console script (``target.Inspection``)."""
     import os
 
-    from backendpick import pipconf, requirements, target as target_mod
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from backendpick import origin as origin_mod, pipconf, requirements, stays, target as target_mod
+    from backendpick.resolve import Pin
+    from backendpick.select import runs_here
     from backendpick.torchpins import torch_spec
     from backendpick.verify import installed_backend
     from backendpick.errors import ConfigError
@@ -69,12 +75,20 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     except ConfigError:
         wanted = ()  # no project: any torch
     explicit = explicit_choice(settings)
+    installed = origin_mod.of(target, facts, env)
+    pins = [Pin(Requirement(f"torch{torch_spec(wanted)}"), "you")]
+    if installed is not None and installed.foreign and stays.replace_reason(installed, explicit, pins) is None:
+        # A torch no index serves that the project accepts stays, as plan keeps it: no index asked.
+        nearest = stays.nearest_index_backend(installed, facts.all_backends())
+        decision = stays.kept_decision(installed, upgrade=False, nearest=nearest)
+        return Detection(hardware, decision, settings, "installed", (), installed_torch=installed)
+    # The installed torch's backend, for "auto never downgrades" (not one no index serves).
+    kept = installed_backend(target, facts) if installed is None or not installed.foreign else None
     if explicit is not None:
         candidates = [explicit.backend]
     else:
         kinds = candidate_kinds(hardware)
         candidates = [b for b in facts.all_backends() if b.kind in kinds]
-        kept = installed_backend(target, facts)
         if kept is not None and kept.is_gpu and kept not in candidates:
             candidates.append(kept)
     from backendpick.credentials import configured_urls
@@ -91,9 +105,13 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
                      "packaged release table (plan and install stop here: check the index URL template)")
     decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
     torch = target.get("torch")
-    decision = keep_installed_gpu_backend(decision, installed_backend(target, facts),
-                                          torch.version if torch is not None else None)
-    return Detection(hardware, decision, settings, source, tuple(notes))
+    decision = keep_installed_gpu_backend(decision, kept, torch.version if torch is not None else None)
+    if installed is not None and installed.backend in offers.versions and stays.index_build_stays(
+            installed, decision, pins, runs_here=runs_here(facts, hardware, installed.backend,
+                                                           Version(installed.version).release,
+                                                           settings.cuda_compat.value)):
+        decision = stays.stays_decision(installed, decision)  # as plan keeps it (issue 18, item 7)
+    return Detection(hardware, decision, settings, source, tuple(notes), installed_torch=installed)
 
 
 def to_json(d: Detection) -> dict:
@@ -115,6 +133,7 @@ def to_json(d: Detection) -> dict:
         "rejected": list(d.decision.rejected),
         "unserved": list(d.decision.unserved),
         "warnings": d.warnings,
+        "installed_torch": d.installed_torch.to_json() if d.installed_torch is not None else None,
     }
 
 
@@ -141,6 +160,8 @@ def render(out: Output, d: Detection) -> None:
             ("driver-cuda", hw.driver_cuda and f"{hw.driver_cuda} ({hw.driver_cuda_source})"),
             ("rocm", hw.rocm_version),
             ("container-cuda", hw.container_cuda),
+            ("installed", d.installed_torch.describe() if d.installed_torch is not None
+             and d.installed_torch.notable else None),
             ("backend", d.decision.backend.name),
             ("decided-by", d.decision.source),
             ("reason", d.decision.reason),

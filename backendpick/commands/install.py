@@ -12,7 +12,7 @@ from dataclasses import replace
 import os
 
 from backendpick import envpins, facts as facts_mod, history, install as executor, lastrun, lock, runner
-from backendpick import target as target_mod
+from backendpick import origin as origin_mod, target as target_mod
 from backendpick.config import normalize
 from backendpick.dependencies import dependency_problems
 from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
@@ -89,7 +89,7 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
         else:
             for route in prepared.plan.routes:
                 out.line(f"# {route.line()}")
-            for line in torch_lines(prepared.plan) if prepared.plan.active else ():
+            for line in torch_lines(prepared.plan) if prepared.plan.active or prepared.plan.replacing else ():
                 out.line(f"# {line}")
             if keeps:
                 out.line(f"# before any change, a copy is kept for restore of: {', '.join(k.words() for k in keeps)}")
@@ -110,6 +110,8 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
 
 def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
     prepared = prepare(req, target=target)
+    if prepared.plan.replacing and prepared.plan.active:
+        out.warn(prepared.plan.replacing)  # said before anything changes
     snapshot = None
     if prepared.plan.active:
         tb = torch_build(prepared.target, facts_mod.load())
@@ -244,10 +246,18 @@ def _renamed_dependency(prepared: Prepared, hit) -> None:
 
 
 def torch_lines(plan) -> list[str]:
-    """What plan and --dry-run say about the torch: the version, why, what pinned it."""
+    """What plan and --dry-run say about the torch: the version, why, what pinned it; a torch
+    no index serves that stays or goes (issue 18) first."""
+    lines = []
+    if plan.installed_torch is not None and plan.installed_torch.notable:
+        lines.append(f"installed: {plan.installed_torch.describe()}")
+    if plan.replacing:
+        lines.append(plan.replacing)
+    elif plan.decided_by == "installed":
+        lines.append(plan.reason)
     if plan.torch is None:
-        return []
-    lines = [f"torch {plan.torch.describe()}"]
+        return lines
+    lines.append(f"torch {plan.torch.describe()}")
     if plan.torch.channel != "stable":
         lines.append(f"channel: {plan.torch.channel}")
     lines.append(f"pins from: {plan.torch.source}")
@@ -317,7 +327,9 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> t
 
     def metadata_problems(t):
         tb = torch_build(t, facts)
-        return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value)
+        origin = origin_mod.of(t, facts, prepared.user_env)
+        return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value,
+                               foreign=origin is not None and origin.foreign)
                 + dependency_problems(t, family | nbi, flag, tb=tb, family=family)
                 + fingerprint.problems(t, tb.backend if tb else None, tb.version if tb else None,
                                        settings.recipes, flag, env=prepared.user_env))

@@ -12,15 +12,19 @@ from backendpick.pipeline import Request, prepare
 
 
 def render(out: Output, p: plan_mod.Plan) -> None:
+    notable = p.installed_torch is not None and p.installed_torch.notable
     out.fields(
         [
             ("backend", p.backend.name),
             ("decided-by", p.decided_by),
             ("reason", p.reason),
             ("python", str(p.python)),
-            ("index", config.redact(p.index_url)),
+            ("index", "none asked: the installed torch stays" if p.offers_source == "installed"
+             else config.redact(p.index_url)),
             ("offers-from", p.offers_source),
         ]
+        + ([("installed", p.installed_torch.describe())] if notable else [])
+        + ([("replacing", p.replacing.removeprefix("replacing "))] if p.replacing else [])
         + ([("torch", p.torch.describe()), ("pins-from", p.torch.source)] if p.torch is not None else [])
         + ([("channel", p.torch.channel)] if p.torch is not None and p.torch.channel != "stable" else [])
     )

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backendpick import config, envpins, facts as facts_mod, requirements, target as target_mod
+from backendpick import config, envpins, facts as facts_mod, origin as origin_mod, requirements, target as target_mod
 from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
 from backendpick.output import Output, where_flags
 from backendpick.probe import ProbeSettings, probe
@@ -80,16 +80,21 @@ def check(
     family = set(settings.backend_packages)
     nbi = set(settings.no_build_isolation)
     tb = torch_build(target, facts)
+    origin = _origin(target, facts, env, runtime=runtime)
+    foreign = origin is not None and origin.foreign
     offered = None
-    if runtime and tb is not None and any(n in family | nbi for n in target.installed if n != "torch"):
-        # Fixes for companions name torch's version: only one the backend index has.
+    if runtime and tb is not None and not foreign and any(n in family | nbi for n in target.installed if n != "torch"):
+        # Fixes for companions name torch's version: only one the backend index has. (A torch
+        # no index serves is named as installed: no index is asked about it.)
         offered = torch_offered(target, settings, tb.backend, env)
     problems: list[Problem] = stack_problems(
-        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value, offered=offered
+        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value, offered=offered,
+        foreign=foreign,
     )
     problems += missing_problems(target, wanted, nbi, flag, from_project=from_project, recipes=settings.recipes,
                                  family=family)
-    built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime)
+    built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime,
+                                      abi=origin.cxx11abi if origin is not None else None)
     problems += built
     from backendpick import fingerprint
 
@@ -116,7 +121,25 @@ def check(
         for n, d in sorted(target.installed.items())
         if n in family or n in nbi
     ]
-    return Report(target.python, tb.to_json() if tb else None, packages, problems, unrecorded, pins)
+    torch = tb.to_json() if tb else None
+    if torch is not None and origin is not None:
+        torch["origin"] = origin.to_json()
+    return Report(target.python, torch, packages, problems, unrecorded, pins)
+
+
+def _origin(target, facts, env, *, runtime: bool):
+    """Where the installed torch came from; for a torch no index serves, with the C++ ABI read
+    from torch itself (one import, only where verify imports torch anyway)."""
+    origin = origin_mod.of(target, facts, os.environ if env is None else env)
+    if origin is None or not origin.foreign or not runtime:
+        return origin
+    from backendpick.buildenv import torch_info
+    from backendpick.errors import BackendpickError
+
+    try:
+        return origin.with_abi(torch_info(target.python).cxx11abi)
+    except BackendpickError:
+        return origin  # extension_problems reports a torch that does not import
 
 
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...],
@@ -142,10 +165,15 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
 
 def render(out: Output, report: Report) -> None:
     out.line(f"python: {report.python}")
-    if report.torch:
+    origin = (report.torch or {}).get("origin") or {}
+    if origin.get("foreign"):
+        # A torch no index serves: named as what it is (issue 18).
+        out.line(f"torch: {origin['text']}")
+    elif report.torch:
         t = report.torch
         out.line(f"torch: {t['version']} ({t['backend']}" + (f", CUDA {t['cuda']}" if t["cuda"] else "")
-                 + (f", HIP {t['hip']}" if t["hip"] else "") + ")")
+                 + (f", HIP {t['hip']}" if t["hip"] else "") + ")"
+                 + (f"; seen through the base environment's {origin['outside']}" if origin.get("outside") else ""))
     else:
         out.line("torch: not installed")
     if report.pins is not None and report.torch:

@@ -66,6 +66,7 @@ def test_seed_cuda_torch_next_to_cpu_torchvision_and_cpu_xformers(world: World, 
     rc, report, _ = verify_json(py, env=env, cwd=tmp_path)
     assert rc == 1 and report["ok"] is False
     _assert_problem_shape(report)
+    assert report["torch"].pop("origin")["foreign"] is False  # an index build (issue 18)
     assert report["torch"] == {"version": "2.5.1+cu124", "backend": "cu124", "cuda": "12.4", "hip": None}
     assert problems_of(report, "torch") == []  # torch itself is right for this A100
 
@@ -309,6 +310,7 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     # flash-attn came from plain pip: nothing records the torch it was built for.
     [warning] = report["warnings"]
     assert warning["package"] == "flash-attn" and "no record of the torch it was built for" in warning["message"]
+    assert report["torch"].pop("origin")["label"] == "index build"
     assert report["torch"] == {"version": "2.5.1+cu124", "backend": "cu124", "cuda": "12.4", "hip": None}
     assert {p["name"].lower(): p["version"] for p in report["packages"]} == {
         "torch": "2.5.1+cu124", "torchvision": "0.20.1+cu124", "xformers": "0.0.28.post3", "flash-attn": "2.7.4",

@@ -201,7 +201,7 @@ def make_torch(
     version: str,
     backend: str,
     *,
-    local_tag: bool = True,
+    local_tag: bool | str = True,
     requires: Iterable[str] = ("filelock", "typing-extensions"),
     cxx11_abi: Optional[bool] = None,
     attrs: Mapping[str, object] | None = None,
@@ -209,10 +209,15 @@ def make_torch(
     """A fake torch wheel whose ``torch.version`` mirrors the real one for ``backend``.
 
     With ``local_tag`` (the default) the version gets ``+<backend>`` like the
-    download.pytorch.org builds; PyPI's builds have no local tag.
+    download.pytorch.org builds; PyPI's builds have no local tag. A string is the local tag
+    itself, for builds no index serves (NVIDIA's ``f70bd71a48.nv24.6``, a source build's
+    ``git1a2b3c4``); ``backend`` then only says what ``torch.version`` reports.
     """
     cuda, hip = torch_backend_info(backend)
-    full_version = f"{version}+{backend}" if local_tag else version
+    if isinstance(local_tag, str):
+        full_version = f"{version}+{local_tag}"
+    else:
+        full_version = f"{version}+{backend}" if local_tag else version
     version_py = textwrap.dedent(
         f"""\
         __version__ = {full_version!r}

@@ -46,7 +46,7 @@ def target(*dists: Installed, files: dict | None = None, markers: dict | None = 
 
 
 def dist(name: str, version: str, *requires: str) -> Installed:
-    return Installed(name, version, tuple(requires))
+    return Installed(name, version, tuple(requires), installer="pip")  # what pip writes into INSTALLER
 
 
 def torch(version: str, *, cuda: str | None = "from-tag", hip: str | None = None) -> tuple[Installed, dict]:
@@ -458,7 +458,9 @@ def test_report_json_shape(tmp_path: Path) -> None:
     data = json.loads(json.dumps(report.to_json()))
     assert {"ok", "torch", "packages", "problems"} <= set(data)
     assert data["ok"] is False
+    origin = data["torch"].pop("origin")
     assert data["torch"] == {"version": "2.5.1+cu124", "backend": "cu124", "cuda": "12.4", "hip": None}
+    assert origin["foreign"] is False and origin["label"] == "index build" and origin["signs"] == []
     assert data["packages"] == [{"name": "torch", "version": "2.5.1+cu124"}, {"name": "torchvision", "version": "0.20.1+cpu"}]
     assert [p["package"] for p in data["problems"]] == ["torchvision", "flash-attn"]
     assert all(set(p) == {"package", "message", "fix"} for p in data["problems"])
