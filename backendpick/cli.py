@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from backendpick import __version__, facts
+from backendpick import __version__, envvars
 from backendpick.errors import EXIT_USAGE, BackendpickError
+from backendpick.knowledge import facts
 
 HELP = """Install PyTorch and its GPU companions with pip, all on one backend.
 
@@ -139,17 +140,17 @@ def _inspection(python: Path | None, *, start: bool):
     the interpreter click's parsing chose. Otherwise a new one with ``start`` (install, which
     inspects before anything else), else None: plan and ``--dry-run`` inspect where the pipeline
     does, after the configuration and the requirements, whose mistakes are reported first."""
-    from backendpick import target
     from backendpick.errors import BackendpickError
+    from backendpick.target import inspection
 
     # Left in ctx.obj: main() cancels it at the end unless its result was taken.
     early = (click.get_current_context().obj or {}).get("inspection")
     if start:
-        return target.reuse_or_start(early, target.choose_python(python))
+        return inspection.reuse_or_start(early, inspection.choose_python(python))
     if early is None:
         return None
     try:
-        chosen = target.choose_python(python)
+        chosen = inspection.choose_python(python)
     except BackendpickError:
         chosen = None  # the pipeline reports it in its turn
     if early.python != chosen:
@@ -159,7 +160,7 @@ def _inspection(python: Path | None, *, start: bool):
 
 
 def _request(**kw):
-    from backendpick.pipeline import Request
+    from backendpick.planning.pipeline import Request
 
     return Request(
         project_dir=kw["project_dir"], requirements=tuple(kw["requirement"]), files=tuple(kw["files"]),
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None, *, early_inspection=None) -> None:
     try:
         rv = cli.main(args=args, prog_name="backendpick", standalone_mode=False, obj=obj)
     except BackendpickError as exc:
-        if os.environ.get("BACKENDPICK_DEBUG"):
+        if envvars.debug(os.environ):
             raise
         _fail(json_mode, int(exc.exit_code), exc.message, exc.hint, exc.details)
     except click.exceptions.Abort:

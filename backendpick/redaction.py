@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
-# Variables whose whole value is a secret (uv's per-index credentials, credentials.py).
+# Variables whose whole value is a secret (uv's per-index credentials, indexes/credentials.py).
 _SECRET_VARS = re.compile(r"_(USERNAME|PASSWORD|TOKEN)$")
 
 

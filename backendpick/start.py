@@ -48,11 +48,11 @@ def early_inspection(args: list[str]):
     understood, python = _python_flag(args[1:])
     if not understood or (python is not None and not python.strip()):
         return None  # click reports the mistake
-    from backendpick import target
     from backendpick.errors import BackendpickError
+    from backendpick.target import inspection
 
     try:
-        return target.start_inspect(target.choose_python(python))
+        return inspection.start_inspect(inspection.choose_python(python))
     except BackendpickError:
         return None  # the CLI raises it again, with its exit code
 

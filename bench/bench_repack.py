@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backendpick import distfiles, repack  # noqa: E402
+from backendpick.state import repack  # noqa: E402
+from backendpick.target import distfiles  # noqa: E402
 
 DEFAULT = Path("/opt/pypi-more/files/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl")
 # (label, files of STORE_FROM bytes and more stored, compression level of the others)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from backendpick import cache, paths
+from backendpick.edges import paths
 from backendpick.errors import EXIT_OK
 from backendpick.output import Output, size_text
+from backendpick.state import wheel_cache
 
 
 def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
     root = paths.wheel_cache(env)
-    entries = cache.entries(root, names)
+    entries = wheel_cache.entries(root, names)
     if out.json_mode:
         out.emit_json({"cache_dir": str(root), "entries": [e.to_json() for e in entries],
                        "size": sum(e.size for e in entries)})
@@ -34,10 +35,10 @@ def list_entries(out: Output, names: Sequence[str] = (), env: Mapping[str, str] 
 def clear(out: Output, names: Sequence[str] = (), env: Mapping[str, str] | None = None) -> int:
     """The named packages' wheels; without names every wheel and the kept index pages too (a
     way to start from nothing, beside --refresh, which asks the indexes again)."""
-    from backendpick.pagecache import PageCache
+    from backendpick.indexes.page_cache import PageCache
 
     root = paths.wheel_cache(env)
-    removed = cache.clear(root, names)
+    removed = wheel_cache.clear(root, names)
     freed = sum(e.size for e in removed)
     pages_dir = paths.page_cache(env)
     pages = PageCache(pages_dir).clear() if not names else 0

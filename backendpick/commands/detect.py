@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from backendpick import config, facts as facts_mod
-from backendpick.hardware import Hardware
-from backendpick.output import Output
-from backendpick.probe import ProbeSettings, probe
 from backendpick.errors import EXIT_OK
-from backendpick.select import Decision, choose, explicit_choice, keep_installed_gpu_backend, table_offers
+from backendpick.inputs import config
+from backendpick.knowledge import facts as facts_mod
+from backendpick.machine.probe import ProbeSettings, probe
+from backendpick.model.choice import Decision
+from backendpick.model.hardware import Hardware
+from backendpick.output import Output
+from backendpick.selection.backend_choice import choose, explicit_choice, keep_installed_gpu_backend, table_offers
 
 
 OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
@@ -26,7 +28,7 @@ class Detection:
     offers_source: str = "table"
     offer_warnings: tuple = ()
     offline: bool = False
-    installed_torch: object = None  # origin.TorchOrigin of the target's torch (not with --offline)
+    installed_torch: object = None  # torch_origin.TorchOrigin of the target's torch (not with --offline)
 
     @property
     def warnings(self) -> list[str]:
@@ -57,14 +59,16 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    from backendpick import origin as origin_mod, pipconf, requirements, stays, target as target_mod
-    from backendpick.resolve import Pin
-    from backendpick.select import runs_here
-    from backendpick.torchpins import torch_spec
-    from backendpick.verify import installed_backend
     from backendpick.errors import ConfigError
-    from backendpick.index import IndexClient
-    from backendpick.offers import candidate_kinds, gather
+    from backendpick.indexes.client import IndexClient
+    from backendpick.inputs import pip_config, requirements
+    from backendpick.selection import stays
+    from backendpick.selection.backend_choice import runs_here
+    from backendpick.selection.offers import candidate_kinds, gather
+    from backendpick.selection.resolve import Pin
+    from backendpick.selection.torch_version import torch_spec
+    from backendpick.target import inspection as target_mod, torch_origin as origin_mod
+    from backendpick.target.installed_torch import installed_backend
 
     env = dict(os.environ if env is None else env)
     facts = facts_mod.load()
@@ -91,9 +95,9 @@ def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict 
         candidates = [b for b in facts.all_backends() if b.kind in kinds]
         if kept is not None and kept.is_gpu and kept not in candidates:
             candidates.append(kept)
-    from backendpick.credentials import configured_urls
+    from backendpick.indexes.credentials import configured_urls
 
-    client = IndexClient(pipconf.read(env, target.prefix), env=env, urls=configured_urls(settings))
+    client = IndexClient(pip_config.read(env, target.prefix), env=env, urls=configured_urls(settings))
     offers = gather(facts, client, settings.index_url.value, candidates,
                     torch_spec(wanted), target)
     releases, source, notes = offers.releases, offers.source, list(offers.warnings)

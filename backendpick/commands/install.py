@@ -11,16 +11,21 @@ from dataclasses import replace
 
 import os
 
-from backendpick import envpins, facts as facts_mod, history, install as executor, lastrun, lock, runner
-from backendpick import origin as origin_mod, target as target_mod
-from backendpick.config import normalize
-from backendpick.dependencies import dependency_problems
+from backendpick.checks.dependencies import dependency_problems
+from backendpick.checks.stack import build_records, extension_problems, stack_problems
+from backendpick.edges import envlock, runner
+from backendpick.edges.paths import logs, state_dir
+from backendpick.edges.runner import stopped
 from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
+from backendpick.execute import executor
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model import environment
+from backendpick.model.names import normalize
 from backendpick.output import Output, where_flags
-from backendpick.pipeline import Prepared, Request, prepare
-from backendpick.paths import logs, state_dir
-from backendpick.runner import stopped
-from backendpick.verify import build_records, extension_problems, stack_problems, torch_build
+from backendpick.planning.pipeline import Prepared, Request, prepare
+from backendpick.state import environment_pins, last_install, snapshots
+from backendpick.target import inspection as target_mod, torch_origin as origin_mod
+from backendpick.target.installed_torch import torch_build
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
@@ -80,10 +85,10 @@ class _Progress:
 def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Inspection | None = None) -> int:
     """``inspection``: the target's inspection, started by the caller while it imported us."""
     if dry_run:
-        from backendpick import keep
+        from backendpick.state import kept_copies
 
         prepared = prepare(req, inspection=inspection)
-        keeps = keep.preview(prepared.plan.phases, prepared.target, prepared.settings.no_build_isolation)
+        keeps = kept_copies.preview(prepared.plan.phases, prepared.target, prepared.settings.no_build_isolation)
         if out.json_mode:
             out.emit_json({"ok": True, **prepared.plan.to_json(), "keeps": [k.to_json() for k in keeps]})
         else:
@@ -101,22 +106,22 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
 
     target = (inspection or target_mod.start_inspect(target_mod.choose_python(req.python))).result()
     try:
-        with runner.stop_children_on_signals(), lock.hold(state_dir(target), on_wait=out.info) as waited:
+        with runner.stop_children_on_signals(), envlock.hold(state_dir(target), on_wait=out.info) as waited:
             # After a wait another run changed the environment: look again.
             return _install_locked(out, req, None if waited else target)
     except (runner.Interrupted, KeyboardInterrupt) as exc:
         raise stopped(exc, "the environment is unchanged") from None
 
 
-def _install_locked(out: Output, req: Request, target: target_mod.Target | None) -> int:
+def _install_locked(out: Output, req: Request, target: environment.Target | None) -> int:
     prepared = prepare(req, target=target)
     if prepared.plan.replacing and prepared.plan.active:
         out.warn(prepared.plan.replacing)  # said before anything changes
     snapshot = None
     if prepared.plan.active:
         tb = torch_build(prepared.target, facts_mod.load())
-        snapshot = history.record(prepared.target, state_dir(prepared.target, prepared.user_env), command=_command(req),
-                                  torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
+        snapshot = snapshots.record(prepared.target, state_dir(prepared.target, prepared.user_env), command=_command(req),
+                                    torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
         out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}")
         snapshot = _keep(out, prepared, snapshot)
     try:
@@ -190,7 +195,7 @@ def _command(req: Request) -> str:
     credentials hidden."""
     import shlex
 
-    from backendpick.config import redact
+    from backendpick.redaction import redact
 
     words = ["install"]
     for flag, value in (("--backend", req.backend), ("--channel", req.channel), ("--installer", req.installer)):
@@ -207,21 +212,22 @@ def _command(req: Request) -> str:
 
 def _keep(out: Output, prepared: Prepared, snapshot, *, unchanged: bool = True):
     """Copies of what the plan removes or replaces, kept before any change and named in the
-    snapshot (keep.py); a distribution that must go but cannot be kept stops the install here."""
-    from backendpick import keep, paths
+    snapshot (state/kept_copies.py); a distribution that must go but cannot be kept stops the install here."""
+    from backendpick.edges import paths
+    from backendpick.state import kept_copies
 
     if snapshot is None:
         return None
     state = state_dir(prepared.target, prepared.user_env)
     done = {k for k, p in snapshot.packages.items() if p.kept}
-    snapshot, kept = keep.before_change(prepared.plan.phases, prepared.target, snapshot, state,
-                                        build_names=prepared.settings.no_build_isolation,
-                                        cache_base=paths.wheel_cache(prepared.user_env), skip=done,
-                                        unchanged=unchanged)
+    snapshot, kept = kept_copies.before_change(prepared.plan.phases, prepared.target, snapshot, state,
+                                               build_names=prepared.settings.no_build_isolation,
+                                               cache_base=paths.wheel_cache(prepared.user_env), skip=done,
+                                               unchanged=unchanged)
     for name, why in sorted(kept.unkept.items()):
         out.warn(f"pip may replace {name}, and no copy of it can be kept: {why}")
     if kept.copies:
-        out.info(f"kept a copy of {keep.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s); "
+        out.info(f"kept a copy of {kept_copies.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s); "
                  "restore puts them back offline")
     return snapshot
 
@@ -264,7 +270,7 @@ def torch_lines(plan) -> list[str]:
     return lines
 
 
-def _pin_environment(out: Output, prepared: Prepared, after: target_mod.Target) -> str | None:
+def _pin_environment(out: Output, prepared: Prepared, after: environment.Target) -> str | None:
     """Leave the stack's pins in the environment's pip.conf (or remove them: pin-environment =
     false). Returns the pins file, or None. ``after``: the environment as the phases left it.
 
@@ -273,8 +279,8 @@ def _pin_environment(out: Output, prepared: Prepared, after: target_mod.Target) 
     plan, settings = prepared.plan, prepared.settings
     prefix = prepared.target.prefix
     if not plan.pin_environment:
-        if envpins.remove(prefix):
-            out.info(f"removed backendpick's pins from {envpins.conf_path(prefix)} (pin-environment is off)")
+        if environment_pins.remove(prefix):
+            out.info(f"removed backendpick's pins from {environment_pins.conf_path(prefix)} (pin-environment is off)")
         return None
     if after.get("torch") is None:
         return None  # no stack to pin
@@ -282,34 +288,34 @@ def _pin_environment(out: Output, prepared: Prepared, after: target_mod.Target) 
         out.warn(f"cannot pin the stack: {prefix} is not writable (pass --no-pin-environment to skip pinning)")
         return None
     names = set(settings.backend_packages) | set(settings.no_build_isolation)
-    lines = envpins.pin_lines(after.installed, names)
-    if envpins.up_to_date(prefix, lines, env=prepared.user_env):
-        return str(envpins.pins_path(prefix))
+    lines = environment_pins.pin_lines(after.installed, names)
+    if environment_pins.up_to_date(prefix, lines, env=prepared.user_env):
+        return str(environment_pins.pins_path(prefix))
     try:
-        path = envpins.write(prefix, lines, env=prepared.user_env, backend=str(plan.backend))
+        path = environment_pins.write(prefix, lines, env=prepared.user_env, backend=str(plan.backend))
     except OSError as exc:
-        out.warn(f"cannot pin the stack in {envpins.conf_path(prefix)}: {exc.strerror or exc}")
+        out.warn(f"cannot pin the stack in {environment_pins.conf_path(prefix)}: {exc.strerror or exc}")
         return None
-    out.info(f"pinned the stack in {envpins.conf_path(prefix)} ({path}): a plain pip cannot replace torch or a "
+    out.info(f"pinned the stack in {environment_pins.conf_path(prefix)} ({path}): a plain pip cannot replace torch or a "
              "companion; `backendpick install` changes the stack")
     return str(path)
 
 
-def _remember(prepared: Prepared, request_key: str, after: target_mod.Target) -> None:
+def _remember(prepared: Prepared, request_key: str, after: environment.Target) -> None:
     """Record what this install chose, so a re-run on the same environment asks no index."""
     offers = prepared.offers
     torch = after.get("torch")
     try:
-        lastrun.save(state_dir(after, prepared.user_env), request=request_key,
-                     environment=lastrun.environment_key(after), backend=prepared.plan.backend,
-                     index_url=prepared.plan.index_url, torch=torch.version if torch else None,
-                     offers=offers.versions if offers is not None else {},
-                     offers_source=offers.source if offers is not None else "none")
+        last_install.save(state_dir(after, prepared.user_env), request=request_key,
+                          environment=last_install.environment_key(after), backend=prepared.plan.backend,
+                          index_url=prepared.plan.index_url, torch=torch.version if torch else None,
+                          offers=offers.versions if offers is not None else {},
+                          offers_source=offers.source if offers is not None else "none")
     except OSError:
         pass  # only the shortcut of the next run is lost; the install itself is done
 
 
-def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> target_mod.Target:
+def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> environment.Target:
     """The checks of ``verify`` on our own result. A problem this install caused (a package it
     changed, or a problem that was not there before) is backendpick's failure; one it inherited
     and did not touch is a warning with its fix."""
@@ -323,7 +329,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> t
     # build for another host) is the user's call and was already warned about.
     hardware = prepared.hardware if prepared.decision.source in ("detected", "installed") else None
 
-    from backendpick import fingerprint
+    from backendpick.checks import fingerprint
 
     def metadata_problems(t):
         tb = torch_build(t, facts)

@@ -5,10 +5,11 @@ Parse (cli.py) -> ``pipeline.prepare`` -> render: the plan as text, JSON or a sh
 
 from __future__ import annotations
 
-from backendpick import config, plan as plan_mod
+from backendpick import redaction
 from backendpick.errors import EXIT_OK
+from backendpick.model import plan as plan_mod
 from backendpick.output import Output
-from backendpick.pipeline import Request, prepare
+from backendpick.planning.pipeline import Request, prepare
 
 
 def render(out: Output, p: plan_mod.Plan) -> None:
@@ -20,7 +21,7 @@ def render(out: Output, p: plan_mod.Plan) -> None:
             ("reason", p.reason),
             ("python", str(p.python)),
             ("index", "none asked: the installed torch stays" if p.offers_source == "installed"
-             else config.redact(p.index_url)),
+             else redaction.redact(p.index_url)),
             ("offers-from", p.offers_source),
         ]
         + ([("installed", p.installed_torch.describe())] if notable else [])
@@ -51,7 +52,7 @@ def run(out: Output, req: Request, fmt: str = "text", inspection=None) -> int:
     console script, which the pipeline takes in its turn; None inspects there."""
     prepared = prepare(req, inspection=inspection)
     if fmt == "sh":
-        from backendpick.export import to_shell
+        from backendpick.execute.shell_export import to_shell
 
         out.stdout.write(to_shell(prepared.plan))
         for w in prepared.plan.warnings:

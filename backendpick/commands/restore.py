@@ -3,8 +3,8 @@
 Nothing is removed before every distribution the snapshot needs is known to come back: its kept
 copy there with its hash, a cached build, or its version on its index (``check_available``).
 The environment as it is now is recorded first, with copies of what the restore removes, so a
-restore can itself be undone exactly. The phases (restoreplan.py) run through install's executor
-(install.py): the same environment, log files, signal handling and redacted output as an
+restore can itself be undone exactly. The phases (state/restore_plan.py) run through install's executor
+(execute/executor.py): the same environment, log files, signal handling and redacted output as an
 install. Afterwards the metadata pip rewrote (INSTALLER, REQUESTED, direct_url.json) and the
 build records are put back as the snapshot has them, and every distribution is compared with
 the snapshot, files included.
@@ -20,14 +20,18 @@ from urllib.parse import unquote, urlsplit
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from backendpick import config, engine, envpins, facts as facts_mod, history, install as executor, lock, paths
-from backendpick import pipconf, restoreplan, runner
-from backendpick import target as target_mod
+from backendpick import redaction
+from backendpick.edges import envlock, paths, runner
+from backendpick.edges.paths import logs, state_dir
+from backendpick.edges.runner import stopped
 from backendpick.errors import EXIT_OK, InstallError, StateError
+from backendpick.execute import engines, executor
+from backendpick.inputs import config, pip_config as pipconf
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.plan import Phase
 from backendpick.output import Output, size_text, where_flags
-from backendpick.paths import logs, state_dir
-from backendpick.plan import Phase
-from backendpick.runner import stopped
+from backendpick.state import environment_pins, restore_plan, snapshots
+from backendpick.target import inspection as target_mod
 
 
 def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_dir: Path,
@@ -41,10 +45,10 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
     env = dict(os.environ)
     pip_config = pipconf.read(env, target.prefix)
     # The pins install left in the environment would block the way back: our runs ignore them.
-    env.update(envpins.own_runs_env(env, target.prefix, pip_config))
+    env.update(environment_pins.own_runs_env(env, target.prefix, pip_config))
 
     try:
-        with runner.stop_children_on_signals(), lock.hold(state, on_wait=out.info) as waited:
+        with runner.stop_children_on_signals(), envlock.hold(state, on_wait=out.info) as waited:
             if waited:  # another run changed it meanwhile
                 target = target_mod.inspect(target.python)
             return _restore_locked(out, target, state, settings, pip_config, env, snapshot_id, dry_run, python)
@@ -55,7 +59,7 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
 def _list(out: Output, state: Path) -> int:
     """Each snapshot: when, before which command, its torch, what it keeps; the one a plain
     ``restore`` takes is marked."""
-    items = history.listing(state)
+    items = snapshots.listing(state)
     if out.json_mode:
         out.emit_json({"ok": True, "snapshots": [i.to_json() for i in items]})
         return EXIT_OK
@@ -76,8 +80,8 @@ def _list(out: Output, state: Path) -> int:
     return EXIT_OK
 
 
-def _sources(target, state: Path, settings, pip_config, env: dict) -> restoreplan.Sources:
-    return restoreplan.Sources(
+def _sources(target, state: Path, settings, pip_config, env: dict) -> restore_plan.Sources:
+    return restore_plan.Sources(
         index_template=settings.index_url.value, default_index=pip_config.get("index-url") or facts_mod.load().pypi_url,
         backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
         family=frozenset(settings.backend_packages), build_names=frozenset(settings.no_build_isolation),
@@ -86,11 +90,11 @@ def _sources(target, state: Path, settings, pip_config, env: dict) -> restorepla
 
 def _restore_locked(out: Output, target, state: Path, settings, pip_config, env: dict, snapshot_id: str | None,
                     dry_run: bool, python: Path | None) -> int:
-    snap = history.load(state, snapshot_id)
+    snap = snapshots.load(state, snapshot_id)
     sources = _sources(target, state, settings, pip_config, env)
-    rplan = restoreplan.plan(snap, target, sources, sys.executable)
+    rplan = restore_plan.plan(snap, target, sources, sys.executable)
     # An index URL holding credentials goes to pip's environment, never on its command line.
-    phases = [engine.pip_phase(ph, pip_config) for ph in rplan.phases]
+    phases = [engines.pip_phase(ph, pip_config) for ph in rplan.phases]
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
             out.line(ph.command_line())
@@ -111,19 +115,19 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
     out.info(f"snapshot {before.id} recorded; to undo this restore: {undo}")
     _run(out, phases, env, logs(state), undo)
     after = target_mod.rescan(target)
-    restoreplan.put_back(snap, after, rplan.restored)
+    restore_plan.put_back(snap, after, rplan.restored)
     _records(state, snap, rplan.restored, settings)
-    left = restoreplan.differences(snap, after)
+    left = restore_plan.differences(snap, after)
     if left:
         raise InstallError(f"restore of snapshot {snap.id} did not bring everything back: {'; '.join(left[:5])}",
                            hint=f"the package index may no longer offer those versions; to undo: {undo}")
     _clear_stashes(out, after)
-    if envpins.pins_path(target.prefix).exists():
+    if environment_pins.pins_path(target.prefix).exists():
         # The pins follow the stack back (an install wrote them; they are rewritten here).
         names = set(settings.backend_packages) | set(settings.no_build_isolation)
-        envpins.write(target.prefix, envpins.pin_lines(after.installed, names), env=env,
-                      backend=f"restored snapshot {snap.id}")
-        out.info(f"rewrote the environment's pins ({envpins.pins_path(target.prefix)})")
+        environment_pins.write(target.prefix, environment_pins.pin_lines(after.installed, names), env=env,
+                               backend=f"restored snapshot {snap.id}")
+        out.info(f"rewrote the environment's pins ({environment_pins.pins_path(target.prefix)})")
     if out.json_mode:
         out.emit_json({"ok": True, "snapshot": snap.id, "undo_snapshot": before.id,
                        "phases": [ph.to_json() for ph in phases]})
@@ -138,7 +142,7 @@ def _clear_stashes(out: Output, after) -> None:
     import shutil
 
     gone = []
-    for path in restoreplan.pip_stashes(after):
+    for path in restore_plan.pip_stashes(after):
         try:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             gone.append(path.name)
@@ -148,7 +152,7 @@ def _clear_stashes(out: Output, after) -> None:
         out.info(f"removed what an interrupted pip left beside the packages: {', '.join(gone)}")
 
 
-def _taken(snap: history.Snapshot) -> str:
+def _taken(snap: snapshots.Snapshot) -> str:
     """`` (taken 2026-11-30 10:15:00 before install --backend cu128 torch)``, as far as known."""
     when = f"taken {snap.created.replace('T', ' ')}" if snap.created else ""
     before = f"before {snap.by} {snap.command}".rstrip() if snap.command else ""
@@ -156,36 +160,36 @@ def _taken(snap: history.Snapshot) -> str:
     return f" ({words})" if words else ""
 
 
-def _kept_problems(snap: history.Snapshot, rplan: restoreplan.RestorePlan, state: Path) -> list[str]:
+def _kept_problems(snap: snapshots.Snapshot, rplan: restore_plan.RestorePlan, state: Path) -> list[str]:
     """Kept copies the restore installs that are gone or not the bytes kept: checked before any
     change (pip checks the hash again as it installs)."""
-    from backendpick import keep
+    from backendpick.state import kept_copies
 
     out = []
     for name in rplan.restored:
         p = snap.packages.get(name)
-        if p is not None and p.kept and keep.Copy.from_json(p.kept).path(state).is_file():
-            problem = keep.check(keep.Copy.from_json(p.kept), state)
+        if p is not None and p.kept and kept_copies.Copy.from_json(p.kept).path(state).is_file():
+            problem = kept_copies.check(kept_copies.Copy.from_json(p.kept), state)
             if problem:
                 out.append(f"{p.name}=={p.version} ({problem})")
     return out
 
 
-def _snapshot_before(out: Output, target, state: Path, snap, phases, settings, env: dict) -> history.Snapshot:
+def _snapshot_before(out: Output, target, state: Path, snap, phases, settings, env: dict) -> snapshots.Snapshot:
     """The environment as it is now, recorded, with copies of what the restore removes, so the
     restore itself can be undone exactly."""
-    from backendpick import keep
-    from backendpick.verify import torch_build
+    from backendpick.state import kept_copies
+    from backendpick.target.installed_torch import torch_build
 
     tb = torch_build(target, facts_mod.load())
-    before = history.record(target, state, by=history.BY_RESTORE, command=f"restore {snap.id}",
-                            torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
-    before, kept = keep.before_change(phases, target, before, state, build_names=settings.no_build_isolation,
-                                      cache_base=paths.wheel_cache(env))
+    before = snapshots.record(target, state, by=snapshots.BY_RESTORE, command=f"restore {snap.id}",
+                              torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
+    before, kept = kept_copies.before_change(phases, target, before, state, build_names=settings.no_build_isolation,
+                                             cache_base=paths.wheel_cache(env))
     for name, why in sorted(kept.unkept.items()):
         out.warn(f"{name} may be replaced, and no copy of it can be kept: {why}")
     if kept.copies:
-        out.info(f"kept a copy of {keep.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s)")
+        out.info(f"kept a copy of {kept_copies.describe(kept)} in {paths.kept(state)} ({kept.seconds:.1f}s)")
     return before
 
 
@@ -207,20 +211,20 @@ def _run(out: Output, phases, env: dict, log_dir: Path, undo: str) -> None:
                       f"to return to the environment before this restore: {undo}") from None
 
 
-def _records(state: Path, snap: history.Snapshot, restored, settings) -> None:
+def _records(state: Path, snap: snapshots.Snapshot, restored, settings) -> None:
     """The build records of the restored build packages: the snapshot's (what they were built
     for), or none where it has none (verify then says nothing tells which torch they match)."""
-    from backendpick import builds
+    from backendpick.state import build_records
 
     nbi = set(settings.no_build_isolation)
     names = [n for n in restored if n in nbi]
     if not names:
         return
-    recorded = restoreplan.build_records(snap, names)
-    current = {n: r for n, r in builds.read(state).items() if n not in names}
+    recorded = restore_plan.build_records(snap, names)
+    current = {n: r for n, r in build_records.read(state).items() if n not in names}
     for name, row in recorded.items():
-        current[name] = builds.Record(**{k: row.get(k) for k in builds.Record.__dataclass_fields__})
-    builds.write(state, current)
+        current[name] = build_records.Record(**{k: row.get(k) for k in build_records.Record.__dataclass_fields__})
+    build_records.write(state, current)
 
 
 def check_available(phases: list[Phase], target, pip_config, env: dict | None = None) -> list[str]:
@@ -228,7 +232,7 @@ def check_available(phases: list[Phase], target, pip_config, env: dict | None = 
     backend index for backend builds, the user's indexes otherwise); the ones not offered there
     for this interpreter. An index that cannot be asked is an error: without the answer the
     restore could remove what it cannot put back."""
-    from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, fetch_many
+    from backendpick.indexes.client import IndexClient, IndexUnavailable, PageNotFound, fetch_many
 
     client = IndexClient(pip_config, env=env)
     user_indexes = [pip_config.get("index-url") or facts_mod.load().pypi_url, *pip_config.list("extra-index-url")]
@@ -239,7 +243,7 @@ def check_available(phases: list[Phase], target, pip_config, env: dict | None = 
     pages: dict = {}
     wanted: dict = {}
     for ph in phases:
-        if ph.name in ("remove", "restore-kept", restoreplan.INCOMPLETE):
+        if ph.name in ("remove", "restore-kept", restore_plan.INCOMPLETE):
             continue  # kept copies and cached wheels are checked by hash
         for text in ph.requirements:
             req = Requirement(text)
@@ -268,14 +272,14 @@ def check_available(phases: list[Phase], target, pip_config, env: dict | None = 
         if unknown:
             raise StateError(f"cannot check that {text} is still available: {unknown[0]}",
                              hint="nothing was changed; run again when the index answers")
-        missing.append(f"{text} ({', '.join(config.redact(u) for u in indexes) or 'no index configured'})")
+        missing.append(f"{text} ({', '.join(redaction.redact(u) for u in indexes) or 'no index configured'})")
     return missing
 
 
 def _offers(files, name: str, version: str, target) -> bool:
     """A wheel of exactly ``version`` for the target's tags, or its sdist (pip builds it). A
     yanked file counts: pip installs a yanked release when it is pinned with ``==``."""
-    from backendpick.index import installable
+    from backendpick.indexes.client import installable
 
     want = Version(version)
     return any(c.version == want for c in installable(files, name, tags=target.tags, sdists=True, yanked=True))

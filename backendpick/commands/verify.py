@@ -6,18 +6,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backendpick import config, envpins, facts as facts_mod, origin as origin_mod, requirements, target as target_mod
+from backendpick.checks.dependencies import missing_problems, pip_check_problems
+from backendpick.checks.stack import Problem, build_records, extension_problems, stack_problems
 from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
+from backendpick.inputs import config, requirements
+from backendpick.knowledge import facts as facts_mod
+from backendpick.machine.probe import ProbeSettings, probe
+from backendpick.model import environment, names
 from backendpick.output import Output, where_flags
-from backendpick.probe import ProbeSettings, probe
-from backendpick.dependencies import missing_problems, pip_check_problems
-from backendpick.verify import (
-    Problem,
-    build_records,
-    extension_problems,
-    stack_problems,
-    torch_build,
-)
+from backendpick.state import environment_pins
+from backendpick.target import inspection as target_mod, torch_origin as origin_mod
+from backendpick.target.installed_torch import torch_build
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class Report:
     packages: list
     problems: list
     warnings: list = field(default_factory=list)  # Problems that do not make the stack inconsistent
-    pins: envpins.PinStatus | None = None  # the environment's pins (envpins.py)
+    pins: environment_pins.PinStatus | None = None  # the environment's pins (state/environment_pins.py)
 
     @property
     def ok(self) -> bool:
@@ -45,18 +44,18 @@ class Report:
         }
 
 
-def torch_offered(target: target_mod.Target, settings: config.Settings, backend, env: dict | None) -> frozenset:
+def torch_offered(target: environment.Target, settings: config.Settings, backend, env: dict | None) -> frozenset:
     """Public torch versions the backend index offers this target; empty when it does not answer."""
     from packaging.specifiers import SpecifierSet
 
-    from backendpick import pipconf
-    from backendpick.index import IndexClient, IndexUnavailable, PageNotFound, matching_versions
-    from backendpick.offers import index_url_for
+    from backendpick.indexes.client import IndexClient, IndexUnavailable, PageNotFound, matching_versions
+    from backendpick.inputs import pip_config
+    from backendpick.selection.offers import index_url_for
 
     env = dict(os.environ if env is None else env)
-    from backendpick.credentials import configured_urls
+    from backendpick.indexes.credentials import configured_urls
 
-    client = IndexClient(pipconf.read(env, target.prefix), env=env, urls=configured_urls(settings))
+    client = IndexClient(pip_config.read(env, target.prefix), env=env, urls=configured_urls(settings))
     try:
         files = client.project(index_url_for(settings.index_url.value, backend), "torch")
     except (PageNotFound, IndexUnavailable):
@@ -65,7 +64,7 @@ def torch_offered(target: target_mod.Target, settings: config.Settings, backend,
 
 
 def check(
-    target: target_mod.Target,
+    target: environment.Target,
     settings: config.Settings,
     *,
     python: Path | None,
@@ -96,7 +95,7 @@ def check(
     built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime,
                                       abi=origin.cxx11abi if origin is not None else None)
     problems += built
-    from backendpick import fingerprint
+    from backendpick.checks import fingerprint
 
     problems += fingerprint.problems(target, tb.backend if tb else None, tb.version if tb else None,
                                      settings.recipes, flag, env=os.environ)
@@ -104,10 +103,10 @@ def check(
         problems += extension_problems(target, facts, flag, tb.backend)
         # pip check repeats what the metadata checks already said about a package; keep the
         # first, more specific line.
-        reported = {config.normalize(p.package) for p in problems}
+        reported = {names.normalize(p.package) for p in problems}
         problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family, offered=offered)
-                     if config.normalize(p.package) not in reported]
-    pins = envpins.status(target.prefix, target.installed, family | nbi, os.environ)
+                     if names.normalize(p.package) not in reported]
+    pins = environment_pins.status(target.prefix, target.installed, family | nbi, os.environ)
     if pins.in_place and pins.unreadable:
         # The file is there, yet a plain pip fails on every install (or ignores the pins).
         problems.append(Problem("pins", f"pip cannot read the environment's pins ({pins.path}): {pins.unreadable}",
@@ -133,8 +132,8 @@ def _origin(target, facts, env, *, runtime: bool):
     origin = origin_mod.of(target, facts, os.environ if env is None else env)
     if origin is None or not origin.foreign or not runtime:
         return origin
-    from backendpick.buildenv import torch_info
     from backendpick.errors import BackendpickError
+    from backendpick.target.installed_torch import torch_info
 
     try:
         return origin.with_abi(torch_info(target.python).cxx11abi)

@@ -20,7 +20,7 @@ from tests.support.hermetic import subprocess_env
 from tests.support.lab import Result, launch
 
 # The backend each scenario should get under the default (strict) policy. From the scenario
-# READMEs, checked against backendpick/data/facts.toml; where they differ, the note says why.
+# READMEs, checked against backendpick/knowledge/data/facts.toml; where they differ, the note says why.
 EXPECTED_BACKEND = {
     # README: newest build not above the installed ROCm runtime (backendpick takes rocm7.2: bug)
     "amd-mi250": "rocm6.1",

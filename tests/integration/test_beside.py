@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backendpick import runner
+from backendpick.edges import runner
 
 pytestmark = pytest.mark.integration
 

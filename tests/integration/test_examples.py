@@ -158,7 +158,8 @@ def app(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_example_pyproject_loads() -> None:
-    from backendpick import config, facts, requirements
+    from backendpick.inputs import config, requirements
+    from backendpick.knowledge import facts
 
     settings = config.load(facts.load(), project_dir=EXAMPLES, env={})
     assert settings.backend.value == "auto"

@@ -215,20 +215,21 @@ def test_restore_brings_back_the_build_not_only_the_version(world: World, tmp_pa
 
 
 def _state_dir(py: Path) -> Path:
-    from backendpick import paths, target
+    from backendpick.edges import paths
+    from backendpick.target import inspection
 
-    return paths.state_dir(target.inspect(py))
+    return paths.state_dir(inspection.inspect(py))
 
 
 @contextmanager
 def _held(state_dir: Path) -> Iterator[None]:
     """Hold the environment's lock the way a running backendpick does, from this process."""
-    from backendpick import lock
+    from backendpick.edges import envlock
 
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with lock.hold(state_dir, on_wait=lambda message: None, env={}):
+        with envlock.hold(state_dir, on_wait=lambda message: None, env={}):
             taken.set()
             release.wait(120)
 

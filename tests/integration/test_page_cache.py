@@ -1,4 +1,4 @@
-"""Index pages kept between runs as HTTP caching allows (pagecache.py), end to end: backendpick
+"""Index pages kept between runs as HTTP caching allows (indexes/page_cache.py), end to end: backendpick
 runs against the test index server with the Cache-Control/ETag a test chooses, and the
 server's request log says which runs asked for the torch page.
 
@@ -58,7 +58,7 @@ def test_a_fresh_page_is_not_asked_for_again(lab: Lab, server: IndexServer, tmp_
     assert res.json()["phases"] == first["phases"]
     # Answered fully from the cache: not even the HTTP machinery is imported.
     profile = [line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")]
-    assert "backendpick.pagecache" in profile, res  # the profile is there and the cache was read
+    assert "backendpick.indexes.page_cache" in profile, res  # the profile is there and the cache was read
     assert not set(HEAVY_IMPORTS) & set(profile), sorted(set(HEAVY_IMPORTS) & set(profile))
 
 

@@ -344,7 +344,7 @@ exit {int(exit_code)}
 
     def settings(self, **overrides):
         """``ProbeSettings`` for this machine (Linux x86_64 unless overridden)."""
-        from backendpick.probe import ProbeSettings
+        from backendpick.machine.probe import ProbeSettings
 
         kw = dict(
             root=self.root, timeout=self.timeout, env=self.env, platform="linux", machine="x86_64"

@@ -8,7 +8,8 @@ import base64
 import hashlib
 from pathlib import Path
 
-from backendpick import repack, target
+from backendpick.model import environment as model_env
+from backendpick.state import repack
 
 TAG = "cp311-cp311-linux_x86_64"
 
@@ -62,18 +63,18 @@ class Installed:
     def layout(self) -> repack.Layout:
         return repack.Layout(self.prefix, self.prefix / "bin", TAG)
 
-    def entry(self, *requires: str) -> target.Installed:
+    def entry(self, *requires: str) -> model_env.Installed:
         """The distribution as a target inspection reports it."""
-        return target.Installed(self.name, self.version, tuple(requires), self.installer, self.direct_url,
-                                str(self.dist_info))
+        return model_env.Installed(self.name, self.version, tuple(requires), self.installer, self.direct_url,
+                                   str(self.dist_info))
 
 
-def environment(prefix: Path, *dists: target.Installed) -> target.Target:
+def environment(prefix: Path, *dists: model_env.Installed) -> model_env.Target:
     """A target (a venv at ``prefix``) holding ``dists``."""
-    from backendpick.config import normalize
+    from backendpick.model.names import normalize
 
     lib = prefix / "lib" / "python3.11" / "site-packages"
-    return target.Target(python=prefix / "bin" / "python", prefix=prefix, version=(3, 11, 7),
-                         markers={"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"},
-                         tags=(TAG, "py3-none-any"), pip_version="24.0", purelib=lib,
-                         installed={normalize(d.name): d for d in dists}, is_venv=True, site_dirs=(str(lib),))
+    return model_env.Target(python=prefix / "bin" / "python", prefix=prefix, version=(3, 11, 7),
+                            markers={"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"},
+                            tags=(TAG, "py3-none-any"), pip_version="24.0", purelib=lib,
+                            installed={normalize(d.name): d for d in dists}, is_venv=True, site_dirs=(str(lib),))

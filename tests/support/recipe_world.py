@@ -74,7 +74,7 @@ def add_recipe_world(server: IndexServer) -> None:
 
 def mirrors_toml(server: IndexServer) -> str:
     """``[tool.backendpick.mirrors]`` pointing every shipped recipe URL at the test server."""
-    from backendpick import recipes
+    from backendpick.knowledge import recipes
 
     base = server.base_url
     lines = ["[tool.backendpick.mirrors]"]

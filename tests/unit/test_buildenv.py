@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import buildenv, buildlimits, prebuilt
-from backendpick.buildenv import TorchInfo
-from backendpick.config import BuildSettings
+from backendpick.build import limits as buildlimits, toolchain, wheel_choice
 from backendpick.errors import InstallError
+from backendpick.inputs.config import BuildSettings
+from backendpick.target import installed_torch
+from backendpick.target.installed_torch import TorchInfo
 from tests.support.hermetic import subprocess_env
 
 CU124 = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
 ROCM62 = TorchInfo("2.5.1+rocm6.2", hip="6.2.41133-dd7f95766")
 CPU = TorchInfo("2.5.1+cpu")
-FLASH = prebuilt.packages()["flash-attn"]
-MAMBA = prebuilt.packages()["mamba-ssm"]
+FLASH = wheel_choice.packages()["flash-attn"]
+MAMBA = wheel_choice.packages()["mamba-ssm"]
 
 
 # -- torch --------------------------------------------------------------------------------------------
@@ -143,9 +144,9 @@ def bins(tmp_path: Path) -> Path:
     return path
 
 
-def inspect(torch, bins: Path, tmp_path: Path, env=None, **kw) -> buildenv.Toolchain:
-    return buildenv.inspect_toolchain(torch, what="flash-attn 2.7.4", env={"PATH": str(bins), **(env or {})},
-                                      target_bin=kw.pop("target_bin", None), root=tmp_path / "root", **kw)
+def inspect(torch, bins: Path, tmp_path: Path, env=None, **kw) -> toolchain.Toolchain:
+    return toolchain.inspect_toolchain(torch, what="flash-attn 2.7.4", env={"PATH": str(bins), **(env or {})},
+                                       target_bin=kw.pop("target_bin", None), root=tmp_path / "root", **kw)
 
 
 @pytest.mark.allow_subprocess
@@ -153,14 +154,14 @@ def test_a_complete_cuda_toolchain_passes(bins, tmp_path):
     nvcc = tool(bins, "nvcc", NVCC_124)
     tc = inspect(CU124, bins, tmp_path)
     assert tc.problems == () and (tc.compiler, tc.compiler_version) == (str(nvcc), "12.4")
-    buildenv.check(tc, what="flash-attn 2.7.4")  # does not raise
+    toolchain.check(tc, what="flash-attn 2.7.4")  # does not raise
 
 
 @pytest.mark.allow_subprocess
 def test_missing_nvcc_is_an_error_with_the_toolkit_to_install(bins, tmp_path):
     tc = inspect(CU124, bins, tmp_path)
     with pytest.raises(InstallError) as err:
-        buildenv.check(tc, what="flash-attn 2.7.4", why="no prebuilt wheel x.whl (github: HTTP 404)")
+        toolchain.check(tc, what="flash-attn 2.7.4", why="no prebuilt wheel x.whl (github: HTTP 404)")
     assert err.value.message == ("cannot build flash-attn 2.7.4 from source: nvcc, the CUDA compiler, was not found "
                                  "(looked in PATH, /usr/local/cuda/bin)")
     assert err.value.hint.startswith("install the CUDA 12.4 toolkit")
@@ -235,7 +236,7 @@ def test_missing_cxx_and_ninja_each_have_a_fix(tmp_path):
         "no C++ compiler found", "ninja was not found"]
     assert "apt-get install g++" in problems[0].hint and "ninja" in problems[1].hint
     with pytest.raises(InstallError) as err:
-        buildenv.check(buildenv.Toolchain(problems=problems), what="x")
+        toolchain.check(toolchain.Toolchain(problems=problems), what="x")
     assert "also: ninja was not found" in err.value.details
 
 
@@ -282,11 +283,11 @@ def _write_script(path: Path, body: str) -> Path:
 
 
 def _build(tmp_path: Path, exit_code: int, monkeypatch):
-    from backendpick import buildrun
-    from backendpick.backend import Backend
-    from backendpick.plan import SOURCE, BuildStep, Phase, Plan
+    from backendpick.execute import build_phase
+    from backendpick.model.backend import Backend
+    from backendpick.model.plan import SOURCE, BuildStep, Phase, Plan
 
-    monkeypatch.setattr(buildrun, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(build_phase, "HEARTBEAT_SECONDS", 0.1)
     out_dir = tmp_path / "state" / "build" / "flash-attn"
     step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", limits="MAX_JOBS=1 (test)",
                      build_argv=(str(_fake_pip(tmp_path, exit_code)), "-w", str(out_dir)))
@@ -296,8 +297,8 @@ def _build(tmp_path: Path, exit_code: int, monkeypatch):
     log_path = tmp_path / "build.log"
     with log_path.open("w") as log:
         def call():
-            return buildrun.build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
-                                        log=log, log_path=log_path, on_note=notes.append)
+            return build_phase.build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
+                                           log=log, log_path=log_path, on_note=notes.append)
         if exit_code:
             with pytest.raises(InstallError) as err:
                 call()
@@ -336,10 +337,10 @@ def test_a_failed_build_names_its_log_and_the_memory_fix(tmp_path, monkeypatch):
     ],
 )
 def test_the_predicted_abi_follows_release_and_backend(version, backend, abi):
-    from backendpick import facts
-    from backendpick.backend import Backend
+    from backendpick.knowledge import facts
+    from backendpick.model.backend import Backend
 
-    predicted = buildenv.predict_torch(version, Backend.parse(backend), facts.load())
+    predicted = installed_torch.predict_torch(version, Backend.parse(backend), facts.load())
     assert predicted.cxx11abi is abi
 
 

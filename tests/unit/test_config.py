@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import config, settings_schema
-from backendpick import facts as facts_mod
-from backendpick.backend import CUDA, ROCM, Backend
+from backendpick import envvars
 from backendpick.errors import ConfigError
+from backendpick.inputs import config, settings_schema
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model import names
+from backendpick.model.backend import CUDA, ROCM, Backend
 
 FACTS = facts_mod.load()
 TEMPLATE = "https://mirror.example/pytorch/{backend}"
@@ -56,7 +58,7 @@ PYPROJECT_SOURCE = "pyproject.toml [tool.backendpick]"
 def test_backend_precedence(tmp_path, flag, env, in_pyproject, value, source):
     if in_pyproject:
         project(tmp_path, 'backend = "cu121"')
-    settings = load(tmp_path, {} if env is None else {config.ENV_BACKEND: env}, backend=flag)
+    settings = load(tmp_path, {} if env is None else {envvars.BACKEND: env}, backend=flag)
     assert (settings.backend.value, settings.backend.source) == (value, source)
 
 
@@ -72,7 +74,7 @@ def test_backend_precedence(tmp_path, flag, env, in_pyproject, value, source):
 def test_index_url_precedence(tmp_path, flag, env, in_pyproject, source):
     if in_pyproject:
         project(tmp_path, 'index-url = "https://pyproject.example/{backend}"')
-    settings = load(tmp_path, {} if env is None else {config.ENV_INDEX_URL: env}, index_url=flag)
+    settings = load(tmp_path, {} if env is None else {envvars.INDEX_URL: env}, index_url=flag)
     expected = {
         "--index-url": flag,
         "BACKENDPICK_INDEX_URL": env,
@@ -94,25 +96,25 @@ def test_index_url_precedence(tmp_path, flag, env, in_pyproject, source):
 def test_cuda_compat_precedence(tmp_path, flag, env, in_pyproject, value, source):
     if in_pyproject:
         project(tmp_path, 'cuda-compat = "minor"')
-    settings = load(tmp_path, {} if env is None else {config.ENV_CUDA_COMPAT: env}, cuda_compat=flag)
+    settings = load(tmp_path, {} if env is None else {envvars.CUDA_COMPAT: env}, cuda_compat=flag)
     assert (settings.cuda_compat.value, settings.cuda_compat.source) == (value, source)
 
 
 def test_process_environment_is_not_read_when_env_is_given(tmp_path, monkeypatch):
-    monkeypatch.setenv(config.ENV_BACKEND, "cu118")
+    monkeypatch.setenv(envvars.BACKEND, "cu118")
     assert load(tmp_path, {}).backend.source == "default"
 
 
 def test_defaults_without_pyproject(tmp_path):
     settings = load(tmp_path)
     assert settings.pyproject.path is None
-    assert settings.backend_packages == tuple(dict.fromkeys(config.normalize(p) for p in FACTS.backend_packages))
+    assert settings.backend_packages == tuple(dict.fromkeys(names.normalize(p) for p in FACTS.backend_packages))
     # The facts' list, and the shipped recipes that build after torch (deepspeed, apex).
-    from backendpick import recipes
+    from backendpick.knowledge import recipes
 
     built = {n for n, rows in recipes.shipped().items() if rows[-1].build is not None}
     assert built == {"deepspeed", "apex"}
-    assert set(settings.no_build_isolation) == {config.normalize(n) for n in FACTS.no_build_isolation} | built
+    assert set(settings.no_build_isolation) == {names.normalize(n) for n in FACTS.no_build_isolation} | built
     assert settings.build == config.BuildSettings()
     assert settings.chosen_backend is None
 
@@ -144,11 +146,11 @@ def test_auto_means_no_backend_chosen(tmp_path, auto):
 
 @pytest.mark.parametrize(
     "env, flag, source",
-    [({}, "foo", "--backend"), ({config.ENV_BACKEND: "cuda"}, None, "BACKENDPICK_BACKEND")],
+    [({}, "foo", "--backend"), ({envvars.BACKEND: "cuda"}, None, "BACKENDPICK_BACKEND")],
 )
 def test_bad_backend_name_says_where_it_came_from(tmp_path, env, flag, source):
     err = refused(tmp_path, env, backend=flag)
-    bad = flag or env[config.ENV_BACKEND]
+    bad = flag or env[envvars.BACKEND]
     assert err.message == f"'{bad}' is not a backend name (from {source})"
     assert "cuXY" in (err.hint or "")
 
@@ -233,10 +235,10 @@ def test_index_url_needs_the_placeholder(tmp_path):
 
 
 def test_plain_http_index_needs_a_trusted_host(tmp_path):
-    err = refused(tmp_path, {config.ENV_INDEX_URL: "http://mirror.lan/{backend}"})
+    err = refused(tmp_path, {envvars.INDEX_URL: "http://mirror.lan/{backend}"})
     assert err.message == "index URL from BACKENDPICK_INDEX_URL uses plain http: http://mirror.lan/{backend}"
     project(tmp_path, 'trusted-hosts = ["mirror.lan"]')
-    assert load(tmp_path, {config.ENV_INDEX_URL: "http://mirror.lan/{backend}"}).trusted_hosts == ("mirror.lan",)
+    assert load(tmp_path, {envvars.INDEX_URL: "http://mirror.lan/{backend}"}).trusted_hosts == ("mirror.lan",)
 
 
 def test_credentials_in_a_bad_index_url_are_redacted(tmp_path):
@@ -245,7 +247,7 @@ def test_credentials_in_a_bad_index_url_are_redacted(tmp_path):
 
 
 def test_bad_cuda_compat(tmp_path):
-    err = refused(tmp_path, {config.ENV_CUDA_COMPAT: "loose"})
+    err = refused(tmp_path, {envvars.CUDA_COMPAT: "loose"})
     assert err.message == "cuda-compat from BACKENDPICK_CUDA_COMPAT must be \"strict\" or \"minor\", not 'loose'"
 
 

@@ -1,4 +1,4 @@
-"""The one constraint rule (constraints.py): install, the dry run and the shell export write the
+"""The one constraint rule (planning/constraint_rule.py): install, the dry run and the shell export write the
 same constraints for the same plan and the same environment."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import constraints, export
-from backendpick.plan import REST
-from backendpick.target import Installed
+from backendpick.execute import shell_export
+from backendpick.model.environment import Installed
+from backendpick.model.plan import REST
+from backendpick.planning import constraint_rule
 from tests.unit.test_export import _run_constraints_step, make_plan, target
 
 
@@ -31,9 +32,9 @@ def test_install_and_shell_export_write_the_same_constraints(tmp_path: Path) -> 
     plan = make_plan(tmp_path, ["torch==2.5.1", "flash-attn", "tqdm"], constraints=["numpy<2"])
     # ``packaging`` stands in for an installed backend package; the real family is not installed here.
     plan = dataclasses.replace(plan, backend_names=("packaging", "torch", "xformers"))
-    from_script = _run_constraints_step(export.to_shell(plan), tmp_path)
+    from_script = _run_constraints_step(shell_export.to_shell(plan), tmp_path)
     installed = _this_interpreter([*plan.backend_names, *plan.build_names])
-    from_install = constraints.after_backend(plan, target(*installed.values()), plan.user_constraints)
+    from_install = constraint_rule.after_backend(plan, target(*installed.values()), plan.user_constraints)
     assert from_script == from_install
     assert "packaging==" + metadata.version("packaging") in from_install and "torch<0" in from_install
 
@@ -45,7 +46,7 @@ def test_dry_run_shows_what_install_writes(tmp_path: Path) -> None:
              Installed("flash-attn", "2.7.4")]
     plan = make_plan(tmp_path, ["torch==2.5.1", "torchvision", "tqdm"], installed=stack, constraints=["numpy<2"])
     rest = next(p for p in plan.phases if p.name == REST)
-    written = constraints.after_backend(plan, target(*stack), plan.user_constraints)
+    written = constraint_rule.after_backend(plan, target(*stack), plan.user_constraints)
     assert sorted(rest.constraints) == sorted(written)
     assert "torch==2.5.1+cu124" in written and "xformers<0" in written and "flash-attn<0" not in written
     assert written[-1] == "numpy<2"
@@ -53,6 +54,6 @@ def test_dry_run_shows_what_install_writes(tmp_path: Path) -> None:
 
 def test_rule_fences_what_is_missing_and_spares_what_the_build_phase_builds() -> None:
     installed = {"torch": ("torch", "2.5.1")}
-    lines = constraints.rule(["torch", "xformers"], ["flash-attn", "mamba-ssm"], ["flash-attn"], installed.get,
-                             ["numpy<2"])
+    lines = constraint_rule.rule(["torch", "xformers"], ["flash-attn", "mamba-ssm"], ["flash-attn"], installed.get,
+                                 ["numpy<2"])
     assert lines == ["torch==2.5.1", "xformers<0", "mamba-ssm<0", "numpy<2"]

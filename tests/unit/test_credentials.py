@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import credentials, redaction, runner, transport
-from backendpick.credentials import INDEX, KEYRING, NETRC, URL, Auth, Keychain, pip_args, uv_args
+from backendpick import redaction
+from backendpick.edges import runner
 from backendpick.errors import InstallError
-from backendpick.index import IndexClient, IndexUnavailable
-from backendpick.pipconf import PipConfig
+from backendpick.indexes import credentials, transport
+from backendpick.indexes.client import IndexClient, IndexUnavailable
+from backendpick.indexes.credentials import INDEX, KEYRING, NETRC, URL, Auth, Keychain, pip_args, uv_args
+from backendpick.inputs.pip_config import PipConfig
 from tests.support.dists import make_wheel
 from tests.support.index import IndexServer
 
@@ -195,7 +197,7 @@ def test_uv_gets_named_indexes_with_their_credentials_in_the_environment():
                    "UV_INDEX_BACKENDPICK_3_USERNAME": "TOK"}
     assert redaction.in_argv(argv) is None
     # Keyring named by pip's configuration: uv's own provider (it needs the user name too).
-    from backendpick.engine import safety_flags
+    from backendpick.execute.engines import safety_flags
 
     assert safety_flags(conf(**{"keyring-provider": "subprocess"})) == ["--keyring-provider", "subprocess"]
     assert safety_flags(conf(**{"keyring-provider": "auto"})) == []

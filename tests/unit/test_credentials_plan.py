@@ -13,12 +13,18 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import config, engine, envpins, export, facts as facts_mod, fetches, pipconf, planner, redaction
-from backendpick.backend import Backend
+from backendpick import redaction
 from backendpick.errors import ConfigError
-from backendpick.plan import BACKEND, REST
-from backendpick.select import Decision
-from backendpick.target import Target
+from backendpick.execute import engines, shell_export
+from backendpick.indexes import fetches
+from backendpick.inputs import config, pip_config
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.backend import Backend
+from backendpick.model.choice import Decision
+from backendpick.model.environment import Target
+from backendpick.model.plan import BACKEND, REST
+from backendpick.planning import planner
+from backendpick.state import environment_pins
 
 FACTS = facts_mod.load()
 SECRET = "pw-5ecret-19"
@@ -55,27 +61,27 @@ def phase(plan, name):
 
 
 def test_pip_gets_the_backend_index_in_its_environment_and_the_export_gets_netrc(tmp_path: Path):
-    plan = engine.Engine(engine.PIP).apply(make_plan(tmp_path, ["torch", "tqdm"]), pip_config=pipconf.PipConfig(),
-                                           user_env={})
+    plan = engines.Engine(engines.PIP).apply(make_plan(tmp_path, ["torch", "tqdm"]), pip_config=pip_config.PipConfig(),
+                                             user_env={})
     backend = phase(plan, BACKEND)
     assert redaction.in_argv(backend.argv) is None and "--index-url" not in backend.argv
     assert backend.env["PIP_INDEX_URL"] == INDEX  # the child's environment: readable by this user only
     assert SECRET not in shown(plan) and "PIP_INDEX_URL='https://***@mirror.example/pytorch/cu124'" in shown(plan)
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     assert SECRET not in script and "alice" not in script
     assert "--index-url https://mirror.example/pytorch/cu124 torch" in script
     assert "mirror.example want them: put them in ~/.netrc" in script
 
 
 def test_uv_gets_a_named_index_and_its_credentials_in_variables(tmp_path: Path):
-    uv = engine.Engine(engine.UV, Path("/bin/uv"))
-    plan = uv.apply(make_plan(tmp_path, ["torch"]), pip_config=pipconf.PipConfig(), user_env={})
+    uv = engines.Engine(engines.UV, Path("/bin/uv"))
+    plan = uv.apply(make_plan(tmp_path, ["torch"]), pip_config=pip_config.PipConfig(), user_env={})
     backend = phase(plan, BACKEND)
     assert "backendpick-1=https://mirror.example/pytorch/cu124" in backend.argv
     assert redaction.in_argv(backend.argv) is None
     assert backend.env["UV_INDEX_BACKENDPICK_1_PASSWORD"] == SECRET
     assert "UV_INDEX_BACKENDPICK_1_PASSWORD='***'" in shown(plan) and SECRET not in shown(plan)
-    assert "--index-url https://mirror.example/pytorch/cu124" in export.to_shell(plan)
+    assert "--index-url https://mirror.example/pytorch/cu124" in shell_export.to_shell(plan)
 
 
 def test_a_wheel_behind_credentials_is_downloaded_first_and_installed_from_the_file(tmp_path: Path):
@@ -87,7 +93,7 @@ def test_a_wheel_behind_credentials_is_downloaded_first_and_installed_from_the_f
     assert url == "https://files.corp/private_tool-1.0-py3-none-any.whl" and Path(path).parent.parent == folder
     assert f"private-tool @ {Path(path).as_uri()}" in rest.argv and redaction.in_argv(rest.argv) is None
     assert SECRET not in shown(local) and "downloaded first by backendpick" in rest.command_line()
-    script = export.to_shell(local)  # the script's pip fetches it itself, with .netrc
+    script = shell_export.to_shell(local)  # the script's pip fetches it itself, with .netrc
     assert "private-tool @ https://files.corp/private_tool-1.0-py3-none-any.whl" in script and SECRET not in script
     assert "files.corp want them" in script
     # The backend index (the value of --index-url) is pip's to read, never downloaded.
@@ -110,28 +116,28 @@ def test_a_vcs_url_with_credentials_is_refused_with_the_way_out(tmp_path: Path):
 def test_the_pins_are_named_so_that_pip_reads_one_value(tmp_path: Path, folder: str):
     prefix = tmp_path / folder
     prefix.mkdir()
-    pins = envpins.write(prefix, ["torch==2.5.1+cu124"], env={}, backend="cu124")
-    text = envpins.conf_path(prefix).read_text(encoding="utf-8")
-    value = next(v for _s, _a, _b, k, v in pipconf.conf_entries(text.splitlines()) if k == "constraint")
+    pins = environment_pins.write(prefix, ["torch==2.5.1+cu124"], env={}, backend="cu124")
+    text = environment_pins.conf_path(prefix).read_text(encoding="utf-8")
+    value = next(v for _s, _a, _b, k, v in pip_config.conf_entries(text.splitlines()) if k == "constraint")
     assert len(value.split()) == 1 and value.isascii()  # pip splits on whitespace, decodes in the locale
-    assert pipconf.value_path(value) == pins
+    assert pip_config.value_path(value) == pins
     assert (value == str(pins)) == (folder == "plain-venv")
-    status = envpins.status(prefix, {}, ["torch"], {})
+    status = environment_pins.status(prefix, {}, ["torch"], {})
     assert status.in_place and status.unreadable is None
     quiet = {"XDG_CONFIG_DIRS": str(tmp_path / "none"), "HOME": str(tmp_path), "PIP_CONFIG_FILE": str(tmp_path / "no.conf")}
-    assert pipconf.read(quiet, prefix).list("constraint") == []  # ours: not the user's constraint
+    assert pip_config.read(quiet, prefix).list("constraint") == []  # ours: not the user's constraint
 
 
 def test_verify_sees_pins_pip_cannot_read(tmp_path: Path):
     """What an older backendpick wrote in a path with a space: the file is there, pip reads two."""
     prefix = tmp_path / "my venv"
     prefix.mkdir()
-    pins = envpins.pins_path(prefix)
+    pins = environment_pins.pins_path(prefix)
     pins.write_text("torch==2.5.1\n")
-    envpins.conf_path(prefix).write_text(f"[global]\nconstraint = {pins}\n")
-    status = envpins.status(prefix, {}, ["torch"], {})
+    environment_pins.conf_path(prefix).write_text(f"[global]\nconstraint = {pins}\n")
+    status = environment_pins.status(prefix, {}, ["torch"], {})
     assert status.in_place and "cannot open" in status.unreadable and f"{tmp_path}/my" in status.unreadable
     # install rewrites it in a form pip reads (the old line is recognised as ours, not kept).
-    envpins.write(prefix, ["torch==2.5.1"], env={}, backend="cu124")
-    assert envpins.status(prefix, {}, ["torch"], {}).unreadable is None
-    assert f"constraint = {pins}" not in envpins.conf_path(prefix).read_text()
+    environment_pins.write(prefix, ["torch==2.5.1"], env={}, backend="cu124")
+    assert environment_pins.status(prefix, {}, ["torch"], {}).unreadable is None
+    assert f"constraint = {pins}" not in environment_pins.conf_path(prefix).read_text()

@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import engine, facts as facts_mod, lastrun, paths
-from backendpick.backend import Backend
+from backendpick import envvars
+from backendpick.edges import paths
 from backendpick.errors import EXIT_USAGE, ConfigError
-from backendpick.hardware import NVIDIA, Accelerator, Hardware
-from backendpick.offers import preference
-from backendpick.pipconf import PipConfig
-from backendpick.plan import BACKEND, BUILD, BUILD_REQS, REMOVE, REST, Phase, Plan
-from backendpick.target import Installed, Target
+from backendpick.execute import engines
+from backendpick.inputs.pip_config import PipConfig
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.backend import Backend
+from backendpick.model.environment import Installed, Target
+from backendpick.model.hardware import NVIDIA, Accelerator, Hardware
+from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, REMOVE, REST, Phase, Plan
+from backendpick.selection.offers import preference
+from backendpick.state import last_install
 from packaging.version import Version
 
 PY = "/env/bin/python"
@@ -37,7 +41,7 @@ USER_ENV = {"PATH": "/usr/bin", "UV_EXTRA_INDEX_URL": "https://evil.example/simp
 
 
 def translate(phase: Phase) -> Phase:
-    return engine.uv_phase(phase, uv="/bin/uv", python=PY, pip_config=CONF, user_env=USER_ENV)
+    return engines.uv_phase(phase, uv="/bin/uv", python=PY, pip_config=CONF, user_env=USER_ENV)
 
 
 def test_backend_phase_gets_the_backend_index_alone():
@@ -99,31 +103,31 @@ def _plan(*phases: Phase) -> Plan:
 
 def test_pip_engine_keeps_a_plan_without_credentials_and_uv_marks_the_plan():
     plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "--index-url", "https://idx/cu124", "torch")))
-    assert engine.Engine(engine.PIP).apply(plan, pip_config=CONF, user_env=USER_ENV) == plan
-    uv = engine.Engine(engine.UV, Path("/bin/uv")).apply(plan, pip_config=CONF, user_env=USER_ENV)
+    assert engines.Engine(engines.PIP).apply(plan, pip_config=CONF, user_env=USER_ENV) == plan
+    uv = engines.Engine(engines.UV, Path("/bin/uv")).apply(plan, pip_config=CONF, user_env=USER_ENV)
     assert uv.installer == "uv" and uv.to_json()["installer"] == "uv" and uv.phases[0].argv[0] == "/bin/uv"
 
 
 def test_missing_uv_is_a_usage_error_with_the_fix(tmp_path: Path):
     with pytest.raises(ConfigError) as err:
-        engine.resolve("uv", {engine.ENV_UV: str(tmp_path / "nope"), "PATH": ""})
+        engines.resolve("uv", {envvars.UV: str(tmp_path / "nope"), "PATH": ""})
     assert err.value.exit_code == EXIT_USAGE
     assert "installer uv (from --installer) is not available" in err.value.message
     assert "backendpick[uv]" in (err.value.hint or "")
     with pytest.raises(ConfigError):
-        engine.resolve("conda", {})
+        engines.resolve("conda", {})
 
 
 def test_explicit_uv_executable_is_used(tmp_path: Path):
     uv = tmp_path / "uv"
     uv.write_text("#!/bin/sh\n")
     uv.chmod(uv.stat().st_mode | stat.S_IXUSR)
-    assert engine.resolve("uv", {engine.ENV_UV: str(uv)}) == engine.Engine(engine.UV, uv)
+    assert engines.resolve("uv", {envvars.UV: str(uv)}) == engines.Engine(engines.UV, uv)
     on_path = tmp_path / "bin"
     on_path.mkdir()
     (on_path / "uv").write_bytes(b"#!/bin/sh\n")
     (on_path / "uv").chmod(0o755)
-    assert engine.find_uv({"PATH": str(on_path)}) == on_path / "uv"
+    assert engines.find_uv({"PATH": str(on_path)}) == on_path / "uv"
 
 
 # -- the record of the last install ------------------------------------------------------------------
@@ -135,21 +139,21 @@ def _target(**installed: str) -> Target:
 
 
 def test_record_applies_only_to_the_same_request_and_environment(tmp_path: Path):
-    env_key = lastrun.environment_key(_target(torch="2.5.1+cu124", pip="24"))
-    request = lastrun.request_key(requirements=["torch==2.5.1"], backend="auto")
+    env_key = last_install.environment_key(_target(torch="2.5.1+cu124", pip="24"))
+    request = last_install.request_key(requirements=["torch==2.5.1"], backend="auto")
     offers = {Backend.parse("cu124"): [Version("2.5.1"), Version("2.6.0")]}
-    lastrun.save(tmp_path, request=request, environment=env_key, backend=Backend.parse("cu124"),
-                 index_url="https://user:token@idx/cu124", torch="2.5.1+cu124", offers=offers, offers_source="index")
+    last_install.save(tmp_path, request=request, environment=env_key, backend=Backend.parse("cu124"),
+                      index_url="https://user:token@idx/cu124", torch="2.5.1+cu124", offers=offers, offers_source="index")
     data = json.loads(paths.last_install(tmp_path).read_text())
     assert data["index_url"] == "https://idx/cu124"  # no credentials on disk
-    record = lastrun.load(tmp_path, request, env_key)
-    assert record is not None and lastrun.offers(record) == offers
-    assert lastrun.load(tmp_path, lastrun.request_key(requirements=["torch"], backend="auto"), env_key) is None
-    changed = lastrun.environment_key(_target(torch="2.5.1+cu124", pip="24", einops="0.8.0"))
-    assert lastrun.load(tmp_path, request, changed) is None
+    record = last_install.load(tmp_path, request, env_key)
+    assert record is not None and last_install.offers(record) == offers
+    assert last_install.load(tmp_path, last_install.request_key(requirements=["torch"], backend="auto"), env_key) is None
+    changed = last_install.environment_key(_target(torch="2.5.1+cu124", pip="24", einops="0.8.0"))
+    assert last_install.load(tmp_path, request, changed) is None
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # written atomically
     paths.last_install(tmp_path).write_text("{not json")
-    assert lastrun.load(tmp_path, request, env_key) is None
+    assert last_install.load(tmp_path, request, env_key) is None
 
 
 # -- auto selection: which indexes, in which order ---------------------------------------------------
@@ -174,7 +178,7 @@ class _Pages:
         self.pages, self.asked = pages, []
 
     def project(self, url, name):
-        from backendpick.index import FileLink, PageNotFound
+        from backendpick.indexes.client import FileLink, PageNotFound
 
         self.asked.append(url.split("/")[-1])
         if url not in self.pages:
@@ -190,7 +194,7 @@ def _target_any():
 def test_preferred_takes_the_final_spec_and_an_accept_check_and_stops_at_the_first():
     from packaging.specifiers import SpecifierSet
 
-    from backendpick.offers import gather_preferred
+    from backendpick.selection.offers import gather_preferred
 
     facts = facts_mod.load()
     hw = Hardware(accelerators=(Accelerator(NVIDIA, "V100", "570.86.10", "7.0"),), nvidia_driver="570.86.10",

@@ -1,4 +1,4 @@
-"""``export.to_shell``: a plan as a POSIX shell script of pip commands.
+"""``shell_export.to_shell``: a plan as a POSIX shell script of pip commands.
 
 Plans are built with ``planner.make_plan`` from hand-made targets (no pip, no index). ``sh -n`` and the
 script's own constraints step run as subprocesses (``allow_subprocess``). That the script
@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import config, export
-from backendpick import facts as facts_mod
-from backendpick import plan as plan_mod, planner
-from backendpick.backend import Backend
-from backendpick.select import Decision
-from backendpick.target import Installed, Target
+from backendpick.execute import shell_export
+from backendpick.inputs import config
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model import names
+from backendpick.model.backend import Backend
+from backendpick.model.choice import Decision
+from backendpick.model.environment import Installed, Target
+from backendpick.planning import planner
 
 FACTS = facts_mod.load()
 PY = "/env/bin/python"
@@ -39,7 +41,7 @@ def target(*dists: Installed) -> Target:
                  "python_full_version": "3.11.7", "platform_machine": "x86_64", "os_name": "posix",
                  "implementation_name": "cpython", "platform_python_implementation": "CPython"},
         tags=("py3-none-any",), pip_version="24.0", purelib=Path("/env/lib/python3.11/site-packages"),
-        installed={config.normalize(d.name): d for d in dists}, is_venv=True,
+        installed={names.normalize(d.name): d for d in dists}, is_venv=True,
     )
 
 
@@ -80,7 +82,7 @@ def sh_syntax_ok(script: str) -> subprocess.CompletedProcess:
 @pytest.mark.allow_subprocess
 def test_script_structure(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, STACK, constraints=["numpy<2"])
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh"
     assert "set -eu" in lines
@@ -100,7 +102,7 @@ def test_script_structure(tmp_path: Path) -> None:
     # The constraints are written once, after the backend phase and before the first later one.
     writer = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c \'import sys')]
     assert len(writer) == 1
-    # Last, as install does: the stack's pins in the environment's pip.conf (envpins.py).
+    # Last, as install does: the stack's pins in the environment's pip.conf (state/environment_pins.py).
     pinning = [i for i, line in enumerate(lines) if line.startswith('"$PY" -c \'from __future__')]
     assert len(pinning) == 1 and pinning[0] > lines.index(phases["rest"]) and "backendpick-pins.txt" in script
     assert lines.index("# phase backend") < writer[0] < lines.index(phases["build-requirements"])
@@ -114,7 +116,7 @@ def test_script_structure(tmp_path: Path) -> None:
 def test_remove_phase_is_left_out(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, ["torch==2.5.1"], installed=[Installed("torch", "2.5.1+cpu")])
     assert [p.name for p in plan.phases][:1] == ["remove"]
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     assert "uninstall" not in script and "# phase remove" not in script
     assert list(phase_lines(script)) == ["backend"]
 
@@ -132,7 +134,7 @@ def test_remove_phase_is_left_out(tmp_path: Path) -> None:
     ids=["stack", "torch", "rest-only", "builds", "extras-markers"],
 )
 def test_script_is_valid_posix_sh(tmp_path: Path, reqs) -> None:
-    check = sh_syntax_ok(export.to_shell(make_plan(tmp_path, reqs)))
+    check = sh_syntax_ok(shell_export.to_shell(make_plan(tmp_path, reqs)))
     assert check.returncode == 0, check.stderr
 
 
@@ -141,7 +143,7 @@ def test_script_is_valid_posix_sh(tmp_path: Path, reqs) -> None:
 
 def test_index_credentials_are_not_written(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, STACK, index="https://alice:t0ken-s3cret@mirror.example/pytorch/cu124")
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     assert "t0ken-s3cret" not in script and "alice" not in script
     # Without user information: a "***" user name would be sent as is, and pip would never
     # look in .netrc (issue 19); the header says where the credentials go instead.
@@ -155,7 +157,8 @@ def test_pip_settings_of_the_planning_machine_are_not_written(tmp_path: Path) ->
     """The backend phase's environment carries the user's proxy, certificate, token... none of
     it belongs in a script that goes into an image."""
     env = {"PIP_CONFIG_FILE": os.devnull, "PIP_PROXY": "http://bob:pr0xy-pw@proxy.corp:3128", "PIP_CERT": "/etc/corp.pem"}
-    script = export.to_shell(make_plan(tmp_path, STACK, backend_env=env, user_env={"PIP_INDEX_URL": "https://carol:idx-pw@pypi.corp/simple"}))
+    user_env = {"PIP_INDEX_URL": "https://carol:idx-pw@pypi.corp/simple"}
+    script = shell_export.to_shell(make_plan(tmp_path, STACK, backend_env=env, user_env=user_env))
     assert "pr0xy-pw" not in script and "idx-pw" not in script and "corp.pem" not in script
 
 
@@ -163,14 +166,14 @@ def test_pip_settings_of_the_planning_machine_are_not_written(tmp_path: Path) ->
 def test_direct_url_credentials_are_not_written(tmp_path: Path) -> None:
     """A requirement pointing at a private wheel URL with a token (PEP 508 ``name @ url``)."""
     plan = make_plan(tmp_path, ["torch", "private-tool @ https://dave:wh33l-t0ken@files.corp/private_tool-1.0-py3-none-any.whl"])
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     assert "wh33l-t0ken" not in script, [line for line in script.splitlines() if "files.corp" in line]
     assert sh_syntax_ok(script).returncode == 0
 
 
 def test_rest_options_credentials_are_not_written(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, ["torch", "tqdm"], rest_options=["--extra-index-url", "https://erin:opt-t0ken@pkgs.corp/simple"])
-    script = export.to_shell(plan)
+    script = shell_export.to_shell(plan)
     assert "opt-t0ken" not in script and "erin" not in script
     assert "--extra-index-url https://pkgs.corp/simple" in script and "pkgs.corp want them" in script
 
@@ -225,7 +228,7 @@ def _run_constraints_step(script: str, tmp_path: Path) -> list[str]:
 
 @pytest.mark.allow_subprocess
 def test_script_runs_its_phases_in_order(tmp_path: Path) -> None:
-    calls, constraints = _run_script(export.to_shell(make_plan(tmp_path, STACK)), tmp_path)
+    calls, constraints = _run_script(shell_export.to_shell(make_plan(tmp_path, STACK)), tmp_path)
     assert calls == [
         f"install --index-url {INDEX} torch<2.10,>=2.5 torchvision xformers",
         f"install -c {tmp_path / 'constraints.txt'} setuptools wheel packaging psutil ninja einops",
@@ -241,7 +244,7 @@ def test_constraints_step_pins_installed_and_fences_missing(tmp_path: Path) -> N
     for an installed backend package, the real family is not installed here."""
     plan = make_plan(tmp_path, ["torch==2.5.1", "flash-attn", "tqdm"], constraints=["numpy<2"])
     plan = dataclasses.replace(plan, backend_names=("packaging", "torch", "xformers"))
-    lines = _run_constraints_step(export.to_shell(plan), tmp_path)
+    lines = _run_constraints_step(shell_export.to_shell(plan), tmp_path)
     assert lines[0] == f"packaging=={metadata.version('packaging')}"
     assert "torch<0" in lines and "xformers<0" in lines
     # flash-attn is built in the build phase: it must not be fenced; the other builds are.
@@ -256,8 +259,8 @@ def test_constraints_step_does_not_fence_what_the_build_phase_builds(tmp_path: P
     """Any spelling of the requirement: a fence on the package being built makes its phase fail."""
     plan = make_plan(tmp_path, ["torch==2.5.1", requirement])
     assert [p.name for p in plan.phases] == ["backend", "build-requirements", "build"]
-    lines = _run_constraints_step(export.to_shell(plan), tmp_path)
-    assert not [x for x in lines if config.normalize(x.split("<")[0]) == "flash-attn"], lines
+    lines = _run_constraints_step(shell_export.to_shell(plan), tmp_path)
+    assert not [x for x in lines if names.normalize(x.split("<")[0]) == "flash-attn"], lines
 
 
 @pytest.mark.allow_subprocess
@@ -271,7 +274,7 @@ def test_backend_phase_keeps_the_machines_pip_settings_but_no_sources(tmp_path: 
                                       "    other.corp\nextra-index-url = https://evil.example/simple\n"
                                       "constraint = /etc/evil-constraints.txt\n")
     env.update(PIP_CONSTRAINT="/etc/evil-constraints.txt", BACKENDPICK_SEEN="1")
-    lines, _ = _run_script(export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env)
+    lines, _ = _run_script(shell_export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env)
     assert lines[0].startswith("install --index-url ") and lines[2].startswith("install -c ")
     assert lines[1].split() == ["PIP_CONFIG_FILE=/dev/null", "PIP_CONSTRAINT=", f"PIP_CERT={cert}", "PIP_TIMEOUT=77",
                                 "PIP_TRUSTED_HOST=mirror.corp", "other.corp", "PIP_EXTRA_INDEX_URL="]
@@ -284,7 +287,7 @@ def test_constraints_go_to_a_private_temporary_file_removed_at_the_end(tmp_path:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**_hermetic_pip_env(tmp_path), "TMPDIR": str(tmpdir), "BACKENDPICK_SEEN": "1"}
-    lines, _ = _run_script(export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env, constraints=False)
+    lines, _ = _run_script(shell_export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env, constraints=False)
     rest = lines[2].split()
     used = Path(rest[rest.index("-c") + 1])
     assert used.parent == tmpdir and used.name.startswith("backendpick-constraints.") and used.name != "backendpick-constraints."
@@ -305,13 +308,13 @@ def test_pip_settings_exports_give_back_settings_but_no_sources() -> None:
         "not a setting",
         "global.broken=[unclosed",
     ])
-    lines = export.pip_settings_exports(listing, {"PIP_INDEX_URL"}, {"PIP_PROXY": "set already"})
+    lines = shell_export.pip_settings_exports(listing, {"PIP_INDEX_URL"}, {"PIP_PROXY": "set already"})
     assert lines == ["export PIP_CERT='/etc/ssl/a b.pem'", "export PIP_TIMEOUT=90"]
 
 
 def test_the_embedded_scripts_compile() -> None:
-    compile(export.pip_settings_script(), "<pip settings>", "exec")
-    compile(export._pin_script(), "<pins>", "exec")
+    compile(shell_export.pip_settings_script(), "<pip settings>", "exec")
+    compile(shell_export._pin_script(), "<pins>", "exec")
 
 
 class _Metadata:
@@ -336,9 +339,9 @@ class _Metadata:
 
 
 def test_pin_stack_writes_pins_and_the_environments_pip_conf(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(export, "metadata", _Metadata({"torch": "2.5.1+cu124", "xformers": "0.0.28"}))
-    message = export.pin_stack(["torch", "xformers", "flash-attn"], "cu124", tmp_path)
-    pins = tmp_path / export.PINS_NAME
+    monkeypatch.setattr(shell_export, "metadata", _Metadata({"torch": "2.5.1+cu124", "xformers": "0.0.28"}))
+    message = shell_export.pin_stack(["torch", "xformers", "flash-attn"], "cu124", tmp_path)
+    pins = tmp_path / shell_export.PINS_NAME
     conf = tmp_path / ("pip.ini" if os.name == "nt" else "pip.conf")
     assert message == f"pinned the stack in {conf} ({pins})"
     body = pins.read_text()
@@ -347,14 +350,14 @@ def test_pin_stack_writes_pins_and_the_environments_pip_conf(tmp_path: Path, mon
 
 
 def test_pin_stack_without_torch_writes_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(export, "metadata", _Metadata({"xformers": "0.0.28"}))
-    assert export.pin_stack(["torch", "xformers"], "cpu", tmp_path) is None
+    monkeypatch.setattr(shell_export, "metadata", _Metadata({"xformers": "0.0.28"}))
+    assert shell_export.pin_stack(["torch", "xformers"], "cpu", tmp_path) is None
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_pin_script_writes_files_with_only_what_it_embeds(tmp_path: Path) -> None:
     """The script's functions run without backendpick: everything they call is in the script."""
     namespace: dict = {"__name__": "pins"}
-    exec(compile(export._pin_script().replace(export._PIN_MAIN, ""), "<pins>", "exec"), namespace)
+    exec(compile(shell_export._pin_script().replace(shell_export._PIN_MAIN, ""), "<pins>", "exec"), namespace)
     namespace["write_atomic"](tmp_path / "new" / "pip.conf", "[global]\n")
     assert (tmp_path / "new" / "pip.conf").read_text() == "[global]\n"

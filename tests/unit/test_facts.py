@@ -1,6 +1,6 @@
 """The packaged facts table, tested from its own rows (as light-the-torch tests its driver table).
 
-A new row in ``backendpick/data/facts.toml`` is covered here without new test code; the
+A new row in ``backendpick/knowledge/data/facts.toml`` is covered here without new test code; the
 hand-written cases pin the rules the table encodes (same-major cubin compatibility, Blackwell
 only from cu128, Volta dropped from cu128 in 2.11).
 """
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import facts as facts_mod
-from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
 from backendpick.errors import ConfigError
-from backendpick.facts import read_toml, build, dotted, show, sort_key
+from backendpick.knowledge import facts as facts_mod
+from backendpick.knowledge.facts import build, dotted, read_toml, show, sort_key
+from backendpick.model.backend import CPU, CUDA, ROCM, XPU, Backend
 
 FACTS = facts_mod.load()
 RAW = read_toml(Path(facts_mod.__file__).parent / "data" / "facts.toml")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import facts as facts_mod
-from backendpick.backend import CUDA, Backend
-from backendpick.facts import dotted, read_toml, show
+from backendpick.knowledge import facts as facts_mod
+from backendpick.knowledge.facts import dotted, read_toml, show
+from backendpick.model.backend import CUDA, Backend
 
 PATH = Path(facts_mod.__file__).parent / "data" / "facts.toml"
 RAW = read_toml(PATH)

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from backendpick.plan import (
-    AS_IS, BUILD, CACHED, PENDING, PREBUILT, REST, SOURCE, BuildStep, Phase, fold, fold_builds, foldable,
+from backendpick.model.plan import (
+    AS_IS,
+    BUILD,
+    CACHED,
+    PENDING,
+    PREBUILT,
+    REST,
+    SOURCE,
+    BuildStep,
+    Phase,
+    fold,
+    fold_builds,
+    foldable,
 )
 
 HEAD = ("py", "-m", "pip", "install")

@@ -7,15 +7,15 @@ import os
 
 import pytest
 
-from backendpick import fsutil
+from backendpick.edges import durable
 
 
 def test_writes_and_keeps_the_mode(tmp_path):
     path = tmp_path / "pip.conf"
-    fsutil.write_atomic(path, "a\n")
+    durable.write_atomic(path, "a\n")
     assert path.read_text() == "a\n" and path.stat().st_mode & 0o777 == 0o644
     path.chmod(0o600)
-    fsutil.write_atomic(path, "b\n")
+    durable.write_atomic(path, "b\n")
     assert path.read_text() == "b\n" and path.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pip.conf"]  # no temporary file left
 
@@ -26,7 +26,7 @@ def test_a_taken_temporary_name_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "urandom", lambda n: next(names))
     taken = tmp_path / f".state.json.{'00' * 6}.tmp"
     taken.write_text("another writer's")
-    fsutil.write_atomic(path, "new")
+    durable.write_atomic(path, "new")
     assert path.read_text() == "new" and taken.read_text() == "another writer's"
 
 
@@ -34,7 +34,7 @@ def test_no_free_name_is_an_error_not_an_overwrite(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "urandom", lambda n: b"\x00" * n)
     (tmp_path / f".x.{'00' * 6}.tmp").write_text("kept")
     with pytest.raises(FileExistsError):
-        fsutil.write_atomic(tmp_path / "x", "new")
+        durable.write_atomic(tmp_path / "x", "new")
     assert not (tmp_path / "x").exists()
 
 
@@ -47,5 +47,5 @@ def test_a_failed_write_leaves_the_old_content(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        fsutil.write_atomic(path, "new")
+        durable.write_atomic(path, "new")
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -9,12 +9,12 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from backendpick import facts as facts_mod
-from backendpick.backend import Backend
-from backendpick.index import IndexClient, PageNotFound
-from backendpick.offers import Offers, gather
-from backendpick.pipconf import PipConfig
-from backendpick.target import Target
+from backendpick.indexes.client import IndexClient, PageNotFound
+from backendpick.inputs.pip_config import PipConfig
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.backend import Backend
+from backendpick.model.environment import Target
+from backendpick.selection.offers import Offers, gather
 
 FACTS = facts_mod.load()
 CANDIDATES = [Backend.parse("cpu"), Backend.parse("cu124"), Backend.parse("cu126")]

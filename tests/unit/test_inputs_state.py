@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import config, facts as facts_mod, history, lock, requirements
-from backendpick.backend import suggest
+from backendpick import envvars
 from backendpick.cli import _wants_json, main
+from backendpick.edges import envlock
+from backendpick.edges.durable import write_atomic
 from backendpick.errors import ConfigError, StateError
-from backendpick.fsutil import write_atomic
-from backendpick.target import Installed, Target, choose_python
+from backendpick.inputs import config, requirements
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.backend import suggest
+from backendpick.model.environment import Installed, Target
+from backendpick.state import snapshots
+from backendpick.target.inspection import choose_python
 
 FACTS = facts_mod.load()
 
@@ -101,16 +106,16 @@ def test_exact_backend_names_still_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize("raw", ["abc", "-5", "nan", "inf", "10s"])
 def test_bad_lock_timeout_is_an_error(tmp_path: Path, raw: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        with lock.hold(tmp_path / ".backendpick", on_wait=print, env={"BACKENDPICK_LOCK_TIMEOUT": raw}):
+        with envlock.hold(tmp_path / ".backendpick", on_wait=print, env={"BACKENDPICK_LOCK_TIMEOUT": raw}):
             pass
     assert f"BACKENDPICK_LOCK_TIMEOUT={raw!r} is not a number of seconds" in exc.value.message
     assert exc.value.exit_code == 2
 
 
 def test_good_lock_timeout_values() -> None:
-    assert lock.timeout({"BACKENDPICK_LOCK_TIMEOUT": "2.5"}) == 2.5
-    assert lock.timeout({"BACKENDPICK_LOCK_TIMEOUT": " "}) == lock.DEFAULT_TIMEOUT
-    assert lock.timeout({}) == lock.DEFAULT_TIMEOUT
+    assert envvars.lock_timeout({"BACKENDPICK_LOCK_TIMEOUT": "2.5"}) == 2.5
+    assert envvars.lock_timeout({"BACKENDPICK_LOCK_TIMEOUT": " "}) == envvars.DEFAULT_LOCK_TIMEOUT
+    assert envvars.lock_timeout({}) == envvars.DEFAULT_LOCK_TIMEOUT
 
 
 # -- requirements files ---------------------------------------------------------------------------
@@ -136,10 +141,10 @@ def _unreadable(monkeypatch, path: Path) -> None:
     """chmod 0, and the same answer from the file system where root would read it anyway."""
     path.chmod(0)
     if os.geteuid() == 0:
-        import backendpick.target
+        import backendpick.target.inspection
 
         real_access, real_iterdir = os.access, Path.iterdir
-        monkeypatch.setattr(backendpick.target.os, "access",
+        monkeypatch.setattr(backendpick.target.inspection.os, "access",
                             lambda p, mode: False if Path(p) == path else real_access(p, mode))
 
         def iterdir(self):
@@ -179,7 +184,7 @@ def test_directory_without_python_is_not_a_venv(tmp_path: Path) -> None:
 
 
 def test_broken_interpreter_link_is_named_by_inspect(tmp_path: Path) -> None:
-    from backendpick.target import inspect
+    from backendpick.target.inspection import inspect
 
     link = tmp_path / "python"
     link.symlink_to(tmp_path / "nowhere")
@@ -242,9 +247,9 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
 
 
 def test_snapshots_are_written_whole(tmp_path: Path) -> None:
-    snap = history.record(_target(tmp_path, torch="2.5.1+cpu"), tmp_path / "state")
+    snap = snapshots.record(_target(tmp_path, torch="2.5.1+cpu"), tmp_path / "state")
     assert json.loads(snap.path.read_text())["packages"]["torch"]["version"] == "2.5.1+cpu"
-    assert history.load(tmp_path / "state", None).packages == snap.packages
+    assert snapshots.load(tmp_path / "state", None).packages == snap.packages
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -255,14 +260,14 @@ def test_snapshots_are_written_whole(tmp_path: Path) -> None:
 ])
 def test_damaged_snapshot_is_one_line_with_the_fix(tmp_path: Path, content: str, problem: str) -> None:
     state = tmp_path / "state"
-    good = history.record(_target(tmp_path, torch="2.5.1+cpu"), state)
+    good = snapshots.record(_target(tmp_path, torch="2.5.1+cpu"), state)
     bad = state / "history" / "29991231-235959-0.json"
     bad.write_text(content)
     with pytest.raises(StateError) as exc:
-        history.load(state, None)
+        snapshots.load(state, None)
     assert exc.value.message.startswith(f"snapshot {bad} is damaged: {problem}")
     assert good.id in exc.value.hint and f"rm {bad}" in exc.value.hint
-    assert history.load(state, good.id).packages == good.packages  # the others still work
+    assert snapshots.load(state, good.id).packages == good.packages  # the others still work
 
 
 def test_history_that_is_a_file_is_named(tmp_path: Path) -> None:
@@ -270,9 +275,9 @@ def test_history_that_is_a_file_is_named(tmp_path: Path) -> None:
     state.mkdir()
     (state / "history").write_text("")
     with pytest.raises(StateError, match="history is not a directory"):
-        history.snapshots(state)
+        snapshots.snapshots(state)
     with pytest.raises(StateError, match="cannot record a snapshot in .*history is not a directory"):
-        history.record(_target(tmp_path), state)
+        snapshots.record(_target(tmp_path), state)
 
 
 def test_unreadable_history_is_named(tmp_path: Path, monkeypatch) -> None:
@@ -281,7 +286,7 @@ def test_unreadable_history_is_named(tmp_path: Path, monkeypatch) -> None:
     _unreadable(monkeypatch, folder)
     try:
         with pytest.raises(StateError) as exc:
-            history.snapshots(tmp_path / "state")
+            snapshots.snapshots(tmp_path / "state")
     finally:
         folder.chmod(0o755)
     assert exc.value.message == f"cannot read the snapshots in {folder}: Permission denied"
@@ -292,7 +297,7 @@ def test_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
     state = tmp_path / ".backendpick"
     state.write_text("")
     with pytest.raises(StateError) as exc:
-        with lock.hold(state, on_wait=print, env={}):
+        with envlock.hold(state, on_wait=print, env={}):
             pass
     assert "is not a directory" in exc.value.message and f"mv {state}" in exc.value.hint
 
@@ -301,20 +306,20 @@ def test_lock_that_is_a_directory_is_named(tmp_path: Path) -> None:
     state = tmp_path / ".backendpick"
     (state / "lock").mkdir(parents=True)
     with pytest.raises(StateError) as exc:
-        with lock.hold(state, on_wait=print, env={}):
+        with envlock.hold(state, on_wait=print, env={}):
             pass
     assert exc.value.message == f"{state / 'lock'} is a directory, not backendpick's lock file"
 
 
 def test_lock_names_the_running_pip_and_is_handed_to_it(tmp_path: Path) -> None:
     state = tmp_path / ".backendpick"
-    with lock.hold(state, on_wait=print, env={}):
-        [fd] = lock.held_fds()
-        lock.note_child(4242)
+    with envlock.hold(state, on_wait=print, env={}):
+        [fd] = envlock.held_fds()
+        envlock.note_child(4242)
         assert (state / "lock").read_text() == f"backendpick pid {os.getpid()} (pip pid 4242)"
-        lock.note_child(None)
+        envlock.note_child(None)
         assert (state / "lock").read_text() == f"backendpick pid {os.getpid()}"
-    assert lock.held_fds() == ()
+    assert envlock.held_fds() == ()
     assert (state / "lock").read_text() == ""
 
 

@@ -1,5 +1,5 @@
-"""What a change keeps a copy of before it runs (keep.py), where the copy comes from, and what
-is refused; the snapshot that names the copies (history.py). Installed distributions are laid
+"""What a change keeps a copy of before it runs (state/kept_copies.py), where the copy comes from, and what
+is refused; the snapshot that names the copies (state/snapshots.py). Installed distributions are laid
 out as pip leaves them (tests/support/installed.py); no pip runs here."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import cache, history, keep
 from backendpick.errors import KeepError
-from backendpick.plan import Phase
-from backendpick.target import Installed as Entry
+from backendpick.model.environment import Installed as Entry
+from backendpick.model.plan import Phase
+from backendpick.state import kept_copies, snapshots, wheel_cache
 from tests.support.installed import Installed, environment
 
 PIP = ("/env/bin/python", "-m", "pip")
@@ -34,13 +34,13 @@ def entry(name: str, version: str, *requires: str, installer: str = "pip", direc
 
 
 def test_from_an_index_is_what_name_and_version_give_back():
-    assert keep.from_an_index(entry("numpy", "1.26.4"))
-    assert keep.from_an_index(entry("torch", "2.5.1+cu124", installer="uv"))  # a backend's own tag
-    assert not keep.from_an_index(entry("torch", "2.4.0a0+f70bd71a48.nv24.6"))  # NGC: no index has it
-    assert not keep.from_an_index(entry("torch", "2.5.1+cu124", installer="conda"))
-    assert not keep.from_an_index(entry("tool", "1.0", direct_url='{"url": "file:///w/tool.whl"}'))
-    assert not keep.from_an_index(entry("flash-attn", "2.6.1"), ["flash-attn"])  # built against torch
-    assert not keep.from_an_index(entry("odd", "not a version"))
+    assert kept_copies.from_an_index(entry("numpy", "1.26.4"))
+    assert kept_copies.from_an_index(entry("torch", "2.5.1+cu124", installer="uv"))  # a backend's own tag
+    assert not kept_copies.from_an_index(entry("torch", "2.4.0a0+f70bd71a48.nv24.6"))  # NGC: no index has it
+    assert not kept_copies.from_an_index(entry("torch", "2.5.1+cu124", installer="conda"))
+    assert not kept_copies.from_an_index(entry("tool", "1.0", direct_url='{"url": "file:///w/tool.whl"}'))
+    assert not kept_copies.from_an_index(entry("flash-attn", "2.6.1"), ["flash-attn"])  # built against torch
+    assert not kept_copies.from_an_index(entry("odd", "not a version"))
 
 
 def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
@@ -53,23 +53,23 @@ def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
         Phase("build-requirements", ("tqdm==9",), (*PIP, "install", "--target", "/state/build-env", "tqdm==9")),
         install("rest", "einops>=1", skip="already satisfied"),
     ]
-    certain, maybe = keep.at_risk(phases, env, ["flash-attn"])
+    certain, maybe = kept_copies.at_risk(phases, env, ["flash-attn"])
     assert certain == ["flash-attn", "torch"]
     # pip may replace torch's dependencies too: conda's libfoo comes back from no index,
     # filelock from its index.
     assert maybe == ["libfoo"]
     # A direct URL replaces what is installed; -U may replace what no index gives back.
     url = install("rest", "einops @ https://example.org/einops-0.8.0-py3-none-any.whl")
-    assert keep.at_risk([url], env)[0] == ["einops"]
+    assert kept_copies.at_risk([url], env)[0] == ["einops"]
     ngc = environment(tmp_path, entry("torch", "2.4.0a0+f70bd71a48.nv24.6"))
-    assert keep.at_risk([install("backend", "torch", extra=("-U",))], ngc)[0] == ["torch"]
-    assert keep.at_risk([install("backend", "torch")], ngc) == ([], [])
+    assert kept_copies.at_risk([install("backend", "torch", extra=("-U",))], ngc)[0] == ["torch"]
+    assert kept_copies.at_risk([install("backend", "torch")], ngc) == ([], [])
 
 
 def test_dry_run_names_what_would_be_kept_and_its_installed_size(tmp_path: Path):
     demo = Installed(tmp_path / "env", "torch", "2.4.0a0+f70bd71a48.nv24.6")
     env = environment(demo.prefix, demo.entry())
-    [planned] = keep.preview([remove("torch")], env)
+    [planned] = kept_copies.preview([remove("torch")], env)
     assert planned.words() == "torch 2.4.0a0+f70bd71a48.nv24.6 (10.2 KB installed)"
     assert not (tmp_path / "state").exists()
 
@@ -80,27 +80,27 @@ def test_dry_run_names_what_would_be_kept_and_its_installed_size(tmp_path: Path)
 def test_a_copy_is_repacked_once_then_reused(tmp_path: Path):
     demo = Installed(tmp_path / "env")
     env = environment(demo.prefix, demo.entry())
-    first = keep.keep(env, ["demo"], [], tmp_path / "state")
+    first = kept_copies.keep(env, ["demo"], [], tmp_path / "state")
     [copy] = first.copies.values()
-    assert copy.how == keep.REPACKED and copy.path(tmp_path / "state").is_file()
-    assert keep.check(copy, tmp_path / "state") is None
-    again = keep.keep(env, ["demo"], [], tmp_path / "state")
-    assert again.copies["demo"] == keep.Copy(**{**copy.to_json(), "how": keep.REUSED})
+    assert copy.how == kept_copies.REPACKED and copy.path(tmp_path / "state").is_file()
+    assert kept_copies.check(copy, tmp_path / "state") is None
+    again = kept_copies.keep(env, ["demo"], [], tmp_path / "state")
+    assert again.copies["demo"] == kept_copies.Copy(**{**copy.to_json(), "how": kept_copies.REUSED})
     assert len(list((tmp_path / "state" / "kept").glob("*/*.whl"))) == 1
     copy.path(tmp_path / "state").write_bytes(b"not the wheel")
-    assert "is not the file kept" in keep.check(copy, tmp_path / "state")
+    assert "is not the file kept" in kept_copies.check(copy, tmp_path / "state")
 
 
 def test_a_build_from_the_wheel_cache_is_kept_as_the_wheel_it_was(tmp_path: Path):
     demo = Installed(tmp_path / "env", "flash-attn", "2.6.1")
-    built = keep.keep(environment(demo.prefix, demo.entry()), ["flash-attn"], [], tmp_path / "scratch")
+    built = kept_copies.keep(environment(demo.prefix, demo.entry()), ["flash-attn"], [], tmp_path / "scratch")
     wheel = built.copies["flash-attn"].path(tmp_path / "scratch")
-    key = cache.Key("flash-attn", "2.6.1", "2.5.1+cu124", "cuda12.4", False, "cp311", "linux_x86_64")
-    stored = cache.store(tmp_path / "cache", key, wheel, cache.built_with(key))
-    kept = keep.keep(environment(demo.prefix, demo.entry()), ["flash-attn"], [], tmp_path / "state",
-                     cache_base=tmp_path / "cache")
+    key = wheel_cache.Key("flash-attn", "2.6.1", "2.5.1+cu124", "cuda12.4", False, "cp311", "linux_x86_64")
+    stored = wheel_cache.store(tmp_path / "cache", key, wheel, wheel_cache.built_with(key))
+    kept = kept_copies.keep(environment(demo.prefix, demo.entry()), ["flash-attn"], [], tmp_path / "state",
+                            cache_base=tmp_path / "cache")
     copy = kept.copies["flash-attn"]
-    assert copy.how == keep.FROM_CACHE and copy.path(tmp_path / "state").read_bytes() == stored.wheel.read_bytes()
+    assert copy.how == kept_copies.FROM_CACHE and copy.path(tmp_path / "state").read_bytes() == stored.wheel.read_bytes()
 
 
 def test_what_must_go_but_cannot_be_kept_is_refused_before_any_change(tmp_path: Path):
@@ -109,15 +109,15 @@ def test_what_must_go_but_cannot_be_kept_is_refused_before_any_change(tmp_path: 
     changed = Installed(tmp_path / "env", "helper", "1.0")
     (changed.lib / "demo_top.py").write_text("patched = True\n")
     env = environment(tmp_path / "env", editable.entry(), changed.entry())
-    snap = history.record(env, tmp_path / "state")
+    snap = snapshots.record(env, tmp_path / "state")
     with pytest.raises(KeepError) as err:
-        keep.before_change([remove("torch")], env, snap, tmp_path / "state")
+        kept_copies.before_change([remove("torch")], env, snap, tmp_path / "state")
     assert err.value.message == ("torch 2.7.0a0+git1a2b3c4 would be removed or replaced, but no copy of it can be "
                                  "kept: it is an editable install of file:///src/pytorch: its files are that source tree")
     assert err.value.hint.startswith("nothing was changed; backendpick removes nothing it cannot put back")
     assert "pip uninstall torch" in err.value.hint
     # Only possibly replaced: said, not refused.
-    kept = keep.keep(env, [], ["helper"], tmp_path / "state")
+    kept = kept_copies.keep(env, [], ["helper"], tmp_path / "state")
     assert kept.unkept == {"helper": "demo_top.py was changed since it was installed (its hash is not RECORD's)"}
 
 
@@ -125,10 +125,10 @@ def test_the_snapshot_names_the_copies_and_reads_back(tmp_path: Path):
     demo = Installed(tmp_path / "env", "torch", "2.4.0a0+f70bd71a48.nv24.6")
     env = environment(demo.prefix, demo.entry())
     state = tmp_path / "state"
-    snap = history.record(env, state, command="install --backend cpu torch", torch=demo.version, backend="cu125")
-    snap, kept = keep.before_change([remove("torch")], env, snap, state)
+    snap = snapshots.record(env, state, command="install --backend cpu torch", torch=demo.version, backend="cu125")
+    snap, kept = kept_copies.before_change([remove("torch")], env, snap, state)
     [copy] = kept.copies.values()
-    read = history.parse(snap.path)
+    read = snapshots.parse(snap.path)
     assert read == snap
     p = read.packages["torch"]
     assert (p.kept, p.files, p.installer, p.requested) == (copy.to_json(), copy.identity, "pip", True)
@@ -136,26 +136,26 @@ def test_the_snapshot_names_the_copies_and_reads_back(tmp_path: Path):
     assert (read.by, read.command, read.torch, read.backend) == ("install", "install --backend cpu torch",
                                                                  demo.version, "cu125")
     # What the snapshot already keeps is not kept twice (an install's retry).
-    again, more = keep.before_change([remove("torch")], env, snap, state, skip=["torch"])
+    again, more = kept_copies.before_change([remove("torch")], env, snap, state, skip=["torch"])
     assert more.copies == {} and again == snap
 
 
 def test_a_plain_restore_takes_the_newest_snapshot_taken_before_an_install(tmp_path: Path):
     state = tmp_path / "state"
     env = environment(tmp_path / "env", entry("tqdm", "4.0"))
-    first = history.record(env, state, command="install tqdm")
-    undo = history.record(env, state, by=history.BY_RESTORE, command=f"restore {first.id}")
-    assert history.load(state, None).id == first.id
-    assert history.load(state, undo.id).by == history.BY_RESTORE
-    listed = history.listing(state)
+    first = snapshots.record(env, state, command="install tqdm")
+    undo = snapshots.record(env, state, by=snapshots.BY_RESTORE, command=f"restore {first.id}")
+    assert snapshots.load(state, None).id == first.id
+    assert snapshots.load(state, undo.id).by == snapshots.BY_RESTORE
+    listed = snapshots.listing(state)
     assert [(i.id, i.default) for i in listed] == [(first.id, True), (undo.id, False)]
     assert listed[0].to_json()["command"] == "install tqdm"
     # A snapshot of an older backendpick (name, version, URL only) still reads, as an install's.
     old = state / "history" / "20000101-000000-0.json"
     old.write_text(json.dumps({"id": "20000101-000000-0", "packages": {
         "tqdm": {"name": "tqdm", "version": "4.0", "direct_url": None}}}))
-    p = history.parse(old).packages["tqdm"]
+    p = snapshots.parse(old).packages["tqdm"]
     assert (p.files, p.kept, p.installer) == (None, None, None) and p.matches(entry("tqdm", "4.0"))
     old.write_text(json.dumps({"packages": {"tqdm": {"name": "tqdm", "version": "4.0", "kept": {"wheel": 1}}}}))
     with pytest.raises(Exception, match="names a kept copy without its file, hash and size"):
-        history.parse(old)
+        snapshots.parse(old)

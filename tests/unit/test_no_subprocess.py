@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from backendpick.runner import capture
+from backendpick.edges.runner import capture
 
 
 def test_popen_is_refused():

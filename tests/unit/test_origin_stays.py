@@ -1,5 +1,5 @@
-"""Issue 18 as pure functions: where the installed torch came from (origin.py), and what stays or
-goes (stays.py): hand-built targets in, origins, reasons and refusals out."""
+"""Issue 18 as pure functions: where the installed torch came from (target/torch_origin.py), and what stays or
+goes (selection/stays.py): hand-built targets in, origins, reasons and refusals out."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import facts as facts_mod, origin, stays
-from backendpick.backend import Backend
 from backendpick.errors import ConfigError, NoBackendError
-from backendpick.index import parse_page
-from backendpick.plan import BACKEND, REMOVE, Phase, Plan
-from backendpick.resolve import Pin
-from backendpick.select import Decision, Explicit
-from backendpick.target import Installed, Target
+from backendpick.indexes.client import parse_page
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model.backend import Backend
+from backendpick.model.choice import Decision, Explicit
+from backendpick.model.environment import Installed, Target
+from backendpick.model.plan import BACKEND, REMOVE, Phase, Plan
+from backendpick.selection import stays
+from backendpick.selection.resolve import Pin
+from backendpick.target import torch_origin
 
 FACTS = facts_mod.load()
 SITE = "/env/lib/python3.11/site-packages"
@@ -51,45 +53,45 @@ def target(version: str, *, cuda: str | None = "12.4", installer: str = "pip", l
     ("2.5.1+mycompany.7", "local build"),
 ])
 def test_versions_no_index_publishes(version: str, label: str) -> None:
-    got, note, signs = origin.version_signs(version, FACTS, {})
+    got, note, signs = torch_origin.version_signs(version, FACTS, {})
     assert got == label and signs and note == ""
 
 
 @pytest.mark.parametrize("version", ["2.5.1+cu124", "2.5.1", "2.6.0+rocm6.2.4", "2.10.0.dev20251120+cu128",
                                      "2.6.0rc1+cu124", "2.5.1+cpu"])
 def test_index_builds_have_no_signs(version: str) -> None:
-    assert origin.version_signs(version, FACTS, {}) == (None, "", [])
+    assert torch_origin.version_signs(version, FACTS, {}) == (None, "", [])
 
 
 def test_the_ngc_image_is_named_from_its_variable() -> None:
-    o = origin.of(target(NGC, cuda="12.5"), FACTS, {"NVIDIA_PYTORCH_VERSION": "24.06"})
+    o = torch_origin.of(target(NGC, cuda="12.5"), FACTS, {"NVIDIA_PYTORCH_VERSION": "24.06"})
     assert o.foreign and o.backend == Backend.parse("cu125") and o.note == "NGC 24.06"
     assert o.describe() == f"NVIDIA build {NGC} (NGC 24.06), CUDA 12.5; no index serves it"
     assert o.with_abi(True).describe() == f"NVIDIA build {NGC} (NGC 24.06), CUDA 12.5, C++11 ABI on; no index serves it"
 
 
 def test_installers_and_install_kinds_are_signs() -> None:
-    conda = origin.of(target("2.5.1", installer="conda"), FACTS, {})
+    conda = torch_origin.of(target("2.5.1", installer="conda"), FACTS, {})
     assert conda.foreign and conda.managed_by == "conda" and conda.describe().endswith("conda manages it")
-    assert origin.of(target("2.5.1+cu124", installer="uv"), FACTS, {}).foreign is False
-    assert origin.of(target("2.5.1+cu124", installer=""), FACTS, {}).label == "torch installed without pip"
-    editable = origin.of(target("2.7.0", direct_url=json.dumps({"url": "file:///src/pytorch",
-                                                                 "dir_info": {"editable": True}})), FACTS, {})
+    assert torch_origin.of(target("2.5.1+cu124", installer="uv"), FACTS, {}).foreign is False
+    assert torch_origin.of(target("2.5.1+cu124", installer=""), FACTS, {}).label == "torch installed without pip"
+    editable = torch_origin.of(target("2.7.0", direct_url=json.dumps({"url": "file:///src/pytorch",
+                                                                       "dir_info": {"editable": True}})), FACTS, {})
     assert editable.label == "editable install" and "editable install of /src/pytorch" in editable.signs[0]
-    develop = origin.of(target("2.7.0", location="/src/pytorch"), FACTS, {})
+    develop = torch_origin.of(target("2.7.0", location="/src/pytorch"), FACTS, {})
     assert develop.label == "develop install"
 
 
 def test_a_base_environments_index_build_is_outside_but_not_foreign() -> None:
-    o = origin.of(target("2.5.1+cu124", location=BASE), FACTS, {})
+    o = torch_origin.of(target("2.5.1+cu124", location=BASE), FACTS, {})
     assert not o.foreign and o.outside == BASE and o.notable
     assert o.describe() == f"torch 2.5.1+cu124, CUDA 12.4; seen through the base environment's {BASE}, where pip cannot remove it"
-    assert origin.of(target("2.5.1+cu124"), FACTS, {}).notable is False
+    assert torch_origin.of(target("2.5.1+cu124"), FACTS, {}).notable is False
 
 
 def test_a_base_environments_torch_is_named_only_when_the_plan_installs_another() -> None:
     t = target("2.5.1+cu124", location=BASE)
-    o = origin.of(t, FACTS, {})
+    o = torch_origin.of(t, FACTS, {})
     assert stays.shadowing_line(_plan(Phase(BACKEND, ("torch", "torchvision"), ())), o, t) == ""
     line = stays.shadowing_line(_plan(Phase(BACKEND, ("torch==2.6.0",), ())), o, t)
     assert "the plan installs torch==2.6.0: this environment gets a torch of its own" in line
@@ -104,7 +106,7 @@ def _pin(text: str, by: str = "you") -> Pin:
 
 
 def test_a_foreign_torch_goes_only_when_the_request_cannot_be_met_with_it() -> None:
-    o = origin.of(target(NGC, cuda="12.5"), FACTS, {})
+    o = torch_origin.of(target(NGC, cuda="12.5"), FACTS, {})
     assert stays.replace_reason(o, None, [_pin("torch")]) is None
     assert stays.replace_reason(o, None, [_pin(f"torch=={NGC}", "constraint file /etc/pip/constraint.txt")]) is None
     assert stays.replace_reason(o, Explicit(Backend.parse("cu125"), "--backend"), []) is None
@@ -113,22 +115,22 @@ def test_a_foreign_torch_goes_only_when_the_request_cannot_be_met_with_it() -> N
     assert stays.replace_reason(o, None, [_pin("torch>=2.4")]) == "you asked for torch>=2.4, which it does not satisfy"
     assert stays.replace_reason(o, None, [_pin("torch>=2.3")]) is None
     assert stays.replace_reason(o, None, [], reinstall=("torch",)) == "--reinstall torch asks for it"
-    index_build = origin.of(target("2.5.1+cu124"), FACTS, {})
+    index_build = torch_origin.of(target("2.5.1+cu124"), FACTS, {})
     assert stays.replace_reason(index_build, Explicit(Backend.parse("cu126"), "--backend"), []) is None
 
 
 def test_the_ways_to_replace_name_a_backend_only_when_it_differs() -> None:
-    ngc = origin.of(target(NGC, cuda="12.5"), FACTS, {})
+    ngc = torch_origin.of(target(NGC, cuda="12.5"), FACTS, {})
     nearest = stays.nearest_index_backend(ngc, FACTS.all_backends())
     assert nearest == Backend.parse("cu124")
     assert stays.how_to_replace(ngc, nearest) == "--backend cu124, or a torch pin it does not meet"
-    conda = origin.of(target("2.5.1", installer="conda"), FACTS, {})
+    conda = torch_origin.of(target("2.5.1", installer="conda"), FACTS, {})
     assert stays.how_to_replace(conda, stays.nearest_index_backend(conda, FACTS.all_backends())) == \
         "--reinstall torch, or a torch pin it does not meet"
 
 
 def test_a_kept_torch_needs_its_companions_installed() -> None:
-    ngc = origin.of(target(NGC, cuda="12.5"), FACTS, {})
+    ngc = torch_origin.of(target(NGC, cuda="12.5"), FACTS, {})
     installed = target(NGC, cuda="12.5", others=(Installed("torchvision", "0.19.0a0+nv24.6", ("torch",), "pip"),))
     stays.missing_companions(ngc, [Requirement("torch"), Requirement("torchvision")], installed.installed,
                             Backend.parse("cu124"))
@@ -138,13 +140,13 @@ def test_a_kept_torch_needs_its_companions_installed() -> None:
 
 
 def test_an_index_build_that_still_runs_stays_after_a_driver_upgrade() -> None:
-    o = origin.of(target("2.6.0+cu124"), FACTS, {})
+    o = torch_origin.of(target("2.6.0+cu124"), FACTS, {})
     newer = Decision(Backend.parse("cu126"), "detected", "driver supports CUDA 12.6")
     assert stays.index_build_stays(o, newer, [_pin("torch")], runs_here=True)
     assert not stays.index_build_stays(o, newer, [_pin("torch")], runs_here=False)
     assert not stays.index_build_stays(o, newer, [_pin("torch>=2.7")], runs_here=True)
     assert not stays.index_build_stays(o, Decision(newer.backend, "--backend", ""), [], runs_here=True)
-    pypi = origin.of(target("2.6.0"), FACTS, {})  # PyPI's untagged build is replaced as before
+    pypi = torch_origin.of(target("2.6.0"), FACTS, {})  # PyPI's untagged build is replaced as before
     assert not stays.index_build_stays(pypi, newer, [], runs_here=True)
     kept = stays.stays_decision(o, newer)
     assert kept.backend == Backend.parse("cu124") and kept.source == "installed"

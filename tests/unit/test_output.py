@@ -9,8 +9,8 @@ import pytest
 
 from backendpick import output as output_mod
 from backendpick.commands.install import _Progress
+from backendpick.model.plan import Phase
 from backendpick.output import Output
-from backendpick.plan import Phase
 
 
 class Tty(io.StringIO):

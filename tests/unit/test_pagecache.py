@@ -1,4 +1,4 @@
-"""The disk cache of index pages (pagecache.py): Cache-Control parsing, the freshness decision,
+"""The disk cache of index pages (indexes/page_cache.py): Cache-Control parsing, the freshness decision,
 the stored entries, and IndexClient using them against the in-process test index server (a
 thread, no subprocess): a fresh page asks nothing, a stale one is revalidated (304), a
 changed one replaces the entry, ``refresh`` always asks, a damaged entry is a miss."""
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import pagecache, paths
-from backendpick.index import IndexClient, IndexUnavailable, PageNotFound
-from backendpick.pagecache import PageCache, lifetime, new_entry, parse_cache_control, revalidated
-from backendpick.pipconf import PipConfig
+from backendpick.edges import paths
+from backendpick.indexes import page_cache
+from backendpick.indexes.client import IndexClient, IndexUnavailable, PageNotFound
+from backendpick.indexes.page_cache import PageCache, lifetime, new_entry, parse_cache_control, revalidated
+from backendpick.inputs.pip_config import PipConfig
 from tests.support.dists import make_wheel
 from tests.support.index import IndexServer
 
@@ -144,7 +145,7 @@ def test_an_entry_round_trips_and_no_part_of_the_credentials_is_in_its_name_or_t
     # One entry per URL: the key is the URL without user information (issue 19: no secret,
     # not even its hash, is written). Who may see it is the server's call on every use.
     assert cache.load("https://mirror.example/cpu/simple/torch/") == entry
-    assert pagecache.key(url) == pagecache.key("https://mirror.example/cpu/simple/torch/")
+    assert page_cache.key(url) == page_cache.key("https://mirror.example/cpu/simple/torch/")
     (stored,) = (tmp_path / "pages").iterdir()
     assert "s3cret" not in stored.read_text() and "user" not in stored.read_text()
     assert json.loads(stored.read_text())["url"] == "https://mirror.example/cpu/simple/torch/"
@@ -170,7 +171,7 @@ def test_an_entry_kept_before_the_metadata_column_reads_as_no_metadata(tmp_path:
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 1, "url": "u"}', '{"format": 99}', ""])
 def test_a_damaged_entry_is_a_miss(tmp_path: Path, content: str):
     cache = PageCache(tmp_path)
-    (tmp_path / pagecache.key("u")).write_text(content)
+    (tmp_path / page_cache.key("u")).write_text(content)
     assert cache.load("u") is None
 
 
@@ -260,7 +261,7 @@ def test_a_fresh_entry_needs_no_index_and_a_stale_one_is_not_served_when_the_ind
 def test_a_damaged_entry_is_fetched_again_and_overwritten(tmp_path: Path, server: IndexServer):
     server.clear_log()
     url = server.url("fresh") + "/torch/"
-    entry_file = paths.page_cache({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}) / pagecache.key(url)
+    entry_file = paths.page_cache({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}) / page_cache.key(url)
     entry_file.parent.mkdir(parents=True)
     entry_file.write_text("{damaged")
     assert versions(client(tmp_path).page(url)) == ["2.5.1+cpu"]

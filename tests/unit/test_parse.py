@@ -1,4 +1,4 @@
-"""The parsers of backendpick/parse.py on real tool output (the hardware fixtures) and on junk.
+"""The parsers of backendpick/machine/tool_output.py on real tool output (the hardware fixtures) and on junk.
 
 Every parser answers data or ``ValueError``; anything else escaping would crash ``detect``,
 because the probe turns only ``ValueError`` into a warning.
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backendpick import parse
-from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
 from backendpick.errors import ConfigError
-from backendpick.facts import dotted, show
+from backendpick.knowledge.facts import dotted, show
+from backendpick.machine import tool_output
+from backendpick.model.backend import CPU, CUDA, ROCM, XPU, Backend
 from tests.support.fakehw import HARDWARE, read_env_file
 
 
@@ -128,18 +128,18 @@ def test_expectation_tables_cover_every_fixture():
 # -- NVIDIA driver version files -----------------------------------------------------------------
 @pytest.mark.parametrize("scenario", scenarios_with("sys-module-nvidia-version"))
 def test_driver_from_sys_fixture(scenario):
-    assert parse.driver_from_sys(fixture_text(scenario, "sys-module-nvidia-version")) == KERNEL_DRIVER[scenario]
+    assert tool_output.driver_from_sys(fixture_text(scenario, "sys-module-nvidia-version")) == KERNEL_DRIVER[scenario]
 
 
 @pytest.mark.parametrize("scenario", scenarios_with("proc-driver-nvidia-version"))
 def test_driver_from_proc_fixture(scenario):
     """Proprietary and open-module lines alike (the open one has 'for x86_64' after 'Module')."""
-    assert parse.driver_from_proc(fixture_text(scenario, "proc-driver-nvidia-version")) == KERNEL_DRIVER[scenario]
+    assert tool_output.driver_from_proc(fixture_text(scenario, "proc-driver-nvidia-version")) == KERNEL_DRIVER[scenario]
 
 
 @pytest.mark.parametrize("text, expected", [("550.54.14\n", "550.54.14"), ("  570.26 \n", "570.26"), ("580.95.05", "580.95.05")])
 def test_driver_from_sys_valid(text, expected):
-    assert parse.driver_from_sys(text) == expected
+    assert tool_output.driver_from_sys(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_driver_from_sys_valid(text, expected):
 )
 def test_driver_from_sys_junk(text):
     with pytest.raises(ValueError):
-        parse.driver_from_sys(text)
+        tool_output.driver_from_sys(text)
 
 
 def test_driver_from_proc_aarch64_open_module():
@@ -157,11 +157,11 @@ def test_driver_from_proc_aarch64_open_module():
         "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.124.06  Release Build  "
         "(dvs-builder@U16-I3-B13-2-1)  Wed Feb 26 01:07:42 UTC 2025\n"
     )
-    assert parse.driver_from_proc(text) == "570.124.06"
+    assert tool_output.driver_from_proc(text) == "570.124.06"
 
 
 def test_driver_from_proc_version_at_end_of_line():
-    assert parse.driver_from_proc("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14") == "550.54.14"
+    assert tool_output.driver_from_proc("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14") == "550.54.14"
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_driver_from_proc_version_at_end_of_line():
 )
 def test_driver_from_proc_junk(text):
     with pytest.raises(ValueError):
-        parse.driver_from_proc(text)
+        tool_output.driver_from_proc(text)
 
 
 # -- nvidia-smi ------------------------------------------------------------------------------------
@@ -190,9 +190,9 @@ def test_smi_query_fixture(scenario):
     expected = QUERY[scenario]
     if expected is None:
         with pytest.raises(ValueError):
-            parse.smi_query(text)
+            tool_output.smi_query(text)
         return
-    gpus = parse.smi_query(text)
+    gpus = tool_output.smi_query(text)
     assert [(g.name, g.compute_capability, g.memory_mib) for g in gpus] == expected
     assert [g.index for g in gpus] == list(range(len(expected)))
     assert {g.driver_version for g in gpus} == {BANNER[scenario][0]}
@@ -202,7 +202,7 @@ def test_smi_query_fixture(scenario):
 def test_smi_query_without_compute_cap_fields():
     """Drivers before ~510 are asked without compute_cap (the 470 K80 fixture)."""
     text = fixture_text("nvidia-470-k80", "nvidia-smi-query-nocap.csv")
-    gpus = parse.smi_query(text, parse.QUERY_FIELDS_NO_CAP)
+    gpus = tool_output.smi_query(text, tool_output.QUERY_FIELDS_NO_CAP)
     assert [(g.index, g.name, g.driver_version, g.compute_capability, g.memory_mib) for g in gpus] == [
         (0, "Tesla K80", "470.256.02", None, 11441),
         (1, "Tesla K80", "470.256.02", None, 11441),
@@ -211,19 +211,19 @@ def test_smi_query_without_compute_cap_fields():
 
 def test_smi_query_na_cells_become_none():
     """Virtual GPUs print [N/A] for compute_cap and memory; that is no reason to fail."""
-    (gpu,) = parse.smi_query("0, GRID A100D-4C, 535.129.03, [N/A], [N/A], [N/A]\n")
+    (gpu,) = tool_output.smi_query("0, GRID A100D-4C, 535.129.03, [N/A], [N/A], [N/A]\n")
     assert gpu.compute_capability is None
     assert gpu.memory_mib is None
     assert gpu.uuid == "[N/A]"  # kept as printed; only its absence is None
 
 
 def test_smi_query_name_with_comma_is_quoted():
-    (gpu,) = parse.smi_query('0, "NVIDIA RTX 6000, Ada Generation", 550.54.14, 8.9, GPU-1, 49140\n')
+    (gpu,) = tool_output.smi_query('0, "NVIDIA RTX 6000, Ada Generation", 550.54.14, 8.9, GPU-1, 49140\n')
     assert gpu.name == "NVIDIA RTX 6000, Ada Generation"
 
 
 def test_smi_query_crlf_line_ends():
-    gpus = parse.smi_query("0, Tesla T4, 525.147.05, 7.5, GPU-1, 15360\r\n1, Tesla T4, 525.147.05, 7.5, GPU-2, 15360\r\n")
+    gpus = tool_output.smi_query("0, Tesla T4, 525.147.05, 7.5, GPU-1, 15360\r\n1, Tesla T4, 525.147.05, 7.5, GPU-2, 15360\r\n")
     assert [g.index for g in gpus] == [0, 1]
 
 
@@ -251,7 +251,7 @@ def test_smi_query_crlf_line_ends():
 )
 def test_smi_query_junk(text):
     with pytest.raises(ValueError):
-        parse.smi_query(text)
+        tool_output.smi_query(text)
 
 
 def test_smi_query_stray_carriage_return_is_value_error():
@@ -261,7 +261,7 @@ def test_smi_query_stray_carriage_return_is_value_error():
     traceback instead of becoming a warning. (On Python 3.9/3.10 a NUL byte does the same.)
     """
     with pytest.raises(ValueError):
-        parse.smi_query("0, Tesla T4\r, 525.147.05, 7.5, GPU-1, 15360\n")
+        tool_output.smi_query("0, Tesla T4\r, 525.147.05, 7.5, GPU-1, 15360\n")
 
 
 @pytest.mark.parametrize("scenario", sorted(BANNER))
@@ -270,14 +270,14 @@ def test_smi_banner_fixture(scenario):
     text = fixture_text(scenario, "nvidia-smi.txt")
     if BANNER[scenario] is None:
         with pytest.raises(ValueError):
-            parse.smi_banner(text)
+            tool_output.smi_banner(text)
     else:
-        assert parse.smi_banner(text) == BANNER[scenario]
+        assert tool_output.smi_banner(text) == BANNER[scenario]
 
 
 def test_smi_banner_partial():
-    assert parse.smi_banner("| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: N/A |") == ("580.95.05", None)
-    assert parse.smi_banner("CUDA Version: 12.4") == (None, "12.4")
+    assert tool_output.smi_banner("| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: N/A |") == ("580.95.05", None)
+    assert tool_output.smi_banner("CUDA Version: 12.4") == (None, "12.4")
 
 
 @pytest.mark.parametrize(
@@ -288,7 +288,7 @@ def test_smi_banner_partial():
 )
 def test_smi_banner_junk(text):
     with pytest.raises(ValueError):
-        parse.smi_banner(text)
+        tool_output.smi_banner(text)
 
 
 # -- AMD -------------------------------------------------------------------------------------------
@@ -296,10 +296,10 @@ def test_smi_banner_junk(text):
 def test_rocminfo_fixture(scenario):
     """BUG (all three fixtures): CPU agents are named "AMD EPYC 9654 96-Core Processor", with spaces.
 
-    ``parse.rocminfo`` looks for ``Name:\\s*(\\S+)\\s*$``, finds no single-token name in a CPU
+    ``tool_output.rocminfo`` looks for ``Name:\\s*(\\S+)\\s*$``, finds no single-token name in a CPU
     agent's block and raises "an agent block without Name or Device Type" on every real rocminfo.
     """
-    agents = parse.rocminfo(fixture_text(scenario, "rocminfo.txt"))
+    agents = tool_output.rocminfo(fixture_text(scenario, "rocminfo.txt"))
     assert [(a.gfx, a.marketing_name) for a in agents] == ROCMINFO[scenario]
     assert {a.device_type for a in agents} == {"GPU"}
 
@@ -314,17 +314,17 @@ def _agent(n: int, name: str, kind: str, marketing: str | None = None) -> str:
 
 def test_rocminfo_minimal_synthetic():
     text = "ROCk module is loaded\n" + _agent(1, "cpu0", "CPU") + _agent(2, "gfx1100", "GPU", "Radeon RX 7900 XTX")
-    assert parse.rocminfo(text) == [parse.RocmAgent("gfx1100", "Radeon RX 7900 XTX", "GPU")]
+    assert tool_output.rocminfo(text) == [tool_output.RocmAgent("gfx1100", "Radeon RX 7900 XTX", "GPU")]
 
 
 def test_rocminfo_isa_name_is_not_the_agent_name():
     """Later ``Name:`` lines (ISA, pools) belong to the agent's sub-blocks."""
     text = _agent(1, "gfx942", "GPU", "AMD Instinct MI300X") + "  ISA Info:\n    ISA 1\n      Name:  amdgcn-amd-amdhsa--gfx942:sramecc+:xnack-\n"
-    assert [a.gfx for a in parse.rocminfo(text)] == ["gfx942"]
+    assert [a.gfx for a in tool_output.rocminfo(text)] == ["gfx942"]
 
 
 def test_rocminfo_no_gpu_agents_is_empty():
-    assert parse.rocminfo(_agent(1, "cpu0", "CPU")) == []
+    assert tool_output.rocminfo(_agent(1, "cpu0", "CPU")) == []
 
 
 @pytest.mark.parametrize(
@@ -341,18 +341,18 @@ def test_rocminfo_no_gpu_agents_is_empty():
 )
 def test_rocminfo_junk(text):
     with pytest.raises(ValueError):
-        parse.rocminfo(text)
+        tool_output.rocminfo(text)
 
 
 @pytest.mark.parametrize("scenario", sorted(ENUMERATOR))
 def test_agent_enumerator_fixture(scenario):
     """gfx000 is the CPU agent and is dropped."""
-    assert parse.agent_enumerator(fixture_text(scenario, "rocm_agent_enumerator.txt")) == ENUMERATOR[scenario]
+    assert tool_output.agent_enumerator(fixture_text(scenario, "rocm_agent_enumerator.txt")) == ENUMERATOR[scenario]
 
 
 def test_agent_enumerator_cpu_only_and_empty():
-    assert parse.agent_enumerator("gfx000\n") == []
-    assert parse.agent_enumerator("") == []
+    assert tool_output.agent_enumerator("gfx000\n") == []
+    assert tool_output.agent_enumerator("") == []
 
 
 @pytest.mark.parametrize(
@@ -362,36 +362,36 @@ def test_agent_enumerator_cpu_only_and_empty():
 )
 def test_agent_enumerator_junk(text):
     with pytest.raises(ValueError):
-        parse.agent_enumerator(text)
+        tool_output.agent_enumerator(text)
 
 
 @pytest.mark.parametrize("scenario", sorted(ROCM_VERSION))
 def test_rocm_version_fixture(scenario):
-    assert parse.rocm_version(fixture_text(scenario, "opt-rocm-info-version")) == ROCM_VERSION[scenario]
+    assert tool_output.rocm_version(fixture_text(scenario, "opt-rocm-info-version")) == ROCM_VERSION[scenario]
 
 
 @pytest.mark.parametrize("text", [*JUNK.values(), "6", "rocm-6.2.4", "six.two"], ids=[*JUNK, "major-only", "prefixed", "words"])
 def test_rocm_version_junk(text):
     with pytest.raises(ValueError):
-        parse.rocm_version(text)
+        tool_output.rocm_version(text)
 
 
 # -- containers ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scenario", sorted(IMAGE_CUDA))
 def test_cuda_image_version_fixture(scenario):
     env = read_env_file(HARDWARE / scenario / "env")
-    assert parse.cuda_image_version(env["CUDA_VERSION"]) == IMAGE_CUDA[scenario]
+    assert tool_output.cuda_image_version(env["CUDA_VERSION"]) == IMAGE_CUDA[scenario]
 
 
 @pytest.mark.parametrize("value, expected", [("12.4.1", "12.4"), ("12.8", "12.8"), (" 11.8.0 ", "11.8"), ("13.0.1.2", "13.0")])
 def test_cuda_image_version_valid(value, expected):
-    assert parse.cuda_image_version(value) == expected
+    assert tool_output.cuda_image_version(value) == expected
 
 
 @pytest.mark.parametrize("value", ["", "12", "12.4.1-cudnn", "cuda12.4", "[N/A]", HTML_ERROR, BINARY])
 def test_cuda_image_version_junk(value):
     with pytest.raises(ValueError):
-        parse.cuda_image_version(value)
+        tool_output.cuda_image_version(value)
 
 
 # -- properties ------------------------------------------------------------------------------------
@@ -404,7 +404,7 @@ NVRMISH = st.text(alphabet=st.sampled_from(list("NVRM version: 0123456789.\t\r\n
 @example("0\r1")  # the lone-CR case of test_smi_query_stray_carriage_return_is_value_error
 def test_smi_query_raises_only_value_error(text):
     try:
-        gpus = parse.smi_query(text)
+        gpus = tool_output.smi_query(text)
     except ValueError:
         return
     for gpu in gpus:
@@ -416,7 +416,7 @@ def test_smi_query_raises_only_value_error(text):
 @given(st.one_of(st.text(max_size=200), NVRMISH))
 def test_driver_from_proc_raises_only_value_error(text):
     try:
-        version = parse.driver_from_proc(text)
+        version = tool_output.driver_from_proc(text)
     except ValueError:
         return
     assert version in text
@@ -426,8 +426,8 @@ def test_driver_from_proc_raises_only_value_error(text):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_other_parsers_raise_only_value_error(text):
-    for parser in (parse.driver_from_sys, parse.smi_banner, parse.rocminfo, parse.agent_enumerator,
-                   parse.rocm_version, parse.cuda_image_version):
+    for parser in (tool_output.driver_from_sys, tool_output.smi_banner, tool_output.rocminfo, tool_output.agent_enumerator,
+                   tool_output.rocm_version, tool_output.cuda_image_version):
         try:
             parser(text)
         except ValueError:

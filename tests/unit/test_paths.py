@@ -1,4 +1,4 @@
-"""paths.py: one rule for the cache folder, used by the wheel cache and by the state folder of
+"""edges/paths.py: one rule for the cache folder, used by the wheel cache and by the state folder of
 an environment backendpick cannot write into; the environment is what the caller passes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import paths
+from backendpick.edges import paths
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""phaselog.failed: what a failed pip run of a phase becomes."""
+"""phase_log.failed: what a failed pip run of a phase becomes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import phaselog
-from backendpick.backend import Backend
+from backendpick.edges.runner import Result
 from backendpick.errors import InstallError
-from backendpick.plan import BACKEND, BUILD_REQS, REST, Phase, Plan
-from backendpick.runner import Result
+from backendpick.execute import phase_log
+from backendpick.model.backend import Backend
+from backendpick.model.plan import BACKEND, BUILD_REQS, REST, Phase, Plan
 
 PIP = ("/v/bin/python", "-m", "pip")
 # pip 23's report when a package needs a fenced one (the constraints say torch<0).
@@ -28,8 +28,8 @@ def _plan(*phases: Phase) -> Plan:
 def test_a_later_phase_needing_the_stack_is_moved_by_the_retry():
     rest = Phase(REST, ("kernel-tool",), PIP + ("install", "kernel-tool"))
     plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "torch")), rest)
-    with pytest.raises(phaselog.FenceConflict) as hit:
-        phaselog.failed(plan, rest, rest, Result(rest.argv, 1, CONFLICT, ""), Path("/s/logs/rest.log"))
+    with pytest.raises(phase_log.FenceConflict) as hit:
+        phase_log.failed(plan, rest, rest, Result(rest.argv, 1, CONFLICT, ""), Path("/s/logs/rest.log"))
     assert hit.value.hit.backend == ("torch",)
 
 
@@ -38,7 +38,7 @@ def test_a_build_tool_needing_the_stack_is_named_not_retried():
                  alongside=BACKEND)
     plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "torch")), reqs)
     with pytest.raises(InstallError) as err:
-        phaselog.failed(plan, reqs, reqs, Result(reqs.argv, 1, CONFLICT, ""), Path("/s/logs/reqs.log"))
+        phase_log.failed(plan, reqs, reqs, Result(reqs.argv, 1, CONFLICT, ""), Path("/s/logs/reqs.log"))
     assert "a build requirement depends on torch" in err.value.message
     assert "the environment is as phase 'backend' left it" in err.value.message
     assert "leave it out of [tool.backendpick] build-requirements" in err.value.hint

@@ -18,16 +18,20 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import buildenv, buildlimits, cache, config, facts as facts_mod, paths, prebuilt, wheelsources
-from backendpick.buildenv import TorchInfo
-from backendpick.config import BuildSettings
+from backendpick.build import limits, wheel_choice, wheel_sources
+from backendpick.build.wheel_names import platform_tag, wheel_filename
+from backendpick.edges import paths
 from backendpick.errors import ConfigError
-from backendpick.facts import Package
-from backendpick.index import FileLink, IndexUnavailable, PageNotFound
-from backendpick.pipconf import PipConfig
-from backendpick.plan import AS_IS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase
-from backendpick.target import Target
-from backendpick.wheelnames import platform_tag, wheel_filename
+from backendpick.indexes.client import FileLink, IndexUnavailable, PageNotFound
+from backendpick.inputs import config
+from backendpick.inputs.config import BuildSettings
+from backendpick.inputs.pip_config import PipConfig
+from backendpick.knowledge import facts as facts_mod
+from backendpick.knowledge.facts import Package
+from backendpick.model.environment import Target
+from backendpick.model.plan import AS_IS, CACHED, PENDING, PREBUILT, SOURCE, BuildStep, Phase
+from backendpick.state import wheel_cache
+from backendpick.target.installed_torch import TorchInfo
 
 CU124 = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
 CU130 = TorchInfo("2.9.1+cu130", cuda="13.0", cxx11abi=True)
@@ -38,7 +42,7 @@ LINUX = "linux_x86_64"
 
 
 def pkg(name: str) -> Package:
-    return prebuilt.packages()[name]
+    return wheel_choice.packages()[name]
 
 
 # -- the file names ---------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ def test_no_wheel_name_off_linux():
     assert filename is None and "Linux wheels only" in why
 
 
-@pytest.mark.parametrize("name", sorted(prebuilt.packages()))
+@pytest.mark.parametrize("name", sorted(wheel_choice.packages()))
 def test_every_prebuilt_row_is_complete(name):
     row = pkg(name)
     assert "{version}" in row.release_url and "{filename}" in row.release_url
@@ -104,12 +108,12 @@ def test_every_prebuilt_row_is_complete(name):
 
 
 def test_sources_default_to_the_github_release(tmp_path):
-    [source] = wheelsources.sources(pkg("flash-attn"), None, tmp_path)
+    [source] = wheel_sources.sources(pkg("flash-attn"), None, tmp_path)
     assert source.url == pkg("flash-attn").release_url and source.text == "github"
 
 
 def test_sources_keep_the_configured_order_and_resolve_folders(tmp_path):
-    got = wheelsources.sources(pkg("flash-attn"), ("wheels", "/abs/w", "https://m.example/{filename}", "github"), tmp_path)
+    got = wheel_sources.sources(pkg("flash-attn"), ("wheels", "/abs/w", "https://m.example/{filename}", "github"), tmp_path)
     assert [s.folder for s in got[:2]] == [tmp_path / "wheels", Path("/abs/w")]
     assert got[2].url == "https://m.example/{filename}"
     assert got[3].url.startswith("https://github.com/Dao-AILab/flash-attention/releases/download/")
@@ -120,8 +124,8 @@ def test_look_finds_a_wheel_in_a_folder_and_says_why_not_elsewhere(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "full" / name).write_bytes(b"wheel")
-    where = wheelsources.sources(pkg("flash-attn"), ("missing", "empty", "full"), tmp_path)
-    found, said = wheelsources.look(name, "2.7.4", where, PipConfig())
+    where = wheel_sources.sources(pkg("flash-attn"), ("missing", "empty", "full"), tmp_path)
+    found, said = wheel_sources.look(name, "2.7.4", where, PipConfig())
     assert found is not None and found.location == str(tmp_path / "full" / name)
     assert said == ["missing: no such folder", "empty: not there"]
 
@@ -170,22 +174,22 @@ def no_proxy(monkeypatch):
 
 
 def test_url_exists_answers_found_missing_and_unreachable(http_server, no_proxy):
-    from backendpick.transport import Session
+    from backendpick.indexes.transport import Session
 
     conf = Session(PipConfig())
-    assert wheelsources.url_exists(f"{http_server}/w/present.whl", conf) == (True, "")
-    assert wheelsources.url_exists(f"{http_server}/w/absent.whl", conf) == (False, "not published (HTTP 404)")
+    assert wheel_sources.url_exists(f"{http_server}/w/present.whl", conf) == (True, "")
+    assert wheel_sources.url_exists(f"{http_server}/w/absent.whl", conf) == (False, "not published (HTTP 404)")
     # Storage that refuses HEAD (signed URLs) gets a one-byte GET.
-    assert wheelsources.url_exists(f"{http_server}/signed/present.whl", conf) == (True, "")
-    ok, why = wheelsources.url_exists("http://127.0.0.1:9/nothing.whl", conf, timeout=2)
+    assert wheel_sources.url_exists(f"{http_server}/signed/present.whl", conf) == (True, "")
+    ok, why = wheel_sources.url_exists("http://127.0.0.1:9/nothing.whl", conf, timeout=2)
     assert ok is None and why.startswith("network unreachable")
 
 
 def test_look_formats_the_template_and_quotes_the_plus(http_server, no_proxy, monkeypatch):
     asked = []
-    monkeypatch.setattr(wheelsources, "url_exists", lambda url, conf, timeout=0: (asked.append(url), (False, "nope"))[1])
-    where = wheelsources.sources(pkg("flash-attn"), ("https://m.example/{version}/{filename}",), Path("."))
-    found, said = wheelsources.look("flash_attn-2.7.4+cu12x.whl", "2.7.4", where, PipConfig())
+    monkeypatch.setattr(wheel_sources, "url_exists", lambda url, conf, timeout=0: (asked.append(url), (False, "nope"))[1])
+    where = wheel_sources.sources(pkg("flash-attn"), ("https://m.example/{version}/{filename}",), Path("."))
+    found, said = wheel_sources.look("flash_attn-2.7.4+cu12x.whl", "2.7.4", where, PipConfig())
     assert found is None and said == ["https://m.example/{version}/{filename}: nope"]
     assert asked == ["https://m.example/2.7.4/flash_attn-2.7.4%2Bcu12x.whl"]
 
@@ -195,8 +199,8 @@ def test_look_any_takes_the_newest_fitting_folder_wheel(tmp_path):
         tag = "cxx11abiFALSE-cp311-cp311-linux_x86_64"
         (tmp_path / f"flash_attn-{v}torch2.5{tag}.whl").write_bytes(b"w")
     (tmp_path / "flash_attn-2.9.0+cu12torch2.4cxx11abiFALSE-cp311-cp311-linux_x86_64.whl").write_bytes(b"w")
-    where = wheelsources.sources(pkg("flash-attn"), (str(tmp_path),), tmp_path)
-    found = wheelsources.look_any(pkg("flash-attn"), SpecifierSet("<2.8"), CU124, "cp311", LINUX, where)
+    where = wheel_sources.sources(pkg("flash-attn"), (str(tmp_path),), tmp_path)
+    found = wheel_sources.look_any(pkg("flash-attn"), SpecifierSet("<2.8"), CU124, "cp311", LINUX, where)
     assert found is not None and Path(found.location).name.startswith("flash_attn-2.7.4+cu12torch2.5")
 
 
@@ -244,36 +248,36 @@ FILES = [
 )
 def test_choose_version_is_pips_choice(requirement, expected):
     client = _Client(FILES)
-    version, why = prebuilt.choose_version(Requirement(requirement), client=client, index_url="https://i/simple",
-                                           target=_target())
+    version, why = wheel_choice.choose_version(Requirement(requirement), client=client, index_url="https://i/simple",
+                                               target=_target())
     assert (version, why) == (expected, "")
     assert client.asked == ([] if "==" in requirement else [("https://i/simple", "flash-attn")])
 
 
 def test_choose_version_says_why_when_it_cannot():
     req = Requirement("flash-attn")
-    v, why = prebuilt.choose_version(req, client=_Client(error=IndexUnavailable("https://i/simple/flash-attn/: timed out")),
-                                     index_url="https://i/simple", target=_target())
+    v, why = wheel_choice.choose_version(req, client=_Client(error=IndexUnavailable("https://i/simple/flash-attn/: timed out")),
+                                         index_url="https://i/simple", target=_target())
     assert v is None and why == "cannot read https://i/simple/flash-attn/: timed out"
-    v, why = prebuilt.choose_version(req, client=_Client(error=PageNotFound("x")), index_url="https://u:p@i/simple",
-                                     target=_target())
+    v, why = wheel_choice.choose_version(req, client=_Client(error=PageNotFound("x")), index_url="https://u:p@i/simple",
+                                         target=_target())
     assert v is None and why == "flash-attn is not on https://***@i/simple"
-    v, why = prebuilt.choose_version(Requirement("flash-attn>3"), client=_Client(FILES), index_url="https://i/simple",
-                                     target=_target())
+    v, why = wheel_choice.choose_version(Requirement("flash-attn>3"), client=_Client(FILES), index_url="https://i/simple",
+                                         target=_target())
     assert v is None and "satisfies '>3'" in why
 
 
 def test_default_index_for_the_version_choice():
-    assert prebuilt.default_index(PipConfig(), ()) == "https://pypi.org/simple"
-    assert prebuilt.default_index(PipConfig({"index-url": "https://m/simple"}), ()) == "https://m/simple"
-    assert prebuilt.default_index(PipConfig({"index-url": "https://m/simple"}), ("--index-url", "https://r/simple")) \
+    assert wheel_choice.default_index(PipConfig(), ()) == "https://pypi.org/simple"
+    assert wheel_choice.default_index(PipConfig({"index-url": "https://m/simple"}), ()) == "https://m/simple"
+    assert wheel_choice.default_index(PipConfig({"index-url": "https://m/simple"}), ("--index-url", "https://r/simple")) \
         == "https://r/simple"
 
 
 # -- the choice: cache, prebuilt, source --------------------------------------------------------------
 
 
-def _ctx(tmp_path: Path, **kw) -> prebuilt.BuildContext:
+def _ctx(tmp_path: Path, **kw) -> wheel_choice.BuildContext:
     base = dict(
         project_dir=tmp_path, configured={}, build=BuildSettings(), pip_config=PipConfig(), gpu_caps=("8.0",),
         gpu_archs=(), cache_root=tmp_path / "cache", probe_root=tmp_path / "root", python_tag="cp311",
@@ -282,11 +286,11 @@ def _ctx(tmp_path: Path, **kw) -> prebuilt.BuildContext:
         torch=CU124,
     )
     base.update(kw)
-    return prebuilt.BuildContext(**base)
+    return wheel_choice.BuildContext(**base)
 
 
 def _offline(monkeypatch):
-    monkeypatch.setattr(wheelsources, "url_exists", lambda url, conf, timeout=0: (None, "network unreachable (test)"))
+    monkeypatch.setattr(wheel_sources, "url_exists", lambda url, conf, timeout=0: (None, "network unreachable (test)"))
 
 
 ENV = {"PATH": "/usr/bin"}
@@ -297,9 +301,9 @@ def test_a_cached_build_comes_first(tmp_path, monkeypatch):
     ctx = _ctx(tmp_path)
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"built")
-    key = prebuilt.cache_key(ctx, "flash-attn", "2.7.4", "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0")
-    stored = cache.store(ctx.cache_root, key, wheel, ctx.torch.built_with())
-    [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
+    key = wheel_choice.cache_key(ctx, "flash-attn", "2.7.4", "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0")
+    stored = wheel_cache.store(ctx.cache_root, key, wheel, ctx.torch.built_with())
+    [step] = wheel_choice.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
     assert (step.how, step.wheel) == (CACHED, str(stored.wheel))
     # pip gets the cache entry's folder and the exact version: a command known before install.
     assert (step.find_links, step.install_requirement()) == (str(stored.directory), "flash-attn==2.7.4")
@@ -312,7 +316,7 @@ def test_a_prebuilt_wheel_comes_before_a_build(tmp_path, monkeypatch):
     (tmp_path / "wheels").mkdir()
     (tmp_path / "wheels" / name).write_bytes(b"w")
     ctx = _ctx(tmp_path, configured={"flash-attn": ("github", "wheels")})
-    [step] = prebuilt.resolve([BuildStep("flash-attn[extra]", "flash-attn", version="2.7.4")], ctx, ENV)
+    [step] = wheel_choice.resolve([BuildStep("flash-attn[extra]", "flash-attn", version="2.7.4")], ctx, ENV)
     assert step.how == PREBUILT and step.wheel == str(tmp_path / "wheels" / name)
     assert step.note == f"flash-attn 2.7.4: prebuilt wheel {name} from wheels"
     assert step.install_requirement() == f"flash-attn[extra] @ {(tmp_path / 'wheels' / name).as_uri()}"
@@ -324,7 +328,7 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     (root / "meminfo").write_text("MemAvailable:   41943040 kB\n")  # 40 GB
     ctx = _ctx(tmp_path)
-    [step] = prebuilt.resolve([BuildStep("flash-attn>=2.7", "flash-attn", version="2.7.4")], ctx, ENV)
+    [step] = wheel_choice.resolve([BuildStep("flash-attn>=2.7", "flash-attn", version="2.7.4")], ctx, ENV)
     assert step.how == SOURCE
     assert "no prebuilt wheel flash_attn-2.7.4+cu12torch2.5cxx11abiFALSE" in step.note
     assert "github: network unreachable (test)" in step.note
@@ -333,7 +337,7 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
     assert step.build_argv == ("/venv/bin/python", "-m", "pip", "wheel", "--no-cache-dir", "--no-build-isolation",
                                "-c", "/state/c.txt", "--no-binary", "flash-attn", "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
                                "flash-attn==2.7.4")
-    jobs = str(min(4, buildlimits.cpu_count()))  # 40 GB / 9 GB per job
+    jobs = str(min(4, limits.cpu_count()))  # 40 GB / 9 GB per job
     assert step.build_env == {"MAX_JOBS": jobs, "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
                               "FLASH_ATTENTION_FORCE_BUILD": "TRUE"}
     assert step.arch_key == "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0"
@@ -341,8 +345,8 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
 
 def test_the_users_force_build_is_left_alone(tmp_path, monkeypatch):
     _offline(monkeypatch)
-    [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], _ctx(tmp_path),
-                              {**ENV, "FLASH_ATTENTION_FORCE_BUILD": "FALSE", "MAX_JOBS": "3"})
+    [step] = wheel_choice.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], _ctx(tmp_path),
+                                  {**ENV, "FLASH_ATTENTION_FORCE_BUILD": "FALSE", "MAX_JOBS": "3"})
     assert "FLASH_ATTENTION_FORCE_BUILD" not in step.build_env and "MAX_JOBS" not in step.build_env
 
 
@@ -352,11 +356,11 @@ def test_unknown_version_uses_the_newest_cached_or_folder_wheel(tmp_path, monkey
     for v in ("2.6.3", "2.7.4"):
         wheel = tmp_path / f"flash_attn-{v}-cp311-cp311-linux_x86_64.whl"
         wheel.write_bytes(b"built")
-        cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", v, "default"), wheel, ctx.torch.built_with())
+        wheel_cache.store(ctx.cache_root, wheel_choice.cache_key(ctx, "flash-attn", v, "default"), wheel, ctx.torch.built_with())
     unknown = BuildStep("flash-attn<2.7", "flash-attn", note="cannot read https://i/simple/flash-attn/: timed out")
-    [step] = prebuilt.resolve([unknown], ctx, ENV)
+    [step] = wheel_choice.resolve([unknown], ctx, ENV)
     assert (step.how, step.version) == (CACHED, "2.6.3")
-    [step] = prebuilt.resolve([replace(unknown, requirement="flash-attn>=3")], ctx, ENV)
+    [step] = wheel_choice.resolve([replace(unknown, requirement="flash-attn>=3")], ctx, ENV)
     assert step.how == SOURCE and step.build_argv[-1] == "flash-attn>=3"
     assert "cannot read https://i/simple/flash-attn/" in step.note
 
@@ -366,17 +370,17 @@ def test_a_narrowed_request_reuses_a_build_for_all_architectures(tmp_path, monke
     ctx = _ctx(tmp_path)
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"built")
-    cache.store(ctx.cache_root, prebuilt.cache_key(ctx, "flash-attn", "2.7.4", cache.DEFAULT_ARCH), wheel,
-                ctx.torch.built_with())
-    [step] = prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
+    wheel_cache.store(ctx.cache_root, wheel_choice.cache_key(ctx, "flash-attn", "2.7.4", wheel_cache.DEFAULT_ARCH), wheel,
+                      ctx.torch.built_with())
+    [step] = wheel_choice.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], ctx, ENV)
     assert step.how == CACHED
     # ... but not one built for other GPUs only, nor for another torch.
     other = _ctx(tmp_path / "o", gpu_caps=("9.0",))
-    cache.store(other.cache_root, prebuilt.cache_key(other, "flash-attn", "2.7.4", "TORCH_CUDA_ARCH_LIST=8.0"), wheel,
-                other.torch.built_with())
-    assert prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], other, ENV)[0].how == SOURCE
+    wheel_cache.store(other.cache_root, wheel_choice.cache_key(other, "flash-attn", "2.7.4", "TORCH_CUDA_ARCH_LIST=8.0"), wheel,
+                      other.torch.built_with())
+    assert wheel_choice.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], other, ENV)[0].how == SOURCE
     newer = replace(ctx, torch=TorchInfo("2.6.0+cu124", cuda="12.4", cxx11abi=False))
-    assert prebuilt.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], newer, ENV)[0].how == SOURCE
+    assert wheel_choice.resolve([BuildStep("flash-attn", "flash-attn", version="2.7.4")], newer, ENV)[0].how == SOURCE
 
 
 # -- how the build phase prints ----------------------------------------------------------------------
@@ -423,11 +427,11 @@ def test_a_phase_without_steps_prints_as_before():
 # -- the wheel cache ------------------------------------------------------------------------------------
 
 
-def _key(**kw) -> cache.Key:
+def _key(**kw) -> wheel_cache.Key:
     base = dict(name="flash-attn", version="2.7.4", torch="2.5.1+cu124", backend="cuda12.4", cxx11abi=False,
                 python="cp311", platform=LINUX, arch="TORCH_CUDA_ARCH_LIST=8.0")
     base.update(kw)
-    return cache.Key(**base)
+    return wheel_cache.Key(**base)
 
 
 def test_cache_root_follows_the_platform_convention(monkeypatch):
@@ -443,31 +447,31 @@ def test_cache_store_lookup_list_clear(tmp_path):
     wheel = tmp_path / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"x" * 10)
     root = tmp_path / "cache"
-    entry = cache.store(root, _key(), wheel, cache.built_with(_key()))
+    entry = wheel_cache.store(root, _key(), wheel, wheel_cache.built_with(_key()))
     assert entry.wheel.read_bytes() == b"x" * 10 and entry.size == 10
-    assert cache.store(root, _key(), wheel, cache.built_with(_key())) == entry  # storing again keeps the one entry
-    assert cache.lookup(root, _key()) == entry
-    assert cache.lookup(root, _key(python="cp312")) is None
-    assert cache.lookup(root, _key(cxx11abi=True)) is None
+    assert wheel_cache.store(root, _key(), wheel, wheel_cache.built_with(_key())) == entry  # storing again keeps the one entry
+    assert wheel_cache.lookup(root, _key()) == entry
+    assert wheel_cache.lookup(root, _key(python="cp312")) is None
+    assert wheel_cache.lookup(root, _key(cxx11abi=True)) is None
     other = tmp_path / "mamba_ssm-2.2.4-cp311-cp311-linux_x86_64.whl"
     other.write_bytes(b"m")
-    cache.store(root, _key(name="mamba-ssm", version="2.2.4"), other, cache.built_with(_key()))
-    assert [e.key.name for e in cache.entries(root)] == ["flash-attn", "mamba-ssm"]
-    assert [e.key.name for e in cache.entries(root, ["Mamba_SSM"])] == ["mamba-ssm"]
-    assert [e.key.name for e in cache.clear(root, ["mamba-ssm"])] == ["mamba-ssm"]
+    wheel_cache.store(root, _key(name="mamba-ssm", version="2.2.4"), other, wheel_cache.built_with(_key()))
+    assert [e.key.name for e in wheel_cache.entries(root)] == ["flash-attn", "mamba-ssm"]
+    assert [e.key.name for e in wheel_cache.entries(root, ["Mamba_SSM"])] == ["mamba-ssm"]
+    assert [e.key.name for e in wheel_cache.clear(root, ["mamba-ssm"])] == ["mamba-ssm"]
     assert not (root / "mamba-ssm").exists()
-    assert len(cache.clear(root)) == 1 and cache.entries(root) == []
+    assert len(wheel_cache.clear(root)) == 1 and wheel_cache.entries(root) == []
 
 
 def test_a_broken_entry_is_ignored_and_replaced(tmp_path):
     wheel = tmp_path / "flash_attn-2.7.4-py3-none-any.whl"
     wheel.write_bytes(b"w")
     root = tmp_path / "cache"
-    broken = cache.entry_dir(root, _key())
+    broken = wheel_cache.entry_dir(root, _key())
     broken.mkdir(parents=True)
     (broken / "key.json").write_text("{not json")
-    assert cache.lookup(root, _key()) is None and cache.entries(root) == []
-    assert cache.store(root, _key(), wheel, cache.built_with(_key())).wheel.parent == broken
+    assert wheel_cache.lookup(root, _key()) is None and wheel_cache.entries(root) == []
+    assert wheel_cache.store(root, _key(), wheel, wheel_cache.built_with(_key())).wheel.parent == broken
 
 
 def test_only_an_entry_proven_to_belong_to_the_torch_of_its_key_is_used(tmp_path):
@@ -475,19 +479,19 @@ def test_only_an_entry_proven_to_belong_to_the_torch_of_its_key_is_used(tmp_path
     wheel.write_bytes(b"w")
     root = tmp_path / "cache"
     # A wheel that came from another torch (pip's cache handed back an old build) is refused.
-    with pytest.raises(cache.NotProven):
-        cache.store(root, _key(), wheel, {**cache.built_with(_key()), "torch": "2.4.1+cu124"})
-    assert cache.entries(root) == []
-    entry = cache.store(root, _key(), wheel, cache.built_with(_key()))
-    assert entry.proven and cache.lookup(root, _key()) == entry
+    with pytest.raises(wheel_cache.NotProven):
+        wheel_cache.store(root, _key(), wheel, {**wheel_cache.built_with(_key()), "torch": "2.4.1+cu124"})
+    assert wheel_cache.entries(root) == []
+    entry = wheel_cache.store(root, _key(), wheel, wheel_cache.built_with(_key()))
+    assert entry.proven and wheel_cache.lookup(root, _key()) == entry
     # An entry without the record of the torch its build saw (an older backendpick) is not used.
-    record = entry.directory / cache.KEY_FILE
+    record = entry.directory / wheel_cache.KEY_FILE
     data = json.loads(record.read_text())
     del data["built_with"]
     record.write_text(json.dumps(data))
-    assert cache.lookup(root, _key()) is None
-    assert cache.newest(root, _key(), SpecifierSet(">=2")) is None
-    assert cache.store(root, _key(), wheel, cache.built_with(_key())).proven  # replaced by a proven one
+    assert wheel_cache.lookup(root, _key()) is None
+    assert wheel_cache.newest(root, _key(), SpecifierSet(">=2")) is None
+    assert wheel_cache.store(root, _key(), wheel, wheel_cache.built_with(_key())).proven  # replaced by a proven one
 
 
 def test_cache_write_failure_is_an_oserror(tmp_path):
@@ -496,7 +500,7 @@ def test_cache_write_failure_is_an_oserror(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("file")
     with pytest.raises(OSError):
-        cache.store(blocker / "cache", _key(), wheel, cache.built_with(_key()))
+        wheel_cache.store(blocker / "cache", _key(), wheel, wheel_cache.built_with(_key()))
 
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -553,8 +557,8 @@ def test_plain_http_prebuilt_is_fine_on_localhost_and_trusted_hosts(tmp_path):
 
 
 def _plan(tmp_path: Path, reqs: tuple[str, ...], *, backend_runs: bool):
-    from backendpick.backend import Backend
-    from backendpick.plan import BACKEND, BUILD, Plan
+    from backendpick.model.backend import Backend
+    from backendpick.model.plan import BACKEND, BUILD, Plan
 
     head = ("/venv/bin/python", "-m", "pip", "install", "--no-build-isolation", "-c", str(tmp_path / "c.txt"))
     phases = [Phase(BACKEND, ("torch",), ("pip", "install", "torch"), skip=None if backend_runs else "installed"),
@@ -563,19 +567,19 @@ def _plan(tmp_path: Path, reqs: tuple[str, ...], *, backend_runs: bool):
 
 
 def _attach(tmp_path, monkeypatch, plan, tool_text="", installed=()):
-    from backendpick.hardware import Hardware
-    from backendpick.target import Installed
+    from backendpick.model.environment import Installed
+    from backendpick.model.hardware import Hardware
 
     _offline(monkeypatch)
-    monkeypatch.setattr("backendpick.index.IndexClient.project",
+    monkeypatch.setattr("backendpick.indexes.client.IndexClient.project",
                         lambda self, url, name: [FileLink(f"{name.replace('-', '_')}-2.7.4.tar.gz", "u")])
-    monkeypatch.setattr(prebuilt.buildenv, "torch_info", lambda python: CU124)
+    monkeypatch.setattr(wheel_choice.installed_torch, "torch_info", lambda python: CU124)
     (tmp_path / "pyproject.toml").write_text(f"[tool.backendpick]\n{tool_text}\n")
     settings = config.load(facts_mod.load(), project_dir=tmp_path, env={})
     target = _target(installed={n: Installed(n, "2.5.1+cu124") for n in installed})
     env = {"BACKENDPICK_CACHE_DIR": str(tmp_path / "cache"), "BACKENDPICK_PROBE_ROOT": str(tmp_path / "root"),
            "PATH": str(tmp_path / "nothing")}
-    return prebuilt.attach(plan, settings=settings, target=target, hardware=Hardware(), pip_config=PipConfig(), env=env)
+    return wheel_choice.attach(plan, settings=settings, target=target, hardware=Hardware(), pip_config=PipConfig(), env=env)
 
 
 def test_attach_chooses_later_while_the_backend_phase_changes_torch(tmp_path, monkeypatch):

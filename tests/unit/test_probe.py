@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from backendpick import facts as facts_mod
-from backendpick.hardware import AMD, APPLE, INTEL, NVIDIA
-from backendpick.probe import DEFAULT_TIMEOUT, ProbeSettings, probe
+from backendpick.knowledge import facts as facts_mod
+from backendpick.machine.probe import DEFAULT_TIMEOUT, ProbeSettings, probe
+from backendpick.model.hardware import AMD, APPLE, INTEL, NVIDIA
 from tests.support.fakehw import SCENARIOS, FakeMachine, wait_gone
 
 pytestmark = pytest.mark.allow_subprocess
@@ -263,7 +263,7 @@ def test_binary_query_output_is_a_warning(tmp_path):
 
 
 def test_carriage_return_in_query_output_is_a_warning_not_a_crash(tmp_path):
-    """BUG: ``_csv.Error`` escapes ``parse.smi_query``; probe() must never raise."""
+    """BUG: ``_csv.Error`` escapes ``tool_output.smi_query``; probe() must never raise."""
     m = FakeMachine(tmp_path).driver("550.54.14").nvidia_smi(query="0, Tesla T4\r, 525.147.05, 7.5, GPU-1, 15360\n")
     hw = run_probe(m)
     assert any("does not understand" in w for w in hw.warnings)

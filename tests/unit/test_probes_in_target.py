@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backendpick.probes_in_target import import_check, inspect_env, source, torch_info
+from backendpick.target.probes_in_target import import_check, inspect_env, source, torch_info
 
 PROBES = ("inspect_env", "import_check", "torch_info")
 
@@ -52,7 +52,7 @@ def test_inspect_env_describes_this_interpreter():
 
 
 def test_inspect_env_reads_a_package_file_without_importing_it():
-    assert "def check" in inspect_env.package_file("backendpick", "probes_in_target/import_check.py")
+    assert "def check" in inspect_env.package_file("backendpick", "target/probes_in_target/import_check.py")
     assert inspect_env.package_file("backendpick", "no-such-file") is None
     assert inspect_env.package_file("no_such_package_here", "x.py") is None
 

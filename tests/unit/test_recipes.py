@@ -11,12 +11,16 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from backendpick import config, facts as facts_mod, fingerprint, recipes as rc, routing
-from backendpick.backend import Backend
+from backendpick.checks import fingerprint
 from backendpick.errors import ConfigError, NoBackendError
-from backendpick.index import FileLink, IndexClient, PageNotFound
-from backendpick.pipconf import PipConfig
-from backendpick.target import Installed, Target
+from backendpick.indexes.client import FileLink, IndexClient, PageNotFound
+from backendpick.inputs import config
+from backendpick.inputs.pip_config import PipConfig
+from backendpick.knowledge import facts as facts_mod, recipes as rc
+from backendpick.model import names
+from backendpick.model.backend import Backend
+from backendpick.model.environment import Installed, Target
+from backendpick.planning import routing
 
 FACTS = facts_mod.load()
 PY = Path("/env/bin/python")
@@ -30,7 +34,7 @@ def target(*dists: Installed, files: dict | None = None) -> Target:
         python=PY, prefix=Path("/env"), version=(3, 11, 7), markers=dict(LINUX),
         tags=("cp311-cp311-linux_x86_64", "py3-none-any"), pip_version="24.0",
         purelib=Path("/env/lib/python3.11/site-packages"),
-        installed={config.normalize(d.name): d for d in dists}, is_venv=True, files=dict(files or {}),
+        installed={names.normalize(d.name): d for d in dists}, is_venv=True, files=dict(files or {}),
     )
 
 
@@ -280,15 +284,15 @@ def test_build_and_prebuilt_keys_are_the_build_phase_settings(tmp_path: Path) ->
 
 
 def test_mirrors_apply_to_the_backend_index_and_prebuilt_wheels(tmp_path: Path) -> None:
-    from backendpick import prebuilt
+    from backendpick.build import wheel_choice
 
     s = settings(tmp_path, '[tool.backendpick.mirrors]\n"https://download.pytorch.org/whl/" = "https://m.example/pt/"\n'
                            '"https://github.com/" = "https://m.example/gh/"\n')
     assert s.index_url.value == "https://m.example/pt/{backend}"
-    ctx = prebuilt.BuildContext(project_dir=tmp_path, configured={}, build=s.build, pip_config=PipConfig(), gpu_caps=(),
-                                gpu_archs=(), cache_root=tmp_path, probe_root=tmp_path, python_tag="cp311",
-                                platform="linux_x86_64", target_bin=tmp_path, staging=tmp_path, head=(),
-                                mirrors=s.mirrors)
+    ctx = wheel_choice.BuildContext(project_dir=tmp_path, configured={}, build=s.build, pip_config=PipConfig(), gpu_caps=(),
+                                    gpu_archs=(), cache_root=tmp_path, probe_root=tmp_path, python_tag="cp311",
+                                    platform="linux_x86_64", target_bin=tmp_path, staging=tmp_path, head=(),
+                                    mirrors=s.mirrors)
     [source] = ctx.sources_for("flash-attn")
     assert source.url.startswith("https://m.example/gh/Dao-AILab/flash-attention/releases/download/")
 

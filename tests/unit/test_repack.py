@@ -1,5 +1,5 @@
-"""RECORD read and checked (distfiles.py), and a wheel made back from an installed distribution
-(repack.py): its files are the installed ones, byte for byte, under a RECORD of its own; what
+"""RECORD read and checked (target/distfiles.py), and a wheel made back from an installed distribution
+(state/repack.py): its files are the installed ones, byte for byte, under a RECORD of its own; what
 the installer makes again is left out; what cannot be repacked says why.
 
 The installed distributions here are laid out as pip lays them out (files, then INSTALLER,
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import distfiles, repack
+from backendpick.state import repack
+from backendpick.target import distfiles
 from tests.support.dists import make_wheel
 from tests.support.installed import TAG, Installed, record_hash as _hash
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import target as target_mod
-from backendpick.probes_in_target import inspect_env
+from backendpick.model import environment
+from backendpick.target import inspection as target_mod
+from backendpick.target.probes_in_target import inspect_env
 
 
 def _by_importlib(paths: list[str]) -> dict:
@@ -98,10 +99,10 @@ def test_pth_paths_reads_folders_as_site_does(tmp_path: Path):
     assert inspect_env.pth_paths([str(site), str(tmp_path / "no-site")]) == [str(tmp_path / "src"), str(site / "local")]
 
 
-def _target(site: Path, **kw) -> target_mod.Target:
-    return target_mod.Target(python=Path("/nonexistent/python"), prefix=site.parent, version=(3, 11, 7), markers={},
-                             tags=(), pip_version=None, purelib=site, path=("/nonexistent/lib", str(site)),
-                             site_dirs=(str(site),), **kw)
+def _target(site: Path, **kw) -> environment.Target:
+    return environment.Target(python=Path("/nonexistent/python"), prefix=site.parent, version=(3, 11, 7), markers={},
+                              tags=(), pip_version=None, purelib=site, path=("/nonexistent/lib", str(site)),
+                              site_dirs=(str(site),), **kw)
 
 
 def test_rescan_sees_what_an_install_changed(site: Path, tmp_path: Path, monkeypatch):
@@ -129,4 +130,4 @@ def test_rescan_falls_back_to_the_target_when_a_package_is_not_in_a_folder(site:
     monkeypatch.setattr(target_mod, "inspect", lambda python, **k: asked.append(python) or "inspected")
     before = _target(site)
     assert target_mod.rescan(before) == "inspected" and asked == [before.python]
-    assert target_mod.rescan(target_mod.Target(**{**before.__dict__, "path": ()})) == "inspected"
+    assert target_mod.rescan(environment.Target(**{**before.__dict__, "path": ()})) == "inspected"

@@ -1,12 +1,12 @@
-"""The plan's one resolution (resolve.py): routing pip's dry-run report, or its failure, into
+"""The plan's one resolution (selection/resolve.py): routing pip's dry-run report, or its failure, into
 phases; the command; what is never handed to pip. Pure (unit tests start no subprocess)."""
 
 from __future__ import annotations
 
 from packaging.requirements import Requirement
 
-from backendpick import resolve
-from backendpick.resolve import Resolution, parse_report
+from backendpick.selection import resolve
+from backendpick.selection.resolve import Resolution, parse_report
 
 FAMILY = ("torch", "torchvision", "xformers")
 BUILD = ("flash-attn", "mamba-ssm")

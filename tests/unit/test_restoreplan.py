@@ -1,4 +1,4 @@
-"""The phases back to a snapshot (restoreplan.py), without running them: where each distribution
+"""The phases back to a snapshot (state/restore_plan.py), without running them: where each distribution
 comes from, what is removed first, what a killed pip left; and the metadata put back after."""
 
 from __future__ import annotations
@@ -6,18 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backendpick import distfiles, history, keep, restoreplan
-from backendpick.target import Installed as Entry
+from backendpick.model.environment import Installed as Entry
+from backendpick.state import kept_copies, restore_plan, snapshots
+from backendpick.target import distfiles
 from tests.support.installed import Installed, environment
 
 INDEX = "http://index.test/{backend}/simple"
 
 
-def sources(state: Path, **kw) -> restoreplan.Sources:
+def sources(state: Path, **kw) -> restore_plan.Sources:
     defaults = dict(index_template=INDEX, default_index="https://pypi.test/simple",
                     backend_env={"PIP_CONFIG_FILE": os.devnull}, user_env={"PIP_CONSTRAINT": "/etc/ngc.txt", "HOME": "/h"},
                     family=frozenset({"torch", "torchvision"}), build_names=frozenset({"flash-attn"}), state=state)
-    return restoreplan.Sources(**{**defaults, **kw})
+    return restore_plan.Sources(**{**defaults, **kw})
 
 
 def test_each_distribution_comes_back_from_the_best_source(tmp_path: Path):
@@ -27,14 +28,14 @@ def test_each_distribution_comes_back_from_the_best_source(tmp_path: Path):
                       direct_url='{"url": "git+https://github.com/Dao-AILab/flash-attention", "vcs_info": {}}')
     then = environment(tmp_path / "then", ngc.entry(), flash.entry(), Entry("tqdm", "4.0", (), "pip", None, None),
                        Entry("torchvision", "0.20.1+cu124", (), "pip", None, None))
-    snap = history.record(then, state)
-    snap, kept = keep.before_change([restoreplan_remove("torch")], then, snap, state)
+    snap = snapshots.record(then, state)
+    snap, kept = kept_copies.before_change([restoreplan_remove("torch")], then, snap, state)
     # Now: another torch, flash-attn rebuilt at the same version, tqdm gone, einops new.
     cpu = Installed(tmp_path / "now", "torch", "2.7.1+cpu")
     rebuilt = Installed(tmp_path / "now", "flash-attn", "2.6.1", files={"flash_attn/__init__.py": b"built = '2.7'\n"})
     now = environment(tmp_path / "now", cpu.entry(), rebuilt.entry(), Entry("einops", "0.8.0", (), "pip", None, None),
                       Entry("torchvision", "0.22.1+cpu", (), "pip", None, None))
-    plan = restoreplan.plan(snap, now, sources(state), "/bp/python")
+    plan = restore_plan.plan(snap, now, sources(state), "/bp/python")
     names = [p.name for p in plan.phases]
     assert names == ["remove", "restore-kept", "restore-backend", "restore"]
     assert plan.phases[0].requirements == ("einops", "flash-attn", "torch", "torchvision")
@@ -53,11 +54,11 @@ def test_each_distribution_comes_back_from_the_best_source(tmp_path: Path):
                                 "2.4.0a0+f70bd71a48.nv24.6; backendpick does not build it again in pip's isolation)",)
     assert set(plan.restored) == {"torch", "flash-attn", "tqdm", "torchvision"}
     # Same version, other files: not the snapshot's flash-attn.
-    assert "flash-attn 2.6.1: not the files recorded (another build of that version)" in restoreplan.differences(snap, now)
+    assert "flash-attn 2.6.1: not the files recorded (another build of that version)" in restore_plan.differences(snap, now)
 
 
 def restoreplan_remove(*names: str):
-    from backendpick.plan import Phase
+    from backendpick.model.plan import Phase
 
     return Phase("remove", names, ("pip", "uninstall", "-y", *names))
 
@@ -66,14 +67,14 @@ def test_what_a_killed_pip_left_is_cleared_by_backendpick(tmp_path: Path):
     state = tmp_path / "state"
     torch = Installed(tmp_path / "env", "torch", "2.5.1+cu124", direct_url=None)
     env = environment(tmp_path / "env", torch.entry())
-    snap = history.record(env, state)
+    snap = snapshots.record(env, state)
     # pip was killed writing torch 2.7.1: its METADATA there, no RECORD yet; pip refuses to
     # uninstall that, so backendpick removes the folder itself.
     half = Installed(tmp_path / "env2", "torch", "2.7.1+cu128")
     (half.dist_info / "RECORD").unlink()
-    plan = restoreplan.plan(snap, environment(tmp_path / "env2", half.entry()), sources(state), "/bp/python")
+    plan = restore_plan.plan(snap, environment(tmp_path / "env2", half.entry()), sources(state), "/bp/python")
     first = plan.phases[0]
-    assert first.name == restoreplan.INCOMPLETE and first.argv[-1] == str(half.dist_info) and first.argv[0] == "/bp/python"
+    assert first.name == restore_plan.INCOMPLETE and first.argv[-1] == str(half.dist_info) and first.argv[0] == "/bp/python"
     assert [p.name for p in plan.phases[1:]] == ["restore-backend"]  # nothing left for pip to uninstall
     # Its stash of an uninstall (the folder renamed ~orch), once torch is back.
     site = torch.lib
@@ -81,18 +82,18 @@ def test_what_a_killed_pip_left_is_cleared_by_backendpick(tmp_path: Path):
     (site / "~orch-2.5.1+cu124.dist-info").mkdir()
     (site / "~nrelated").mkdir()  # stands for no installed name
     (site / "torch").mkdir(exist_ok=True)
-    assert [p.name for p in restoreplan.pip_stashes(env)] == ["~orch", "~orch-2.5.1+cu124.dist-info"]
+    assert [p.name for p in restore_plan.pip_stashes(env)] == ["~orch", "~orch-2.5.1+cu124.dist-info"]
 
 
 def test_put_back_writes_the_recorded_markers_with_their_record_rows(tmp_path: Path):
     state = tmp_path / "state"
     conda = Installed(tmp_path / "then", "torch", "2.5.1", installer="conda", direct_url=None)
-    snap = history.record(environment(tmp_path / "then", conda.entry()), state)
+    snap = snapshots.record(environment(tmp_path / "then", conda.entry()), state)
     # pip installed it back from the kept copy: pip's INSTALLER, a direct_url.json naming the copy.
     back = Installed(tmp_path / "now", "torch", "2.5.1", direct_url='{"url": "file:///state/kept/x.whl"}')
     (back.dist_info / "REQUESTED").unlink()
     now = environment(tmp_path / "now", back.entry())
-    restoreplan.put_back(snap, now, ["torch"])
+    restore_plan.put_back(snap, now, ["torch"])
     assert (back.dist_info / "INSTALLER").read_text() == "conda\n"
     assert not (back.dist_info / "direct_url.json").exists()
     assert (back.dist_info / "REQUESTED").exists()  # recorded as requested (the helper writes it)
@@ -100,4 +101,4 @@ def test_put_back_writes_the_recorded_markers_with_their_record_rows(tmp_path: P
     assert f"{back.dist_info.name}/direct_url.json" not in rows
     assert rows[f"{back.dist_info.name}/INSTALLER"].size == len("conda\n")
     assert distfiles.damaged(back.dist_info) is None
-    assert history.parse(snap.path).packages["torch"].matches(now.installed["torch"])
+    assert snapshots.parse(snap.path).packages["torch"].matches(now.installed["torch"])

@@ -1,14 +1,15 @@
-"""``select.choose``: a pure function of hand-built hardware, the policy and the offers."""
+"""``backend_choice.choose``: a pure function of hand-built hardware, the policy and the offers."""
 
 from __future__ import annotations
 
 import pytest
 
-from backendpick import facts as facts_mod
-from backendpick.backend import CPU, CUDA, ROCM, XPU, Backend
-from backendpick.facts import dotted, show
-from backendpick.hardware import AMD, APPLE, INTEL, NVIDIA, Accelerator, Hardware
-from backendpick.select import MINOR, STRICT, Decision, Explicit, choose, table_offers
+from backendpick.knowledge import facts as facts_mod
+from backendpick.knowledge.facts import dotted, show
+from backendpick.model.backend import CPU, CUDA, ROCM, XPU, Backend
+from backendpick.model.choice import Decision, Explicit
+from backendpick.model.hardware import AMD, APPLE, INTEL, NVIDIA, Accelerator, Hardware
+from backendpick.selection.backend_choice import MINOR, STRICT, choose, table_offers
 
 FACTS = facts_mod.load()
 OFFERS = table_offers(FACTS)

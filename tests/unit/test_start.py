@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backendpick import start, target
+from backendpick import start
+from backendpick.target import inspection
 
 
 @pytest.mark.parametrize("args", [
@@ -16,7 +17,7 @@ from backendpick import start, target
     ["install", "--python"], ["install", "--python", " "], ["install", "--python="], ["plan", "--python"],
 ])
 def test_no_early_inspection(args, monkeypatch):
-    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("started"))
+    monkeypatch.setattr(inspection, "start_inspect", lambda *a, **k: pytest.fail("started"))
     assert start.early_inspection(args) is None
 
 
@@ -33,8 +34,8 @@ def test_no_early_inspection(args, monkeypatch):
 ])
 def test_early_inspection_of_the_flagged_python(args, python, monkeypatch):
     chosen = []
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: chosen.append(flag) or Path(flag or "/active"))
-    monkeypatch.setattr(target, "start_inspect", lambda p, **k: ("inspection of", p))
+    monkeypatch.setattr(inspection, "choose_python", lambda flag, env=None: chosen.append(flag) or Path(flag or "/active"))
+    monkeypatch.setattr(inspection, "start_inspect", lambda p, **k: ("inspection of", p))
     assert start.early_inspection(args) == ("inspection of", Path(python or "/active"))
     assert chosen == [python]
 
@@ -54,14 +55,14 @@ class _Early:
 
 
 def test_the_cli_uses_the_early_inspection_only_for_its_own_choice(monkeypatch):
-    monkeypatch.setattr(target, "start_inspect", lambda p, **k: ("started", p))
+    monkeypatch.setattr(inspection, "start_inspect", lambda p, **k: ("started", p))
     same = _Early("/venv/bin/python")
-    assert target.reuse_or_start(same, Path("/venv/bin/python")) is same and not same.cancelled
+    assert inspection.reuse_or_start(same, Path("/venv/bin/python")) is same and not same.cancelled
     # e.g. `install -r --python /other/python`: click reads --python as -r's value.
     other = _Early("/other/python")
-    assert target.reuse_or_start(other, Path("/venv/bin/python")) == ("started", Path("/venv/bin/python"))
+    assert inspection.reuse_or_start(other, Path("/venv/bin/python")) == ("started", Path("/venv/bin/python"))
     assert other.cancelled
-    assert target.reuse_or_start(None, Path("/p")) == ("started", Path("/p"))
+    assert inspection.reuse_or_start(None, Path("/p")) == ("started", Path("/p"))
 
 
 
@@ -79,8 +80,8 @@ def _handed(monkeypatch, args, early, module: str, step: str) -> list:
         handed.append(kw["inspection"] if "inspection" in kw else args[0])
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(target, "choose_python", lambda flag, env=None: Path(flag or "/active"))
-    monkeypatch.setattr(target, "start_inspect", lambda *a, **k: pytest.fail("a second inspection was started"))
+    monkeypatch.setattr(inspection, "choose_python", lambda flag, env=None: Path(flag or "/active"))
+    monkeypatch.setattr(inspection, "start_inspect", lambda *a, **k: pytest.fail("a second inspection was started"))
     monkeypatch.setattr(importlib.import_module(module), step, stop)
     with pytest.raises(SystemExit):
         cli.main(args, early_inspection=early)
@@ -92,7 +93,7 @@ def _handed(monkeypatch, args, early, module: str, step: str) -> list:
     (["plan", "--python", "/venv/bin/python", "--format", "sh", "torch"], "backendpick.commands.plan", "prepare"),
     (["install", "--dry-run", "--python", "/venv/bin/python", "torch"], "backendpick.commands.install", "prepare"),
     (["detect", "--python", "/venv/bin/python"], "backendpick.commands.detect", "detect_as_plan"),
-    (["verify", "--python", "/venv/bin/python"], "backendpick.target", "take_or_inspect"),
+    (["verify", "--python", "/venv/bin/python"], "backendpick.target.inspection", "take_or_inspect"),
 ])
 def test_commands_take_the_early_inspection(args, module, step, monkeypatch):
     # plan, --dry-run, detect and verify inspect the target too: the one start.py started is
@@ -122,14 +123,14 @@ def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
         def cancel(self):
             calls.append("cancel")
 
-    monkeypatch.setattr(target, "_parse", lambda python, res: ("target of", python))
-    monkeypatch.setattr(target, "inspect", lambda python, **k: ("inspected now", python))
-    mine = target.Inspection(Path("/venv/bin/python"), FakeStarted())
-    assert target.take_or_inspect(mine, Path("/venv/bin/python")) == ("target of", Path("/venv/bin/python"))
+    monkeypatch.setattr(inspection, "_parse", lambda python, res: ("target of", python))
+    monkeypatch.setattr(inspection, "inspect", lambda python, **k: ("inspected now", python))
+    mine = inspection.Inspection(Path("/venv/bin/python"), FakeStarted())
+    assert inspection.take_or_inspect(mine, Path("/venv/bin/python")) == ("target of", Path("/venv/bin/python"))
     mine.cancel()  # the pipeline cancels what it did not take: nothing once taken
     assert calls == ["result"]
-    other = target.Inspection(Path("/other/python"), FakeStarted())
-    assert target.take_or_inspect(other, Path("/venv/bin/python")) == ("inspected now", Path("/venv/bin/python"))
+    other = inspection.Inspection(Path("/other/python"), FakeStarted())
+    assert inspection.take_or_inspect(other, Path("/venv/bin/python")) == ("inspected now", Path("/venv/bin/python"))
     other.cancel()
     other.cancel()
     assert calls == ["result", "cancel"]

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import config, facts as facts_mod, plan as plan_mod, planner
-from backendpick.backend import Backend
-from backendpick.select import Decision
-from backendpick.target import Installed, Target
+from backendpick.inputs import config
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model import names, plan as plan_mod
+from backendpick.model.backend import Backend
+from backendpick.model.choice import Decision
+from backendpick.model.environment import Installed, Target
+from backendpick.planning import planner
 
 FACTS = facts_mod.load()
 LINUX = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11", "platform_machine": "x86_64"}
@@ -21,7 +24,7 @@ LINUX = {"sys_platform": "linux", "platform_system": "Linux", "python_version": 
 def _plan(tmp_path: Path, reqs, installed, backend="cu124") -> plan_mod.Plan:
     target = Target(python=Path("/env/bin/python"), prefix=Path("/env"), version=(3, 11, 7), markers=LINUX,
                     tags=("py3-none-any",), pip_version="24.0", purelib=Path("/env/lib/python3.11/site-packages"),
-                    installed={config.normalize(d.name): d for d in installed}, is_venv=True)
+                    installed={names.normalize(d.name): d for d in installed}, is_venv=True)
     return planner.make_plan(
         decision=Decision(Backend.parse(backend), "--backend", "chosen by --backend"),
         requirements=[Requirement(r) for r in reqs], settings=config.load(FACTS, project_dir=tmp_path, env={}),
@@ -52,7 +55,7 @@ def test_a_torch_change_removes_and_rebuilds_every_installed_build_package(tmp_p
     assert {"flash-attn", "mamba-ssm"} <= set(phases["remove"].requirements)
     build = phases["build"]
     assert build.skip is None
-    assert {config.normalize(Requirement(r).name) for r in build.requirements} >= {"flash-attn", "mamba-ssm"}
+    assert {names.normalize(Requirement(r).name) for r in build.requirements} >= {"flash-attn", "mamba-ssm"}
     # What the user did not name comes back at the version that was installed.
     assert "mamba-ssm==2.2.4" in build.requirements
     if "flash-attn" in reqs:

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick import facts as facts_mod
-from backendpick import dependencies, verify
-from backendpick.backend import Backend
+from backendpick.checks import dependencies, stack as verify
 from backendpick.commands import verify as verify_cmd
-from backendpick.facts import dotted, show
-from backendpick.hardware import AMD, NVIDIA, Accelerator, Hardware
+from backendpick.edges.runner import Result
+from backendpick.knowledge import facts as facts_mod
+from backendpick.knowledge.facts import dotted, show
+from backendpick.model.backend import Backend
+from backendpick.model.environment import Installed, Target
+from backendpick.model.hardware import AMD, NVIDIA, Accelerator, Hardware
 from backendpick.output import Output
-from backendpick.runner import Result
-from backendpick.target import Installed, Target
+from backendpick.target import installed_torch
 
 FACTS = facts_mod.load()
 FAMILY = set(FACTS.backend_packages)
@@ -86,8 +87,8 @@ def amd_hw(gfx: str = "gfx942") -> Hardware:
     ],
 )
 def test_version_py_assignments(text: str, cuda, hip) -> None:
-    assert verify._assigned(text, "cuda") == cuda
-    assert verify._assigned(text, "hip") == hip
+    assert installed_torch._assigned(text, "cuda") == cuda
+    assert installed_torch._assigned(text, "hip") == hip
 
 
 @pytest.mark.parametrize(
@@ -108,13 +109,13 @@ def test_version_py_assignments(text: str, cuda, hip) -> None:
     ],
 )
 def test_torch_build(version, files, markers, expected) -> None:
-    tb = verify.torch_build(target(dist("torch", version), files=files, markers=markers), FACTS)
+    tb = installed_torch.torch_build(target(dist("torch", version), files=files, markers=markers), FACTS)
     assert (tb.backend.name, tb.cuda, tb.hip) == expected
     assert tb.to_json() == {"version": version, "backend": expected[0], "cuda": expected[1], "hip": expected[2]}
 
 
 def test_no_torch_no_build() -> None:
-    assert verify.torch_build(target(), FACTS) is None
+    assert installed_torch.torch_build(target(), FACTS) is None
 
 
 @pytest.mark.parametrize(
@@ -299,7 +300,7 @@ def test_missing_and_mismatched_requirements() -> None:
 def test_a_requirement_a_recipe_renamed_counts_as_installed() -> None:
     """``cupy`` is installed as cupy-cuda12x (its recipe's name per CUDA major), ``faiss-gpu`` as
     faiss-cpu on the cpu backend: a Dockerfile's ``install && verify`` must pass (issue 18)."""
-    from backendpick import recipes
+    from backendpick.knowledge import recipes
 
     t, _ = torch("2.5.1+cu124")
     tgt = target(t, dist("cupy-cuda12x", "13.3.0", "numpy"), dist("numpy", "1.26.4"), dist("faiss-cpu", "1.9.0"),
@@ -356,7 +357,7 @@ def test_fix_names_only_a_torch_the_backend_index_offers() -> None:
     [p] = verify.stack_problems(tgt, FACTS, None, FAMILY, NBI, python_flag=FLAG, offered=frozenset({"2.5.1", "2.6.0"}))
     assert p.fix == f"backendpick install{FLAG} --backend cpu torch==2.6.0 torchvision"
     # pip check's fixes follow the same rule.
-    tb = verify.torch_build(target(t), FACTS)
+    tb = installed_torch.torch_build(target(t), FACTS)
     fix = dependencies.dependency_fix(FLAG, tb, FAMILY, "xformers", Requirement("torch==2.5.1"), frozenset({"2.5.1"}))
     assert fix == f"backendpick install{FLAG} --backend cpu torch xformers"
 
@@ -446,7 +447,7 @@ def test_pip_check_needs_pip_and_a_failure(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def _settings(tmp_path: Path):
-    from backendpick import config
+    from backendpick.inputs import config
 
     return config.load(FACTS, project_dir=tmp_path, env={})
 
@@ -497,7 +498,7 @@ def test_fix_without_python_flag_has_none(tmp_path: Path) -> None:
 
 
 def _records(**kw):
-    from backendpick.builds import Record
+    from backendpick.state.build_records import Record
 
     base = dict(name="flash-attn", version="2.7.4", torch="2.5.1+cu124", cuda="12.4", hip=None, cxx11abi=False,
                 how="source")
@@ -508,7 +509,7 @@ def _records(**kw):
 def _build_check(records, torch_version="2.5.1+cu124", fa="2.7.4", abi=None):
     t, files = torch(torch_version)
     tgt = target(t, dist("flash-attn", fa, "torch"), files=files)
-    return verify.build_record_problems(tgt, records, verify.torch_build(tgt, FACTS), NBI, FLAG, cxx11abi=abi)
+    return verify.build_record_problems(tgt, records, installed_torch.torch_build(tgt, FACTS), NBI, FLAG, cxx11abi=abi)
 
 
 def test_a_build_recorded_for_the_installed_torch_is_fine():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from backendpick import facts as facts_mod
-from backendpick.backend import Backend
-from backendpick.devices import hide, visible_amd, visible_devices, visible_nvidia
-from backendpick.hardware import AMD, NVIDIA, Accelerator, Hardware
-from backendpick.select import choose, table_offers
+from backendpick.knowledge import facts as facts_mod
+from backendpick.machine.visible_devices import hide, visible_amd, visible_devices, visible_nvidia
+from backendpick.model.backend import Backend
+from backendpick.model.hardware import AMD, NVIDIA, Accelerator, Hardware
+from backendpick.selection.backend_choice import choose, table_offers
 
 UUIDS = ["GPU-41ac5863-a62d-10aa-ed8a-ce2060ca02a6", "GPU-06162320-1d3b-4278-3464-197de5d63b6b",
          "MIG-7d1c2a9e-0000-0000-0000-000000000000"]

@@ -1,0 +1,298 @@
+"""A plan as a plain POSIX shell script of pip commands, for images without backendpick.
+
+The script repeats what ``install`` does between phases: after the backend phase it writes
+the constraints file from what is installed (pins) and what is not (fences), using only the
+target Python's standard library: the rule of planning/constraint_rule.py, its source embedded.
+
+Credentials are never written into it: every URL appears without its user information (a
+``***`` user name would be sent as is and keep pip from reading .netrc), files backendpick
+downloads behind credentials appear as their URL again, and the header names the hosts that
+want credentials and how to give them: ``.netrc`` (or the file ``NETRC`` names), which pip and
+uv both read, mounted as a build secret in a Dockerfile (examples/Dockerfile).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import shlex
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from backendpick import __version__
+from backendpick.edges import durable
+from backendpick.execute.engines import UV, UV_SOURCE_VARS
+from backendpick.indexes.credentials import has_credentials
+from backendpick.inputs import pip_config
+from backendpick.inputs.pip_config import SOURCE_KEYS, pins_value
+from backendpick.model.plan import BACKEND, BUILD_REQS, REMOVE, Phase, Plan
+from backendpick.planning import constraint_rule as constraints_mod
+from backendpick.redaction import redact, strip
+from backendpick.state import environment_pins
+from backendpick.state.environment_pins import PINS_NAME, merge_conf, write_atomic
+
+# Variables that name package sources: the backend phase runs without any of them.
+_SOURCE_VARS = tuple(sorted("PIP_" + k.upper().replace("-", "_") for k in SOURCE_KEYS))
+
+# The backend phase runs with PIP_CONFIG_FILE=/dev/null (no extra index or find-links of the
+# machine that runs the script can supply torch); a script prints ``export PIP_X=...`` lines that
+# give it back every other setting of that machine's pip configuration (cert, proxy, timeout,
+# trusted-host...), as install does. A variable already set wins, as it does for pip.
+def pip_settings_exports(config_list: str, source: Iterable[str], environ: Mapping[str, str]) -> list:
+    """``export PIP_X=...`` lines for the settings in ``pip config list`` output (``install``
+    over ``global``), leaving out the package sources, variables already set and PIP_CONFIG_FILE.
+    Runs in the target Python too (its source is embedded in the script): standard library only."""
+    values = {}
+    for section in ("global", "install"):
+        for line in config_list.splitlines():
+            key, sep, raw = line.partition("=")
+            where, _, name = key.partition(".")
+            if not sep or where != section:
+                continue
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                continue
+            values[name] = " ".join(str(value).split())
+    out = []
+    for name, value in sorted(values.items()):
+        var = "PIP_" + name.upper().replace("-", "_")
+        if var not in source and var not in environ and var != "PIP_CONFIG_FILE":
+            out.append("export %s=%s" % (var, shlex.quote(value)))
+    return out
+
+
+_PIP_SETTINGS_MAIN = '''
+res = subprocess.run([sys.executable, "-m", "pip", "config", "list"], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, universal_newlines=True)
+for line in pip_settings_exports(res.stdout, set(sys.argv[1:]), os.environ):
+    print(line)
+'''
+
+
+def pip_settings_script() -> str:
+    """``pip_settings_exports`` as a standalone script for the target Python: argv names the
+    source variables to leave out."""
+    return "\n".join(["from __future__ import annotations", "import ast, os, shlex, subprocess, sys", "", "",
+                      inspect.getsource(pip_settings_exports), _PIP_SETTINGS_MAIN])
+
+
+def pin_stack(names: Iterable[str], backend: str, prefix: Path) -> str | None:
+    """Pin the installed ``names`` in the environment at ``prefix`` (its own pip.conf and pins
+    file), as install does; the message to show, None without a torch to pin. Runs in the target
+    Python (the shell export embeds its source next to envpins')."""
+    lines = []
+    for name in sorted(set(names)):
+        try:
+            lines.append("%s==%s" % (metadata.metadata(name)["Name"], metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            pass
+    if not any(line.lower().startswith("torch==") for line in lines):
+        return None
+    pins = prefix / PINS_NAME
+    head = ["# Written by a script that backendpick generated (plan --format sh): the GPU stack of this environment (%s)." % backend,
+            "# A plain pip cannot replace torch or a companion; to change the stack: backendpick install.",
+            "# uv: UV_CONSTRAINT=<this file>."]
+    write_atomic(pins, "\n".join(head + lines) + "\n")
+    conf = prefix / ("pip.ini" if os.name == "nt" else "pip.conf")
+    old = conf.read_text() if conf.exists() else ""
+    new = merge_conf(old, pins_value(pins))
+    if new != old:
+        write_atomic(conf, new)
+    return "pinned the stack in %s (%s)" % (conf, pins)
+
+
+_PIN_MAIN = '''
+message = pin_stack(sys.argv[1].split(), sys.argv[2], Path(sys.prefix))
+if message:
+    print(message, file=sys.stderr)
+'''
+
+
+def _pin_script() -> str:
+    """The environment pins (state/environment_pins.py) as a standalone script for the target Python: the same
+    pip.conf merge, sources taken from envpins itself so the two cannot drift."""
+    parts = ["from __future__ import annotations", "import os, sys, time",
+             "from importlib import metadata", "from pathlib import Path",
+             f"PINS_NAME = {environment_pins.PINS_NAME!r}", f"REPLACED = {environment_pins.REPLACED!r}",
+             f"OWN = {environment_pins.OWN!r}", f"SECTIONS = {environment_pins.SECTIONS!r}",
+             f"CONF_HEADER = {environment_pins.CONF_HEADER!r}"]
+    # environment_pins.write_atomic calls durable.write_atomic: the script gets that one under the same name.
+    parts += ["import types", inspect.getsource(durable._create_beside), inspect.getsource(durable.write_atomic),
+              "durable = types.SimpleNamespace(write_atomic=write_atomic)"]
+    parts.append(f"_PLAIN = frozenset({''.join(sorted(pip_config._PLAIN))!r})")
+    for fn in (pip_config.section_of, pip_config.key_of, pip_config.conf_entries, pip_config.pins_value,
+               environment_pins.unmerge_conf, environment_pins.merge_conf, environment_pins.write_atomic, pin_stack):
+        parts.append(inspect.getsource(fn))
+    parts.append(_PIN_MAIN)
+    return "\n".join(parts)
+
+
+def to_shell(plan: Plan) -> str:
+    """The plan as a POSIX shell script: the header, one block per phase, then the stack's pins."""
+    python = str(plan.python)
+    uv = plan.installer == UV
+    uv_exe = next((p.argv[0] for p in plan.phases if p.name != REMOVE), None) if uv else None
+    out = _header(plan, python, uv)
+    wrote_constraints = False
+    for phase in plan.phases:
+        if phase.name == REMOVE:
+            continue  # specific to the environment the plan was made for
+        out.append("")
+        out.append(f"# phase {phase.name}")
+        if phase.name == BACKEND and plan.offers_source == "installed":
+            # The installed torch no index serves stays (selection/stays.py): there is no index to ask.
+            out.append(f"# skipped: {phase.skip}")
+            continue
+        if phase.name != BACKEND and not wrote_constraints:
+            out.append(_constraints_line(plan))
+            wrote_constraints = True
+        if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
+            # The user's constraints (pip config, -c files) hold in the backend phase too.
+            out.append('BACKEND_CONSTRAINTS="${BACKENDPICK_BACKEND_CONSTRAINTS:-/tmp/backendpick-backend-constraints.txt}"')
+            out.append("cat > \"$BACKEND_CONSTRAINTS\" <<'BACKENDPICK_EOF'")
+            out += [strip(c) for c in plan.backend_constraints]
+            out.append("BACKENDPICK_EOF")
+        out += _phase_lines(plan, phase, _words(plan, phase, python, uv_exe), uv)
+    if plan.pin_environment and plan.phases:
+        # As install does: the stack's pins outlive the script (a later plain pip cannot swap it).
+        names = " ".join(sorted(set(plan.backend_names) | set(plan.build_names)))
+        out += ["", "# pin the stack in the environment's own pip.conf (pin-environment = false skips this)",
+                f'"$PY" -c {shlex.quote(_pin_script())} {shlex.quote(names)} {shlex.quote(str(plan.backend))}']
+    return "\n".join(out) + "\n"
+
+
+def _header(plan: Plan, python: str, uv: bool) -> list[str]:
+    """The script's opening lines: the interpreter, the constraints file, uv, the routes."""
+    out = [
+        "#!/bin/sh",
+        f"# Generated by backendpick {__version__}: backend {plan.backend} ({plan.decided_by}: {plan.reason})",
+        "# The same pip phases as `backendpick install`; set PYTHON to the interpreter to install into.",
+        "set -eu",
+        f'PY="${{PYTHON:-{python}}}"',
+        "# The constraints file: BACKENDPICK_CONSTRAINTS, else a new private temporary file.",
+        'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-}"',
+        'if [ -z "$CONSTRAINTS" ]; then',
+        # mktemp's template: eight X characters it replaces with random ones.
+        '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.' + "X" * 8 + '")"',
+        "  trap 'rm -f \"$CONSTRAINTS\"' EXIT",
+        "fi",
+    ]
+    if uv:
+        out.append("# uv reads no pip.conf: the package sources of this machine's pip configuration are on each command.")
+        out.append('UV="${UV:-uv}"')
+    out += _credentials_note(plan)
+    for route in plan.routes:
+        out.append(f"# {strip(route.line())}")
+    return out
+
+
+def credential_hosts(plan: Plan) -> list[str]:
+    """The hosts whose credentials the plan's commands would use, which the script leaves out:
+    URLs holding them (moved into a phase's environment), uv's named indexes given credentials,
+    and files backendpick downloads behind them."""
+    from urllib.parse import urlsplit
+
+    wanted = [plan.index_url] if has_credentials(plan.index_url) else []
+    for phase in plan.phases:
+        wanted += [u for value in phase.env.values() for u in value.replace(",", " ").split() if has_credentials(u)]
+        words = [w.rpartition(" @ ")[2] for w in (*phase.argv, *phase.base_argv) if "://" in w]
+        wanted += [w.partition("=")[2] if "=" in w.split("://", 1)[0] else w for w in words if has_credentials(w)]
+        wanted += [url for url, _path in phase.downloads]
+        wanted += [s.wheel for s in phase.steps if s.fetched and s.wheel]
+        named = {k[len("UV_INDEX_"):].rsplit("_", 1)[0] for k in phase.env if k.startswith("UV_INDEX_")}
+        for word in phase.argv:
+            name, eq, url = word.partition("=")
+            if eq and "://" in url and name.upper().replace("-", "_").replace(".", "_") in named:
+                wanted.append(url)
+    hosts: list[str] = list(plan.credential_hosts)
+    for url in wanted:
+        host = urlsplit(url).hostname
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _credentials_note(plan: Plan) -> list[str]:
+    hosts = credential_hosts(plan)
+    if not hosts:
+        return []
+    first = hosts[0]
+    return [
+        f"# Credentials are not written into this script. {', '.join(hosts)} want them: put them in ~/.netrc",
+        "# (or the file the NETRC variable names), which pip and uv read, one line per host:",
+        f"#   machine {first} login USER password SECRET",
+        "# In a Docker build, mount that file as a secret, so no layer keeps it (see examples/Dockerfile):",
+        "#   RUN --mount=type=secret,id=netrc,target=/root/.netrc sh install.sh",
+    ]
+
+
+def _constraints_line(plan: Plan) -> str:
+    """The command that writes the constraints file after the backend phase (planning/constraint_rule.py's rule)."""
+    building_names = " ".join(sorted(plan.building))
+    args = [shlex.quote(" ".join(plan.backend_names)), shlex.quote(" ".join(plan.build_names)),
+            shlex.quote(building_names), *(shlex.quote(c) for c in plan.user_constraints)]
+    return f'"$PY" -c {shlex.quote(constraints_mod.script())} "$CONSTRAINTS" {" ".join(args)}'
+
+
+def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[str]:
+    """The phase's command as shell words, the interpreter, uv and the constraints files as variables."""
+    constraints = str(plan.constraints_path)
+    words = []
+    argv = list(phase.plain_argv or phase.base_argv or phase.argv)
+    # Files backendpick would download first are named by their URL: the script's pip or uv
+    # fetches them (with the credentials of .netrc).
+    back = {Path(path).as_uri(): url for p in plan.phases for url, path in p.downloads}
+    back.update({path: url for p in plan.phases for url, path in p.downloads})
+    argv = [_unfetched(a, back) for a in argv]
+    if phase.name == BUILD_REQS and "--target" in argv:
+        # The script's build phase is one plain ``pip install --no-build-isolation``, which
+        # needs its build requirements in the environment (install keeps them apart).
+        at = argv.index("--target")
+        del argv[at:at + 3]
+    # The plain commands: wheels in this machine's cache or build folders are not in the image.
+    for a in argv:
+        if a == python:
+            words.append('"$PY"')
+        elif uv_exe is not None and a == uv_exe:
+            words.append('"$UV"')
+        elif a == constraints or (plan.build_constraints_path is not None and a == str(plan.build_constraints_path)):
+            # The script's build requirements go into the environment, after the backend
+            # phase: the stack's own constraints hold for them as for the build.
+            words.append('"$CONSTRAINTS"')
+        elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
+            words.append('"$BACKEND_CONSTRAINTS"')
+        else:
+            words.append(shlex.quote(strip(a)))
+    return words
+
+
+def _unfetched(word: str, back: Mapping[str, str]) -> str:
+    for local, url in back.items():
+        if local in word:
+            return word.replace(local, url)
+    return word
+
+
+def _phase_lines(plan: Plan, phase: Phase, words: list[str], uv: bool) -> list[str]:
+    """The lines that run one phase's command, with the environment it runs in."""
+    env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(phase.env.items()) if k == "PIP_CONFIG_FILE"]
+    unset = [f"-u {k}" for k in phase.unset if k in _SOURCE_VARS]
+    if uv:
+        # The plan decides every source: no UV_* variable of the image may add one (uv
+        # reads no pip configuration, so the pip subshell below is not needed).
+        return [" ".join(["env", *[f"-u {k}" for k in UV_SOURCE_VARS]] + words)]
+    if phase.name == BACKEND:
+        # Whatever the image's environment says, the backend phase reads no pip sources
+        # (PIP_CONSTRAINT included: a constraint could pin torch to another build); the
+        # other settings of its pip configuration come back as variables, in a subshell.
+        unset = [f"-u {k}" for k in _SOURCE_VARS]
+        env = ["PIP_CONFIG_FILE=/dev/null"]
+        return ["(",
+                f'  eval "$("$PY" -c {shlex.quote(pip_settings_script())} {" ".join(_SOURCE_VARS)})"',
+                "  " + " ".join(["env", *unset, *env] + words),
+                ")"]
+    prefix = ["env", *unset, *env] if (env or unset) else []
+    return [" ".join(prefix + words)]
