@@ -1,5 +1,7 @@
-"""The package's shape, checked over the source: no import cycle, one subprocess module, one
-printer, commands that do not import each other.
+"""The package's shape, checked over the source: no import cycle, imports that run with the flow
+(a lower layer never imports a higher one), a folder that shows the stages, one subprocess
+module, one printer, one reader of the ``BACKENDPICK_*`` variables, commands that do not import
+each other.
 
 Imports are read from the AST, so ``if TYPE_CHECKING`` imports and imports inside functions
 count too: a cycle hidden in a function is still a cycle a reader has to follow.
@@ -8,7 +10,10 @@ count too: a cycle hidden in a function is still a cycle a reader has to follow.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 
 PACKAGE = Path(__file__).resolve().parents[2] / "backendpick"
@@ -123,7 +128,7 @@ def _uses(tree: ast.Module, module: str) -> bool:
 
 def test_subprocess_only_in_the_runner():
     users = sorted(name for name, tree in _sources().items() if _uses(tree, "subprocess"))
-    assert users == ["backendpick.runner"]
+    assert users == ["backendpick.edges.runner"]
 
 
 def _calls_print(tree: ast.Module) -> bool:
@@ -180,3 +185,134 @@ def test_the_length_check_sees_a_long_function():
 
 def test_no_function_over_80_lines():
     assert _long_functions(_sources()) == []
+
+
+# -- the layers (issue 20): data flows inputs -> machine -> target -> ... -> checks --------------
+
+# Lowest first. A module may import its own layer and any layer below it, never one above. Each
+# subpackage of backendpick/ is a layer of its own; the modules directly in backendpick/ are the
+# foundation (imported by everyone) or the entry (the CLI and the console script).
+LAYERS = (
+    "foundation",  # errors, redaction, envvars, output
+    "model",  # value types: Backend, Hardware, Target, Decision, Plan/Phase, names
+    "knowledge",  # facts and recipes, data/*.toml
+    "edges",  # the one process runner, paths, durable writes, the environment lock
+    "inputs",  # config, settings schema, requirements, pip config
+    "machine",  # probe, vendor tool output, visible devices
+    "target",  # inspection, the installed torch and its origin, probes run in the target
+    "indexes",  # index client, page cache, transport, credentials, fetches
+    "state",  # snapshots, kept copies, last install, environment pins, build records, wheel cache
+    "selection",  # the backend choice, offers, resolution, torch version, what stays
+    "build",  # toolchain, limits, where each build wheel comes from, wheel names and sources
+    "planning",  # pipeline, planner, constraint rule, routing, hashes, request
+    "execute",  # executor, engines, phase logs, build phase, shell export
+    "checks",  # stack checks, dependencies, fingerprints
+    "commands",  # one module per command
+    "entry",  # cli, start, __main__
+)
+FOUNDATION = {"backendpick", "backendpick.errors", "backendpick.redaction", "backendpick.envvars", "backendpick.output"}
+ENTRY = {"backendpick.cli", "backendpick.start", "backendpick.__main__"}
+
+# Imports against the flow that stay until the redesign of issue 20 removes them (items 1 and 3).
+# Each is named with the reason; the list only shrinks.
+AGAINST_THE_FLOW = {
+    # Plans hold pip command lines today: the pipeline asks the chosen engine (pip or uv) to
+    # render each phase's argv. When phases hold intents (issue 20 item 1), the engines render
+    # them in execute and planning needs no engine.
+    ("backendpick.planning.pipeline", "backendpick.execute.engines"),
+    # The pipeline replaces companions that verify's stack checks find broken (built for another
+    # torch or backend). One reading of the installed stack with one set of checks (issue 20 item
+    # 3) puts that reading below planning.
+    ("backendpick.planning.pipeline", "backendpick.checks.stack"),
+}
+
+
+def layer_of(module: str) -> str:
+    if module in FOUNDATION:
+        return "foundation"
+    if module in ENTRY:
+        return "entry"
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        raise AssertionError(f"{module} belongs to no layer: move it into a stage's folder or add it to the foundation")
+    return parts[1]
+
+
+def against_the_flow(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return {(a, b) for a, deps in graph.items() for b in deps if rank[layer_of(b)] > rank[layer_of(a)]}
+
+
+def test_the_direction_check_sees_an_import_against_the_flow():
+    graph = {"backendpick.model.plan": {"backendpick.selection.offers", "backendpick.errors"},
+             "backendpick.planning.planner": {"backendpick.model.plan"}}
+    assert against_the_flow(graph) == {("backendpick.model.plan", "backendpick.selection.offers")}
+
+
+def test_every_module_has_a_layer():
+    for name in import_graph():
+        layer_of(name)  # raises for a module outside the layers
+
+
+def test_lower_layers_never_import_higher_ones():
+    found = against_the_flow(import_graph())
+    new = sorted(found - AGAINST_THE_FLOW)
+    assert not new, "imports against the flow: " + "; ".join(f"{a} -> {b}" for a, b in new)
+    gone = sorted(AGAINST_THE_FLOW - found)
+    assert not gone, "listed exceptions no longer happen, remove them: " + "; ".join(f"{a} -> {b}" for a, b in gone)
+
+
+def test_the_folder_shows_the_stages():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 25, f"{len(top)} modules directly in backendpick/: {top}"
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert set(folders) <= set(LAYERS), folders
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is new in 3.10")
+def test_no_module_is_named_like_the_standard_library():
+    names = {part for name in _sources() for part in name.split(".")[1:]}
+    clashing = sorted(names & set(sys.stdlib_module_names))
+    assert not clashing, clashing
+
+
+def test_init_files_import_nothing_of_backendpick():
+    """Importing a package runs its __init__: they stay empty of imports, so a command loads only
+    the modules it uses (start-up time is measured, bench/README.md)."""
+    sources = _sources()
+    packages = {name: tree for name, tree in sources.items() if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()}
+    heavy = sorted(name for name, tree in packages.items() if _imported(tree, set(sources), name))
+    assert not heavy, heavy
+
+
+def _is_variable(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("BACKENDPICK_")
+
+
+def _variable_reads(tree: ast.Module) -> set[str]:
+    """``BACKENDPICK_*`` names a module reads or defines: ``env.get(NAME)``, ``os.getenv(NAME)``,
+    ``env[NAME]``, ``NAME in env``, ``X = NAME``. (Names inside longer text, a help line or the
+    shell export's script, are no reads.)"""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and _is_variable(node.args[0]) and (
+                isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "getenv", "pop", "setdefault")):
+            found.add(node.args[0].value)
+        elif isinstance(node, ast.Subscript) and _is_variable(node.slice):
+            found.add(node.slice.value)
+        elif isinstance(node, ast.Compare) and _is_variable(node.left) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            found.add(node.left.value)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and _is_variable(node.value):
+            found.add(node.value.value)
+    return found
+
+
+def test_the_variable_check_sees_reads():
+    tree = ast.parse('a = env.get("BACKENDPICK_A")\nb = os.environ["BACKENDPICK_B"]\nc = "BACKENDPICK_C" in env\n'
+                     'D = "BACKENDPICK_D"\nprint("BACKENDPICK_EOF")\nhelp = "set BACKENDPICK_E to x"\n')
+    assert _variable_reads(tree) == {"BACKENDPICK_A", "BACKENDPICK_B", "BACKENDPICK_C", "BACKENDPICK_D"}
+
+
+def test_backendpick_variables_are_read_in_one_module():
+    readers = sorted(name for name, tree in _sources().items() if _variable_reads(tree))
+    assert readers == ["backendpick.envvars"], readers
