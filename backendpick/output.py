@@ -7,7 +7,6 @@ which keeps ``detect`` and ``plan`` quick to start. ``NO_COLOR`` turns colour of
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import IO, Any, Sequence
@@ -60,6 +59,8 @@ class Output:
         self.stderr.flush()
 
     def emit_json(self, obj: Any) -> None:
+        import json  # only --json and plain values with spaces need it: off the start-up path
+
         json.dump(obj, self.stdout, indent=2, sort_keys=False)
         self.stdout.write("\n")
         self.stdout.flush()
@@ -105,6 +106,8 @@ def _plain_value(value: Any) -> str:
     if value is None or value == "":
         return "-"
     text = str(value)
+    import json
+
     return json.dumps(text) if (" " in text or '"' in text) else text
 
 

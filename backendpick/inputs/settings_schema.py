@@ -4,7 +4,6 @@ near-miss). ``config.load`` calls ``validate`` before it reads a single setting.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,6 +48,8 @@ def _known_key(key: str, known: Mapping[str, Any], message: str) -> None:
     """A key must be one of ``known``; a near-miss gets a suggestion."""
     if key in known:
         return
+    import difflib  # only for the mistake, off the start-up path
+
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
     raise ConfigError(message, hint=hint)

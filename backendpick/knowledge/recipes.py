@@ -153,10 +153,10 @@ def parse(package: str, row: Mapping[str, Any], origin: str = "shipped") -> Reci
     """One recipe table; ConfigError naming the key for anything wrong."""
     if not isinstance(row, Mapping):
         raise ConfigError(f"{_where(origin, package)} must be a table")
-    import difflib
-
     for key in row:
         if key not in KEYS:
+            import difflib  # only for the mistake: every start parses the shipped recipes
+
             close = difflib.get_close_matches(key, list(KEYS), n=1)
             raise ConfigError(f"{_where(origin, package)}: unknown key {key!r}",
                               hint=f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}")
