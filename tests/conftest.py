@@ -22,6 +22,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield built
     finally:
         built.close()
+    changed = built.template_changes()
+    # Clones share the template's files as hard links: a test that wrote into one changed them all.
+    assert not changed, f"a test wrote into files of a cloned venv that it did not create: {changed[:10]}"
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.dists import repack_installed
 from tests.support.index import JSON_TYPE, IndexServer
-from tests.support.venvs import installed_versions, venv_python
+from tests.support.venvs import clone_venv, fingerprint, installed_versions, template_changes, venv_python
 from tests.support.world import World
 
 pytestmark = pytest.mark.integration
@@ -246,6 +246,31 @@ def test_clone_is_an_independent_venv(
     assert server.files_downloaded("pypi") == ["tqdm-4.66.0-py3-none-any.whl"]
     # Console scripts point at the clone, not the template.
     assert (venv / "bin" / "pip").read_text().startswith(f"#!{venv}/bin/python")
+    # The clone shares the template's files as hard links: removing a distribution there (pip
+    # moves its files away) leaves the template's copy whole.
+    proc = pip(venv, "uninstall", "-y", "pip", env=env)
+    assert proc.returncode == 0, output(proc)
+    assert "pip" not in installed_versions(venv, env)
+    assert "pip" in installed_versions(world.template_venv, env)
+    assert world.template_changes() == []
+
+
+def test_a_write_into_a_clones_shared_file_is_found(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    (template / "bin").mkdir(parents=True)
+    (template / "bin" / "tool").write_text(f"#!{template}/bin/python\n")
+    (template / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    module = template / "lib" / "site-packages" / "mod.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("VALUE = 1\n")
+    before = fingerprint(template)
+    clone = clone_venv(template, tmp_path / "clone")
+    assert (clone / "bin" / "tool").read_text() == f"#!{clone}/bin/python\n"
+    assert (template / "bin" / "tool").read_text() == f"#!{template}/bin/python\n"
+    assert template_changes(template, before) == []
+    with open(clone / "lib" / "site-packages" / "mod.py", "a") as f:  # in place, through the link
+        f.write("VALUE = 2\n")
+    assert template_changes(template, before) == [os.path.join("lib", "site-packages", "mod.py")]
 
 
 def test_pip_sees_only_the_test_config(world: World, venv: Path) -> None:

@@ -105,10 +105,16 @@ def clone_venv(template: Path, dest: Path) -> Path:
     ``bin/python`` stays a symlink to the base interpreter; Python finds
     ``pyvenv.cfg`` next to the unresolved executable path, so the copy is a
     venv of its own. Script shebangs and activate files hard-code the template
-    path, so they are rewritten.
+    path, so they are rewritten (as new files).
+
+    The other files are hard links to the template's (a copy where the filesystem refuses): a
+    clone takes 0.03 s instead of 0.2, and the suite makes about 150. pip never writes into an
+    installed file (it installs new files and moves old ones away), nor does Python (bytecode is
+    written to a new file, then renamed), so a clone's changes stay its own. A test must not
+    write into a file it did not create inside a venv; ``template_changes`` finds one that did.
     """
     template, dest = Path(template), Path(dest)
-    shutil.copytree(template, dest, symlinks=True)
+    shutil.copytree(template, dest, symlinks=True, copy_function=_link_or_copy)
     old, new = str(template), str(dest)
     for file in [*_scripts_dir(dest).iterdir(), dest / "pyvenv.cfg"]:
         if file.is_symlink() or not file.is_file():
@@ -118,8 +124,36 @@ def clone_venv(template: Path, dest: Path) -> Path:
         except UnicodeDecodeError:
             continue  # binary launcher (Windows); nothing to rewrite
         if old in text:
+            mode = file.stat().st_mode
+            file.unlink()  # a link to the template's file: write a file of its own
             file.write_text(text.replace(old, new), encoding="utf-8")
+            file.chmod(mode)
     return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def fingerprint(venv: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of each regular file under ``venv``, by relative path."""
+    venv = Path(venv)
+    found = {}
+    for path in venv.rglob("*"):
+        if not path.is_symlink() and path.is_file():
+            stat = path.stat()
+            found[str(path.relative_to(venv))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def template_changes(venv: Path, before: Mapping[str, tuple[int, int]]) -> list[str]:
+    """The files of ``venv`` that differ from ``before`` (its ``fingerprint``): written into through
+    a clone's hard link, or added or removed in the template itself."""
+    now = fingerprint(venv)
+    return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
 
 
 def run_in_venv(

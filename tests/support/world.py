@@ -31,7 +31,9 @@ from .hermetic import subprocess_env
 from .index import IndexServer
 from .venvs import (
     clone_venv,
+    fingerprint,
     make_template_venv,
+    template_changes,
     venv_python,
     write_pip_conf,
 )
@@ -74,6 +76,8 @@ class World:
     pip_conf: Path  # the simulated user config: index-url=pypi, extra-index-url=hostile
     template_venv: Path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build step
+    # The template's files as built: clones share them as hard links (venvs.clone_venv).
+    template_files: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         """Simple-API URL of index ``name``."""
@@ -96,6 +100,10 @@ class World:
     @staticmethod
     def python(venv: Path) -> Path:
         return venv_python(venv)
+
+    def template_changes(self) -> list[str]:
+        """Files of the template venv changed since it was built (through a clone's hard link)."""
+        return template_changes(self.template_venv, self.template_files)
 
     def close(self) -> None:
         self.server.close()
@@ -194,4 +202,5 @@ def build_world(root: Path, *, python: str | Path = sys.executable) -> World:
         pip_conf=pip_conf,
         template_venv=template,
         timings=timings,
+        template_files=fingerprint(template),
     )
