@@ -1,9 +1,10 @@
-"""``backendpick detect`` as users run it: a real subprocess on a fake machine.
+"""``backendpick detect`` as users run it, on a fake machine.
 
 Each run gets the test environment (``tests.support.hermetic.subprocess_env``) on a
 ``FakeMachine`` (fake vendor tools only, probe root under tmp_path, nothing from the real
-environment), goes through the one launcher (``tests.support.lab.launch``) and has a fresh
-working directory.
+environment), goes through the one launcher (``tests.support.lab.launch``: detect runs in the test
+process with that environment, as tests/cli/test_launch_modes.py checks against a process of its
+own) and has a fresh working directory.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The harness: the one launcher of backendpick processes (``launch``/``spawn``), and ``Lab``,
-fake machines plus a hermetic way to run backendpick and pip against the test world.
+"""The harness: the one launcher of backendpick runs (``launch``/``spawn``; the commands that
+change nothing run inside the test process, ``tests.support.inprocess``), and ``Lab``, fake
+machines plus a hermetic way to run backendpick and pip against the test world.
 
 Every environment comes from the one recipe, ``tests.support.hermetic.subprocess_env``;
 ``Lab.env`` adds the simulated user pip.conf (with a hostile extra index), a fake machine
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import inprocess
 from tests.support.dists import make_wheel
 from tests.support.fakehw import FakeMachine
 from tests.support.hermetic import host_bin, subprocess_env
@@ -94,12 +96,29 @@ def argv(*args: str | Path) -> list[str]:
     return [sys.executable, "-c", _LAUNCH.format(root=str(ROOT)), *map(str, args)]
 
 
-def launch(*args: str | Path, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT) -> Result:
-    """Run ``backendpick *args`` to its end: the one launcher every test uses."""
+def launch(*args: str | Path, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT,
+           process: bool | None = None) -> Result:
+    """Run ``backendpick *args`` to its end: the one launcher every test uses.
+
+    The commands that change nothing (``plan``, ``detect``, ``verify``, ``install --dry-run``,
+    ``--help``) run inside the test process, with the environment, working directory and streams
+    a process of their own would have (``tests.support.inprocess``); the others run as a process
+    of their own. ``process``: True for a process of its own whatever the command, False for the
+    test process (an error for a command that cannot run there)."""
+    words = tuple(map(str, args))
+    if process is None:
+        here = inprocess.enabled() and inprocess.possible(words, env)
+    elif not process and not inprocess.possible(words, env):
+        raise ValueError(f"backendpick {' '.join(words)} cannot run inside the test process")
+    else:
+        here = not process
     started = time.perf_counter()
+    if here:
+        code, stdout, stderr = inprocess.run(words, env=env, cwd=Path(cwd), timeout=timeout)
+        return Result(words, code, stdout, stderr, time.perf_counter() - started)
     proc = subprocess.run(argv(*args), env=dict(env), cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout, check=False)
-    return Result(tuple(map(str, args)), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
+    return Result(words, proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
 
 
 def spawn(*args: str | Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
@@ -220,7 +239,7 @@ class Lab:
         timeout: float = TIMEOUT,
         **extra: str,
     ) -> Result:
-        """Run ``backendpick *args`` (this checkout) as its own process."""
+        """Run ``backendpick *args`` (this checkout) through ``launch``."""
         full = env if env is not None else self.env(machine, **extra)
         if "install" in args and "--dry-run" not in args:
             # Never the runner's interpreter: install targets --python or VIRTUAL_ENV only.
