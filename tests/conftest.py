@@ -14,6 +14,15 @@ from tests.support.lab import Lab
 from tests.support.world import World, build_world
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        # Under the README's test command (-n auto --dist loadfile) a worker takes a file at a
+        # time. xdist would hand out the files with the most tests first, which says nothing about
+        # their time: the two-test hostile-machine file, the longest, ran alone at the end. In
+        # collection order the many short unit-test files come last and fill the workers' ends.
+        config.option.loadscopereorder = False
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """Indexes, simulated user pip.conf and template venv, built once per session."""
