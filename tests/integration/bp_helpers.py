@@ -10,6 +10,7 @@ packages some tests need live in private indexes (new directories on the same se
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from tests.support.dists import make_wheel
 from tests.support.fakehw import FakeMachine
 from tests.support.hermetic import subprocess_env
 from tests.support.lab import Result, launch
-from tests.support.venvs import write_pip_conf
+from tests.support.venvs import venv_python, write_pip_conf
 from tests.support.world import World
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,20 @@ def pip(python: Path, *args: str, env: Mapping[str, str], cwd: Path | None = Non
 
 
 def pip_from(world: World, python: Path, *reqs: str | Path, indexes: Iterable[str]) -> None:
-    """``pip install --no-deps`` of exact files or pins found in the named world indexes only."""
+    """``pip install --no-deps`` of exact files or pins found in the named world indexes only.
+
+    Pins (no files) into a fresh clone of the template are installed once a session into a
+    template of their own, which the venv then becomes a clone of (``World.prepare``): several
+    tests start from the same torch."""
+    venv, indexes = Path(python).parent.parent, tuple(indexes)
+    if all(isinstance(r, str) and os.sep not in r for r in reqs) and Path(python) == venv_python(venv) \
+            and world.is_fresh_clone(venv):
+        world.prepare(venv, ("pip_from", reqs, indexes), lambda v: _pip_from(world, venv_python(v), reqs, indexes))
+    else:
+        _pip_from(world, python, reqs, indexes)
+
+
+def _pip_from(world: World, python: Path, reqs: Iterable[str | Path], indexes: Iterable[str]) -> None:
     links: list[str] = []
     for name in indexes:
         links += ["--find-links", str(world.server.index_dir(name))]

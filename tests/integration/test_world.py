@@ -255,6 +255,28 @@ def test_clone_is_an_independent_venv(
     assert world.template_changes() == []
 
 
+def test_a_prepared_venv_holds_what_its_install_would(world: World, tmp_path: Path) -> None:
+    env = world.env()
+    runs = []
+
+    def setup(venv: Path) -> None:
+        runs.append(venv)
+        proc = pip(venv, "install", "--no-deps", "--no-index", "--find-links", str(world.server.index_dir("cpu")),
+                   "torch==2.5.1+cpu", "filelock", env=env)
+        assert proc.returncode == 0, output(proc)
+
+    first, second, direct = (world.new_venv(tmp_path) for _ in range(3))
+    assert world.is_fresh_clone(first)
+    world.prepare(first, "test-world-torch-cpu", setup)
+    world.prepare(second, "test-world-torch-cpu", setup)
+    assert len(runs) == 1 and runs[0] not in (first, second)  # installed once, into a template of its own
+    setup(direct)
+    assert installed_versions(first, env) == installed_versions(second, env) == installed_versions(direct, env)
+    assert installed_versions(first, env)["torch"] == "2.5.1+cpu"
+    assert python(second, "import torch; print(torch.__file__)", env).startswith(str(second))
+    assert not world.is_fresh_clone(first) and world.template_changes() == []
+
+
 def test_a_write_into_a_clones_shared_file_is_found(tmp_path: Path) -> None:
     template = tmp_path / "template"
     (template / "bin").mkdir(parents=True)

@@ -14,8 +14,10 @@ Indexes (all on one local server):
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,8 @@ class World:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build step
     # The template's files as built: clones share them as hard links (venvs.clone_venv).
     template_files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Templates that hold more than pip (``prepare``): key -> (venv, its files as made).
+    prepared: dict[Hashable, tuple[Path, dict[str, tuple[int, int]]]] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         """Simple-API URL of index ``name``."""
@@ -101,9 +105,30 @@ class World:
     def python(venv: Path) -> Path:
         return venv_python(venv)
 
+    def is_fresh_clone(self, venv: Path) -> bool:
+        """Whether ``venv`` holds the template's files and no others: nothing was installed into
+        it or removed since it was cloned."""
+        venv = Path(venv)
+        return (venv / "pyvenv.cfg").is_file() and fingerprint(venv).keys() == self.template_files.keys()
+
+    def prepare(self, venv: Path, key: Hashable, setup: Callable[[Path], None]) -> None:
+        """Make the fresh clone ``venv`` hold what ``setup(venv)`` would install, without running
+        it each time: the first time for ``key`` it runs into a template of its own, then ``venv``
+        becomes a clone of that template (the same files, from the same pip and the same wheels)."""
+        if key not in self.prepared:
+            template = clone_venv(self.template_venv, self.root / "prepared" / f"venv-{len(self.prepared)}")
+            setup(template)
+            self.prepared[key] = (template, fingerprint(template))
+        shutil.rmtree(venv)
+        clone_venv(self.prepared[key][0], venv)
+
     def template_changes(self) -> list[str]:
-        """Files of the template venv changed since it was built (through a clone's hard link)."""
-        return template_changes(self.template_venv, self.template_files)
+        """Files of the templates (the template venv and the ``prepare`` ones) changed since they
+        were made: written into through a clone's hard link."""
+        changed = template_changes(self.template_venv, self.template_files)
+        for template, files in self.prepared.values():
+            changed += [str(template / name) for name in template_changes(template, files)]
+        return changed
 
     def close(self) -> None:
         self.server.close()
