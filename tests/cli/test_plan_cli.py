@@ -36,8 +36,11 @@ def project(tmp_path: Path, text: str) -> Path:
 # -- plan --json ----------------------------------------------------------------------------------
 
 
-def test_plan_json_has_the_documented_shape(lab: Lab, target: str) -> None:
-    plan = plan_json(lab, target, "--backend", "cu124", "torch==2.5.1", "torchvision", "xformers", "flash-attn", "tqdm")
+def test_plan_json_has_the_documented_shape(lab: Lab, target: str, tmp_path: Path) -> None:
+    # A wheel cache of its own: a flash-attn that another test built into the lab's cache would
+    # make the build phase a note instead of a pip command.
+    plan = plan_json(lab, target, "--backend", "cu124", "torch==2.5.1", "torchvision", "xformers", "flash-attn", "tqdm",
+                     BACKENDPICK_CACHE_DIR=str(tmp_path / "wheels"))
     assert {"backend", "reason", "phases", "warnings"} <= set(plan)
     assert plan["backend"] == "cu124"
     assert isinstance(plan["reason"], str) and plan["reason"]
