@@ -79,9 +79,54 @@ def test_the_run_leaves_the_test_process_as_it_found_it(lab: Lab, target: str, t
     res = launch("plan", "--python", target, "torch", env=env, cwd=tmp_path, process=False)
     assert res.returncode == 0, res
     assert dict(os.environ) == environ and os.getcwd() == cwd
-    assert not [t for t in threading.enumerate() if t not in threads and t.is_alive() and "process_request" not in t.name]
+    assert not [t for t in threading.enumerate() if t not in threads and t.is_alive()]
 
 
 def test_a_command_that_is_not_read_only_cannot_be_forced_in_process(lab: Lab, target: str) -> None:
     with pytest.raises(ValueError, match="cannot run inside the test process"):
         launch("install", "--python", target, "tqdm", env=lab.env(), cwd=lab.empty_project, process=False)
+
+
+# -- what a process of its own would have done with a command that misbehaves --------------------
+
+
+def _detect_does(monkeypatch: pytest.MonkeyPatch, action) -> None:
+    from backendpick.commands import detect
+
+    monkeypatch.setattr(detect, "run", lambda *a, **kw: action())
+
+
+def test_an_escaping_exception_is_a_traceback_and_exit_1(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail():
+        raise RuntimeError("a bug")
+
+    _detect_does(monkeypatch, fail)
+    res = launch("detect", "--offline", env=lab.env(), cwd=lab.empty_project, process=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("Traceback (most recent call last):") and res.stderr.endswith("RuntimeError: a bug\n")
+
+
+def test_a_thread_left_running_fails_the_test(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+
+    def leave_a_thread():
+        threading.Thread(target=stop.wait, args=(30,), name="left-behind", daemon=True).start()
+        return 0
+
+    _detect_does(monkeypatch, leave_a_thread)
+    try:
+        with pytest.raises(inprocess.LeakedState, match="left-behind"):
+            launch("detect", "--offline", env=lab.env(), cwd=lab.empty_project, process=False)
+    finally:
+        stop.set()
+
+
+def test_a_run_past_its_timeout_raises_as_subprocess_would(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import time
+
+    _detect_does(monkeypatch, lambda: time.sleep(60))
+    environ, cwd = dict(os.environ), os.getcwd()
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch("detect", "--offline", env=lab.env(), cwd=lab.empty_project, timeout=0.5, process=False)
+    assert dict(os.environ) == environ and os.getcwd() == cwd  # put back on the way out

@@ -72,8 +72,9 @@ def suits(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
 
 
 def possible(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
-    """``suits``, and this is the main thread (the deadline is a SIGALRM)."""
-    return suits(args, env) and threading.current_thread() is threading.main_thread()
+    """``suits``, and this is the main thread of a POSIX process (the deadline is a SIGALRM)."""
+    return (suits(args, env) and hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread())
 
 
 def enabled() -> bool:
@@ -97,12 +98,15 @@ def run(args: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout: floa
 
 
 def _check_nothing_left(args: Sequence[str], threads: set, children: set[int]) -> None:
-    """Threads the run started have ended (a moment's grace for a thread between its last
-    statement and its end) and so have its children. The threads of the test's own index server,
-    which answers this process's requests too, are not the command's."""
-    new = [t for t in threading.enumerate() if t not in threads and "process_request" not in t.name]
+    """The threads the run started have ended, given a moment between their last statement and
+    their end (the test's index server, in this process too, answers each request in a thread of
+    its own), and so have its child processes."""
+    import time
+
+    deadline = time.monotonic() + 2
+    new = [t for t in threading.enumerate() if t not in threads]
     for thread in new:
-        thread.join(timeout=2)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
     left = [t.name for t in new if t.is_alive()]
     left_children = sorted(_children() - children)
     if left or left_children:
@@ -203,7 +207,7 @@ def _deadline(args: Sequence[str], timeout: float) -> Iterator[None]:
         raise subprocess.TimeoutExpired(["backendpick", *args], timeout) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _children() -> set[int]:
