@@ -56,6 +56,7 @@ from backendpick.model.names import normalize
 from backendpick.model.plan import (
     AS_IS,
     BACKEND,
+    BEFORE,
     BUILD,
     BUILD_REQS,
     CACHED,
@@ -149,7 +150,6 @@ class BuildContext:
     platform: str | None
     target_bin: Path
     staging: Path  # where pip wheel writes, inside the environment's state folder
-    head: tuple[str, ...]  # the build phase's pip install argv without requirements
     torch: TorchInfo | None = None  # known once torch is installed and final, or predicted
     # True while ``torch`` is what the backend phase is expected to install: the executor checks
     # it against the installed torch and chooses again when pip resolved another one.
@@ -182,30 +182,6 @@ def cache_key(ctx: BuildContext, name: str, version: str, arch_key: str) -> whee
     )
 
 
-def wheel_argv(ctx: BuildContext, name: str, requirement: str) -> tuple[str, ...]:
-    """``pip wheel`` for one package: the build phase's command with wheel, --no-deps and -w.
-
-    ``--no-cache-dir``: pip caches a wheel it built from an sdist with a known hash (every PyPI
-    sdist) and hands it back on the next build whatever torch is installed now; this build
-    must compile against the torch that is there. ``--no-binary``: a wheel of the package on
-    the index or in a find-links folder is not a build against this torch either. Both only
-    for the build phase: every other pip run keeps the user's cache."""
-    head = list(ctx.head)
-    at = head.index("install")
-    rest = [a for a in head[at + 1:] if a != "--no-cache-dir"]
-    return tuple(head[:at] + ["wheel", "--no-cache-dir"] + rest
-                 + ["--no-binary", name, "--no-deps", "-w", str(ctx.staging / name), requirement])
-
-
-def wheel_command(ctx: BuildContext, name: str, requirement: str) -> tuple[tuple[str, ...], dict]:
-    """``wheel_argv`` with an index URL holding credentials moved to pip's variables, which the
-    build's environment gets (credentials.pip_args)."""
-    from backendpick.indexes.credentials import pip_args, pip_lists
-
-    argv, moved = pip_args(wheel_argv(ctx, name, requirement), pip_lists(ctx.pip_config))
-    return tuple(argv), moved
-
-
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
            env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None,
            client=None) -> Plan:
@@ -222,7 +198,7 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
         return plan
     # The plan's client when given: its pages read once per run, revalidated with --refresh.
     client = client if client is not None else IndexClient(pip_config, env=env)
-    ctx = _context(plan, phase, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
+    ctx = _context(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
     ctx = replace(ctx, client=client)
     index_url = default_index(pip_config, rest_options)
     steps = []
@@ -289,21 +265,18 @@ def _separate_build_requirements(plan: Plan, phases: list[Phase], at: int,
     steps = [replace(s, build_env={**s.build_env, "PYTHONPATH": str(folder)}) if s.how == SOURCE else s
              for s in phases[at].steps]
     phases[at] = replace(phases[at], steps=tuple(steps), context=ctx)
-    reqs = phases[req_at]
     own = paths.build_constraints(ctx.staging.parent)
-    argv = [str(own) if a == str(plan.constraints_path) else a for a in reqs.argv]
-    i = argv.index("install") + 1
-    argv[i:i] = ["--target", str(folder), "--upgrade"]
     building = any(s.how in (PENDING, SOURCE) for s in steps)
     lines = tuple(f"{n}<0" for n in sorted(set(plan.backend_names) | set(plan.build_names))) + plan.user_constraints
-    phases[req_at] = replace(reqs, argv=tuple(argv), constraints=lines, alongside=BACKEND,
+    # --upgrade with the folder: what an earlier install left there is brought up to the request.
+    phases[req_at] = replace(phases[req_at], target_dir=str(folder), upgrade=True, constraints=lines,
+                             constraints_file=str(own), constraints_written=BEFORE, alongside=BACKEND,
                              skip=None if building else "nothing is built from source")
     return phases, ctx, replace(plan, build_constraints_path=own)
 
 
-def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, hardware: Hardware,
+def _context(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware,
              pip_config: PipConfig, env: Mapping[str, str]) -> BuildContext:
-    head = phase.argv[: len(phase.argv) - len(phase.requirements)]
     bin_dir = target.prefix / ("Scripts" if sys.platform == "win32" else "bin")
     return BuildContext(
         project_dir=settings.project_dir,
@@ -318,7 +291,6 @@ def _context(plan: Plan, phase: Phase, *, settings: Settings, target: Target, ha
         platform=platform_tag(target.markers),
         target_bin=bin_dir,
         staging=paths.build_staging(plan.constraints_path.parent),
-        head=tuple(head),
         mirrors=settings.mirrors,
     )
 
@@ -397,8 +369,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
         reasons.append(step.note or "the version is unknown")
 
     build_req = f"{req.name}=={version}" if version else f"{req.name}{req.specifier}"
-    build_argv, build_env = wheel_command(ctx, step.name, build_req)
-    build_env.update(limits.env)
+    build_env = dict(limits.env)
     if ctx.build_path:  # the build requirements, for this build only
         build_env["PYTHONPATH"] = ctx.build_path
     if package.force_build_env and not env.get(package.force_build_env):
@@ -407,7 +378,8 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     what = f"{req.name} {version}" if version else req.name
     return replace(
         step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
-        build_argv=build_argv, build_env=build_env, arch_key=limits.arch_key,
+        build_requirement=build_req, wheel_dir=str(ctx.staging / step.name), build_env=build_env,
+        arch_key=limits.arch_key,
         limits=limits.summary, find_links=str(ctx.staging / step.name) if version else None,
     )
 

@@ -17,7 +17,7 @@ from backendpick.edges import envlock, runner
 from backendpick.edges.paths import logs, state_dir
 from backendpick.edges.runner import stopped
 from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
-from backendpick.execute import executor
+from backendpick.execute import engines, executor
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
 from backendpick.model.names import normalize
@@ -33,8 +33,9 @@ MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 class _Progress:
     """One line per phase in logs; a spinner with elapsed time on a terminal; pip's lines with -v."""
 
-    def __init__(self, out: Output):
+    def __init__(self, out: Output, renderer: engines.Renderer):
         self.out = out
+        self.renderer = renderer
         self.status = None
         self.label = ""
         self.started = 0.0
@@ -52,10 +53,9 @@ class _Progress:
         """A phase started beside the one running (its lines come when it is joined)."""
         self.note(self._described(phase))
 
-    @staticmethod
-    def _described(phase) -> str:
+    def _described(self, phase) -> str:
         # A build phase's command is several lines: comments, pip wheel, pip install.
-        lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in phase.command_line().splitlines()]
+        lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in self.renderer.shown(phase).splitlines()]
         return "\n".join([f"phase {phase.name}: {' '.join(phase.requirements)}", *(f"  {ln}" for ln in lines)])
 
     def note(self, text: str) -> None:
@@ -88,9 +88,10 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
         from backendpick.state import kept_copies
 
         prepared = prepare(req, inspection=inspection)
+        renderer = engines.for_prepared(prepared)
         keeps = kept_copies.preview(prepared.plan.phases, prepared.target, prepared.settings.no_build_isolation)
         if out.json_mode:
-            out.emit_json({"ok": True, **prepared.plan.to_json(), "keeps": [k.to_json() for k in keeps]})
+            out.emit_json({"ok": True, **prepared.plan.to_json(renderer.phase_json), "keeps": [k.to_json() for k in keeps]})
         else:
             for route in prepared.plan.routes:
                 out.line(f"# {route.line()}")
@@ -99,7 +100,7 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
             if keeps:
                 out.line(f"# before any change, a copy is kept for restore of: {', '.join(k.words() for k in keeps)}")
             for phase in prepared.plan.active:
-                out.line(phase.command_line())
+                out.line(renderer.shown(phase))
             for w in prepared.plan.warnings:
                 out.warn(w)
         return EXIT_OK
@@ -172,7 +173,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     if out.json_mode:
         out.emit_json({
             "ok": True,
-            **plan.to_json(),
+            **plan.to_json(engines.for_prepared(prepared).phase_json),
             "ran": [{"name": r.name, "seconds": round(r.seconds, 2), **({"builds": list(r.builds)} if r.builds else {})}
                     for r in ran],
             "skipped": [{"name": r.name, "reason": r.skipped} for r in results if r.skipped],
@@ -366,10 +367,12 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> e
 
 def _execute(out: Output, prepared: Prepared) -> list:
     plan = prepared.plan
-    progress = _Progress(out)
+    renderer = engines.for_prepared(prepared)
+    progress = _Progress(out, renderer)
     try:
         return executor.execute(
             plan,
+            renderer=renderer,
             target=prepared.target,
             user_env=prepared.user_env,
             user_constraints=list(plan.user_constraints),

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from backendpick import redaction
 from backendpick.errors import EXIT_OK
+from backendpick.execute import engines
 from backendpick.model import plan as plan_mod
 from backendpick.output import Output
 from backendpick.planning.pipeline import Request, prepare
 
 
-def render(out: Output, p: plan_mod.Plan) -> None:
+def render(out: Output, p: plan_mod.Plan, renderer: engines.Renderer) -> None:
     notable = p.installed_torch is not None and p.installed_torch.notable
     out.fields(
         [
@@ -32,7 +33,7 @@ def render(out: Output, p: plan_mod.Plan) -> None:
     for ph in p.phases:
         status = f"skip ({ph.skip})" if ph.skip else "run"
         out.line(f"phase {ph.name}: {status}: {' '.join(ph.requirements)}")
-        for line in ph.command_line().splitlines():  # a build phase: comments, pip wheel, pip install
+        for line in renderer.shown(ph).splitlines():  # a build phase: comments, pip wheel, pip install
             out.line(f"  {line}" if line.startswith("#") else f"  $ {line}")
         if ph.constraints and not ph.skip:
             pins = [c for c in ph.constraints if not c.endswith("<0")]
@@ -51,15 +52,16 @@ def run(out: Output, req: Request, fmt: str = "text", inspection=None) -> int:
     """``inspection``: the target's inspection (``target.Inspection``) started early by the
     console script, which the pipeline takes in its turn; None inspects there."""
     prepared = prepare(req, inspection=inspection)
+    renderer = engines.for_prepared(prepared)
     if fmt == "sh":
         from backendpick.execute.shell_export import to_shell
 
-        out.stdout.write(to_shell(prepared.plan))
+        out.stdout.write(to_shell(prepared.plan, renderer))
         for w in prepared.plan.warnings:
             out.warn(w)
         return EXIT_OK
     if out.json_mode:
-        out.emit_json(prepared.plan.to_json())
+        out.emit_json(prepared.plan.to_json(renderer.phase_json))
     else:
-        render(out, prepared.plan)
+        render(out, prepared.plan, renderer)
     return EXIT_OK

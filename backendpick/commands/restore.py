@@ -13,7 +13,6 @@ the snapshot, files included.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -83,7 +82,6 @@ def _list(out: Output, state: Path) -> int:
 def _sources(target, state: Path, settings, pip_config, env: dict) -> restore_plan.Sources:
     return restore_plan.Sources(
         index_template=settings.index_url.value, default_index=pip_config.get("index-url") or facts_mod.load().pypi_url,
-        backend_env=pipconf.backend_phase_env(env, pip_config), user_env=env,
         family=frozenset(settings.backend_packages), build_names=frozenset(settings.no_build_isolation),
         cache_base=paths.wheel_cache(env), state=state)
 
@@ -92,17 +90,19 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
                     dry_run: bool, python: Path | None) -> int:
     snap = snapshots.load(state, snapshot_id)
     sources = _sources(target, state, settings, pip_config, env)
-    rplan = restore_plan.plan(snap, target, sources, sys.executable)
-    # An index URL holding credentials goes to pip's environment, never on its command line.
-    phases = [engines.pip_phase(ph, pip_config) for ph in rplan.phases]
+    rplan = restore_plan.plan(snap, target, sources)
+    phases = list(rplan.phases)
+    # pip runs the restore; an index URL holding credentials goes to its environment, never on
+    # its command line (execute/engines.py).
+    renderer = engines.for_target(target, pip_config, env)
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
-            out.line(ph.command_line())
+            out.line(renderer.shown(ph))
         if not phases:
             out.info(f"the environment already matches snapshot {snap.id}" + _taken(snap))
         if out.json_mode:
             out.emit_json({"ok": True, "snapshot": snap.id, "dry_run": dry_run,
-                           "phases": [ph.to_json() for ph in phases]})
+                           "phases": [renderer.phase_json(ph) for ph in phases]})
         return EXIT_OK
     missing = list(rplan.unavailable) + _kept_problems(snap, rplan, state) + check_available(phases, target, pip_config, env)
     if missing:
@@ -113,7 +113,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
     before = _snapshot_before(out, target, state, snap, phases, settings, env)
     undo = f"backendpick restore{where_flags(python, settings)} {before.id}"
     out.info(f"snapshot {before.id} recorded; to undo this restore: {undo}")
-    _run(out, phases, env, logs(state), undo)
+    _run(out, renderer, phases, env, logs(state), undo)
     after = target_mod.rescan(target)
     restore_plan.put_back(snap, after, rplan.restored)
     _records(state, snap, rplan.restored, settings)
@@ -130,7 +130,7 @@ def _restore_locked(out: Output, target, state: Path, settings, pip_config, env:
         out.info(f"rewrote the environment's pins ({environment_pins.pins_path(target.prefix)})")
     if out.json_mode:
         out.emit_json({"ok": True, "snapshot": snap.id, "undo_snapshot": before.id,
-                       "phases": [ph.to_json() for ph in phases]})
+                       "phases": [renderer.phase_json(ph) for ph in phases]})
     else:
         out.result(f"restored snapshot {snap.id}" + _taken(snap))
     return EXIT_OK
@@ -193,17 +193,18 @@ def _snapshot_before(out: Output, target, state: Path, snap, phases, settings, e
     return before
 
 
-def _run(out: Output, phases, env: dict, log_dir: Path, undo: str) -> None:
+def _run(out: Output, renderer: engines.Renderer, phases, env: dict, log_dir: Path, undo: str) -> None:
     executor.open_logs(log_dir)
     try:
         for ph in phases:
-            out.info(f"phase {ph.name}: {' '.join(ph.requirements)}\n  $ {ph.command_line()}")
+            shown = renderer.shown(ph)
+            out.info(f"phase {ph.name}: {' '.join(ph.requirements)}\n  $ {shown}")
             res, log_path, _seconds = executor.run_phase(
-                ph, env=executor.phase_env(env, ph), log_dir=log_dir,
+                renderer.command(ph), ph.name, shown=shown, user_env=env, log_dir=log_dir,
                 on_line=(lambda line: out.info(f"  | {line}")) if out.verbose else (lambda line: None))
             if not res.ok:
                 raise InstallError(f"restore phase '{ph.name}' failed (exit {res.returncode})",
-                                   details=executor.failure_details(res.stdout, ph),
+                                   details=executor.failure_details(res.stdout, shown),
                                    hint=f"full output: {log_path}; to return to the environment before "
                                         f"this restore: {undo}")
     except (runner.Interrupted, KeyboardInterrupt) as exc:

@@ -9,12 +9,13 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from packaging.requirements import Requirement
 
 from backendpick.edges import runner
 from backendpick.errors import InstallError
+from backendpick.execute.engines import Renderer
 from backendpick.execute.phase_log import failed, left_state, phase_log, tail
 from backendpick.model.environment import Target
 from backendpick.model.names import normalize
@@ -50,9 +51,11 @@ def check_before_changes(plan: Plan, env: dict) -> None:
                                       "nothing was installed or removed"]))
 
 
-def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_start: Callable[[Phase], None],
-               on_line: Callable[[str], None], on_note: Callable[[str], None], log_dir: Path) -> tuple[Phase, float]:
-    """The build phase: choose the wheels still open, guard and run source builds, install."""
+def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, user_env: dict,
+              on_phase_start: Callable[[Phase], None], on_line: Callable[[str], None], on_note: Callable[[str], None],
+              log_dir: Path) -> tuple[Phase, float]:
+    """The build phase: choose the wheels still open, guard and run source builds, install.
+    ``renderer`` spells its commands (execute/engines.py)."""
     from backendpick.build import toolchain, wheel_choice
     from backendpick.state import wheel_cache
 
@@ -60,6 +63,7 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
         on_note(redact(text))
 
     planned = phase  # the plan's own phase object, for messages about where the plan stopped
+    env = dict(user_env)
     ctx = phase.context
     assert isinstance(ctx, wheel_choice.BuildContext)
     ctx, steps = _for_the_installed_torch(ctx, list(phase.steps), target, env, say)
@@ -71,7 +75,7 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
     building = [s for s in steps if s.how == SOURCE]
     if ctx.build_path:
         # The build requirements' folder (ninja's binary in its bin) for the builds only.
-        env = {**env, "PATH": os.pathsep.join([str(Path(ctx.build_path) / "bin"), env.get("PATH", os.defpath)])}
+        env["PATH"] = os.pathsep.join([str(Path(ctx.build_path) / "bin"), env.get("PATH", os.defpath)])
     tools = wheel_choice.toolchain(steps, ctx, env) if building and ctx.build.checks else None
     if tools is not None:
         toolchain.check(tools, what=", ".join(_what(s) for s in building),
@@ -84,13 +88,14 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
 
     on_phase_start(phase)
     started = time.monotonic()
-    with phase_log(log_dir, phase, on_line) as (log, log_path, tee):
+    with phase_log(log_dir, phase.name, renderer.shown(phase), on_line) as (log, log_path, tee):
         for i, step in enumerate(steps):
             if step.how != SOURCE:
                 continue
-            build_env = {**env, **(tools.env if tools else {}), **step.build_env}
-            wheel = build_wheel(plan, planned, step, env=build_env, tee=tee, log=log, log_path=log_path,
-                                 on_note=say)
+            command = renderer.build_command(phase, step)
+            build_env = {**command.environ(env), **(tools.env if tools else {}), **step.build_env}
+            wheel = build_wheel(plan, planned, step, command.argv, env=build_env, tee=tee, log=log,
+                                log_path=log_path, on_note=say)
             key = wheel_choice.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
             try:
                 # The torch this build compiled against: the one read from the environment it
@@ -108,12 +113,12 @@ def run_build(plan: Plan, phase: Phase, *, target: Target, env: dict, on_phase_s
             res = None  # the rest phase's pip run installs the wheels
         else:
             phase = replace(phase, deferred=False)
-            argv = phase.install_argv()
-            log.write(f"$ {redact(' '.join(argv))}\n")
-            res = runner.stream(argv, on_line=tee, env=env)
+            command = renderer.command(phase)
+            log.write(f"$ {command.line()}\n")
+            res = runner.stream(command.argv, on_line=tee, env=command.environ(env))
     elapsed = time.monotonic() - started
     if res is not None and not res.ok:
-        failed(plan, planned, phase, res, log_path)
+        failed(plan, planned, phase, res, log_path, renderer.shown(phase))
     return phase, elapsed
 
 
@@ -144,7 +149,8 @@ def _for_the_installed_torch(ctx, steps: list, target: Target, env: dict, say: C
         if not real.same_build(ctx.torch):
             say(f"the backend phase installed torch {_torch_words(real)}, not {_torch_words(ctx.torch)} as "
                 "predicted; choosing the build phase's wheels again")
-            steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_argv=(), build_env={})
+            steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_requirement=None, wheel_dir=None,
+                             build_env={})
                      if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
             ctx = replace(ctx, torch=real, predicted=False)
             steps = wheel_choice.resolve(steps, ctx, env)
@@ -162,17 +168,18 @@ def _torch_words(torch) -> str:
     return f"{torch.version} ({gpu}, C++11 ABI {'on' if torch.cxx11abi else 'off'})"
 
 
-def build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str], None], log,
-                 log_path: Path, on_note: Callable[[str], None]) -> Path:
-    """``pip wheel`` for one package, with elapsed time on a timer; the wheel it wrote."""
+def build_wheel(plan: Plan, phase: Phase, step, argv: Sequence[str], *, env: dict, tee: Callable[[str], None], log,
+                log_path: Path, on_note: Callable[[str], None]) -> Path:
+    """``argv`` (``pip wheel`` for one package, engines.Renderer.build_command), with elapsed time
+    on a timer; the wheel it wrote into the step's ``wheel_dir``."""
     what = _what(step)
-    out_dir = Path(step.build_argv[step.build_argv.index("-w") + 1])
+    out_dir = Path(step.wheel_dir)
     import shutil  # only where a build runs
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a wheel left by an interrupted build is not this one
     out_dir.mkdir(parents=True, exist_ok=True)
     on_note(f"building {what} from source: {step.limits}; pip output: {log_path}")
-    log.write(f"$ {redact(' '.join(step.build_argv))}\n")
+    log.write(f"$ {redact(' '.join(argv))}\n")
     log.flush()
     started = time.monotonic()
     stop = threading.Event()
@@ -184,7 +191,7 @@ def build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str
     ticker = threading.Thread(target=heartbeat, name="build-heartbeat", daemon=True)
     ticker.start()
     try:
-        res = runner.stream(step.build_argv, on_line=tee, env=env)
+        res = runner.stream(list(argv), on_line=tee, env=env)
     finally:
         stop.set()
         ticker.join(timeout=1)
@@ -195,7 +202,7 @@ def build_wheel(plan: Plan, phase: Phase, step, *, env: dict, tee: Callable[[str
             f"(pip exit {res.returncode if res.returncode is not None else '-'}); {left_state(plan, phase)}",
             hint=f"full build output: {log_path}; if it ran out of memory, lower MAX_JOBS "
                  "(environment or [tool.backendpick.build] max-jobs)",
-            details=tail(res.stdout, phase, command=redact(" ".join(step.build_argv))),
+            details=tail(res.stdout, redact(" ".join(argv))),
         )
     wheels = sorted(p for p in out_dir.glob("*.whl") if normalize(p.name.split("-")[0]) == step.name)
     if not wheels:

@@ -1,46 +1,61 @@
-"""The installer that runs a plan's phases: pip (the default) or uv.
+"""The engines: a plan's phases (intents, model/plan.py) rendered to one installer's argv and
+environment, in one place, for everything that runs or shows a command: install, restore,
+``--dry-run``, ``plan``, ``--json`` and the shell export.
 
-The plan is the value backendpick adds: the backend, where each package comes from, the phase
-order, the pins. ``planner.make_plan`` writes it in pip's words; an engine turns each phase into the
-argv and environment of its installer. The pip engine is the identity. The uv engine runs the
-same phases as ``uv pip install --python <target>``:
+The plan says what each phase does: its requirements and where they come from, its constraints
+file, its switches. ``Renderer.command`` spells it for pip or for uv; nothing else builds or
+edits a command line. The uv engine runs the same phases as ``uv pip install --python <target>``:
 
 * uv reads no pip.conf, so the user's pip settings that matter are passed explicitly: the
-  package sources (index-url, extra-index-url, find-links, no-index) to every phase except the
-  backend phase, which gets the backend index alone, exactly like the pip engine; certificate,
-  proxy, trusted hosts and timeout to every phase;
+  package sources (index-url, extra-index-url, find-links, no-index) to every phase that reads
+  the user's configuration; the backend phase gets the backend index alone, exactly like the pip
+  engine; certificate, proxy, trusted hosts and timeout to every phase;
 * ``--no-config`` and the ``UV_*`` variables that choose sources cleared: the user's pip
   configuration is the one source of truth for both engines, so both build the same
   environment, and nothing (a ``UV_EXTRA_INDEX_URL``, a ``uv.toml`` index, ``UV_TORCH_BACKEND``)
   can add a source to the backend phase. uv's default index strategy (first-index: a package
   comes from the first index that has it) is the safe one and stays;
-* a build phase that installs with ``--no-build-isolation`` runs with ``--no-cache``: uv
-  caches wheels it built from an sdist by the sdist alone, so a flash-attn built against one
-  torch would otherwise be served to an environment with another. (Source builds of known
-  packages run ``pip wheel`` into backendpick's own torch-keyed wheel cache either way.)
+* a phase that installs with no build isolation runs with ``--no-cache``: uv caches wheels it
+  built from an sdist by the sdist alone, so a flash-attn built against one torch would otherwise
+  be served to an environment with another. (Source builds of known packages run ``pip wheel``
+  into backendpick's own torch-keyed wheel cache with either engine: ``Renderer.build_command``.)
 
 uv keeps its own cache on otherwise: that is where its speed on a warm machine comes from.
 
 Both engines keep credentials off the command line (indexes/credentials.py): an index or find-links URL
 that holds them goes to pip as its ``PIP_*`` variable, to uv as a named index with
-``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD`` (or ``UV_FIND_LINKS``).
+``UV_INDEX_<NAME>_USERNAME`` / ``_PASSWORD`` (or ``UV_FIND_LINKS``); the shell export asks for
+the command with them in place (``hide=False``) and writes the URLs without user information.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import shlex
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from backendpick import envvars
-from backendpick.errors import ConfigError
-from backendpick.indexes.credentials import PROVIDERS, pip_args, pip_lists, strip, uv_args
+from backendpick.indexes.credentials import PROVIDERS, pip_args, pip_lists, uv_args
+from backendpick.inputs.installer import PIP, UV
+from backendpick.inputs.pip_config import PipConfig, backend_phase_env
+from backendpick.model.plan import (
+    BACKEND_INDEX,
+    CLEAR,
+    OFFLINE,
+    SOURCE,
+    UNINSTALL,
+    USER,
+    BuildStep,
+    Phase,
+    Plan,
+    env_delta,
+    pip_argv,
+)
+from backendpick.redaction import redact, redact_var
 
-PIP, UV = "pip", "uv"
-ENGINES = (PIP, UV)
+__all__ = ["Command", "PIP", "Renderer", "UV", "UV_SOURCE_VARS", "for_plan", "for_target", "uv_options"]
 
 # uv variables that choose where packages come from or how they are resolved: a uv phase never
 # sees them (the plan and the user's pip configuration decide).
@@ -53,92 +68,49 @@ UV_SOURCE_VARS = (
 )
 # pip options of requirements files (inputs/requirements.py passes them on) in uv's words.
 _RENAMED = {"--trusted-host": "--allow-insecure-host"}
-
-
-def find_uv(env: Mapping[str, str]) -> Path | None:
-    """``BACKENDPICK_UV``, else ``uv`` on PATH, else the one the ``uv`` package installed next to
-    backendpick's interpreter (``pip install backendpick[uv]``)."""
-    explicit = envvars.uv(env)
-    if explicit:
-        path = Path(explicit)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    found = shutil.which("uv", path=env.get("PATH", os.defpath))
-    if found:
-        return Path(found)
-    try:
-        from uv import find_uv_bin  # the uv package on PyPI ships the binary and this helper
-
-        path = Path(find_uv_bin())
-        if path.is_file():
-            return path
-    except (ImportError, FileNotFoundError, OSError):
-        pass
-    for candidate in (Path(sys.prefix) / "bin" / "uv", Path(sys.prefix) / "Scripts" / "uv.exe"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+# A killed pip's half-installed distributions (restore): their folders removed by a small program.
+_RMTREE = "import shutil, sys\nfor p in sys.argv[1:]:\n    shutil.rmtree(p)"
 
 
 @dataclass(frozen=True)
-class Engine:
-    name: str  # "pip" or "uv"
-    uv: Path | None = None  # the uv executable (uv engine)
+class Command:
+    """One process: its argv and what it sets and unsets in the user's environment."""
 
-    def apply(self, plan, *, pip_config, user_env: Mapping[str, str]):
-        """The plan with each phase in this engine's argv and environment."""
-        if self.name == PIP:
-            return replace(plan, phases=tuple(pip_phase(p, pip_config) for p in plan.phases))
-        assert self.uv is not None
-        phases = tuple(uv_phase(p, uv=str(self.uv), python=str(plan.python), pip_config=pip_config,
-                                user_env=user_env) for p in plan.phases)
-        return replace(plan, phases=phases, installer=UV)
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
 
+    def line(self) -> str:
+        """The command as a shell line, credentials hidden: what --dry-run prints."""
+        words = [f"{k}={shlex.quote(redact_var(k, v))}" for k, v in sorted(self.env.items())]
+        prefix = (["env"] + [f"-u {k}" for k in self.unset] + words) if (words or self.unset) else []
+        return " ".join(prefix + [shlex.quote(redact(a)) for a in self.argv])
 
-def resolve(name: str, env: Mapping[str, str], source: str = "--installer") -> Engine:
-    """The engine for a setting value; uv missing is a usage error (exit 2) with the fix."""
-    if name == PIP:
-        return Engine(PIP)
-    if name != UV:
-        raise ConfigError(f"installer from {source} must be \"pip\" or \"uv\", not {name!r}")
-    uv = find_uv(env)
-    if uv is None:
-        where = f"{envvars.UV}={envvars.uv(env)} is not an executable" if envvars.uv(env) else \
-            "no uv on PATH and no uv package next to backendpick"
-        raise ConfigError(f"installer uv (from {source}) is not available: {where}",
-                          hint="pip install 'backendpick[uv]' (or install uv on PATH), or use --installer pip")
-    return Engine(UV, uv)
-
-
-# -- the uv translation -----------------------------------------------------------------------------
-
-
-def _split(argv: Sequence[str]) -> tuple[str, list[str]]:
-    """pip's command and its arguments from ``<python> -m pip [--python T] <command> ...``."""
-    i = list(argv).index("pip") + 1
-    if argv[i] == "--python":
-        i += 2
-    return argv[i], list(argv[i + 1:])
+    def environ(self, user_env: Mapping[str, str]) -> dict:
+        """The environment it runs in: the user's, less what it unsets, plus its own variables;
+        pip never waits for input (a Dockerfile RUN has no one to answer)."""
+        env = {k: v for k, v in user_env.items() if k not in self.unset}
+        env.update(self.env)
+        env.setdefault("PIP_NO_INPUT", "1")
+        return env
 
 
 def uv_options(options: Sequence[str]) -> list[str]:
-    """pip install options (the plan's and a requirements file's) in uv's spelling."""
+    """A requirements file's pip options in uv's spelling."""
     out: list[str] = []
     for word in options:
         if word == "--pre":
             out += ["--prerelease", "allow"]
         elif word == "--prefer-binary":
             continue  # uv has no such preference; it takes a wheel whenever one fits
-        elif word == "--no-cache-dir":
-            if "--no-cache" not in out:  # pip's spelling; the build phase already has uv's
-                out.append("--no-cache")
         else:
             out.append(_RENAMED.get(word, word))
     return out
 
 
-def source_flags(pip_config, options: Sequence[str] = ()) -> list[str]:
+def source_flags(pip_config: PipConfig, options: Sequence[str] = ()) -> list[str]:
     """The user's pip package sources (and configured constraints) as uv flags, for every phase
-    but the backend phase.
+    that reads the user's configuration.
 
     A requirements file's own ``--index-url`` (already in ``options``) wins, as with pip."""
     flags: list[str] = []
@@ -156,7 +128,7 @@ def source_flags(pip_config, options: Sequence[str] = ()) -> list[str]:
     return flags
 
 
-def safety_flags(pip_config) -> list[str]:
+def safety_flags(pip_config: PipConfig) -> list[str]:
     """Settings that are not sources and apply to every phase: trusted hosts, and keyring where
     pip's configuration asks for it (uv has the subprocess provider only; it needs the user name
     in the index URL, as pip's does)."""
@@ -166,22 +138,7 @@ def safety_flags(pip_config) -> list[str]:
     return flags
 
 
-def pip_phase(phase, pip_config):
-    """A phase of the pip engine with every index or find-links URL that holds credentials moved
-    from its argv to its environment (credentials.pip_args); ``plain_argv`` keeps the command
-    for the shell export. A phase that reads no pip configuration (the backend phase) adds to
-    nothing configured."""
-    reads_config = phase.env.get("PIP_CONFIG_FILE") != os.devnull
-    configured = pip_lists(pip_config) if reads_config else None
-    argv, moved = pip_args(phase.argv, configured)
-    base, moved_base = pip_args(phase.base_argv, configured) if phase.base_argv else ([], {})
-    if not moved and not moved_base:
-        return phase
-    return replace(phase, argv=tuple(argv), base_argv=tuple(base), env={**phase.env, **moved_base, **moved},
-                   plain_argv=tuple(strip(w) for w in (phase.base_argv or phase.argv)))
-
-
-def uv_env(user_env: Mapping[str, str], pip_config) -> dict[str, str]:
+def uv_env(user_env: Mapping[str, str], pip_config: PipConfig) -> dict[str, str]:
     """The user's environment for uv: no ``UV_*`` source variables; pip's certificate, proxy and
     timeout in the variables uv reads."""
     env = {k: v for k, v in user_env.items() if k not in UV_SOURCE_VARS}
@@ -197,30 +154,179 @@ def uv_env(user_env: Mapping[str, str], pip_config) -> dict[str, str]:
     return env
 
 
-def uv_phase(phase, *, uv: str, python: str, pip_config, user_env: Mapping[str, str]):
-    """One phase of the plan as a uv command (``plan.Phase`` in, ``plan.Phase`` out)."""
-    from backendpick.model.plan import BACKEND, BUILD, env_delta
+@dataclass(frozen=True)
+class Renderer:
+    """Renders phases for one installer, one target, one user's pip configuration and environment."""
 
-    command, args = _split(phase.argv)
-    env, unset = env_delta(uv_env(user_env, pip_config), user_env)
-    if command == "uninstall":
-        names = [a for a in args if a != "-y"]  # uv never asks
-        return replace(phase, argv=(uv, "pip", "uninstall", "--python", python, *names), env=env, unset=unset)
-    n = len(phase.requirements)
-    options, reqs = args[: len(args) - n], args[len(args) - n:]
-    head = [uv, "pip", "install", "--python", python, "--no-config", *safety_flags(pip_config)]
-    if phase.name != BACKEND:
-        head += source_flags(pip_config, options)
-    if phase.name == BUILD and phase.no_build_isolation and "--no-cache-dir" not in options:
-        head.append("--no-cache")
-    argv = (*head, *uv_options(options), *reqs)
-    base: tuple = ()
-    if phase.base_argv:  # the rest phase with the build phase's wheels folded in: its plain form too
-        b_args = _split(phase.base_argv)[1]
-        base = (*head, *uv_options(b_args[: len(b_args) - n]), *reqs)
-    hidden, moved = uv_args(argv)
-    hidden_base, moved_base = uv_args(base) if base else ([], {})
-    if moved or moved_base:
-        return replace(phase, argv=tuple(hidden), base_argv=tuple(hidden_base), env={**env, **moved_base, **moved},
-                       unset=unset, plain_argv=tuple(strip(w) for w in (base or argv)))
-    return replace(phase, argv=argv, base_argv=base, env=env, unset=unset)
+    installer: str  # PIP or UV
+    python: str  # the target interpreter
+    pip: tuple[str, ...]  # how pip runs for the target (plan.pip_argv)
+    pip_config: PipConfig = field(default_factory=PipConfig)
+    user_env: Mapping[str, str] = field(default_factory=dict)
+    prefix: Path | None = None  # the target's prefix: where backendpick's environment pins live
+    uv: str | None = None
+    runner_python: str = sys.executable
+
+    # -- one phase, one command ------------------------------------------------------------------
+
+    def command(self, phase: Phase, *, folded: bool = True, hide: bool = True) -> Command:
+        """The phase as one command. ``folded``: with the build phase's wheels it installs
+        (``Phase.wheels``); ``hide``: credentials moved off the command line into its
+        environment (what runs); without, in place (the shell export strips them)."""
+        if phase.action == CLEAR:
+            return Command((self.runner_python, "-c", _RMTREE, *phase.folders))
+        if self.installer == UV:
+            return self._uv(phase, folded, hide)
+        env, unset = self._pip_env(phase)
+        if phase.action == UNINSTALL:
+            return Command((*self.pip, "uninstall", "-y", *phase.requirements), env, unset)
+        argv = (*self.pip, "install", *self._options(phase, folded, uv=False), *self._installs(phase, folded))
+        if not hide:
+            return Command(argv, env, unset)
+        # A phase that reads no pip configuration (the backend phase) adds to nothing configured.
+        argv, moved = pip_args(argv, pip_lists(self.pip_config) if phase.source == USER else None)
+        return Command(tuple(argv), {**env, **moved}, unset)
+
+    def build_command(self, phase: Phase, step: BuildStep, *, hide: bool = True) -> Command:
+        """``pip wheel`` for one source build of the build phase, with either engine.
+
+        ``--no-cache-dir``: pip caches a wheel it built from an sdist with a known hash (every
+        PyPI sdist) and hands it back on the next build whatever torch is installed now; this
+        build must compile against the torch that is there. ``--no-binary``: a wheel of the
+        package on the index or in a find-links folder is not a build against this torch either.
+        Both only for the build phase: every other pip run keeps the user's cache."""
+        env, unset = self._pip_env(phase)
+        cons = ["-c", phase.constraints_file] if phase.constraints_file else []
+        argv = (*self.pip, "wheel", "--no-cache-dir", "--no-build-isolation", *cons, *phase.options,
+                "--no-binary", step.name, "--no-deps", "-w", str(step.wheel_dir), str(step.build_requirement))
+        moved: dict = {}
+        if hide:
+            argv, moved = pip_args(argv, pip_lists(self.pip_config))
+        return Command(tuple(argv), {**env, **moved, **step.build_env}, unset)
+
+    def shown(self, phase: Phase) -> str:
+        """What --dry-run and ``plan`` print for a phase: its commands, one per line, after ``#``
+        notes (a download first, a phase run alongside another, why each build wheel comes from
+        where it does); a build phase prints ``pip wheel`` for each source build, then its install."""
+        lines = [f"# downloaded first by backendpick (the server wants credentials): {redact(url)} -> {path}"
+                 for url, path in phase.downloads]
+        if not phase.steps:
+            if phase.alongside:
+                lines.append(f"# runs alongside the {phase.alongside} phase")
+            return "\n".join([*lines, self.command(phase).line()])
+        lines += [f"# {redact(s.note)}" for s in phase.steps if s.note]
+        lines += [self.build_command(phase, s).line() for s in phase.steps if s.how == SOURCE and s.build_requirement]
+        if phase.deferred:
+            lines.append("# the wheels are installed by the rest phase's pip run")
+        else:
+            lines.append(self.command(phase).line())
+        return "\n".join(lines)
+
+    def phase_json(self, phase: Phase) -> dict:
+        """A phase's JSON: its intent (``Phase.to_json``) with the command and argv it runs."""
+        data = phase.to_json()
+        data["command"] = self.shown(phase)
+        data["argv"] = [redact(a) for a in self.command(phase).argv]
+        for step, shown in zip(phase.steps, data.get("builds", ())):
+            shown["build_argv"] = [redact(a) for a in self.build_command(phase, step).argv] \
+                if step.how == SOURCE and step.build_requirement else []
+        return data
+
+    def step_json(self, phase: Phase, step: BuildStep) -> dict:
+        """A build step's JSON as install reports it, with its ``pip wheel`` argv."""
+        data = step.to_json()
+        data["build_argv"] = [redact(a) for a in self.build_command(phase, step).argv] \
+            if step.how == SOURCE and step.build_requirement else []
+        return data
+
+    # -- the parts ---------------------------------------------------------------------------------
+
+    def _pip_env(self, phase: Phase) -> tuple[dict, tuple[str, ...]]:
+        """What pip's environment changes for a phase's source."""
+        if phase.source == BACKEND_INDEX:
+            # The user's pip settings minus every package source (PIP_CONFIG_FILE=/dev/null, the
+            # other settings back as variables).
+            return env_delta(backend_phase_env(self.user_env, self.pip_config), self.user_env)
+        if phase.source == OFFLINE:
+            # Not a byte of the user's pip configuration: the wheels are here, their hashes known.
+            isolated = {k: v for k, v in self.user_env.items() if not k.startswith("PIP_")}
+            isolated["PIP_CONFIG_FILE"] = os.devnull
+            return env_delta(isolated, self.user_env)
+        if phase.action == UNINSTALL or self.prefix is None:
+            return {}, ()
+        # backendpick's own runs are not blocked by the pins it left in the environment
+        # (state/environment_pins.py): PIP_CONSTRAINT with the user's own constraints.
+        from backendpick.state.environment_pins import own_runs_env
+
+        return dict(own_runs_env(self.user_env, self.prefix, self.pip_config)), ()
+
+    def _options(self, phase: Phase, folded: bool, *, uv: bool) -> list[str]:
+        """A phase's switches and sources in the installer's words, in one order for every phase."""
+        words: list[str] = []
+        if phase.target_dir:
+            words += ["--target", phase.target_dir]
+        if phase.upgrade:
+            words.append("--upgrade")
+        if phase.pre:
+            words += ["--prerelease", "allow"] if uv else ["--pre"]
+        if phase.no_cache or (uv and phase.no_build_isolation):
+            words.append("--no-cache" if uv else "--no-cache-dir")
+        if phase.no_build_isolation:
+            words.append("--no-build-isolation")
+        if phase.constraints_file:
+            words += ["-c", phase.constraints_file]
+        if phase.source == OFFLINE:
+            words.append("--no-index")
+        elif phase.source == BACKEND_INDEX and phase.index_url:
+            words += ["--index-url", phase.index_url]
+        words += uv_options(phase.options) if uv else list(phase.options)
+        if folded or phase.steps:
+            for link in phase.find_links:
+                words += ["-f", link]
+            if folded and phase.only_binary:
+                words += ["--only-binary", ",".join(phase.only_binary)]
+        if phase.no_deps:
+            words.append("--no-deps")
+        return words
+
+    @staticmethod
+    def _installs(phase: Phase, folded: bool) -> list[str]:
+        if phase.steps:
+            return [s.install_requirement() for s in phase.steps]
+        wheels = [s.install_requirement() for s in phase.wheels] if folded else []
+        return wheels + (["-r", phase.hashed_file] if phase.hashed_file else list(phase.requirements))
+
+    def _uv(self, phase: Phase, folded: bool, hide: bool) -> Command:
+        """One phase as a uv command."""
+        assert self.uv is not None
+        env, unset = env_delta(uv_env(self.user_env, self.pip_config), self.user_env)
+        if phase.action == UNINSTALL:  # uv never asks
+            return Command((self.uv, "pip", "uninstall", "--python", self.python, *phase.requirements), env, unset)
+        head = [self.uv, "pip", "install", "--python", self.python, "--no-config", *safety_flags(self.pip_config)]
+        if phase.source == USER:
+            head += source_flags(self.pip_config, phase.options)
+        argv = (*head, *self._options(phase, folded, uv=True), *self._installs(phase, folded))
+        if not hide:
+            return Command(argv, env, unset)
+        hidden, moved = uv_args(argv)
+        return Command(tuple(hidden), {**env, **moved}, unset)
+
+
+def for_plan(plan: Plan, *, pip_config: PipConfig | None = None, user_env: Mapping[str, str] | None = None,
+             prefix: Path | None = None) -> Renderer:
+    """The renderer of a plan's phases: its installer, its target, the user's pip configuration
+    and environment (``prefix``: the target's, for backendpick's own environment pins)."""
+    return Renderer(plan.installer, str(plan.python), plan.pip or (str(plan.python), "-m", "pip"),
+                    pip_config if pip_config is not None else PipConfig(), dict(user_env or {}), prefix, plan.uv)
+
+
+def for_prepared(prepared) -> Renderer:
+    """The renderer of a prepared plan (planning/request.py ``Prepared``)."""
+    return for_plan(prepared.plan, pip_config=prepared.pip_config, user_env=prepared.user_env,
+                    prefix=prepared.target.prefix)
+
+
+def for_target(target, pip_config: PipConfig, user_env: Mapping[str, str]) -> Renderer:
+    """pip's renderer for phases run in ``target`` outside a plan (restore)."""
+    return Renderer(PIP, str(target.python), tuple(pip_argv(target, sys.executable)), pip_config, dict(user_env),
+                    target.prefix)

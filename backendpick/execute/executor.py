@@ -22,6 +22,7 @@ from backendpick.edges import runner
 from backendpick.edges.durable import write_atomic
 from backendpick.errors import BackendpickError, StateError
 from backendpick.execute import build_phase, phase_log
+from backendpick.execute.engines import Command, Renderer
 from backendpick.execute.phase_log import FenceConflict, FenceHit, fenced_needs
 from backendpick.indexes import fetches
 from backendpick.model.environment import Target
@@ -31,7 +32,7 @@ from backendpick.target.inspection import rescan
 
 # The executor's failure types, named where install's callers look for them.
 __all__ = ["FenceConflict", "FenceHit", "PhaseResult", "execute", "failure_details", "fenced_needs", "open_logs",
-           "phase_env", "run_phase"]
+           "run_phase"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PhaseResult:
 def execute(
     plan: Plan,
     *,
+    renderer: Renderer,
     target: Target,
     user_env: dict,
     user_constraints: list[str],
@@ -60,11 +62,12 @@ def execute(
     time of a long build); without it they go to stderr. ``on_phase_beside``: a phase started
     beside the running one (its end comes through ``on_phase_end`` when it is joined).
     ``client``: the plan's client.IndexClient, whose session downloads the files the phases name
-    (``Phase.downloads``) before the first phase changes anything."""
+    (``Phase.downloads``) before the first phase changes anything. ``renderer``: the engine that
+    spells each phase for the installer (execute/engines.py)."""
     note = on_note or _stderr_note
     build_phase.check_before_changes(plan, user_env)
     open_logs(log_dir)
-    run = _Run(plan, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end,
+    run = _Run(plan, renderer, target, user_env, user_constraints, on_phase_start, on_line, on_phase_end,
                note, log_dir, on_phase_beside=on_phase_beside)
     downloads = [d for p in plan.phases if p.skip is None for d in p.downloads]
     try:
@@ -95,6 +98,7 @@ class _Run:
     phase when they go to a folder of their own (``Phase.alongside``)."""
 
     plan: Plan
+    renderer: Renderer
     target: Target
     user_env: dict
     user_constraints: list
@@ -130,34 +134,39 @@ class _Run:
                 _write_lines(plan.backend_constraints_path, plan.backend_constraints)
             if phase.name == BUILD_REQS and phase.alongside and plan.build_constraints_path is not None:
                 _write_lines(plan.build_constraints_path, phase.constraints)
-            env = phase_env(self.user_env, phase)
+            if phase.hashed_file:
+                _write_lines(Path(phase.hashed_file), phase.hashed_lines)
             if phase.name == BUILD and phase.steps:
-                self._build(phases, phase, current, env)
+                self._build(phases, phase, current)
                 continue
             self.on_phase_start(phase)
             if phase.name == BACKEND:
                 self._start_beside(phases[i + 1:])
-            res, log_path, elapsed = run_phase(phase, env=env, log_dir=self.log_dir, on_line=self.on_line)
+            command = self.renderer.command(phase)
+            res, log_path, elapsed = run_phase(command, phase.name, shown=self.renderer.shown(phase),
+                                               user_env=self.user_env, log_dir=self.log_dir, on_line=self.on_line)
             if not res.ok:
-                phase_log.failed(plan, phase, phase, res, log_path)
+                phase_log.failed(plan, phase, phase, res, log_path, self.renderer.shown(phase))
             self.on_phase_end(phase, elapsed)
             if phase.name == BUILD:
                 self.built = phase
             self.results.append(PhaseResult(phase.name, elapsed))
 
-    def _build(self, phases: list[Phase], phase: Phase, current: Target | None, env: dict) -> None:
-        ran, elapsed = build_phase.run_build(self.plan, phase, target=current, env=env, on_phase_start=self.on_phase_start,
-                                             on_line=self.on_line, on_note=self.note, log_dir=self.log_dir)
+    def _build(self, phases: list[Phase], phase: Phase, current: Target | None) -> None:
+        ran, elapsed = build_phase.run_build(self.plan, phase, self.renderer, target=current, user_env=self.user_env,
+                                             on_phase_start=self.on_phase_start, on_line=self.on_line,
+                                             on_note=self.note, log_dir=self.log_dir)
         self.on_phase_end(ran, elapsed)
         self.built = ran
-        self.results.append(PhaseResult(phase.name, elapsed, builds=tuple(s.to_json() for s in ran.steps)))
+        self.results.append(PhaseResult(phase.name, elapsed,
+                                        builds=tuple(self.renderer.step_json(ran, s) for s in ran.steps)))
         # The rest phase installs the wheels as they really ended up (chosen again when the
         # torch prediction missed), or none when the build phase had to install them itself.
         r = next((j for j, p in enumerate(phases) if p.name == REST and p.skip is None), None)
         if r is not None and ran.deferred:
             phases[r] = fold(ran, phases[r])
-        elif r is not None and phases[r].base_argv:
-            phases[r] = replace(phases[r], argv=phases[r].base_argv, base_argv=())
+        elif r is not None and phases[r].wheels:
+            phases[r] = replace(phases[r], wheels=())
 
     def _start_beside(self, later: list[Phase]) -> None:
         """Start the build-requirements phase that runs alongside the backend phase, if any.
@@ -168,9 +177,10 @@ class _Run:
         _write_lines(self.plan.build_constraints_path, phase.constraints)
         if self.on_phase_beside is not None:
             self.on_phase_beside(phase)
-        env = phase_env(self.user_env, phase)
-        self.beside = runner.Beside(lambda started: run_phase(phase, env=env, log_dir=self.log_dir,
-                                                              on_line=self.beside_lines.append, on_started=started))
+        command, shown = self.renderer.command(phase), self.renderer.shown(phase)
+        self.beside = runner.Beside(lambda started: run_phase(command, phase.name, shown=shown, user_env=self.user_env,
+                                                              log_dir=self.log_dir, on_line=self.beside_lines.append,
+                                                              on_started=started))
 
     def _join_beside(self, phase: Phase) -> None:
         beside, self.beside = self.beside, None
@@ -178,7 +188,7 @@ class _Run:
         for line in self.beside_lines:
             self.on_line(line)
         if not res.ok:
-            phase_log.failed(self.plan, phase, phase, res, log_path)
+            phase_log.failed(self.plan, phase, phase, res, log_path, self.renderer.shown(phase))
         self.on_phase_end(phase, elapsed)
         self.results.append(PhaseResult(phase.name, elapsed))
 
@@ -211,33 +221,26 @@ def _write_lines(path: Path, lines) -> None:
         write_atomic(path, "\n".join(lines) + "\n")
 
 
-def phase_env(user_env: dict, phase: Phase) -> dict:
-    """The environment of one pip run: the user's, less what the phase unsets, plus its own
-    variables; pip never waits for input (a Dockerfile RUN has no one to answer)."""
-    env = {k: v for k, v in user_env.items() if k not in phase.unset}
-    env.update(phase.env)
-    env.setdefault("PIP_NO_INPUT", "1")
-    return env
-
-
 def open_logs(log_dir: Path) -> None:
     """The folder of the phases' log files (one per pip run), created before the first."""
     with _state_file(log_dir):
         log_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_phase(phase: Phase, *, env: dict, log_dir: Path, on_line: Callable[[str], None], on_started=None) -> tuple:
-    """One pip run of a phase (install's and restore's), its whole output in the phase's log
-    file: (runner.Result, the log's path, seconds)."""
+def run_phase(command: Command, name: str, *, shown: str, user_env: dict, log_dir: Path,
+              on_line: Callable[[str], None], on_started=None) -> tuple:
+    """One run of a phase's command (install's and restore's), its whole output in the phase's
+    log file, which opens with ``shown`` (the command as --dry-run prints it): (runner.Result,
+    the log's path, seconds)."""
     started = time.monotonic()
-    with phase_log.phase_log(log_dir, phase, on_line) as (_log, log_path, tee):
-        res = runner.stream(phase.argv, on_line=tee, env=env, on_started=on_started)
+    with phase_log.phase_log(log_dir, name, shown, on_line) as (_log, log_path, tee):
+        res = runner.stream(command.argv, on_line=tee, env=command.environ(user_env), on_started=on_started)
     return res, log_path, time.monotonic() - started
 
 
-def failure_details(output: str, phase: Phase) -> str:
+def failure_details(output: str, shown: str) -> str:
     """pip's last lines for an error's details, credentials hidden."""
-    return phase_log.tail(output, phase)
+    return phase_log.tail(output, shown)
 
 
 @contextmanager

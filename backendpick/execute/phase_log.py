@@ -72,10 +72,11 @@ def _valid_spec(text: str) -> bool:
         return False
 
 
-def failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path) -> None:
+def failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path: Path, shown: str) -> None:
     """A pip run of a phase failed: a fence conflict to retry, else the error with pip's tail.
 
-    ``planned`` is the plan's own phase (where the environment stands), ``ran`` what ran."""
+    ``planned`` is the plan's own phase (where the environment stands), ``ran`` what ran, and
+    ``shown`` its command as --dry-run prints it."""
     if planned.name != BACKEND:
         hit = fenced_needs(res.stdout, plan)
         if hit and planned.alongside and (hit.backend or hit.build):
@@ -87,7 +88,7 @@ def failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path:
                 f"(installed beside the backend phase), where the stack is fenced; {left_state(plan, planned)}",
                 hint=f"leave it out of [tool.backendpick] build-requirements: the build already sees the "
                      f"environment's {names}; full pip output: {log_path}",
-                details=tail(res.stdout, ran),
+                details=tail(res.stdout, shown),
             )
         if hit and (hit.backend or hit.build or hit.recipe):
             raise FenceConflict(hit)
@@ -95,17 +96,17 @@ def failed(plan: Plan, planned: Phase, ran: Phase, res: runner.Result, log_path:
         f"phase '{ran.name}' failed (pip exit {res.returncode if res.returncode is not None else '-'}); "
         f"{left_state(plan, planned)}",
         hint=f"full pip output: {log_path}; re-run with -v to watch pip",
-        details=tail(res.stdout, ran),
+        details=tail(res.stdout, shown),
     )
 
 
 @contextmanager
-def phase_log(log_dir: Path, phase: Phase, on_line: Callable[[str], None]) -> Iterator[tuple]:
-    """The phase's log file, opened with its command, and a ``tee`` that writes each pip line
-    there and hands it on: (log, its path, tee)."""
-    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{phase.name}.log"
+def phase_log(log_dir: Path, name: str, shown: str, on_line: Callable[[str], None]) -> Iterator[tuple]:
+    """The log file of phase ``name``, opened with its command (``shown``), and a ``tee`` that
+    writes each pip line there and hands it on: (log, its path, tee)."""
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
     with log_path.open("w", encoding="utf-8") as log:
-        log.write(f"$ {phase.command_line()}\n")
+        log.write(f"$ {shown}\n")
 
         def tee(line: str) -> None:
             log.write(line + "\n")
@@ -121,9 +122,9 @@ def left_state(plan: Plan, failed: Phase) -> str:
     return f"the environment is as phase '{done[-1]}' left it"
 
 
-def tail(output: str, phase: Phase, command: str | None = None) -> str:
+def tail(output: str, shown: str) -> str:
+    """pip's last lines after the command that printed them (``shown``), credentials hidden."""
     lines = output.rstrip("\n").splitlines()
     tail = lines[-TAIL_LINES:]
     head = f"--- pip output (last {len(tail)} of {len(lines)} lines) ---"
-    shown = command if command is not None else phase.command_line()
     return "\n".join([f"$ {shown}", head, *(redact(line) for line in tail), "---"])

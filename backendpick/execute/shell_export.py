@@ -17,17 +17,19 @@ import ast
 import inspect
 import os
 import shlex
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from backendpick import __version__
 from backendpick.edges import durable
-from backendpick.execute.engines import UV, UV_SOURCE_VARS
+from backendpick.execute import engines
+from backendpick.execute.engines import UV, UV_SOURCE_VARS, Renderer
 from backendpick.indexes.credentials import has_credentials
 from backendpick.inputs import pip_config
 from backendpick.inputs.pip_config import SOURCE_KEYS, pins_value
-from backendpick.model.plan import BACKEND, BUILD_REQS, REMOVE, Phase, Plan
+from backendpick.model.plan import BACKEND, BACKEND_INDEX, BUILD_REQS, REMOVE, Phase, Plan
 from backendpick.planning import constraint_rule as constraints_mod
 from backendpick.redaction import redact, strip
 from backendpick.state import environment_pins
@@ -130,12 +132,15 @@ def _pin_script() -> str:
     return "\n".join(parts)
 
 
-def to_shell(plan: Plan) -> str:
-    """The plan as a POSIX shell script: the header, one block per phase, then the stack's pins."""
+def to_shell(plan: Plan, renderer: Renderer | None = None) -> str:
+    """The plan as a POSIX shell script: the header, one block per phase, then the stack's pins.
+    ``renderer``: the engine with the user's pip configuration (engines.for_prepared); a plan's
+    own without (no configuration of the user's)."""
+    renderer = renderer or engines.for_plan(plan)
     python = str(plan.python)
     uv = plan.installer == UV
-    uv_exe = next((p.argv[0] for p in plan.phases if p.name != REMOVE), None) if uv else None
-    out = _header(plan, python, uv)
+    uv_exe = plan.uv if uv else None
+    out = _header(plan, renderer, python, uv)
     wrote_constraints = False
     for phase in plan.phases:
         if phase.name == REMOVE:
@@ -151,11 +156,12 @@ def to_shell(plan: Plan) -> str:
             wrote_constraints = True
         if phase.name == BACKEND and plan.backend_constraints and plan.backend_constraints_path is not None:
             # The user's constraints (pip config, -c files) hold in the backend phase too.
-            out.append('BACKEND_CONSTRAINTS="${BACKENDPICK_BACKEND_CONSTRAINTS:-/tmp/backendpick-backend-constraints.txt}"')
-            out.append("cat > \"$BACKEND_CONSTRAINTS\" <<'BACKENDPICK_EOF'")
-            out += [strip(c) for c in plan.backend_constraints]
-            out.append("BACKENDPICK_EOF")
-        out += _phase_lines(plan, phase, _words(plan, phase, python, uv_exe), uv)
+            out.append('BACKEND_CONSTRAINTS="$BP_TMP/backend-constraints.txt"')
+            out += _heredoc('"$BACKEND_CONSTRAINTS"', [strip(c) for c in plan.backend_constraints])
+        if phase.hashed_file:
+            # Requirements with their hashes: pip reads them from a file only (planning/hashes.py).
+            out += _heredoc(_hashed_var(phase), [strip(line) for line in phase.hashed_lines])
+        out += _phase_lines(plan, phase, _words(plan, renderer, phase, python, uv_exe), uv)
     if plan.pin_environment and plan.phases:
         # As install does: the stack's pins outlive the script (a later plain pip cannot swap it).
         names = " ".join(sorted(set(plan.backend_names) | set(plan.build_names)))
@@ -164,7 +170,7 @@ def to_shell(plan: Plan) -> str:
     return "\n".join(out) + "\n"
 
 
-def _header(plan: Plan, python: str, uv: bool) -> list[str]:
+def _header(plan: Plan, renderer: Renderer, python: str, uv: bool) -> list[str]:
     """The script's opening lines: the interpreter, the constraints file, uv, the routes."""
     out = [
         "#!/bin/sh",
@@ -172,41 +178,39 @@ def _header(plan: Plan, python: str, uv: bool) -> list[str]:
         "# The same pip phases as `backendpick install`; set PYTHON to the interpreter to install into.",
         "set -eu",
         f'PY="${{PYTHON:-{python}}}"',
-        "# The constraints file: BACKENDPICK_CONSTRAINTS, else a new private temporary file.",
-        'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-}"',
-        'if [ -z "$CONSTRAINTS" ]; then',
+        "# The files the script writes for itself go to a private temporary folder, removed when it ends",
+        "# (an interrupt included).",
         # mktemp's template: eight X characters it replaces with random ones.
-        '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.' + "X" * 8 + '")"',
-        "  trap 'rm -f \"$CONSTRAINTS\"' EXIT",
-        "fi",
+        'BP_TMP="$(mktemp -d "${TMPDIR:-/tmp}/backendpick.' + "X" * 8 + '")"',
+        "trap 'rm -rf \"$BP_TMP\"' EXIT",
+        "trap 'exit 130' INT",
+        "trap 'exit 143' TERM",
+        "# The constraints file: BACKENDPICK_CONSTRAINTS, else one in that folder.",
+        'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-$BP_TMP/constraints.txt}"',
     ]
     if uv:
         out.append("# uv reads no pip.conf: the package sources of this machine's pip configuration are on each command.")
         out.append('UV="${UV:-uv}"')
-    out += _credentials_note(plan)
+    out += _credentials_note(plan, renderer)
     for route in plan.routes:
         out.append(f"# {strip(route.line())}")
     return out
 
 
-def credential_hosts(plan: Plan) -> list[str]:
+def credential_hosts(plan: Plan, renderer: Renderer | None = None) -> list[str]:
     """The hosts whose credentials the plan's commands would use, which the script leaves out:
-    URLs holding them (moved into a phase's environment), uv's named indexes given credentials,
-    and files backendpick downloads behind them."""
+    URLs holding them (on the command lines as the script writes them), and files backendpick
+    downloads behind them."""
     from urllib.parse import urlsplit
 
+    renderer = renderer or engines.for_plan(plan)
     wanted = [plan.index_url] if has_credentials(plan.index_url) else []
     for phase in plan.phases:
-        wanted += [u for value in phase.env.values() for u in value.replace(",", " ").split() if has_credentials(u)]
-        words = [w.rpartition(" @ ")[2] for w in (*phase.argv, *phase.base_argv) if "://" in w]
+        command = renderer.command(phase, hide=False)
+        words = [w.rpartition(" @ ")[2] for w in command.argv if "://" in w]
         wanted += [w.partition("=")[2] if "=" in w.split("://", 1)[0] else w for w in words if has_credentials(w)]
         wanted += [url for url, _path in phase.downloads]
         wanted += [s.wheel for s in phase.steps if s.fetched and s.wheel]
-        named = {k[len("UV_INDEX_"):].rsplit("_", 1)[0] for k in phase.env if k.startswith("UV_INDEX_")}
-        for word in phase.argv:
-            name, eq, url = word.partition("=")
-            if eq and "://" in url and name.upper().replace("-", "_").replace(".", "_") in named:
-                wanted.append(url)
     hosts: list[str] = list(plan.credential_hosts)
     for url in wanted:
         host = urlsplit(url).hostname
@@ -215,8 +219,8 @@ def credential_hosts(plan: Plan) -> list[str]:
     return hosts
 
 
-def _credentials_note(plan: Plan) -> list[str]:
-    hosts = credential_hosts(plan)
+def _credentials_note(plan: Plan, renderer: Renderer) -> list[str]:
+    hosts = credential_hosts(plan, renderer)
     if not hosts:
         return []
     first = hosts[0]
@@ -237,22 +241,24 @@ def _constraints_line(plan: Plan) -> str:
     return f'"$PY" -c {shlex.quote(constraints_mod.script())} "$CONSTRAINTS" {" ".join(args)}'
 
 
-def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[str]:
+def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: str | None) -> list[str]:
     """The phase's command as shell words, the interpreter, uv and the constraints files as variables."""
     constraints = str(plan.constraints_path)
     words = []
-    argv = list(phase.plain_argv or phase.base_argv or phase.argv)
+    # The plain command: the build phase's requirements as they are, not the wheels it chose
+    # (they are in this machine's cache or build folders, not in the image); credentials in
+    # place (stripped below).
+    plain = replace(phase, steps=(), wheels=())
+    if phase.name == BUILD_REQS and phase.target_dir:
+        # The script's build phase is one plain ``pip install --no-build-isolation``, which
+        # needs its build requirements in the environment (install keeps them apart).
+        plain = replace(plain, target_dir=None, upgrade=False, constraints_file=str(plan.constraints_path))
+    argv = list(renderer.command(plain, hide=False).argv)
     # Files backendpick would download first are named by their URL: the script's pip or uv
     # fetches them (with the credentials of .netrc).
     back = {Path(path).as_uri(): url for p in plan.phases for url, path in p.downloads}
     back.update({path: url for p in plan.phases for url, path in p.downloads})
     argv = [_unfetched(a, back) for a in argv]
-    if phase.name == BUILD_REQS and "--target" in argv:
-        # The script's build phase is one plain ``pip install --no-build-isolation``, which
-        # needs its build requirements in the environment (install keeps them apart).
-        at = argv.index("--target")
-        del argv[at:at + 3]
-    # The plain commands: wheels in this machine's cache or build folders are not in the image.
     for a in argv:
         if a == python:
             words.append('"$PY"')
@@ -264,9 +270,20 @@ def _words(plan: Plan, phase: Phase, python: str, uv_exe: str | None) -> list[st
             words.append('"$CONSTRAINTS"')
         elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
             words.append('"$BACKEND_CONSTRAINTS"')
+        elif phase.hashed_file and a == phase.hashed_file:
+            words.append(_hashed_var(phase))
         else:
             words.append(shlex.quote(strip(a)))
     return words
+
+
+def _heredoc(path: str, lines) -> list[str]:
+    """The lines that write ``lines`` to the file ``path`` (a shell word) as they are."""
+    return [f"cat > {path} <<'BACKENDPICK_EOF'", *lines, "BACKENDPICK_EOF"]
+
+
+def _hashed_var(phase: Phase) -> str:
+    return f'"$BP_TMP/hashed-{phase.name}.txt"'
 
 
 def _unfetched(word: str, back: Mapping[str, str]) -> str:
@@ -278,21 +295,18 @@ def _unfetched(word: str, back: Mapping[str, str]) -> str:
 
 def _phase_lines(plan: Plan, phase: Phase, words: list[str], uv: bool) -> list[str]:
     """The lines that run one phase's command, with the environment it runs in."""
-    env = [f"{k}={shlex.quote(redact(v))}" for k, v in sorted(phase.env.items()) if k == "PIP_CONFIG_FILE"]
-    unset = [f"-u {k}" for k in phase.unset if k in _SOURCE_VARS]
     if uv:
         # The plan decides every source: no UV_* variable of the image may add one (uv
         # reads no pip configuration, so the pip subshell below is not needed).
         return [" ".join(["env", *[f"-u {k}" for k in UV_SOURCE_VARS]] + words)]
-    if phase.name == BACKEND:
+    if phase.source == BACKEND_INDEX:
         # Whatever the image's environment says, the backend phase reads no pip sources
         # (PIP_CONSTRAINT included: a constraint could pin torch to another build); the
         # other settings of its pip configuration come back as variables, in a subshell.
         unset = [f"-u {k}" for k in _SOURCE_VARS]
-        env = ["PIP_CONFIG_FILE=/dev/null"]
         return ["(",
                 f'  eval "$("$PY" -c {shlex.quote(pip_settings_script())} {" ".join(_SOURCE_VARS)})"',
-                "  " + " ".join(["env", *unset, *env] + words),
+                "  " + " ".join(["env", *unset, "PIP_CONFIG_FILE=/dev/null"] + words),
                 ")"]
-    prefix = ["env", *unset, *env] if (env or unset) else []
-    return [" ".join(prefix + words)]
+    # The other phases read the pip configuration of the machine running the script, as install's do.
+    return [" ".join(words)]

@@ -28,12 +28,6 @@ from backendpick.model.plan import AS_IS, BUILD, PREBUILT, Plan
 from backendpick.redaction import redact, strip
 
 _SCHEMES = ("http", "https")
-# Options whose next word is their value, not a requirement: an index or find-links URL is the
-# installer's to read (indexes/credentials.py moves one holding credentials into its environment).
-_VALUED = frozenset({"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint", "-r",
-                     "--requirement", "--default-index", "--index", "--target", "-w", "--wheel-dir", "--report",
-                     "--python", "--only-binary", "--no-binary", "--trusted-host", "--allow-insecure-host", "--cert",
-                     "--client-cert", "--proxy", "--prefix", "--root", "--cache-dir", "--log"})
 
 
 def _local(folder: Path, url: str) -> Path:
@@ -82,16 +76,17 @@ def localize(plan: Plan, needs: Callable[[str], bool], folder: Path) -> Plan:
     phases = []
     for phase in plan.phases:
         found: dict[str, str] = {}
-        steps = phase.steps
+        steps, wheels = phase.steps, phase.wheels
         if phase.name == BUILD:
             steps, found = localize_steps(phase.steps, needs, folder)
+        if wheels:  # the build phase's wheels the rest phase installs (model/plan.py fold)
+            wheels, more = localize_steps(wheels, needs, folder)
+            found.update(more)
 
-        def one(words):
-            return tuple(w if i and words[i - 1] in _VALUED else _word(w, needs, folder, found)
-                         for i, w in enumerate(words))
-
-        changed = replace(phase, argv=one(phase.argv), base_argv=one(phase.base_argv),
-                          requirements=one(phase.requirements), steps=steps)
+        # A requirement's URL only: index and find-links URLs are the installer's to read
+        # (indexes/credentials.py moves one holding credentials into its environment).
+        changed = replace(phase, requirements=tuple(_word(w, needs, folder, found) for w in phase.requirements),
+                          steps=steps, wheels=wheels)
         if found:
             changed = replace(changed, downloads=tuple(sorted({**dict(phase.downloads), **found}.items())))
         phases.append(changed)

@@ -1,11 +1,20 @@
-"""Build the install plan: a value listing ordered pip phases. Pure: data in, data out.
+"""The install plan: a value listing ordered phases, each saying WHAT it does, never how an
+installer spells it. Pure: data in, data out.
 
-Phases, each one pip invocation:
+Phases, in the order they run:
   remove              only when installed backend packages are built for another backend
   backend             torch and its family, from the backend index alone
-  build-requirements  what no-build-isolation packages need in the target (setuptools, ninja...)
+  build-requirements  what no-build-isolation packages need (setuptools, ninja...)
   build               flash-attn and friends with --no-build-isolation, torch pinned
   rest                everything else from the user's pip configuration, the stack pinned
+
+A phase records its intent: the requirements and where they come from (the backend index alone,
+the user's pip configuration, find-links folders, direct URLs), its constraints file (which
+file, its lines, when it is written), and its switches (upgrade, pre-releases, no dependencies,
+no build isolation, no cache, a target folder, a hash-checked requirement file). The engines
+(``execute/engines.py``) render a phase to one installer's argv and environment, in one place,
+for install, ``--dry-run``, ``plan``, ``--json`` and the shell export alike; a lock writer reads
+the same intents (``Phase.requirement_sources``).
 
 Later phases get a constraints file that pins what the backend phase installed and *fences*
 backend packages it did not install (``name<0``, a version that cannot exist): an ordinary
@@ -15,13 +24,12 @@ and ``install`` moves that package into the backend phase and runs again.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from packaging.markers import UndefinedEnvironmentName
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -39,6 +47,21 @@ REMOVE, BACKEND, BUILD_REQS, BUILD, REST = "remove", "backend", "build-requireme
 # Where a build-phase package's wheel comes from (build/wheel_choice.py decides; see its docstring).
 PENDING, CACHED, PREBUILT, SOURCE, AS_IS = "pending", "cache", "prebuilt", "source", "as-is"
 
+# What a phase does.
+INSTALL, UNINSTALL = "install", "uninstall"
+CLEAR = "clear"  # removes the folders a killed pip left (restore): no installer runs
+
+# Where a phase's requirements come from (a requirement's own direct URL, or a build step's
+# find-links folder, wins over it: ``Phase.requirement_sources``).
+BACKEND_INDEX = "backend-index"  # that index alone: none of the user's package sources
+USER = "user"  # the user's pip configuration, with the requirements files' own options
+OFFLINE = "offline"  # local files only: no index, no pip configuration (restore's kept copies)
+FIND_LINKS, DIRECT = "find-links", "direct-url"
+
+# When a phase's constraints file is written: before the phase from the lines it holds now, or
+# after the backend phase from what that installed (install's pins; planning/constraint_rule.py).
+BEFORE, AFTER_BACKEND = "before", "after-backend"
+
 
 @dataclass(frozen=True)
 class BuildStep:
@@ -51,7 +74,10 @@ class BuildStep:
     version: str | None = None
     wheel: str | None = None  # URL or local path of the wheel to install
     note: str = ""  # why, in one line
-    build_argv: tuple[str, ...] = ()  # pip wheel, for a source build
+    # A source build: ``build_requirement`` built with ``pip wheel`` (the build phase's options,
+    # --no-deps, --no-binary of the package) into ``wheel_dir``; the engines render the command.
+    build_requirement: str | None = None
+    wheel_dir: str | None = None
     build_env: dict = field(default_factory=dict)  # limits and switches for that build
     arch_key: str = ""  # the architecture part of its cache key
     limits: str = ""  # what was chosen for the build, in words
@@ -80,6 +106,22 @@ class BuildStep:
         chosen = f" ({self.version})" if self.version else ""
         return f"<wheel for {self.requirement}{chosen}: chosen after the backend phase>"
 
+    def source(self) -> tuple[str, str | None]:
+        """Where its wheel comes from: (FIND_LINKS, folder), (DIRECT, URL or file), or (USER,
+        None) for one pip takes from the user's indexes itself (or chooses after the backend phase)."""
+        if self.find_links and self.version:
+            return FIND_LINKS, self.find_links
+        if self.wheel:
+            return DIRECT, self.fetched or self.wheel
+        if self.how == AS_IS:
+            try:
+                url = Requirement(self.requirement).url
+            except InvalidRequirement:
+                url = None
+            if url or self.fetched:
+                return DIRECT, self.fetched or url
+        return USER, None
+
     def to_json(self) -> dict:
         return {
             "requirement": self.requirement,
@@ -88,18 +130,10 @@ class BuildStep:
             "wheel": redact(self.wheel) if self.wheel else None,
             "downloaded_to": self.fetched,
             "note": redact(self.note),
-            "build_argv": [redact(a) for a in self.build_argv],
+            "build_requirement": self.build_requirement,
+            "wheel_dir": self.wheel_dir,
             "build_env": {k: redact_var(k, v) for k, v in self.build_env.items()},
         }
-
-
-
-
-
-def _shell(argv: Sequence[str], env: Mapping[str, str], unset: Sequence[str] = ()) -> str:
-    words = [f"{k}={shlex.quote(redact_var(k, v))}" for k, v in sorted(env.items())]
-    prefix = (["env"] + [f"-u {k}" for k in unset] + words) if (words or unset) else []
-    return " ".join(prefix + [shlex.quote(redact(a)) for a in argv])
 
 
 class PhaseContext(Protocol):
@@ -116,72 +150,112 @@ class PhaseContext(Protocol):
 
 @dataclass(frozen=True)
 class Phase:
+    """One installer run, as intent. ``requirements`` are the words the installer gets: the
+    requirements, then editables (``-e PATH``) and unnamed paths or URLs as the user gave them."""
+
     name: str
     requirements: tuple[str, ...]
-    argv: tuple[str, ...]
-    index_url: str | None = None  # None: the user's own pip configuration decides
+    action: str = INSTALL
+    source: str = USER  # BACKEND_INDEX, USER or OFFLINE
+    index_url: str | None = None  # BACKEND_INDEX: the index
+    # The pip options of the user's requirements files (inputs/requirements.py lets only package
+    # sources and binary choices through), in the user's words and order.
+    options: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()  # the constraints file's lines, as known at plan time
+    constraints_file: str | None = None
+    constraints_written: str = BEFORE  # BEFORE this phase, or AFTER_BACKEND from what it installed
+    upgrade: bool = False
+    pre: bool = False  # pre-releases (the nightly channel's backend phase)
+    no_deps: bool = False
     no_build_isolation: bool = False
-    constraints: tuple[str, ...] = ()  # lines known at plan time; install rewrites the file
-    env: dict = field(default_factory=dict)  # variables set for this phase on top of the user's
-    unset: tuple[str, ...] = ()  # variables removed for this phase
+    no_cache: bool = False  # the installer's wheel cache would hand back a build against another torch
+    target_dir: str | None = None  # installs into this folder, not the environment
+    # Requirements with ``--hash`` go to pip in a requirement file, the one place pip accepts
+    # hashes: its path and lines, written before the phase runs (planning/hashes.py).
+    hashed_file: str | None = None
+    hashed_lines: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()  # CLEAR: what to remove
     skip: str | None = None  # why it will not run (already satisfied), or None
     # Build phase only: where each package's wheel comes from, and what choosing it needs
-    # (a wheel_choice.BuildContext). Without steps, the phase runs ``argv`` as it is.
+    # (a wheel_choice.BuildContext). Without steps, the phase installs its requirements as they are.
     steps: tuple[BuildStep, ...] = ()
     context: PhaseContext | None = None
-    # Build phase: its wheels are installed by the rest phase's pip run (one pip start fewer).
+    # Build phase: its wheels are installed by the rest phase's run (one pip start fewer).
     deferred: bool = False
-    # Rest phase: its argv before the build phase's wheels were folded in.
-    base_argv: tuple[str, ...] = ()
+    # Rest phase: the build phase's wheels it installs too (``fold``), binary only.
+    wheels: tuple[BuildStep, ...] = ()
     # Build-requirements phase into a folder of its own: it starts with this phase (the
     # backend's) and runs beside it, as nothing it installs depends on torch.
     alongside: str | None = None
     # Files backendpick downloads before the phase runs, (URL, local file): behind credentials
-    # the installer would not find; its command names the local file (indexes/fetches.py).
+    # the installer would not find; the phase names the local file (indexes/fetches.py).
     downloads: tuple[tuple[str, str], ...] = ()
-    # The command as the shell export writes it, when credentials were moved off ``argv`` into
-    # ``env`` (indexes/credentials.py): every option back in place, its URL without user information.
-    plain_argv: tuple[str, ...] = ()
 
-    def install_argv(self) -> tuple[str, ...]:
-        """``argv`` with each build step's wheel in place of its requirement."""
-        if not self.steps:
-            return self.argv
-        head = self.argv[: len(self.argv) - len(self.requirements)]
-        links = [a for s in self.steps if s.find_links for a in ("-f", s.find_links)]
-        return tuple(head) + tuple(links) + tuple(s.install_requirement() for s in self.steps)
+    @property
+    def installs(self) -> tuple[str, ...]:
+        """What the installer gets to install: the build steps' wheels in place of their
+        requirements, the folded wheels before the phase's own requirements."""
+        if self.steps:
+            return tuple(s.install_requirement() for s in self.steps)
+        return tuple(s.install_requirement() for s in self.wheels) + self.requirements
 
-    def command_line(self) -> str:
-        """The command as a shell line, credentials hidden: what --dry-run prints.
+    @property
+    def find_links(self) -> tuple[str, ...]:
+        """Folders holding the build wheels this phase installs by name and version."""
+        return tuple(s.find_links for s in (self.steps or self.wheels) if s.find_links)
 
-        A build phase with steps prints one line per command it runs (pip wheel for each
-        source build, then pip install), after a ``#`` comment per package saying why.
-        """
-        fetched = [f"# downloaded first by backendpick (the server wants credentials): {redact(url)} -> {path}"
-                   for url, path in self.downloads]
-        if not self.steps:
-            line = _shell(self.argv, self.env, self.unset)
-            if self.alongside:
-                fetched.append(f"# runs alongside the {self.alongside} phase")
-            return "\n".join([*fetched, line])
-        lines = fetched + [f"# {redact(s.note)}" for s in self.steps if s.note]
-        lines += [_shell(s.build_argv, {**self.env, **s.build_env}, self.unset) for s in self.steps if s.build_argv]
-        if self.deferred:
-            lines.append("# the wheels are installed by the rest phase's pip run")
-        else:
-            lines.append(_shell(self.install_argv(), self.env, self.unset))
-        return "\n".join(lines)
+    @property
+    def only_binary(self) -> tuple[str, ...]:
+        """Names the installer must take as a wheel: folded build wheels are never rebuilt in isolation."""
+        return tuple(sorted(s.name for s in self.wheels))
+
+    def requirement_sources(self) -> tuple[tuple[str, str, str | None], ...]:
+        """(requirement, where from, location) for each requirement, what a lock writer reads:
+        DIRECT (its URL or file), FIND_LINKS (a folder), BACKEND_INDEX (the index), USER (the
+        user's pip configuration and the requirements files' options) or OFFLINE."""
+        out = []
+        for step in (*self.wheels, *self.steps):
+            out.append((step.requirement, *step.source()))
+        if self.steps:
+            return tuple(out)
+        words = list(self.requirements)
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word == "-e" and i + 1 < len(words):
+                out.append((f"-e {words[i + 1]}", DIRECT, words[i + 1]))
+                i += 2
+                continue
+            try:
+                url = Requirement(word).url
+            except InvalidRequirement:
+                url = word  # a path or URL as the user wrote it
+            out.append((word, DIRECT, url) if url else (word, self.source, self.index_url))
+            i += 1
+        return tuple(out)
 
     def to_json(self) -> dict:
+        """The intent; the engines add the command (execute/engines.py ``phase_json``)."""
         data = {
             "name": self.name,
             "requirements": list(self.requirements),
             "index_url": redact(self.index_url) if self.index_url else None,
             "no_build_isolation": self.no_build_isolation,
             "constraints": list(self.constraints),
-            "command": self.command_line(),
-            "argv": [redact(a) for a in self.install_argv()],
             "skip": self.skip,
+            "action": self.action,
+            "source": self.source,
+            "constraints_file": self.constraints_file,
+            "constraints_written": self.constraints_written if self.constraints_file else None,
+            "upgrade": self.upgrade,
+            "pre": self.pre,
+            "no_deps": self.no_deps,
+            "no_cache": self.no_cache,
+            "target_dir": self.target_dir,
+            "hashed_file": self.hashed_file,
+            "only_binary": list(self.only_binary),
+            "sources": [{"requirement": redact(r), "from": kind, "location": redact(where) if where else None}
+                        for r, kind, where in self.requirement_sources()],
         }
         if self.alongside:
             data["alongside"] = self.alongside
@@ -207,7 +281,10 @@ class Plan:
     offers_source: str = "index"
     user_constraints: tuple[str, ...] = ()  # from -c lines of requirements files
     routes: tuple = ()  # routing.Route per package with a recipe: where it comes from and why
-    installer: str = "pip"  # the engine whose commands the phases hold (execute/engines.py)
+    installer: str = "pip"  # the engine that runs the phases (execute/engines.py renders them)
+    uv: str | None = None  # the uv executable, for the uv engine (inputs/installer.py)
+    # How pip runs for the target: its own, else backendpick's with --python (plan.pip_argv).
+    pip: tuple[str, ...] = ()
     # The build-requirements phase's own constraints file, when it installs into the build
     # folder (its lines are that phase's ``constraints``); None otherwise.
     build_constraints_path: Path | None = None
@@ -233,7 +310,10 @@ class Plan:
     def active(self) -> list[Phase]:
         return [p for p in self.phases if p.skip is None]
 
-    def to_json(self) -> dict:
+    def to_json(self, phase_json=None) -> dict:
+        """``phase_json``: a phase's JSON with its command (engines.Renderer.phase_json); the
+        intent alone without it."""
+        shown = phase_json or (lambda p: p.to_json())
         return {
             "backend": self.backend.name,
             "reason": self.reason,
@@ -243,7 +323,7 @@ class Plan:
             "offers_source": self.offers_source,
             "installer": self.installer,
             "constraints_file": str(self.constraints_path),
-            "phases": [p.to_json() for p in self.phases],
+            "phases": [shown(p) for p in self.phases],
             "packages": [r.to_json() for r in self.routes],
             "warnings": list(self.warnings),
             "torch": self.torch.to_json() if self.torch is not None else None,
@@ -338,16 +418,10 @@ def foldable(build: Phase) -> bool:
 
 
 def fold(build: Phase, rest: Phase) -> Phase:
-    """The rest phase installing the build phase's wheels too.
-
-    ``--only-binary`` for them: pip must take the wheel, never fall back to an isolated sdist
-    build (the ``No module named 'torch'`` failure this tool exists to avoid)."""
-    base = rest.base_argv or rest.argv
-    head = base[: len(base) - len(rest.requirements)]
-    links = [a for s in build.steps if s.find_links for a in ("-f", s.find_links)]
-    only = ["--only-binary", ",".join(sorted(s.name for s in build.steps))]
-    wheels = [s.install_requirement() for s in build.steps]
-    return replace(rest, argv=(*head, *links, *only, *wheels, *rest.requirements), base_argv=base)
+    """The rest phase installing the build phase's wheels too (``Phase.wheels``): the engines
+    give the installer ``--only-binary`` for them, so it must take the wheel and never fall back
+    to an isolated sdist build (the ``No module named 'torch'`` failure this tool exists to avoid)."""
+    return replace(rest, wheels=build.steps)
 
 
 def fold_builds(phases: Sequence[Phase]) -> tuple[Phase, ...]:

@@ -12,15 +12,15 @@ from backendpick.model import names, plan as plan_mod
 
 def with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan:
     """Requirements with ``--hash`` (pip-compile --generate-hashes) reach pip in a requirements
-    file, the only place pip accepts hashes, one file per phase; pip then checks every file it
-    downloads, as ``pip install -r`` of the user's file would.
+    file, the only place pip accepts hashes, one file per phase (``Phase.hashed_file``, written
+    before the phase runs); pip then checks every file it downloads, as ``pip install -r`` of the
+    user's file would.
 
-    The backend phase installs its packages ``--no-deps``: in hash-checking mode pip needs a
-    hash for every dependency it installs, and the user's file lists torch's dependencies
-    (hashed) among the ordinary packages, which the rest phase installs. Hashes of PyPI's torch
-    do not match the backend index's builds; pip says so (generate them against that index)."""
-    from backendpick.edges.durable import write_atomic
-
+    The backend phase installs its packages without dependencies: in hash-checking mode pip
+    needs a hash for every dependency it installs, and the user's file lists torch's
+    dependencies (hashed) among the ordinary packages, which the rest phase installs. Hashes of
+    PyPI's torch do not match the backend index's builds; pip says so (generate them against
+    that index)."""
     phases = []
     for ph in plan.phases:
         if ph.name not in (plan_mod.BACKEND, plan_mod.REST) or ph.skip is not None or ph.steps:
@@ -42,13 +42,8 @@ def with_hashes(plan: plan_mod.Plan, hashes: dict, state: Path) -> plan_mod.Plan
             key = hash_key(w)
             lines.append(" ".join([w, *(f"--hash={h}" for h in hashes.get(key, ()))]))
             i += 1
-        path = state / f"hashed-{ph.name}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "\n".join(lines) + "\n")
-        head = list(ph.argv[: len(ph.argv) - len(ph.requirements)])
-        if ph.name == plan_mod.BACKEND:
-            head.append("--no-deps")
-        phases.append(replace(ph, requirements=("-r", str(path)), argv=(*head, "-r", str(path))))
+        phases.append(replace(ph, hashed_file=str(state / f"hashed-{ph.name}.txt"), hashed_lines=tuple(lines),
+                              no_deps=ph.no_deps or ph.name == plan_mod.BACKEND))
     return replace(plan, phases=tuple(phases))
 
 

@@ -5,8 +5,9 @@
 ``_candidates`` says which backends may serve and what the last install recorded;
 ``_resolve`` is the one resolution of the ordinary requirements (selection/resolve.py);
 ``_select`` chooses the backend and the torch from what the indexes offer (selection/offers.py,
-selection/backend_choice.py, selection/torch_version.py); ``_plan`` writes the phases
-(model/plan.py, planning/routing.py, build/wheel_choice.py, execute/engines.py).
+selection/backend_choice.py, selection/torch_version.py); ``_plan`` writes the phases as intents
+(model/plan.py, planning/routing.py, build/wheel_choice.py), which the engines render later
+(execute/engines.py).
 The commands only parse, call ``prepare`` and render.
 """
 
@@ -24,10 +25,9 @@ from packaging.version import Version
 from backendpick import redaction
 from backendpick.edges import paths
 from backendpick.errors import NoBackendError
-from backendpick.execute import engines as engine_mod
 from backendpick.indexes import credentials, fetches
 from backendpick.indexes.client import IndexClient
-from backendpick.inputs import config, pip_config as pipconf, requirements
+from backendpick.inputs import config, installer as installer_mod, pip_config as pipconf, requirements
 from backendpick.knowledge import facts as facts_mod
 from backendpick.knowledge.facts import Facts
 from backendpick.machine.probe import ProbeSettings, probe
@@ -61,7 +61,7 @@ class _Inputs:
     env: dict
     facts: Facts
     settings: config.Settings
-    engine: engine_mod.Engine
+    installer: installer_mod.Installer
     wanted: requirements.Wanted
     target: environment.Target
     pip_config: pipconf.PipConfig
@@ -167,7 +167,7 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
         pin_environment=req.pin_environment,
     )
     # Before any look-up: asking for uv where there is none is a usage error, at once.
-    engine = engine_mod.resolve(settings.installer.value, env, settings.installer.source)
+    installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source)
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
                                  editables=req.editables)
     if target is None:
@@ -197,7 +197,7 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
     # One client per plan: each page read once; kept on disk between runs as HTTP caching
     # allows (indexes/page_cache.py), revalidated with --refresh.
     client = IndexClient(pip_config, env=env, refresh=req.refresh, urls=credentials.configured_urls(settings))
-    return _Inputs(req, env, facts, settings, engine, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
+    return _Inputs(req, env, facts, settings, installer, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
                    cons_lines, policy, upgrade, explicit_choice(settings), client, warnings,
                    origin_mod.of(target, facts, env))
 
@@ -482,8 +482,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
         decision=decision, requirements=routed.requirements, settings=settings, target=target,
         index_url=index_url_for(i.template, decision.backend),
         offered=offers.versions.get(decision.backend, []) if offers else [],
-        constraints_path=paths.constraints(i.state), backend_env=pipconf.backend_phase_env(i.env, i.pip_config),
-        user_env=i.env, rest_options=i.wanted.rest_options,
+        constraints_path=paths.constraints(i.state), rest_options=i.wanted.rest_options,
         user_constraints=list(i.wanted.constraints) + [Requirement(f) for f in routed.fences],
         rest_args=i.wanted.rest_args, runner_python=sys.executable,
         offers_source=offers.source if offers else "table",
@@ -499,10 +498,10 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
                    replacing=stays.replacing_line(i.origin, s.replacing) if s.replacing
                    else stays.shadowing_line(plan, i.origin, target))
     plan = torch_version.finish(
-        plan, upgrade=i.upgrade, own_env=i.own_env, choice=s.choice, resolution=s.resolution,
+        plan, upgrade=i.upgrade, choice=s.choice, resolution=s.resolution,
         backend_constraints=[str(r) for _f, r in i.cons_lines] + [str(c) for c in i.wanted.constraints],
         backend_constraints_path=paths.backend_constraints(i.state), pre=i.channel == "nightly",
-        pin_environment=bool(settings.pin_environment.value), family=i.family, nbi=i.nbi, keep_torch=s.kept,
+        pin_environment=bool(settings.pin_environment.value), family=i.family, keep_torch=s.kept,
     )
     # pip never removes what conda manages unless the user says so (issue 18, item 3).
     conda = stays.conda_guard(plan, target, facts.managed_installers, allowed=i.req.replace_conda)
@@ -513,7 +512,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
 def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Settings) -> plan_mod.Plan:
     """The plan's last checks and attachments: the family on the backend index, prebuilt
     wheels for a build phase, the files backendpick downloads behind credentials, hashes, and
-    the installer (pip or uv), which moves credentials off the command lines."""
+    the installer (pip or uv) that runs the phases."""
     offers = s.offers
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
     if backend_phase is not None and offers is not None and offers.source == "index":
@@ -535,8 +534,9 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
     plan = fetches.localize(plan, i.client.keychain.child_cannot_find, paths.downloads(i.state))
     if i.wanted.hashes:
         plan = hashes.with_hashes(plan, i.wanted.hashes, i.state)
-    plan = replace(plan, credential_hosts=tuple(i.client.keychain.hosts()))
-    return i.engine.apply(plan, pip_config=i.pip_config, user_env=i.env)
+    # The installer that runs the phases; the engines render them (execute/engines.py).
+    return replace(plan, credential_hosts=tuple(i.client.keychain.hosts()), installer=i.installer.name,
+                   uv=str(i.installer.uv) if i.installer.uv else None)
 
 
 def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple]:

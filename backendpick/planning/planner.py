@@ -1,7 +1,8 @@
 """The planner: requirements, settings and the chosen backend in, a ``plan.Plan`` out. Pure.
 
 ``make_plan`` splits the request into the phases ``model/plan.py`` describes (remove, backend,
-build-requirements, build, rest), each one pip invocation with its constraints; the plan model,
+build-requirements, build, rest), each one installer run as intent (what it installs, from
+where, under which constraints), never an installer's command line; the plan model,
 the requirement predicates and the folding of build wheels into the rest phase stay in
 ``model/plan.py``.
 """
@@ -26,9 +27,11 @@ from backendpick.model.plan import (
     BUILD_REQS,
     REMOVE,
     REST,
+    AFTER_BACKEND,
+    BACKEND_INDEX,
+    UNINSTALL,
     Phase,
     Plan,
-    env_delta,
     installed_backend_mismatch,
     marker_ok,
     merge_specifier,
@@ -118,7 +121,6 @@ def _removals(
 
 
 def _remove_phase(
-    pip: Sequence[str],
     removed: Mapping[str, Installed],
     rebuilt: Mapping[str, Installed],
     family: set,
@@ -133,40 +135,33 @@ def _remove_phase(
     names = {normalize(r.name) for r in build_reqs}
     build_reqs += [Requirement(same_release(d) if n in rebuilt else d.name)
                    for n, d in sorted(removed.items()) if n in nbi and n not in names]
-    return Phase(REMOVE, tuple(to_remove), tuple([*pip, "uninstall", "-y", *to_remove]))
+    return Phase(REMOVE, tuple(to_remove), action=UNINSTALL)
 
 
 def _backend_phase(
-    pip: Sequence[str],
     backend_reqs: Sequence[Requirement],
     installed_after_remove: Mapping[str, Installed],
     target: Target,
     backend: Backend,
     index_url: str,
-    backend_env: Mapping[str, str],
-    user_env: Mapping[str, str],
 ) -> Phase:
-    """The backend family from the backend's index, with the backend's environment."""
+    """The backend family from the backend's index alone (none of the user's package sources)."""
     done = satisfied(backend_reqs, installed_after_remove, target.markers) is None
-    changed_env, unset = env_delta(backend_env, user_env)
     return Phase(
         BACKEND,
         tuple(str(r) for r in backend_reqs),
-        tuple([*pip, "install", "--index-url", index_url, *[str(r) for r in backend_reqs]]),
+        source=BACKEND_INDEX,
         index_url=index_url,
-        env=changed_env,
-        unset=unset,
         skip=f"already installed for {backend}" if done else None,
     )
 
 
 def _build_phases(
-    pip: Sequence[str],
     build_reqs: Sequence[Requirement],
     nbi: Mapping[str, Sequence[str]],
     installed_after_remove: Mapping[str, Installed],
     target: Target,
-    cflag: Sequence[str],
+    constraints_path: Path,
     rest_options: Sequence[str],
     constraint_lines: Sequence[str],
 ) -> tuple[Phase, Phase]:
@@ -178,35 +173,34 @@ def _build_phases(
                 needed.append(dep)
     missing = [d for d in needed if satisfied([Requirement(d)], installed_after_remove, target.markers)]
     skip = satisfied(build_reqs, installed_after_remove, target.markers)
+    pinned = dict(constraints=tuple(constraint_lines), constraints_file=str(constraints_path),
+                  constraints_written=AFTER_BACKEND, options=tuple(rest_options))
     reqs_phase = Phase(
         BUILD_REQS,
         tuple(needed),
-        tuple([*pip, "install", *cflag, *rest_options, *needed]),
-        constraints=constraint_lines,
+        **pinned,
         # Only a build needs them (and install keeps them out of the environment).
         skip=("nothing to build" if not skip else None if missing else "build requirements already installed"),
     )
-    # --no-cache-dir: pip's wheel cache would hand back a wheel it built earlier from the
-    # same sdist, against whatever torch was installed then (issue 8). Only this phase.
+    # no_cache: pip's wheel cache would hand back a wheel it built earlier from the same sdist,
+    # against whatever torch was installed then (issue 8). Only this phase.
     build_phase = Phase(
         BUILD,
         tuple(str(r) for r in build_reqs),
-        tuple([*pip, "install", "--no-cache-dir", "--no-build-isolation", *cflag, *rest_options,
-               *[str(r) for r in build_reqs]]),
+        **pinned,
         no_build_isolation=True,
-        constraints=constraint_lines,
+        no_cache=True,
         skip=None if skip else "already installed",
     )
     return reqs_phase, build_phase
 
 
 def _rest_phase(
-    pip: Sequence[str],
     rest_reqs: Sequence[Requirement],
     rest_args: Sequence[str],
     installed_after_remove: Mapping[str, Installed],
     target: Target,
-    cflag: Sequence[str],
+    constraints_path: Path,
     rest_options: Sequence[str],
     rest_lines: Sequence[str],
 ) -> Phase:
@@ -217,8 +211,10 @@ def _rest_phase(
     return Phase(
         REST,
         tuple(words),
-        tuple([*pip, "install", *cflag, *rest_options, *words]),
-        constraints=rest_lines,
+        options=tuple(rest_options),
+        constraints=tuple(rest_lines),
+        constraints_file=str(constraints_path),
+        constraints_written=AFTER_BACKEND,
         skip=None if skip else "already installed",
     )
 
@@ -232,8 +228,6 @@ def make_plan(
     index_url: str,
     offered: Sequence[Version],
     constraints_path: Path,
-    backend_env: Mapping[str, str],
-    user_env: Mapping[str, str],
     rest_options: Sequence[str] = (),
     user_constraints: Sequence[Requirement] = (),
     rest_args: Sequence[str] = (),
@@ -252,7 +246,6 @@ def make_plan(
     backend = decision.backend
     family = set(settings.backend_packages)
     nbi = settings.no_build_isolation
-    pip = pip_argv(target, runner_python)
     notes = list(warnings)
 
     backend_reqs, build_reqs, rest_reqs = _split_requirements(
@@ -263,21 +256,19 @@ def make_plan(
 
     phases: list[Phase] = []
     if removed:
-        phases.append(_remove_phase(pip, removed, rebuilt, family, nbi, backend_reqs, build_reqs))
+        phases.append(_remove_phase(removed, rebuilt, family, nbi, backend_reqs, build_reqs))
     if backend_reqs:
-        phases.append(_backend_phase(pip, backend_reqs, installed_after_remove, target, backend,
-                                     index_url, backend_env, user_env))
+        phases.append(_backend_phase(backend_reqs, installed_after_remove, target, backend, index_url))
 
     build_names = {normalize(r.name) for r in build_reqs}
     user_cons = [str(c) for c in user_constraints]
     constraint_lines, rest_lines = constraints_mod.preview(backend_reqs, installed_after_remove, family, nbi,
                                                            build_names, user_cons)
-    cflag = ["-c", str(constraints_path)]
     if build_reqs:
-        phases.extend(_build_phases(pip, build_reqs, nbi, installed_after_remove, target, cflag,
+        phases.extend(_build_phases(build_reqs, nbi, installed_after_remove, target, constraints_path,
                                     rest_options, constraint_lines))
     if rest_reqs or rest_args:
-        phases.append(_rest_phase(pip, rest_reqs, rest_args, installed_after_remove, target, cflag,
+        phases.append(_rest_phase(rest_reqs, rest_args, installed_after_remove, target, constraints_path,
                                   rest_options, rest_lines))
 
     return Plan(
@@ -293,4 +284,5 @@ def make_plan(
         build_names=tuple(sorted(nbi)),
         offers_source=offers_source,
         user_constraints=tuple(user_cons),
+        pip=tuple(pip_argv(target, runner_python)),
     )

@@ -299,14 +299,6 @@ def nightly_date(version: str) -> str | None:
 # -- the plan's finishing touches ----------------------------------------------------------------
 
 
-def _with_flag(argv: tuple, *flags: str) -> tuple:
-    """``argv`` (``... install ...``) with ``flags`` right after ``install``."""
-    if not argv or "install" not in argv:
-        return argv
-    i = argv.index("install") + 1
-    return (*argv[:i], *flags, *argv[i:])
-
-
 def _names(words: Iterable[str]) -> set[str]:
     """Normalized names of a phase's requirements; ``-e PATH``, paths and URLs passed to pip as
     written (issue 9's inputs) and placeholders have none."""
@@ -319,43 +311,37 @@ def _names(words: Iterable[str]) -> set[str]:
     return out
 
 
-def finish(plan, *, upgrade: Upgrade, own_env: Mapping[str, str], choice: TorchChoice | None, resolution: Resolution,
+def finish(plan, *, upgrade: Upgrade, choice: TorchChoice | None, resolution: Resolution,
            backend_constraints: Sequence[str], backend_constraints_path: Path, pre: bool, pin_environment: bool,
-           family: Iterable[str], nbi: Iterable[str], keep_torch: bool = False):
+           family: Iterable[str], keep_torch: bool = False):
     """What this module adds to ``planner.make_plan``'s plan, in one place:
 
-    * the backend phase gets the user's constraints (``-c``: policy holds there too) and, on the
-      nightly channel, ``--pre`` (pre-releases for the torch family only: the other phases don't);
-    * ``-U`` / ``--upgrade-package``: ``--upgrade`` for the phases holding what moves, which then
-      run even when their requirements are already satisfied;
-    * the other phases get ``own_env`` (PIP_CONSTRAINT without backendpick's environment pins).
+    * the backend phase gets the user's constraints (their own file: policy holds there too)
+      and, on the nightly channel, pre-releases (for the torch family only: the other phases don't);
+    * ``-U`` / ``--upgrade-package``: upgrade for the phases holding what moves, which then
+      run even when their requirements are already satisfied.
 
     ``keep_torch``: the installed torch no index serves stays (selection/stays.py): ``-U`` does not move
     the backend phase, which has no index to move to.
     """
     from dataclasses import replace
 
-    from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, REST
+    from backendpick.model.plan import BACKEND, BEFORE, REST
 
-    family, nbi = {normalize(n) for n in family}, {normalize(n) for n in nbi}
+    family = {normalize(n) for n in family}
     phases = []
     lines = tuple(dict.fromkeys(backend_constraints))
     for ph in plan.phases:
         names = _names(ph.requirements)
         if ph.name == BACKEND:
-            flags = []
             if lines:
-                flags += ["-c", str(backend_constraints_path)]
-            if pre:
-                flags.append("--pre")
+                ph = replace(ph, constraints=lines, constraints_file=str(backend_constraints_path),
+                             constraints_written=BEFORE)
             if not keep_torch and (upgrade.torch(family) or names & set(upgrade.packages)):
-                flags.append("--upgrade")
-                ph = replace(ph, skip=None)
-            ph = replace(ph, argv=_with_flag(ph.argv, *flags), constraints=lines if lines else ph.constraints)
+                ph = replace(ph, upgrade=True, skip=None)
+            ph = replace(ph, pre=pre)
         elif ph.name == REST and (upgrade.all or names & set(upgrade.packages)):
-            ph = replace(ph, argv=_with_flag(ph.argv, "--upgrade"), skip=None)
-        if ph.name in (BUILD_REQS, BUILD, REST) and own_env:
-            ph = replace(ph, env={**ph.env, **own_env})
+            ph = replace(ph, upgrade=True, skip=None)
         phases.append(ph)
     return replace(plan, phases=tuple(phases), torch=choice, resolution=resolution,
                    backend_constraints=lines if any(p.name == BACKEND for p in phases) else (),

@@ -37,6 +37,7 @@ from backendpick.edges.durable import fsync_dir, fsync_file, write_atomic
 from backendpick.model.backend import local_tag_backend
 from backendpick.model.environment import Installed, Target
 from backendpick.model.names import normalize
+from backendpick.model.plan import UNINSTALL
 from backendpick.target import distfiles
 
 INFO = "kept.json"
@@ -111,12 +112,12 @@ def at_risk(phases: Sequence, target: Target, build_names: Iterable[str] = ()) -
     # Half-installed by a killed pip (no RECORD): nothing there to keep, restore clears it.
     unfinished = {normalize(n) for p in phases if p.name in _NOT_TARGET for n in p.requirements}
     for phase in phases:
-        if phase.skip is not None or phase.name in _NOT_TARGET or "--target" in phase.argv:
+        if phase.skip is not None or phase.name in _NOT_TARGET or phase.target_dir:
             continue
-        if "uninstall" in phase.argv:
+        if phase.action == UNINSTALL:
             certain.update(normalize(n) for n in phase.requirements if target.get(n) is not None)
             continue
-        upgrade = any(a in ("-U", "--upgrade", "--force-reinstall") for a in phase.argv)
+        upgrade = phase.upgrade
         for req in _names(phase):
             name = normalize(req.name)
             dist = target.get(name)

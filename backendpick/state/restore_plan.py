@@ -36,7 +36,7 @@ from packaging.version import InvalidVersion, Version
 from backendpick.model.backend import local_tag_backend
 from backendpick.model.environment import Target
 from backendpick.model.names import normalize
-from backendpick.model.plan import Phase, env_delta, pip_argv
+from backendpick.model.plan import BACKEND_INDEX, CLEAR, OFFLINE, UNINSTALL, Phase
 from backendpick.state.snapshots import Package, Snapshot
 from backendpick.target import distfiles
 
@@ -44,7 +44,6 @@ from backendpick.target import distfiles
 # that an install added for a build are removed like anything else it added.)
 KEEP = frozenset({"pip"})
 INCOMPLETE = "remove-incomplete"
-_RMTREE = "import shutil, sys\nfor p in sys.argv[1:]:\n    shutil.rmtree(p)"
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,6 @@ class Sources:
 
     index_template: str
     default_index: str
-    backend_env: dict
-    user_env: dict
     family: frozenset = frozenset()
     build_names: frozenset = frozenset()
     cache_base: Path | None = None
@@ -80,8 +77,8 @@ def changed(snapshot: Snapshot, target: Target, family: Iterable[str] = ()) -> l
         not p.matches(now.get(k)) or (p.files is None and torch_moved and k in family and k in now))]
 
 
-def plan(snapshot: Snapshot, target: Target, sources: Sources, runner_python: str) -> RestorePlan:
-    pip = pip_argv(target, runner_python)
+def plan(snapshot: Snapshot, target: Target, sources: Sources) -> RestorePlan:
+    """The phases back to ``snapshot``, as intents (pip renders them: execute/engines.py)."""
     todo = changed(snapshot, target, sources.family)
     names = {normalize(p.name) for p in todo}
     extra = sorted(normalize(d.name) for k, d in target.installed.items() if k not in snapshot.packages and k not in KEEP)
@@ -92,25 +89,20 @@ def plan(snapshot: Snapshot, target: Target, sources: Sources, runner_python: st
     phases: list[Phase] = []
     if incomplete:
         folders = tuple(str(d.dist_info) for d in incomplete)
-        phases.append(Phase(INCOMPLETE, tuple(d.name for d in incomplete), (runner_python, "-c", _RMTREE, *folders)))
+        phases.append(Phase(INCOMPLETE, tuple(d.name for d in incomplete), action=CLEAR, folders=folders))
     if removed:
-        phases.append(Phase("remove", tuple(removed), tuple(pip + ["uninstall", "-y", *removed])))
+        phases.append(Phase("remove", tuple(removed), action=UNINSTALL))
     offline, by_index, plain, unavailable = _sources(todo, snapshot, target, sources)
     if offline:
         # Not a byte of the user's pip configuration: the wheels are here, their hashes known.
-        isolated = {k: v for k, v in sources.user_env.items() if not k.startswith("PIP_")}
-        isolated["PIP_CONFIG_FILE"] = os.devnull
-        env, unset = env_delta(isolated, sources.user_env)
-        phases.append(Phase("restore-kept", tuple(offline), tuple(pip + ["install", "--no-deps", "--no-index", *offline]),
-                            env=env, unset=unset))
-    env, unset = env_delta(sources.backend_env, sources.user_env)  # backend packages only from the one index
+        phases.append(Phase("restore-kept", tuple(offline), source=OFFLINE, no_deps=True))
     for n, (url, reqs) in enumerate(sorted(by_index.items())):
         label = "restore-backend" if len(by_index) == 1 else f"restore-backend-{n + 1}"
-        # --no-deps: the snapshot already lists every dependency at its exact version.
-        phases.append(Phase(label, tuple(reqs), tuple(pip + ["install", "--no-deps", "--index-url", url, *reqs]),
-                            index_url=url, env=env, unset=unset))
+        # No dependencies: the snapshot already lists every dependency at its exact version.
+        # Backend packages only from the one index.
+        phases.append(Phase(label, tuple(reqs), source=BACKEND_INDEX, index_url=url, no_deps=True))
     if plain:
-        phases.append(Phase("restore", tuple(plain), tuple(pip + ["install", "--no-deps", *plain])))
+        phases.append(Phase("restore", tuple(plain), no_deps=True))
     return RestorePlan(tuple(phases), tuple(sorted(names)), tuple(unavailable))
 
 

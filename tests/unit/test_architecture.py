@@ -213,13 +213,9 @@ LAYERS = (
 FOUNDATION = {"backendpick", "backendpick.errors", "backendpick.redaction", "backendpick.envvars", "backendpick.output"}
 ENTRY = {"backendpick.cli", "backendpick.start", "backendpick.__main__"}
 
-# Imports against the flow that stay until the redesign of issue 20 removes them (items 1 and 3).
+# Imports against the flow that stay until the redesign of issue 20 removes them (item 3).
 # Each is named with the reason; the list only shrinks.
 AGAINST_THE_FLOW = {
-    # Plans hold pip command lines today: the pipeline asks the chosen engine (pip or uv) to
-    # render each phase's argv. When phases hold intents (issue 20 item 1), the engines render
-    # them in execute and planning needs no engine.
-    ("backendpick.planning.pipeline", "backendpick.execute.engines"),
     # The pipeline replaces companions that verify's stack checks find broken (built for another
     # torch or backend). One reading of the installed stack with one set of checks (issue 20 item
     # 3) puts that reading below planning.

@@ -290,14 +290,15 @@ def _build(tmp_path: Path, exit_code: int, monkeypatch):
     monkeypatch.setattr(build_phase, "HEARTBEAT_SECONDS", 0.1)
     out_dir = tmp_path / "state" / "build" / "flash-attn"
     step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", limits="MAX_JOBS=1 (test)",
-                     build_argv=(str(_fake_pip(tmp_path, exit_code)), "-w", str(out_dir)))
-    phase = Phase("build", ("flash-attn",), ("pip", "install", "flash-attn"), steps=(step,))
+                     build_requirement="flash-attn==2.7.4", wheel_dir=str(out_dir))
+    phase = Phase("build", ("flash-attn",), steps=(step,))
+    argv = (str(_fake_pip(tmp_path, exit_code)), "-w", str(out_dir))
     plan = Plan(Backend.parse("cu124"), "r", "test", Path("py"), "u", (phase,), tmp_path / "c.txt")
     notes, lines = [], []
     log_path = tmp_path / "build.log"
     with log_path.open("w") as log:
         def call():
-            return build_phase.build_wheel(plan, phase, step, env=subprocess_env(), tee=lines.append,
+            return build_phase.build_wheel(plan, phase, step, argv, env=subprocess_env(), tee=lines.append,
                                            log=log, log_path=log_path, on_note=notes.append)
         if exit_code:
             with pytest.raises(InstallError) as err:

@@ -6,8 +6,8 @@ venv path."""
 
 from __future__ import annotations
 
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,14 +46,14 @@ def make_plan(tmp_path: Path, reqs, index: str = INDEX):
     return planner.make_plan(
         decision=Decision(Backend.parse("cu124"), "--backend", "chosen by --backend"),
         requirements=[Requirement(r) for r in reqs], settings=settings, target=_target(), index_url=index, offered=[],
-        constraints_path=tmp_path / "state" / "constraints.txt", backend_env={"PIP_CONFIG_FILE": os.devnull},
-        user_env={}, runner_python=sys.executable,
+        constraints_path=tmp_path / "state" / "constraints.txt", runner_python=sys.executable,
     )
 
 
-def shown(plan) -> str:
+def shown(plan, renderer=None) -> str:
     """Everything plan and --dry-run print of it, text and JSON."""
-    return "\n".join(p.command_line() for p in plan.phases) + repr(plan.to_json())
+    renderer = renderer or engines.for_plan(plan)
+    return "\n".join(renderer.shown(p) for p in plan.phases) + repr(plan.to_json(renderer.phase_json))
 
 
 def phase(plan, name):
@@ -61,9 +61,8 @@ def phase(plan, name):
 
 
 def test_pip_gets_the_backend_index_in_its_environment_and_the_export_gets_netrc(tmp_path: Path):
-    plan = engines.Engine(engines.PIP).apply(make_plan(tmp_path, ["torch", "tqdm"]), pip_config=pip_config.PipConfig(),
-                                             user_env={})
-    backend = phase(plan, BACKEND)
+    plan = make_plan(tmp_path, ["torch", "tqdm"])
+    backend = engines.for_plan(plan).command(phase(plan, BACKEND))
     assert redaction.in_argv(backend.argv) is None and "--index-url" not in backend.argv
     assert backend.env["PIP_INDEX_URL"] == INDEX  # the child's environment: readable by this user only
     assert SECRET not in shown(plan) and "PIP_INDEX_URL='https://***@mirror.example/pytorch/cu124'" in shown(plan)
@@ -74,9 +73,8 @@ def test_pip_gets_the_backend_index_in_its_environment_and_the_export_gets_netrc
 
 
 def test_uv_gets_a_named_index_and_its_credentials_in_variables(tmp_path: Path):
-    uv = engines.Engine(engines.UV, Path("/bin/uv"))
-    plan = uv.apply(make_plan(tmp_path, ["torch"]), pip_config=pip_config.PipConfig(), user_env={})
-    backend = phase(plan, BACKEND)
+    plan = replace(make_plan(tmp_path, ["torch"]), installer="uv", uv="/bin/uv")
+    backend = engines.for_plan(plan).command(phase(plan, BACKEND))
     assert "backendpick-1=https://mirror.example/pytorch/cu124" in backend.argv
     assert redaction.in_argv(backend.argv) is None
     assert backend.env["UV_INDEX_BACKENDPICK_1_PASSWORD"] == SECRET
@@ -91,15 +89,16 @@ def test_a_wheel_behind_credentials_is_downloaded_first_and_installed_from_the_f
     rest = phase(local, REST)
     (url, path), = rest.downloads
     assert url == "https://files.corp/private_tool-1.0-py3-none-any.whl" and Path(path).parent.parent == folder
-    assert f"private-tool @ {Path(path).as_uri()}" in rest.argv and redaction.in_argv(rest.argv) is None
-    assert SECRET not in shown(local) and "downloaded first by backendpick" in rest.command_line()
+    argv = engines.for_plan(local).command(rest).argv
+    assert f"private-tool @ {Path(path).as_uri()}" in argv and redaction.in_argv(argv) is None
+    assert SECRET not in shown(local) and "downloaded first by backendpick" in engines.for_plan(local).shown(rest)
     script = shell_export.to_shell(local)  # the script's pip fetches it itself, with .netrc
     assert "private-tool @ https://files.corp/private_tool-1.0-py3-none-any.whl" in script and SECRET not in script
     assert "files.corp want them" in script
     # The backend index (the value of --index-url) is pip's to read, never downloaded.
     assert phase(fetches.localize(plan, lambda url: True, folder), BACKEND).downloads == ()
     untouched = fetches.localize(plan, lambda url: False, folder)
-    assert phase(untouched, REST).downloads == () and phase(untouched, REST).argv == phase(plan, REST).argv
+    assert phase(untouched, REST).downloads == () and phase(untouched, REST) == phase(plan, REST)
 
 
 def test_a_vcs_url_with_credentials_is_refused_with_the_way_out(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""The uv engine's translation of plan phases, finding uv, the last-install record and the order
+"""The engines' rendering of plan phases (pip and uv argv from the same intent), finding uv, the last-install record and the order
 in which auto selection asks the backend indexes. Pure: no subprocess."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from backendpick.knowledge import facts as facts_mod
 from backendpick.model.backend import Backend
 from backendpick.model.environment import Installed, Target
 from backendpick.model.hardware import NVIDIA, Accelerator, Hardware
-from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, REMOVE, REST, Phase, Plan
+from backendpick.inputs import installer
+from backendpick.model.plan import (BACKEND, BACKEND_INDEX, BUILD, BUILD_REQS, CACHED, OFFLINE, REMOVE, REST,
+                                    UNINSTALL, BuildStep, Phase, Plan)
 from backendpick.selection.offers import preference
 from backendpick.state import last_install
 from packaging.version import Version
@@ -40,12 +43,16 @@ USER_ENV = {"PATH": "/usr/bin", "UV_EXTRA_INDEX_URL": "https://evil.example/simp
             "UV_CACHE_DIR": "/cache/uv"}
 
 
-def translate(phase: Phase) -> Phase:
-    return engines.uv_phase(phase, uv="/bin/uv", python=PY, pip_config=CONF, user_env=USER_ENV)
+UV = engines.Renderer(engines.UV, PY, PIP, CONF, USER_ENV, uv="/bin/uv")
+PIP_ENGINE = engines.Renderer(engines.PIP, PY, PIP, CONF, USER_ENV)
+
+
+def translate(phase: Phase) -> engines.Command:
+    return UV.command(phase)
 
 
 def test_backend_phase_gets_the_backend_index_alone():
-    phase = Phase(BACKEND, ("torch==2.5.1",), PIP + ("install", "--index-url", "https://idx/cu124", "torch==2.5.1"))
+    phase = Phase(BACKEND, ("torch==2.5.1",), source=BACKEND_INDEX, index_url="https://idx/cu124")
     uv = translate(phase)
     assert uv.argv == ("/bin/uv", "pip", "install", "--python", PY, "--no-config",
                        "--allow-insecure-host", "mirror.example", "--index-url", "https://idx/cu124", "torch==2.5.1")
@@ -53,11 +60,15 @@ def test_backend_phase_gets_the_backend_index_alone():
     assert set(uv.unset) == {"UV_EXTRA_INDEX_URL", "UV_TORCH_BACKEND"}
     assert uv.env == {"SSL_CERT_FILE": "/etc/ssl/company.pem", "HTTP_PROXY": "http://proxy.example:3128",
                       "HTTPS_PROXY": "http://proxy.example:3128", "UV_HTTP_TIMEOUT": "60"}
-    assert uv.command_line().startswith("env -u UV_EXTRA_INDEX_URL -u UV_TORCH_BACKEND ")
+    assert uv.line().startswith("env -u UV_EXTRA_INDEX_URL -u UV_TORCH_BACKEND ")
+    # pip: the same intent, the same index alone, pip's configuration left out by its variable.
+    pip = PIP_ENGINE.command(phase)
+    assert pip.argv == (*PIP, "install", "--index-url", "https://idx/cu124", "torch==2.5.1")
+    assert pip.env["PIP_CONFIG_FILE"] == os.devnull and pip.env["PIP_CERT"] == "/etc/ssl/company.pem"
 
 
 def test_later_phases_get_the_users_pip_sources_explicitly():
-    rest = Phase(REST, ("tqdm",), PIP + ("install", "-c", "/s/c.txt", "--pre", "--trusted-host", "h", "tqdm"))
+    rest = Phase(REST, ("tqdm",), constraints_file="/s/c.txt", options=("--pre", "--trusted-host", "h"))
     argv = translate(rest).argv
     assert argv[:6] == ("/bin/uv", "pip", "install", "--python", PY, "--no-config")
     assert argv[argv.index("--index-url") + 1] == "https://mirror.example/simple"
@@ -68,66 +79,86 @@ def test_later_phases_get_the_users_pip_sources_explicitly():
     # a requirements file's options in uv's spelling; the requirement stays last
     assert argv[-7:] == ("-c", "/s/c.txt", "--prerelease", "allow", "--allow-insecure-host", "h", "tqdm")
     assert argv[-1] == "tqdm"
+    # pip reads its configuration itself: the file's options as the user wrote them.
+    assert PIP_ENGINE.command(rest).argv == (*PIP, "install", "-c", "/s/c.txt", "--pre", "--trusted-host", "h", "tqdm")
 
 
 def test_requirements_file_index_url_wins_over_the_configured_one():
-    rest = Phase(REST, ("tqdm",), PIP + ("install", "--index-url", "https://file.example/simple", "tqdm"))
+    rest = Phase(REST, ("tqdm",), options=("--index-url", "https://file.example/simple"))
     argv = translate(rest).argv
     assert argv.count("--index-url") == 1 and argv[argv.index("--index-url") + 1] == "https://file.example/simple"
 
 
 def test_build_phase_runs_without_uvs_cache_and_remove_needs_no_yes():
-    build = Phase(BUILD, ("flash-attn",), PIP + ("install", "--no-build-isolation", "-c", "c.txt", "flash-attn"),
-                  no_build_isolation=True)
+    build = Phase(BUILD, ("flash-attn",), constraints_file="c.txt", no_build_isolation=True, no_cache=True)
     argv = translate(build).argv
     assert "--no-cache" in argv and "--no-build-isolation" in argv and argv[-1] == "flash-attn"
-    reqs = Phase(BUILD_REQS, ("setuptools",), PIP + ("install", "--target", "/s/build-env", "--upgrade", "setuptools"))
+    assert PIP_ENGINE.command(build).argv == (*PIP, "install", "--no-cache-dir", "--no-build-isolation", "-c", "c.txt",
+                                              "flash-attn")
+    # uv caches what it built by the sdist alone: no cache for any install without isolation.
+    assert "--no-cache" in translate(Phase(BUILD, ("x",), no_build_isolation=True)).argv
+    reqs = Phase(BUILD_REQS, ("setuptools",), target_dir="/s/build-env", upgrade=True)
     assert translate(reqs).argv[-4:] == ("--target", "/s/build-env", "--upgrade", "setuptools")
-    remove = Phase(REMOVE, ("torch",), ("/runner", "-m", "pip", "--python", PY, "uninstall", "-y", "torch"))
+    remove = Phase(REMOVE, ("torch",), action=UNINSTALL)
     assert translate(remove).argv == ("/bin/uv", "pip", "uninstall", "--python", PY, "torch")
+    assert PIP_ENGINE.command(remove).argv == (*PIP, "uninstall", "-y", "torch")
 
 
 def test_folded_rest_phase_keeps_its_plain_form():
-    rest = Phase(REST, ("tqdm",), PIP + ("install", "-c", "c", "-f", "/w", "--only-binary", "flash-attn",
-                                         "flash-attn==2.7.4", "tqdm"),
-                 base_argv=PIP + ("install", "-c", "c", "tqdm"))
+    wheel = BuildStep("flash-attn", "flash-attn", how=CACHED, version="2.7.4", wheel="/w/f.whl", find_links="/w")
+    rest = Phase(REST, ("tqdm",), constraints_file="c", wheels=(wheel,))
     uv = translate(rest)
     assert uv.argv[-6:] == ("-f", "/w", "--only-binary", "flash-attn", "flash-attn==2.7.4", "tqdm")
-    assert uv.base_argv[-3:] == ("-c", "c", "tqdm") and uv.base_argv[0] == "/bin/uv"
+    plain = UV.command(rest, folded=False).argv
+    assert plain[-3:] == ("-c", "c", "tqdm") and plain[0] == "/bin/uv"
+
+
+def test_switches_and_hashes_in_each_engines_words():
+    backend = Phase(BACKEND, ("torch",), source=BACKEND_INDEX, index_url="https://idx/cu124", pre=True, upgrade=True,
+                    constraints_file="/s/b.txt", no_deps=True, hashed_file="/s/hashed-backend.txt",
+                    hashed_lines=("torch --hash=sha256:00",))
+    assert PIP_ENGINE.command(backend).argv == (*PIP, "install", "--upgrade", "--pre", "-c", "/s/b.txt", "--index-url",
+                                                "https://idx/cu124", "--no-deps", "-r", "/s/hashed-backend.txt")
+    assert UV.command(backend).argv[-10:] == ("--upgrade", "--prerelease", "allow", "-c", "/s/b.txt", "--index-url",
+                                              "https://idx/cu124", "--no-deps", "-r", "/s/hashed-backend.txt")
+    offline = Phase("restore-kept", ("torch @ file:///k/torch.whl",), source=OFFLINE, no_deps=True)
+    command = PIP_ENGINE.command(offline)
+    assert command.argv == (*PIP, "install", "--no-index", "--no-deps", "torch @ file:///k/torch.whl")
+    assert command.env == {"PIP_CONFIG_FILE": os.devnull}  # not a byte of the user's configuration
 
 
 def _plan(*phases: Phase) -> Plan:
     return Plan(backend=Backend.parse("cu124"), reason="r", decided_by="--backend", python=Path(PY),
-                index_url="https://idx/cu124", phases=phases, constraints_path=Path("/s/c.txt"))
+                index_url="https://idx/cu124", phases=phases, constraints_path=Path("/s/c.txt"), pip=PIP)
 
 
-def test_pip_engine_keeps_a_plan_without_credentials_and_uv_marks_the_plan():
-    plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "--index-url", "https://idx/cu124", "torch")))
-    assert engines.Engine(engines.PIP).apply(plan, pip_config=CONF, user_env=USER_ENV) == plan
-    uv = engines.Engine(engines.UV, Path("/bin/uv")).apply(plan, pip_config=CONF, user_env=USER_ENV)
-    assert uv.installer == "uv" and uv.to_json()["installer"] == "uv" and uv.phases[0].argv[0] == "/bin/uv"
+def test_the_plan_names_its_installer_and_the_renderer_follows_it():
+    plan = _plan(Phase(BACKEND, ("torch",), source=BACKEND_INDEX, index_url="https://idx/cu124"))
+    assert engines.for_plan(plan).command(plan.phases[0]).argv[:4] == (*PIP, "install")
+    uv = replace(plan, installer="uv", uv="/bin/uv")
+    assert uv.to_json()["installer"] == "uv" and engines.for_plan(uv).command(uv.phases[0]).argv[0] == "/bin/uv"
 
 
 def test_missing_uv_is_a_usage_error_with_the_fix(tmp_path: Path):
     with pytest.raises(ConfigError) as err:
-        engines.resolve("uv", {envvars.UV: str(tmp_path / "nope"), "PATH": ""})
+        installer.resolve("uv", {envvars.UV: str(tmp_path / "nope"), "PATH": ""})
     assert err.value.exit_code == EXIT_USAGE
     assert "installer uv (from --installer) is not available" in err.value.message
     assert "backendpick[uv]" in (err.value.hint or "")
     with pytest.raises(ConfigError):
-        engines.resolve("conda", {})
+        installer.resolve("conda", {})
 
 
 def test_explicit_uv_executable_is_used(tmp_path: Path):
     uv = tmp_path / "uv"
     uv.write_text("#!/bin/sh\n")
     uv.chmod(uv.stat().st_mode | stat.S_IXUSR)
-    assert engines.resolve("uv", {envvars.UV: str(uv)}) == engines.Engine(engines.UV, uv)
+    assert installer.resolve("uv", {envvars.UV: str(uv)}) == installer.Installer(installer.UV, uv)
     on_path = tmp_path / "bin"
     on_path.mkdir()
     (on_path / "uv").write_bytes(b"#!/bin/sh\n")
     (on_path / "uv").chmod(0o755)
-    assert engines.find_uv({"PATH": str(on_path)}) == on_path / "uv"
+    assert installer.find_uv({"PATH": str(on_path)}) == on_path / "uv"
 
 
 # -- the record of the last install ------------------------------------------------------------------
@@ -215,3 +246,71 @@ def test_preferred_takes_the_final_spec_and_an_accept_check_and_stops_at_the_fir
     empty = gather_preferred(facts, _Pages({}), "x/{backend}", hw, candidates, SpecifierSet(), _target_any(),
                              policy="strict")
     assert empty.unanswered() and "HTTP 404" in empty.unanswered()
+
+
+# -- golden: one planned stack, both engines --------------------------------------------------------
+
+
+def _stack_plan(tmp_path: Path) -> Plan:
+    """The planner's phases for a stack with a build package, its source build chosen (as
+    wheel_choice.attach leaves it), the wheels folded into the rest phase."""
+    import sys
+
+    from packaging.requirements import Requirement
+
+    from backendpick.inputs import config
+    from backendpick.model.choice import Decision
+    from backendpick.model.plan import SOURCE, fold_builds
+    from backendpick.planning import planner
+
+    settings = config.load(facts_mod.load(), project_dir=tmp_path, env={})
+    target = Target(python=Path(PY), prefix=Path("/env"), version=(3, 11, 7), markers={"sys_platform": "linux"},
+                    tags=(), pip_version="24", purelib=Path("/env/lib"), installed={})
+    plan = planner.make_plan(
+        decision=Decision(Backend.parse("cu124"), "--backend", "chosen by --backend"), settings=settings,
+        requirements=[Requirement(r) for r in ("torch==2.5.1", "flash-attn", "tqdm")], target=target,
+        index_url="https://idx/cu124", offered=[], constraints_path=Path("/s/c.txt"), runner_python=sys.executable,
+        rest_options=["--extra-index-url", "https://extra.example/simple"])
+    step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", find_links="/s/build/flash-attn",
+                     build_requirement="flash-attn==2.7.4", wheel_dir="/s/build/flash-attn", build_env={"MAX_JOBS": "2"})
+    phases = [replace(p, steps=(step,)) if p.name == BUILD else
+              replace(p, target_dir="/s/build-env", upgrade=True, constraints_file="/s/build-constraints.txt")
+              if p.name == BUILD_REQS else p for p in plan.phases]
+    return replace(plan, phases=fold_builds(phases))
+
+
+def test_golden_pip_and_uv_commands_from_the_same_intents(tmp_path: Path):
+    plan = _stack_plan(tmp_path)
+    assert [p.name for p in plan.phases] == ["backend", "build-requirements", "build", "rest"]
+    extra = ("--extra-index-url", "https://extra.example/simple")
+    pip = engines.Renderer(engines.PIP, PY, PIP, CONF, {})
+    assert [pip.command(p).argv for p in plan.phases if not p.deferred] == [
+        (*PIP, "install", "--index-url", "https://idx/cu124", "torch==2.5.1"),
+        (*PIP, "install", "--target", "/s/build-env", "--upgrade", "-c", "/s/build-constraints.txt", *extra,
+         "setuptools", "wheel", "packaging", "psutil", "ninja", "einops"),
+        (*PIP, "install", "-c", "/s/c.txt", *extra, "-f", "/s/build/flash-attn", "--only-binary", "flash-attn",
+         "flash-attn==2.7.4", "tqdm"),
+    ]
+    build = plan.phases[2]
+    assert pip.build_command(build, build.steps[0]).argv == (
+        *PIP, "wheel", "--no-cache-dir", "--no-build-isolation", "-c", "/s/c.txt", *extra, "--no-binary", "flash-attn",
+        "--no-deps", "-w", "/s/build/flash-attn", "flash-attn==2.7.4")
+    uv = engines.Renderer(engines.UV, PY, PIP, CONF, {}, uv="/bin/uv")
+    head = ("/bin/uv", "pip", "install", "--python", PY, "--no-config", "--allow-insecure-host", "mirror.example")
+    sources = ("--index-url", "https://mirror.example/simple", "--extra-index-url", "https://extra.example/simple",
+               "--extra-index-url", "https://more.example/simple", "--find-links", "/wheels",
+               "-c", "/etc/pip-constraints.txt")
+    assert [uv.command(p).argv for p in plan.phases if not p.deferred] == [
+        (*head, "--index-url", "https://idx/cu124", "torch==2.5.1"),
+        (*head, *sources, "--target", "/s/build-env", "--upgrade", "-c", "/s/build-constraints.txt", *extra,
+         "setuptools", "wheel", "packaging", "psutil", "ninja", "einops"),
+        (*head, *sources, "-c", "/s/c.txt", *extra, "-f", "/s/build/flash-attn", "--only-binary", "flash-attn",
+         "flash-attn==2.7.4", "tqdm"),
+    ]
+    # Source builds run pip wheel into backendpick's torch-keyed cache with either engine.
+    assert uv.build_command(build, build.steps[0]).argv == pip.build_command(build, build.steps[0]).argv
+    # What --dry-run prints for the deferred build phase: why, the build, where its wheel goes.
+    assert pip.shown(build).splitlines()[-2:] == [
+        "env MAX_JOBS=2 /env/bin/python -m pip wheel --no-cache-dir --no-build-isolation -c /s/c.txt --extra-index-url "
+        "https://extra.example/simple --no-binary flash-attn --no-deps -w /s/build/flash-attn flash-attn==2.7.4",
+        "# the wheels are installed by the rest phase's pip run"]

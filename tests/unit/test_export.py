@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick.execute import shell_export
-from backendpick.inputs import config
+from backendpick.execute import engines, shell_export
+from backendpick.inputs import config, pip_config
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import names
 from backendpick.model.backend import Backend
@@ -45,15 +45,14 @@ def target(*dists: Installed) -> Target:
     )
 
 
-def make_plan(tmp_path: Path, reqs, *, index: str = INDEX, installed=(), backend: str = "cu124",
-              backend_env: dict | None = None, user_env: dict | None = None, constraints=(), rest_options=()):
+def make_plan(tmp_path: Path, reqs, *, index: str = INDEX, installed=(), backend: str = "cu124", constraints=(),
+              rest_options=()):
     settings = config.load(FACTS, project_dir=tmp_path, env={})
     decision = Decision(Backend.parse(backend), "--backend", "chosen by --backend")
     return planner.make_plan(
         decision=decision, requirements=[Requirement(r) for r in reqs], settings=settings, target=target(*installed),
         index_url=index, offered=[], constraints_path=tmp_path / "state" / "constraints.txt",
-        backend_env=backend_env if backend_env is not None else {"PIP_CONFIG_FILE": os.devnull},
-        user_env=user_env or {}, runner_python=sys.executable, user_constraints=[Requirement(c) for c in constraints],
+        runner_python=sys.executable, user_constraints=[Requirement(c) for c in constraints],
         rest_options=list(rest_options),
     )
 
@@ -89,7 +88,9 @@ def test_script_structure(tmp_path: Path) -> None:
     assert f'PY="${{PYTHON:-{PY}}}"' in lines
     # No fixed, predictable name in the shared temporary folder.
     assert "/tmp/backendpick-constraints.txt" not in script
-    assert '  CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/backendpick-constraints.XXXXXXXX")"' in lines
+    assert 'BP_TMP="$(mktemp -d "${TMPDIR:-/tmp}/backendpick.XXXXXXXX")"' in lines
+    assert """trap 'rm -rf "$BP_TMP"' EXIT""" in lines
+    assert 'CONSTRAINTS="${BACKENDPICK_CONSTRAINTS:-$BP_TMP/constraints.txt}"' in lines
     phases = phase_lines(script)
     assert list(phases) == ["backend", "build-requirements", "build", "rest"]
     # The backend phase reads no pip source of the machine it runs on, PIP_CONSTRAINT included.
@@ -156,9 +157,13 @@ def test_index_credentials_are_not_written(tmp_path: Path) -> None:
 def test_pip_settings_of_the_planning_machine_are_not_written(tmp_path: Path) -> None:
     """The backend phase's environment carries the user's proxy, certificate, token... none of
     it belongs in a script that goes into an image."""
-    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_PROXY": "http://bob:pr0xy-pw@proxy.corp:3128", "PIP_CERT": "/etc/corp.pem"}
-    user_env = {"PIP_INDEX_URL": "https://carol:idx-pw@pypi.corp/simple"}
-    script = shell_export.to_shell(make_plan(tmp_path, STACK, backend_env=env, user_env=user_env))
+    user_env = {"PIP_PROXY": "http://bob:pr0xy-pw@proxy.corp:3128", "PIP_CERT": "/etc/corp.pem",
+                "PIP_INDEX_URL": "https://carol:idx-pw@pypi.corp/simple"}
+    plan = make_plan(tmp_path, STACK)
+    renderer = engines.for_plan(plan, pip_config=pip_config.read(user_env), user_env=user_env)
+    backend = renderer.command(plan.phases[0]).environ(user_env)  # install's backend phase: settings, no sources
+    assert backend["PIP_PROXY"] == user_env["PIP_PROXY"] and "PIP_INDEX_URL" not in backend
+    script = shell_export.to_shell(plan, renderer)
     assert "pr0xy-pw" not in script and "idx-pw" not in script and "corp.pem" not in script
 
 
@@ -290,7 +295,7 @@ def test_constraints_go_to_a_private_temporary_file_removed_at_the_end(tmp_path:
     lines, _ = _run_script(shell_export.to_shell(make_plan(tmp_path, ["torch", "tqdm"])), tmp_path, env, constraints=False)
     rest = lines[2].split()
     used = Path(rest[rest.index("-c") + 1])
-    assert used.parent == tmpdir and used.name.startswith("backendpick-constraints.") and used.name != "backendpick-constraints."
+    assert used.parent.parent == tmpdir and used.parent.name.startswith("backendpick.") and used.name == "constraints.txt"
     assert list(tmpdir.iterdir()) == []  # removed when the script ends
 
 

@@ -11,19 +11,16 @@ import pytest
 
 from backendpick.errors import KeepError
 from backendpick.model.environment import Installed as Entry
-from backendpick.model.plan import Phase
+from backendpick.model.plan import UNINSTALL, Phase
 from backendpick.state import kept_copies, snapshots, wheel_cache
 from tests.support.installed import Installed, environment
 
-PIP = ("/env/bin/python", "-m", "pip")
-
-
 def remove(*names: str) -> Phase:
-    return Phase("remove", names, (*PIP, "uninstall", "-y", *names))
+    return Phase("remove", names, action=UNINSTALL)
 
 
-def install(name: str, *reqs: str, extra: tuple[str, ...] = (), skip: str | None = None) -> Phase:
-    return Phase(name, reqs, (*PIP, "install", *extra, *reqs), skip=skip)
+def install(name: str, *reqs: str, upgrade: bool = False, skip: str | None = None) -> Phase:
+    return Phase(name, reqs, upgrade=upgrade, skip=skip)
 
 
 def entry(name: str, version: str, *requires: str, installer: str = "pip", direct_url: str | None = None) -> Entry:
@@ -50,7 +47,7 @@ def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
     phases = [
         remove("flash-attn"),
         install("backend", "torch==2.7.1", "torchvision"),  # torch moves; torchvision 0.20.1 still fits
-        Phase("build-requirements", ("tqdm==9",), (*PIP, "install", "--target", "/state/build-env", "tqdm==9")),
+        Phase("build-requirements", ("tqdm==9",), target_dir="/state/build-env"),
         install("rest", "einops>=1", skip="already satisfied"),
     ]
     certain, maybe = kept_copies.at_risk(phases, env, ["flash-attn"])
@@ -62,7 +59,7 @@ def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
     url = install("rest", "einops @ https://example.org/einops-0.8.0-py3-none-any.whl")
     assert kept_copies.at_risk([url], env)[0] == ["einops"]
     ngc = environment(tmp_path, entry("torch", "2.4.0a0+f70bd71a48.nv24.6"))
-    assert kept_copies.at_risk([install("backend", "torch", extra=("-U",))], ngc)[0] == ["torch"]
+    assert kept_copies.at_risk([install("backend", "torch", upgrade=True)], ngc)[0] == ["torch"]
     assert kept_copies.at_risk([install("backend", "torch")], ngc) == ([], [])
 
 

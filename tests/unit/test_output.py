@@ -9,6 +9,7 @@ import pytest
 
 from backendpick import output as output_mod
 from backendpick.commands.install import _Progress
+from backendpick.execute import engines
 from backendpick.model.plan import Phase
 from backendpick.output import Output
 
@@ -75,10 +76,11 @@ def test_json_mode_keeps_stdout_one_document() -> None:
 
 
 def test_install_progress_on_a_terminal_and_in_logs() -> None:
-    phase = Phase("backend", ("torch",), ("py", "-m", "pip", "install", "torch"))
+    phase = Phase("backend", ("torch",))
+    renderer = engines.Renderer(engines.PIP, "py", ("py", "-m", "pip"))
     for stdout in (Tty(), io.StringIO()):
         out = Output(stdout=stdout, stderr=io.StringIO())
-        progress = _Progress(out)
+        progress = _Progress(out, renderer)
         progress.start(phase)
         progress.line("Collecting torch")
         progress.note("a build-phase note")

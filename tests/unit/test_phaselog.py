@@ -26,19 +26,18 @@ def _plan(*phases: Phase) -> Plan:
 
 
 def test_a_later_phase_needing_the_stack_is_moved_by_the_retry():
-    rest = Phase(REST, ("kernel-tool",), PIP + ("install", "kernel-tool"))
-    plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "torch")), rest)
+    rest = Phase(REST, ("kernel-tool",))
+    plan = _plan(Phase(BACKEND, ("torch",)), rest)
     with pytest.raises(phase_log.FenceConflict) as hit:
-        phase_log.failed(plan, rest, rest, Result(rest.argv, 1, CONFLICT, ""), Path("/s/logs/rest.log"))
+        phase_log.failed(plan, rest, rest, Result(PIP, 1, CONFLICT, ""), Path("/s/logs/rest.log"), "pip install")
     assert hit.value.hit.backend == ("torch",)
 
 
 def test_a_build_tool_needing_the_stack_is_named_not_retried():
-    reqs = Phase(BUILD_REQS, ("setuptools", "kernel-tool"), PIP + ("install", "--target", "/s/build-env", "kernel-tool"),
-                 alongside=BACKEND)
-    plan = _plan(Phase(BACKEND, ("torch",), PIP + ("install", "torch")), reqs)
+    reqs = Phase(BUILD_REQS, ("setuptools", "kernel-tool"), target_dir="/s/build-env", alongside=BACKEND)
+    plan = _plan(Phase(BACKEND, ("torch",)), reqs)
     with pytest.raises(InstallError) as err:
-        phase_log.failed(plan, reqs, reqs, Result(reqs.argv, 1, CONFLICT, ""), Path("/s/logs/reqs.log"))
+        phase_log.failed(plan, reqs, reqs, Result(PIP, 1, CONFLICT, ""), Path("/s/logs/reqs.log"), "pip install")
     assert "a build requirement depends on torch" in err.value.message
     assert "the environment is as phase 'backend' left it" in err.value.message
     assert "leave it out of [tool.backendpick] build-requirements" in err.value.hint

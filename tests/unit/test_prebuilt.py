@@ -22,6 +22,7 @@ from backendpick.build import limits, wheel_choice, wheel_sources
 from backendpick.build.wheel_names import platform_tag, wheel_filename
 from backendpick.edges import paths
 from backendpick.errors import ConfigError
+from backendpick.execute import engines
 from backendpick.indexes.client import FileLink, IndexUnavailable, PageNotFound
 from backendpick.inputs import config
 from backendpick.inputs.config import BuildSettings
@@ -282,7 +283,6 @@ def _ctx(tmp_path: Path, **kw) -> wheel_choice.BuildContext:
         project_dir=tmp_path, configured={}, build=BuildSettings(), pip_config=PipConfig(), gpu_caps=("8.0",),
         gpu_archs=(), cache_root=tmp_path / "cache", probe_root=tmp_path / "root", python_tag="cp311",
         platform=LINUX, target_bin=tmp_path / "venv" / "bin", staging=tmp_path / "state" / "build",
-        head=("/venv/bin/python", "-m", "pip", "install", "--no-build-isolation", "-c", "/state/c.txt"),
         torch=CU124,
     )
     base.update(kw)
@@ -307,7 +307,7 @@ def test_a_cached_build_comes_first(tmp_path, monkeypatch):
     assert (step.how, step.wheel) == (CACHED, str(stored.wheel))
     # pip gets the cache entry's folder and the exact version: a command known before install.
     assert (step.find_links, step.install_requirement()) == (str(stored.directory), "flash-attn==2.7.4")
-    assert _phase(step).install_argv()[-3:] == ("-f", str(stored.directory), "flash-attn==2.7.4")
+    assert PIP.command(_phase(step)).argv[-3:] == ("-f", str(stored.directory), "flash-attn==2.7.4")
 
 
 def test_a_prebuilt_wheel_comes_before_a_build(tmp_path, monkeypatch):
@@ -334,9 +334,12 @@ def test_otherwise_a_source_build_with_limits_says_why(tmp_path, monkeypatch):
     assert "github: network unreachable (test)" in step.note
     # pip's wheel cache and any wheel of the package are off for this build only: it must
     # compile against the installed torch.
-    assert step.build_argv == ("/venv/bin/python", "-m", "pip", "wheel", "--no-cache-dir", "--no-build-isolation",
-                               "-c", "/state/c.txt", "--no-binary", "flash-attn", "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
-                               "flash-attn==2.7.4")
+    built = Phase("build", ("flash-attn>=2.7",), no_build_isolation=True, no_cache=True, constraints_file="/state/c.txt")
+    renderer = engines.Renderer(engines.PIP, "/venv/bin/python", ("/venv/bin/python", "-m", "pip"))
+    assert renderer.build_command(built, step).argv == (
+        "/venv/bin/python", "-m", "pip", "wheel", "--no-cache-dir", "--no-build-isolation", "-c", "/state/c.txt",
+        "--no-binary", "flash-attn", "--no-deps", "-w", str(tmp_path / "state" / "build" / "flash-attn"),
+        "flash-attn==2.7.4")
     jobs = str(min(4, limits.cpu_count()))  # 40 GB / 9 GB per job
     assert step.build_env == {"MAX_JOBS": jobs, "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
                               "FLASH_ATTENTION_FORCE_BUILD": "TRUE"}
@@ -361,7 +364,7 @@ def test_unknown_version_uses_the_newest_cached_or_folder_wheel(tmp_path, monkey
     [step] = wheel_choice.resolve([unknown], ctx, ENV)
     assert (step.how, step.version) == (CACHED, "2.6.3")
     [step] = wheel_choice.resolve([replace(unknown, requirement="flash-attn>=3")], ctx, ENV)
-    assert step.how == SOURCE and step.build_argv[-1] == "flash-attn>=3"
+    assert step.how == SOURCE and step.build_requirement == "flash-attn>=3"
     assert "cannot read https://i/simple/flash-attn/" in step.note
 
 
@@ -386,42 +389,46 @@ def test_a_narrowed_request_reuses_a_build_for_all_architectures(tmp_path, monke
 # -- how the build phase prints ----------------------------------------------------------------------
 
 
+PIP = engines.Renderer(engines.PIP, "py", ("py", "-m", "pip"))
+
+
 def _phase(*steps: BuildStep) -> Phase:
     reqs = tuple(s.requirement for s in steps)
-    head = ("py", "-m", "pip", "install", "--no-build-isolation", "-c", "c.txt")
-    return Phase("build", reqs, head + reqs, no_build_isolation=True, steps=steps)
+    return Phase("build", reqs, no_build_isolation=True, constraints_file="c.txt", steps=steps)
 
 
 def test_build_phase_prints_every_command_and_why():
     source = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", note="flash-attn 2.7.4: building",
-                       build_argv=("py", "-m", "pip", "wheel", "flash-attn==2.7.4"), build_env={"MAX_JOBS": "2"})
+                       build_requirement="flash-attn==2.7.4", wheel_dir="/s/build/flash-attn", build_env={"MAX_JOBS": "2"})
     pending = BuildStep("mamba-ssm", "mamba-ssm", how=PENDING, version="2.2.4", note="mamba-ssm 2.2.4: chosen after")
     plain = BuildStep("my-ext", "my-ext", how=AS_IS)
     phase = _phase(source, pending, plain)
-    assert phase.command_line().splitlines() == [
+    assert PIP.shown(phase).splitlines() == [
         "# flash-attn 2.7.4: building",
         "# mamba-ssm 2.2.4: chosen after",
-        "env MAX_JOBS=2 py -m pip wheel flash-attn==2.7.4",
+        "env MAX_JOBS=2 py -m pip wheel --no-cache-dir --no-build-isolation -c c.txt --no-binary flash-attn --no-deps "
+        "-w /s/build/flash-attn flash-attn==2.7.4",
         "py -m pip install --no-build-isolation -c c.txt 'flash-attn @ <the wheel built above>' "
         "'<wheel for mamba-ssm (2.2.4): chosen after the backend phase>' my-ext",
     ]
-    data = phase.to_json()
+    data = PIP.phase_json(phase)
     assert [b["how"] for b in data["builds"]] == [SOURCE, PENDING, AS_IS]
+    assert data["builds"][0]["build_argv"][3:5] == ["wheel", "--no-cache-dir"] and data["builds"][1]["build_argv"] == []
     assert data["argv"][-1] == "my-ext"
 
 
 def test_prebuilt_url_credentials_are_never_printed():
     step = BuildStep("flash-attn", "flash-attn", how=PREBUILT, version="2.7.4",
                      wheel="https://u:secret@m.example/flash_attn-2.7.4.whl", note="from https://u:secret@m.example")
-    line = _phase(step).command_line()
+    line = PIP.shown(_phase(step))
     assert "secret" not in line and "***@m.example" in line
-    assert "secret" not in str(_phase(step).to_json())
+    assert "secret" not in str(PIP.phase_json(_phase(step)))
 
 
-def test_a_phase_without_steps_prints_as_before():
-    phase = Phase("build", ("flash-attn",), ("py", "-m", "pip", "install", "flash-attn"), env={"A": "1"})
-    assert phase.command_line() == "env A=1 py -m pip install flash-attn"
-    assert phase.install_argv() == phase.argv
+def test_a_phase_without_steps_prints_its_requirements():
+    phase = Phase("build", ("flash-attn",))
+    assert PIP.shown(phase) == "py -m pip install flash-attn"
+    assert PIP.phase_json(phase)["argv"] == ["py", "-m", "pip", "install", "flash-attn"]
 
 
 # -- the wheel cache ------------------------------------------------------------------------------------
@@ -560,9 +567,8 @@ def _plan(tmp_path: Path, reqs: tuple[str, ...], *, backend_runs: bool):
     from backendpick.model.backend import Backend
     from backendpick.model.plan import BACKEND, BUILD, Plan
 
-    head = ("/venv/bin/python", "-m", "pip", "install", "--no-build-isolation", "-c", str(tmp_path / "c.txt"))
-    phases = [Phase(BACKEND, ("torch",), ("pip", "install", "torch"), skip=None if backend_runs else "installed"),
-              Phase(BUILD, reqs, head + reqs, no_build_isolation=True)]
+    phases = [Phase(BACKEND, ("torch",), skip=None if backend_runs else "installed"),
+              Phase(BUILD, reqs, no_build_isolation=True, constraints_file=str(tmp_path / "c.txt"))]
     return Plan(Backend.parse("cu124"), "r", "test", Path("/venv/bin/python"), "u", tuple(phases), tmp_path / "c.txt")
 
 
@@ -595,7 +601,7 @@ def test_attach_chooses_now_when_torch_is_installed_and_kept(tmp_path, monkeypat
                    tool_text='no-build-isolation = ["flash-attn", "my-ext"]\nprebuilt = { my-ext = ["/w"] }',
                    installed=("torch",))
     source, plain = plan.phases[-1].steps
-    assert source.how == SOURCE and source.build_argv[-1] == "flash-attn==2.7.4"
+    assert source.how == SOURCE and source.build_requirement == "flash-attn==2.7.4"
     assert plain.how == AS_IS and plain.install_requirement() == "my-ext"
     # A source build is coming and this machine has no nvcc: the plan says so before install.
     assert any("flash-attn will be built from source, but nvcc" in w for w in plan.warnings), plan.warnings

@@ -291,7 +291,7 @@ def test_mirrors_apply_to_the_backend_index_and_prebuilt_wheels(tmp_path: Path) 
     assert s.index_url.value == "https://m.example/pt/{backend}"
     ctx = wheel_choice.BuildContext(project_dir=tmp_path, configured={}, build=s.build, pip_config=PipConfig(), gpu_caps=(),
                                     gpu_archs=(), cache_root=tmp_path, probe_root=tmp_path, python_tag="cp311",
-                                    platform="linux_x86_64", target_bin=tmp_path, staging=tmp_path, head=(),
+                                    platform="linux_x86_64", target_bin=tmp_path, staging=tmp_path,
                                     mirrors=s.mirrors)
     [source] = ctx.sources_for("flash-attn")
     assert source.url.startswith("https://m.example/gh/Dao-AILab/flash-attention/releases/download/")

@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from backendpick.execute import engines
 from backendpick.model.environment import Installed as Entry
 from backendpick.state import kept_copies, restore_plan, snapshots
 from backendpick.target import distfiles
 from tests.support.installed import Installed, environment
 
 INDEX = "http://index.test/{backend}/simple"
+USER_ENV = {"PIP_CONSTRAINT": "/etc/ngc.txt", "HOME": "/h"}
+PIP = engines.Renderer(engines.PIP, "/env/bin/python", ("/env/bin/python", "-m", "pip"), user_env=USER_ENV)
 
 
 def sources(state: Path, **kw) -> restore_plan.Sources:
     defaults = dict(index_template=INDEX, default_index="https://pypi.test/simple",
-                    backend_env={"PIP_CONFIG_FILE": os.devnull}, user_env={"PIP_CONSTRAINT": "/etc/ngc.txt", "HOME": "/h"},
                     family=frozenset({"torch", "torchvision"}), build_names=frozenset({"flash-attn"}), state=state)
     return restore_plan.Sources(**{**defaults, **kw})
 
@@ -35,16 +37,19 @@ def test_each_distribution_comes_back_from_the_best_source(tmp_path: Path):
     rebuilt = Installed(tmp_path / "now", "flash-attn", "2.6.1", files={"flash_attn/__init__.py": b"built = '2.7'\n"})
     now = environment(tmp_path / "now", cpu.entry(), rebuilt.entry(), Entry("einops", "0.8.0", (), "pip", None, None),
                       Entry("torchvision", "0.22.1+cpu", (), "pip", None, None))
-    plan = restore_plan.plan(snap, now, sources(state), "/bp/python")
+    plan = restore_plan.plan(snap, now, sources(state))
     names = [p.name for p in plan.phases]
     assert names == ["remove", "restore-kept", "restore-backend", "restore"]
     assert plan.phases[0].requirements == ("einops", "flash-attn", "torch", "torchvision")
     [torch_req] = plan.phases[1].requirements
     copy = kept.copies["torch"]
     assert torch_req == f"torch @ {copy.path(state).as_uri()}#sha256={copy.sha256}"
-    offline = plan.phases[1]
+    offline = PIP.command(plan.phases[1])
     assert "--no-index" in offline.argv and offline.env == {"PIP_CONFIG_FILE": os.devnull}
     assert "PIP_CONSTRAINT" in offline.unset  # an image's constraint cannot block the bytes that were there
+    backend = PIP.command(plan.phases[2])  # the backend index alone, no dependencies (the snapshot lists them)
+    assert backend.argv[-4:] == ("--index-url", "http://index.test/cu124/simple", "--no-deps", "torchvision==0.20.1+cu124")
+    assert backend.env["PIP_CONFIG_FILE"] == os.devnull and "PIP_CONSTRAINT" in backend.unset
     assert plan.phases[2].requirements == ("torchvision==0.20.1+cu124",)
     assert plan.phases[2].index_url == "http://index.test/cu124/simple"
     assert plan.phases[3].requirements == ("tqdm==4.0",)
@@ -58,9 +63,9 @@ def test_each_distribution_comes_back_from_the_best_source(tmp_path: Path):
 
 
 def restoreplan_remove(*names: str):
-    from backendpick.model.plan import Phase
+    from backendpick.model.plan import UNINSTALL, Phase
 
-    return Phase("remove", names, ("pip", "uninstall", "-y", *names))
+    return Phase("remove", names, action=UNINSTALL)
 
 
 def test_what_a_killed_pip_left_is_cleared_by_backendpick(tmp_path: Path):
@@ -72,9 +77,11 @@ def test_what_a_killed_pip_left_is_cleared_by_backendpick(tmp_path: Path):
     # uninstall that, so backendpick removes the folder itself.
     half = Installed(tmp_path / "env2", "torch", "2.7.1+cu128")
     (half.dist_info / "RECORD").unlink()
-    plan = restore_plan.plan(snap, environment(tmp_path / "env2", half.entry()), sources(state), "/bp/python")
+    plan = restore_plan.plan(snap, environment(tmp_path / "env2", half.entry()), sources(state))
     first = plan.phases[0]
-    assert first.name == restore_plan.INCOMPLETE and first.argv[-1] == str(half.dist_info) and first.argv[0] == "/bp/python"
+    argv = engines.Renderer(engines.PIP, "/env/bin/python", ("/env/bin/python", "-m", "pip"),
+                            runner_python="/bp/python").command(first).argv
+    assert first.name == restore_plan.INCOMPLETE and argv[-1] == str(half.dist_info) and argv[0] == "/bp/python"
     assert [p.name for p in plan.phases[1:]] == ["restore-backend"]  # nothing left for pip to uninstall
     # Its stash of an uninstall (the folder renamed ~orch), once torch is back.
     site = torch.lib

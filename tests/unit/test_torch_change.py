@@ -29,7 +29,7 @@ def _plan(tmp_path: Path, reqs, installed, backend="cu124") -> plan_mod.Plan:
         decision=Decision(Backend.parse(backend), "--backend", "chosen by --backend"),
         requirements=[Requirement(r) for r in reqs], settings=config.load(FACTS, project_dir=tmp_path, env={}),
         target=target, index_url=f"https://download.pytorch.org/whl/{backend}", offered=[],
-        constraints_path=tmp_path / "constraints.txt", backend_env={}, user_env={}, runner_python=sys.executable,
+        constraints_path=tmp_path / "constraints.txt", runner_python=sys.executable,
     )
 
 
