@@ -1,9 +1,10 @@
 """Is an environment's GPU stack consistent? Works on any environment, not only ours.
 
-``stack_problems`` is pure (installed metadata + hardware -> problems) and cheap, so the
-pipeline also uses it to find broken companions to replace. The import check of compiled
-extensions (``extension_problems``) runs a subprocess; missing requirements and unmet
-dependencies (``pip check``) are in ``dependencies``.
+``stack_problems`` is pure (the installed stack, ``target/installed_stack.py``, + hardware ->
+problems, each with its fix) and cheap. The import check of compiled extensions
+(``extension_problems``) runs a subprocess; missing requirements and unmet dependencies
+(``pip check``) are in ``dependencies``; ``suite.py`` runs them all, for verify and for install's
+self-check.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Collection, Iterable
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.version import InvalidVersion, Version
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from backendpick.edges.runner import capture
 from backendpick.knowledge.facts import Facts, dotted
@@ -22,7 +23,8 @@ from backendpick.model.backend import Backend, local_tag_backend
 from backendpick.model.environment import Target
 from backendpick.model.hardware import AMD, NVIDIA, Hardware
 from backendpick.model.names import normalize
-from backendpick.target.installed_torch import TorchBuild, torch_build
+from backendpick.target.installed_stack import InstalledStack, cuda_of_cpp_lib, read as read_stack, requires
+from backendpick.target.installed_torch import TorchBuild
 from backendpick.target.probes_in_target import source
 
 
@@ -58,38 +60,12 @@ def torch_pin(tb: TorchBuild, offered: Collection[str] | None) -> str:
     return f"torch=={public}"
 
 
-def _cpp_lib(target: Target) -> dict | None:
-    text = target.files.get("xformers/cpp_lib.json")
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _cuda_of_cpp_lib(value) -> str | None:
-    """cpp_lib.json writes CUDA as "1204", "12.4" or null."""
-    if value in (None, "", "None"):
-        return None
-    text = str(value)
-    if "." in text:
-        return ".".join(text.split(".")[:2])
-    if text.isdigit() and len(text) >= 3:
-        return f"{int(text[:-2])}.{int(text[-2:])}"
-    return None
+_cuda_of_cpp_lib = cuda_of_cpp_lib  # the form tests and older callers name
 
 
 def _requires(dist) -> list[Requirement]:
     """A distribution's Requires-Dist, parsed; a broken line is skipped (pip check reports it)."""
-    out = []
-    for raw in dist.requires:
-        try:
-            out.append(Requirement(raw))
-        except InvalidRequirement:
-            continue
-    return out
+    return requires(dist)
 
 
 def stack_problems(
@@ -102,12 +78,15 @@ def stack_problems(
     python_flag: str = "",
     policy: str = "strict",
     offered: Collection[str] | None = None,
-    foreign: bool = False,
+    stack: InstalledStack | None = None,
 ) -> list[Problem]:
-    """``offered``: torch versions on the backend index (see ``torch_pin``); ``foreign``: the
-    installed torch is one no index serves (target/torch_origin.py), so fixes name no backend index."""
+    """``offered``: torch versions on the backend index (see ``torch_pin``); ``stack``: the
+    look at the target the caller took (read here when not given). A torch no index serves
+    (target/torch_origin.py) gets fixes that name no backend index."""
+    if stack is None:
+        stack = read_stack(target, facts)
     problems: list[Problem] = []
-    tb = torch_build(target, facts)
+    tb = stack.torch
     family = set(family)
     if tb is None:
         installed = sorted(d.name for n, d in target.installed.items() if n in family | set(build_packages))
@@ -116,34 +95,19 @@ def stack_problems(
                                     torch_missing_fix(target, family, build_packages, python_flag)))
         return problems
     torch_version = Version(tb.version)
-    fix_stack = lambda pkgs: _fix(python_flag, None if foreign else tb.backend,  # noqa: E731 - one-line helper
+    fix_stack = lambda pkgs: _fix(python_flag, None if stack.foreign else tb.backend,  # noqa: E731 - one-line helper
                                   [torch_pin(tb, offered), *pkgs])
 
     if hardware is not None:
         problems += _torch_vs_hardware(tb, torch_version, hardware, facts, python_flag, policy)
 
-    for name, dist in sorted(target.installed.items()):
-        if name == "torch" or (name not in family and name not in set(build_packages)):
-            continue
-        tag = local_tag_backend(dist.version)
-        if tag is not None and tag != tb.backend:
-            problems.append(Problem(dist.name, f"{dist.name} {dist.version} is built for {tag}, torch {tb.version} for {tb.backend}",
-                                    fix_stack([dist.name])))
-            continue
-        for dep in _requires(dist):
-            if normalize(dep.name) != "torch" or (dep.marker is not None and "extra" in str(dep.marker)):
-                continue
-            if not dep.specifier.contains(torch_version, prereleases=True):
-                problems.append(Problem(dist.name, f"{dist.name} {dist.version} requires torch{dep.specifier}, "
-                                                   f"but torch {tb.version} is installed", fix_stack([dist.name])))
-        night = _nightly_mismatch(tb.version, dist.version)
-        if night:
-            problems.append(Problem(dist.name, f"{dist.name} {dist.version} {night}",
-                                    f"backendpick install{python_flag} --channel nightly --backend {tb.backend} "
-                                    f"torch=={tb.version.split('+')[0]} {dist.name}"))
-            continue
-        if name == "xformers":
-            problems += _xformers(target, tb, dist.version, fix_stack)
+    for m in stack.among(family | set(build_packages)):
+        if m.nightly:
+            fix = (f"backendpick install{python_flag} --channel nightly --backend {tb.backend} "
+                   f"torch=={tb.version.split('+')[0]} {m.package}")
+        else:
+            fix = fix_stack([m.package])
+        problems.append(Problem(m.package, m.message, fix))
     return problems
 
 
@@ -167,20 +131,6 @@ def torch_missing_fix(target: Target, family: Iterable[str], build_packages: Ite
                 spec &= dep.specifier
     words = (["--backend", str(backend)] if backend else []) + [shlex.quote(f"torch{spec}"), *names]
     return f"backendpick install{python_flag} {' '.join(words)}"
-
-
-def _nightly_mismatch(torch_version: str, version: str) -> str | None:
-    """A nightly torch's companions must come from the same night (the date in ``.devYYYYMMDD``):
-    another night's build is compiled against another torch, whatever its metadata says."""
-    from backendpick.selection.torch_version import nightly_date
-
-    night = nightly_date(torch_version)
-    if night is None:
-        return None
-    theirs = nightly_date(version)
-    if theirs is not None and theirs != night:
-        return f"is the nightly of {theirs}, torch {torch_version} the nightly of {night}: they must come from the same night"
-    return None
 
 
 def _torch_vs_hardware(tb: TorchBuild, version: Version, hw: Hardware, facts: Facts, python_flag: str, policy: str) -> list[Problem]:
@@ -211,29 +161,6 @@ def _torch_vs_hardware(tb: TorchBuild, version: Version, hw: Hardware, facts: Fa
                                             f"{gpu.compute_capability}): 'no kernel image is available' at run time",
                                    f"backendpick install{python_flag} torch   # chooses a release and build that serve this GPU"))
                 break
-    return out
-
-
-def _xformers(target: Target, tb: TorchBuild, version: str, fix_stack) -> list[Problem]:
-    info = _cpp_lib(target)
-    if info is None:
-        return []
-    out = []
-    built_torch = str(info.get("torch_version") or "")
-    built_cuda = _cuda_of_cpp_lib(info.get("cuda_version"))
-    try:
-        if built_torch and Version(built_torch).public != Version(tb.version).public:
-            out.append(Problem("xformers", f"xformers {version} was built for torch {built_torch}, but torch {tb.version} "
-                                           "is installed: its kernels will not load", fix_stack(["xformers"])))
-            return out
-    except InvalidVersion:
-        pass
-    if tb.cuda and not built_cuda:
-        out.append(Problem("xformers", f"xformers {version} is a CPU-only build next to CUDA torch {tb.version} "
-                                       "('No available CUDA kernel')", fix_stack(["xformers"])))
-    elif tb.cuda and built_cuda and dotted(built_cuda)[:2] != dotted(tb.cuda)[:2]:
-        out.append(Problem("xformers", f"xformers {version} is built for CUDA {built_cuda}, torch {tb.version} for "
-                                       f"CUDA {tb.cuda}", fix_stack(["xformers"])))
     return out
 
 
@@ -287,11 +214,6 @@ def _how_words(how: str) -> str:
             "source": "built from source against"}.get(how, "installed for")
 
 
-def stale_packages(problems: Iterable[Problem]) -> list[str]:
-    """Installed companions that must be replaced (install removes and reinstalls them)."""
-    return sorted({p.package for p in problems if p.package != "torch"})
-
-
 # -- subprocess checks ------------------------------------------------------------------------
 
 def extension_problems(target: Target, facts: Facts, python_flag: str, backend: Backend | None) -> list[Problem]:
@@ -327,23 +249,3 @@ def extension_problems(target: Target, facts: Facts, python_flag: str, backend: 
             msg = f"{pkg}'s extension {mod} does not load: {error[:200]}"
         out.append(Problem(pkg, msg, fix))
     return out
-
-
-def build_records(target: Target, tb, nbi, flag: str, *, runtime: bool, abi: bool | None = None) -> tuple[list, list]:
-    """build_record_problems with the records of the target's state folder; the installed
-    torch's C++ ABI is read (one import of torch) only with ``runtime`` and a build package,
-    unless the caller read it already (``abi``)."""
-    from backendpick.edges.paths import state_dir
-    from backendpick.state import build_records as records_file
-
-    if tb is None or not any(target.get(n) is not None for n in nbi):
-        return [], []
-    if runtime and abi is None:
-        from backendpick.errors import BackendpickError
-        from backendpick.target.installed_torch import torch_info
-
-        try:
-            abi = torch_info(target.python).cxx11abi
-        except BackendpickError:
-            abi = None  # extension_problems reports a torch that does not import
-    return build_record_problems(target, records_file.read(state_dir(target)), tb, nbi, flag, cxx11abi=abi)

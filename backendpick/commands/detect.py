@@ -1,18 +1,24 @@
-"""``backendpick detect``: what hardware is here and which backend it should get, with why."""
+"""``backendpick detect``: what hardware is here and which backend it should get, with why.
+
+The backend is the one ``plan`` chooses (its one selection, selection/selector.py, reached
+through ``pipeline.select_backend``): the same candidates, index offers, pins and installed torch,
+for the project's torch (``plan torch`` where there is no project). Where plan would stop (exit
+3), detect still reports the hardware and the decision, and says why plan stops. ``--offline``
+asks no index and says so.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from backendpick.errors import EXIT_OK
 from backendpick.inputs import config
 from backendpick.knowledge import facts as facts_mod
-from backendpick.machine.probe import ProbeSettings, probe
 from backendpick.model.choice import Decision
 from backendpick.model.hardware import Hardware
 from backendpick.output import Output
-from backendpick.selection.backend_choice import choose, explicit_choice, keep_installed_gpu_backend, table_offers
+from backendpick.planning.pipeline import Request, select_backend
 
 
 OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
@@ -35,87 +41,29 @@ class Detection:
         return list(self.hardware.warnings) + list(self.offer_warnings) + list(self.decision.warnings)
 
 
-def detect(settings: config.Settings, offers=None) -> Detection:
-    """Probe and choose. ``offers`` defaults to the packaged release table."""
+def detect_offline(settings: config.Settings) -> Detection:
+    """Probe, and choose from the packaged release table: no index, no target."""
+    from backendpick.machine.probe import ProbeSettings, probe
+    from backendpick.selection import selector
+
     facts = facts_mod.load()
     hardware = probe(facts, ProbeSettings.from_env())
-    decision = choose(
-        hardware,
-        facts,
-        offers if offers is not None else table_offers(facts),
-        policy=settings.cuda_compat.value,
-        explicit=explicit_choice(settings),
-    )
-    return Detection(hardware, decision, settings)
+    return Detection(hardware, selector.table_choice(facts, hardware, settings), settings, offline=True)
 
 
-def detect_as_plan(settings: config.Settings, *, python: Path | None, env: dict | None = None,
-                   inspection=None) -> Detection:
-    """The choice ``plan`` makes on this machine: the same candidates, the same index offers for
-    the project's torch specifier and the target Python, the same rule for an installed GPU torch.
-    ``inspection``: the target's, started early by the console script (``target.Inspection``)."""
-    import os
-
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    from backendpick.errors import ConfigError
-    from backendpick.indexes.client import IndexClient
-    from backendpick.inputs import pip_config, requirements
-    from backendpick.selection import stays
-    from backendpick.selection.backend_choice import runs_here
-    from backendpick.selection.offers import candidate_kinds, gather
-    from backendpick.selection.resolve import Pin
-    from backendpick.selection.torch_version import torch_spec
-    from backendpick.target import inspection as target_mod, torch_origin as origin_mod
-    from backendpick.target.installed_torch import installed_backend
-
-    env = dict(os.environ if env is None else env)
-    facts = facts_mod.load()
-    hardware = probe(facts, ProbeSettings.from_env(env))
-    target = target_mod.take_or_inspect(inspection, target_mod.choose_python(python, env))
-    try:
-        wanted = requirements.gather((), (), settings.pyproject, (), ()).requirements
-    except ConfigError:
-        wanted = ()  # no project: any torch
-    explicit = explicit_choice(settings)
-    installed = origin_mod.of(target, facts, env)
-    pins = [Pin(Requirement(f"torch{torch_spec(wanted)}"), "you")]
-    if installed is not None and installed.foreign and stays.replace_reason(installed, explicit, pins) is None:
-        # A torch no index serves that the project accepts stays, as plan keeps it: no index asked.
-        nearest = stays.nearest_index_backend(installed, facts.all_backends())
-        decision = stays.kept_decision(installed, upgrade=False, nearest=nearest)
-        return Detection(hardware, decision, settings, "installed", (), installed_torch=installed)
-    # The installed torch's backend, for "auto never downgrades" (not one no index serves).
-    kept = installed_backend(target, facts) if installed is None or not installed.foreign else None
-    if explicit is not None:
-        candidates = [explicit.backend]
-    else:
-        kinds = candidate_kinds(hardware)
-        candidates = [b for b in facts.all_backends() if b.kind in kinds]
-        if kept is not None and kept.is_gpu and kept not in candidates:
-            candidates.append(kept)
-    from backendpick.indexes.credentials import configured_urls
-
-    client = IndexClient(pip_config.read(env, target.prefix), env=env, urls=configured_urls(settings))
-    offers = gather(facts, client, settings.index_url.value, candidates,
-                    torch_spec(wanted), target)
-    releases, source, notes = offers.releases, offers.source, list(offers.warnings)
-    unanswered = offers.unanswered()
-    if unanswered:
-        # plan stops here with this error; detect still reports the hardware, from the table.
-        releases, source = table_offers(facts), "table"
-        notes.append(f"the backend index has no torch for any backend: {unanswered}; chose from backendpick's "
-                     "packaged release table (plan and install stop here: check the index URL template)")
-    decision = choose(hardware, facts, releases, policy=settings.cuda_compat.value, explicit=explicit)
-    torch = target.get("torch")
-    decision = keep_installed_gpu_backend(decision, kept, torch.version if torch is not None else None)
-    if installed is not None and installed.backend in offers.versions and stays.index_build_stays(
-            installed, decision, pins, runs_here=runs_here(facts, hardware, installed.backend,
-                                                           Version(installed.version).release,
-                                                           settings.cuda_compat.value)):
-        decision = stays.stays_decision(installed, decision)  # as plan keeps it (issue 18, item 7)
-    return Detection(hardware, decision, settings, source, tuple(notes), installed_torch=installed)
+def detect_as_plan(req: Request, *, inspection=None) -> Detection:
+    """The choice ``plan`` makes on this machine for ``req``. ``inspection``: the target's,
+    started early by the console script (``target.Inspection``)."""
+    found = select_backend(req, inspection=inspection)
+    chosen = found.chosen
+    # Hardware warnings are the Detection's own; the rest are what plan would warn about.
+    notes = [w for w in found.warnings if w not in found.hardware.warnings]
+    if chosen.refusal is not None:
+        notes.append(f"plan and install stop here (exit 3): {chosen.refusal.message}")
+    # As plan says it: "index", "table" (no index answered), "recorded" (the last install's record), "installed".
+    source = "installed" if chosen.kept else chosen.offers.source if chosen.offers is not None else "table"
+    return Detection(found.hardware, chosen.decision, found.settings, source, tuple(notes),
+                     installed_torch=found.stack.origin)
 
 
 def to_json(d: Detection) -> dict:
@@ -180,9 +128,17 @@ def render(out: Output, d: Detection) -> None:
 
 def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str | None, python: Path | None = None,
         index_url: str | None = None, offline: bool = False, inspection=None) -> int:
-    facts = facts_mod.load()
-    settings = config.load(facts, project_dir=project_dir, backend=backend, index_url=index_url, cuda_compat=cuda_compat)
-    d = replace(detect(settings), offline=True) if offline else detect_as_plan(settings, python=python, inspection=inspection)
+    if offline:
+        facts = facts_mod.load()
+        settings = config.load(facts, project_dir=project_dir, backend=backend, index_url=index_url,
+                               cuda_compat=cuda_compat)
+        d = detect_offline(settings)
+    else:
+        # Without a project, the torch plan would choose for `plan torch`.
+        no_project = config.read_pyproject(project_dir).path is None
+        d = detect_as_plan(Request(project_dir=project_dir, requirements=("torch",) if no_project else (),
+                                   python=python, backend=backend, index_url=index_url, cuda_compat=cuda_compat),
+                           inspection=inspection)
     if out.json_mode:
         out.emit_json(to_json(d))
     else:

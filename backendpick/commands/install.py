@@ -11,8 +11,7 @@ from dataclasses import replace
 
 import os
 
-from backendpick.checks.dependencies import dependency_problems
-from backendpick.checks.stack import build_records, extension_problems, stack_problems
+from backendpick.checks import suite
 from backendpick.edges import envlock, runner
 from backendpick.edges.paths import logs, state_dir
 from backendpick.edges.runner import stopped
@@ -22,10 +21,9 @@ from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
 from backendpick.model.names import normalize
 from backendpick.output import Output, where_flags
-from backendpick.planning.pipeline import Prepared, Request, prepare
+from backendpick.planning.pipeline import Prepared, Request, again, prepare
 from backendpick.state import environment_pins, last_install, snapshots
-from backendpick.target import inspection as target_mod, torch_origin as origin_mod
-from backendpick.target.installed_torch import torch_build
+from backendpick.target import inspection as target_mod, installed_stack
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
@@ -120,7 +118,7 @@ def _install_locked(out: Output, req: Request, target: environment.Target | None
         out.warn(prepared.plan.replacing)  # said before anything changes
     snapshot = None
     if prepared.plan.active:
-        tb = torch_build(prepared.target, facts_mod.load())
+        tb = prepared.stack.torch
         snapshot = snapshots.record(prepared.target, state_dir(prepared.target, prepared.user_env), command=_command(req),
                                     torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)
         out.info(f"snapshot {snapshot.id} recorded; to return to it: backendpick restore{where_flags(req.python, prepared.settings)} {snapshot.id}")
@@ -157,7 +155,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
                 extra_build=tuple(sorted(set(req.extra_build) | {hit.requirement(n) for n in hit.build})),
                 extra_recipe=tuple(sorted(set(req.extra_recipe) | set(hit.recipe))),
             )
-            prepared = prepare(req)
+            prepared = again(prepared, req)  # the same inputs; the target as the phases left it
             _renamed_dependency(prepared, hit)
         except (InstallError, StateError, KeepError) as exc:
             if snapshot is not None:
@@ -317,45 +315,32 @@ def _remember(prepared: Prepared, request_key: str, after: environment.Target) -
 
 
 def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> environment.Target:
-    """The checks of ``verify`` on our own result. A problem this install caused (a package it
-    changed, or a problem that was not there before) is backendpick's failure; one it inherited
-    and did not touch is a warning with its fix."""
+    """The checks of ``verify`` (checks/suite.py) on our own result. A problem this install
+    caused (a package it changed, or a problem that was not there before) is backendpick's
+    failure; one it inherited and did not touch is a warning with its fix. Nothing here may cost
+    much: dependencies from the installed metadata, no index asked, torch not imported for its ABI;
+    only the compiled extensions of the result are imported."""
     facts = facts_mod.load()
     settings = prepared.settings
     before = prepared.target
     after = target_mod.rescan(before)
-    family, nbi = set(settings.backend_packages), set(settings.no_build_isolation)
     flag = where_flags(req.python, settings)
     # The hardware counts only when backendpick chose by it; an explicit backend (a Docker
     # build for another host) is the user's call and was already warned about.
     hardware = prepared.hardware if prepared.decision.source in ("detected", "installed") else None
-
-    from backendpick.checks import fingerprint
-
-    def metadata_problems(t):
-        tb = torch_build(t, facts)
-        origin = origin_mod.of(t, facts, prepared.user_env)
-        return (stack_problems(t, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value,
-                               foreign=origin is not None and origin.foreign)
-                + dependency_problems(t, family | nbi, flag, tb=tb, family=family)
-                + fingerprint.problems(t, tb.backend if tb else None, tb.version if tb else None,
-                                       settings.recipes, flag, env=prepared.user_env))
-
+    scope = suite.Scope.of(settings, flag, hardware, prepared.user_env)
+    found_before = suite.findings(before, prepared.stack, facts, scope, imports=False, dependencies=suite.METADATA)
+    found = suite.findings(after, installed_stack.read(after, facts, prepared.user_env), facts, scope, imports=True,
+                           dependencies=suite.METADATA)
     changed = {n for n, d in after.installed.items() if before.installed.get(n) is None
                or before.installed[n].version != d.version}
-    known = {(normalize(p.package), p.message) for p in metadata_problems(before)}
+    known = {(normalize(p.package), p.message) for p in found_before.problems}
     ours, inherited = [], []
-    for p in metadata_problems(after):
-        mine = normalize(p.package) in changed or (normalize(p.package), p.message) not in known
-        (ours if mine else inherited).append(p)
-    for p in extension_problems(after, facts, flag, prepared.plan.backend):
-        (ours if normalize(p.package) in changed else inherited).append(p)
-    # A build package left next to a torch it was not built for (the torch moved under it).
-    known_builds = {(normalize(p.package), p.message) for p in build_records(before, torch_build(before, facts), nbi,
-                                                                                  flag, runtime=False)[0]}
-    for p in build_records(after, torch_build(after, facts), nbi, flag, runtime=False)[0]:
-        mine = normalize(p.package) in changed or (normalize(p.package), p.message) not in known_builds
-        (ours if mine else inherited).append(p)
+    for p in found.problems:
+        # An import failure of a package this install did not touch was there before (it was
+        # not imported then): inherited.
+        new = p not in found.imported and (normalize(p.package), p.message) not in known
+        (ours if normalize(p.package) in changed or new else inherited).append(p)
     for p in inherited:
         out.warn(f"{p.package}: {p.message} (not caused by this install; fix: {p.fix})")
     if ours:

@@ -6,17 +6,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backendpick.checks.dependencies import missing_problems, pip_check_problems
-from backendpick.checks.stack import Problem, build_records, extension_problems, stack_problems
+from backendpick.checks import suite
 from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
 from backendpick.inputs import config, requirements
 from backendpick.knowledge import facts as facts_mod
 from backendpick.machine.probe import ProbeSettings, probe
-from backendpick.model import environment, names
+from backendpick.model import environment
 from backendpick.output import Output, where_flags
 from backendpick.state import environment_pins
-from backendpick.target import inspection as target_mod, torch_origin as origin_mod
-from backendpick.target.installed_torch import torch_build
+from backendpick.target import inspection as target_mod, installed_stack
 
 
 @dataclass(frozen=True)
@@ -74,71 +72,29 @@ def check(
     runtime: bool = True,
     env: dict | None = None,
 ) -> Report:
+    """verify's checks (checks/suite.py) on one look at ``target``. ``runtime``: import torch
+    and the compiled extensions, run pip check, ask the backend index which torch it offers."""
     facts = facts_mod.load()
     flag = where_flags(python, settings)
     family = set(settings.backend_packages)
     nbi = set(settings.no_build_isolation)
-    tb = torch_build(target, facts)
-    origin = _origin(target, facts, env, runtime=runtime)
-    foreign = origin is not None and origin.foreign
+    stack = installed_stack.read(target, facts, os.environ if env is None else env, abi=runtime, build=nbi)
+    tb = stack.torch
     offered = None
-    if runtime and tb is not None and not foreign and any(n in family | nbi for n in target.installed if n != "torch"):
+    if runtime and tb is not None and not stack.foreign and any(n in family | nbi for n in target.installed
+                                                                    if n != "torch"):
         # Fixes for companions name torch's version: only one the backend index has. (A torch
         # no index serves is named as installed: no index is asked about it.)
         offered = torch_offered(target, settings, tb.backend, env)
-    problems: list[Problem] = stack_problems(
-        target, facts, hardware, family, nbi, python_flag=flag, policy=settings.cuda_compat.value, offered=offered,
-        foreign=foreign,
-    )
-    problems += missing_problems(target, wanted, nbi, flag, from_project=from_project, recipes=settings.recipes,
-                                 family=family)
-    built, unrecorded = build_records(target, tb, nbi, flag, runtime=runtime,
-                                      abi=origin.cxx11abi if origin is not None else None)
-    problems += built
-    from backendpick.checks import fingerprint
-
-    problems += fingerprint.problems(target, tb.backend if tb else None, tb.version if tb else None,
-                                     settings.recipes, flag, env=os.environ)
-    if runtime and tb is not None:
-        problems += extension_problems(target, facts, flag, tb.backend)
-        # pip check repeats what the metadata checks already said about a package; keep the
-        # first, more specific line.
-        reported = {names.normalize(p.package) for p in problems}
-        problems += [p for p in pip_check_problems(target, family | nbi, flag, tb=tb, family=family, offered=offered)
-                     if names.normalize(p.package) not in reported]
-    pins = environment_pins.status(target.prefix, target.installed, family | nbi, os.environ)
-    if pins.in_place and pins.unreadable:
-        # The file is there, yet a plain pip fails on every install (or ignores the pins).
-        problems.append(Problem("pins", f"pip cannot read the environment's pins ({pins.path}): {pins.unreadable}",
-                                f"backendpick install{flag}   # rewrites the pins in a form pip reads"))
-    if pins.in_place and not pins.current:
-        # Stale pins make a plain pip refuse what the environment already holds.
-        problems.append(Problem("pins", f"the environment's pins ({pins.path}) are not current: "
-                                        + "; ".join(pins.stale), f"backendpick install{flag}   # rewrites the pins"))
+    found = suite.findings(target, stack, facts, suite.Scope.of(settings, flag, hardware, os.environ),
+                           imports=runtime, dependencies=suite.PIP_CHECK if runtime else None, wanted=wanted,
+                           from_project=from_project, offered=offered, pins=True)
     packages = [
         {"name": d.name, "version": d.version}
         for n, d in sorted(target.installed.items())
         if n in family or n in nbi
     ]
-    torch = tb.to_json() if tb else None
-    if torch is not None and origin is not None:
-        torch["origin"] = origin.to_json()
-    return Report(target.python, torch, packages, problems, unrecorded, pins)
-
-
-def _origin(target, facts, env, *, runtime: bool):
-    """Where the installed torch came from; for a torch no index serves, with the C++ ABI read
-    from torch itself (one import, only where verify imports torch anyway)."""
-    origin = origin_mod.of(target, facts, os.environ if env is None else env)
-    if origin is None or not origin.foreign or not runtime:
-        return origin
-    from backendpick.errors import BackendpickError
-    from backendpick.target.installed_torch import torch_info
-
-    try:
-        return origin.with_abi(torch_info(target.python).cxx11abi)
-    except BackendpickError:
-        return origin  # extension_problems reports a torch that does not import
+    return Report(target.python, stack.to_json(), packages, list(found.problems), list(found.warnings), found.pins)
 
 
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...],

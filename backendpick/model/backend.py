@@ -115,3 +115,12 @@ def local_tag_backend(version: str) -> Backend | None:
         return Backend.parse(version.split("+", 1)[1])
     except ConfigError:
         return None
+
+
+_NIGHTLY = re.compile(r"\.dev(\d{8})")
+
+
+def nightly_date(version: str) -> str | None:
+    """``2.10.0.dev20251120+cu128`` -> ``20251120``: the night a nightly build comes from."""
+    m = _NIGHTLY.search(version)
+    return m.group(1) if m else None

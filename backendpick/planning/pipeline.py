@@ -1,13 +1,15 @@
 """The data flow of every command that installs: config -> probe -> select -> plan.
 
 ``prepare`` is the whole chain, one step per helper, in the order the data flows:
-``_configure`` reads the settings, the request and the target and probes the hardware;
-``_candidates`` says which backends may serve and what the last install recorded;
-``_resolve`` is the one resolution of the ordinary requirements (selection/resolve.py);
-``_select`` chooses the backend and the torch from what the indexes offer (selection/offers.py,
-selection/backend_choice.py, selection/torch_version.py); ``_plan`` writes the phases as intents
-(model/plan.py, planning/routing.py, build/wheel_choice.py), which the engines render later
-(execute/engines.py).
+``_configure`` reads the settings and the request and probes the hardware, ``_look`` looks at the
+target once (its installed stack, target/installed_stack.py); ``_record`` finds the last
+install's record of this request; ``_resolve`` is the one resolution of the ordinary requirements
+(selection/resolve.py); ``_choose`` chooses the backend (selection/selector.py, the one selection,
+which ``detect`` reaches through ``select_backend``) and ``_select`` the torch
+(selection/torch_version.py); ``_plan`` writes the phases as intents (model/plan.py,
+planning/routing.py, build/wheel_choice.py), which the engines render later (execute/engines.py).
+A retry starts again at the select step from the same inputs (``_prepared``), or, for install,
+after a new look at the target (``again``).
 The commands only parse, call ``prepare`` and render.
 """
 
@@ -20,9 +22,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
-from backendpick import redaction
 from backendpick.edges import paths
 from backendpick.errors import NoBackendError
 from backendpick.indexes import credentials, fetches
@@ -35,47 +35,49 @@ from backendpick.model import environment, names, plan as plan_mod
 from backendpick.model.choice import Decision, Explicit
 from backendpick.model.hardware import Hardware
 from backendpick.planning import hashes, planner
-from backendpick.planning.request import Prepared, Request, check_reinstall
-from backendpick.selection import expected_torch, offers as offers_mod, resolve as resolve_mod, stays, torch_version
-from backendpick.selection.backend_choice import (
-    choose,
-    explicit_choice,
-    keep_installed_gpu_backend,
-    no_backend,
-    runs_here,
-    table_offers,
+from backendpick.planning.request import Prepared, Request, check_reinstall, request_key
+from backendpick.selection import (
+    expected_torch,
+    offers as offers_mod,
+    resolve as resolve_mod,
+    selector,
+    stays,
+    torch_version,
 )
-from backendpick.selection.offers import Offers, candidate_kinds, gather, gather_preferred, index_url_for, preference
+from backendpick.selection.backend_choice import explicit_choice
+from backendpick.selection.offers import Offers, index_url_for
 from backendpick.state import environment_pins, last_install
-from backendpick.target import inspection as target_mod, torch_origin as origin_mod
-from backendpick.target.installed_torch import installed_backend
+from backendpick.target import inspection as target_mod, installed_stack, torch_origin as origin_mod
+from backendpick.target.installed_stack import InstalledStack
 
-__all__ = ["Prepared", "Request", "prepare"]
+__all__ = ["Detected", "Prepared", "Request", "again", "prepare", "select_backend"]
 
 
 @dataclass(frozen=True)
 class _Inputs:
-    """The config and probe steps' result: what was asked, of which environment, on which machine."""
+    """The config and probe steps' result: what was asked, of which environment, on which
+    machine. A retry reuses it: the configuration is read and the hardware probed once."""
 
     req: Request
     env: dict
     facts: Facts
     settings: config.Settings
-    installer: installer_mod.Installer
+    installer: installer_mod.Installer | None  # None: no plan is made (detect)
     wanted: requirements.Wanted
-    target: environment.Target
     pip_config: pipconf.PipConfig
     hardware: Hardware
-    reqs: list  # the requirements whose markers hold on the target
-    ordinary: list  # those neither family, build nor recipe-routed
-    own_env: dict
     cons_lines: list
     policy: list  # torch_version.Pin: the user's constraints on the family
     upgrade: torch_version.Upgrade
     explicit: Explicit | None
     client: IndexClient  # one page cache for every index look-up of this plan
     warnings: list
-    origin: origin_mod.TorchOrigin | None = None  # the installed torch: an index build, or one no index serves
+    # One look at the target (``_look``): taken again only when the target changed (install's retry).
+    target: environment.Target = None
+    stack: InstalledStack = None  # the installed torch, its origin, what was built for it
+    reqs: list = None  # the requirements whose markers hold on the target
+    ordinary: list = None  # those neither family, build nor recipe-routed
+    own_env: dict = None
 
     @property
     def family(self) -> set:
@@ -101,16 +103,37 @@ class _Inputs:
     def state(self) -> Path:
         return paths.state_dir(self.target, self.env)
 
+    @property
+    def origin(self) -> origin_mod.TorchOrigin | None:
+        return self.stack.origin
+
+    @property
+    def ground(self) -> selector.Ground:
+        """What the backend choice stands on (selection/selector.py)."""
+        return selector.Ground(self.facts, self.hardware, self.target, self.stack, self.settings, self.explicit,
+                               self.template, self.client)
+
 
 @dataclass(frozen=True)
-class _Candidates:
-    """The select step's starting point: the backends that may serve, and the last install's record."""
+class _Record:
+    """The last install's record of this very request, when it still describes the environment."""
 
     request_key: str
-    recorded_offers: dict | None
-    candidates: list  # the explicit backend, or those the hardware runs
-    order: list  # candidates in the order auto selection prefers them
-    keep: object  # the installed GPU backend auto selection keeps (never downgrades), or None
+    offers: dict | None  # Backend -> [Version]: what the choice was made from then
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The select step up to the backend decision: the pins it stands on, and the decision."""
+
+    record: _Record
+    candidates: selector.Candidates
+    resolution: resolve_mod.Resolution
+    pins: list
+    chosen: selector.Chosen
+    extra_backend: tuple
+    extra_build: tuple
+    wants: bool  # the request installs a backend package
 
 
 @dataclass(frozen=True)
@@ -129,37 +152,87 @@ class _Selection:
     replacing: str | None = None  # why an installed torch no index serves is replaced
 
 
+@dataclass(frozen=True)
+class Detected:
+    """detect's answer: the backend plan would choose here, and why plan would stop there."""
+
+    hardware: Hardware
+    stack: InstalledStack
+    settings: config.Settings
+    chosen: selector.Chosen
+    warnings: tuple
+
+
 def prepare(req: Request, env: dict | None = None, target: environment.Target | None = None,
             inspection: target_mod.Inspection | None = None) -> Prepared:
     """config -> probe -> select -> plan. ``target``: the target as just inspected by the
     caller, to save inspecting it again; ``inspection``: one the caller started early, taken
     where the target is needed (after the configuration and the requirements were read, so their
     mistakes come first) when it is of the interpreter the request chooses."""
+    return _prepared(_inputs(req, env, target, inspection, for_plan=True))
+
+
+def again(prepared: Prepared, req: Request) -> Prepared:
+    """install's retry, for ``req`` (the request with what pip asked for in a later phase moved
+    to its own): the configuration, hardware, pip configuration and index client of the first
+    plan; the target looked at again, as the phases that ran left it."""
+    i = prepared.basis
+    return _prepared(_look(replace(i, req=req), target_mod.rescan(i.target)))
+
+
+def select_backend(req: Request, env: dict | None = None, inspection: target_mod.Inspection | None = None) -> Detected:
+    """detect: ``prepare``'s steps up to the backend decision, for a backend package whatever
+    the request installs (``plan`` would choose this backend for its torch). A refusal plan would
+    raise comes back in ``chosen.refusal``."""
+    i = _inputs(req, env, None, inspection, for_plan=False)
+    for use_record in (True, False):
+        attempt = replace(i, warnings=list(i.warnings))
+        choice = _choose(attempt, use_record, wants=True)
+        if choice is not None:
+            return Detected(i.hardware, i.stack, i.settings, choice.chosen, tuple(attempt.warnings))
+    raise AssertionError("the second attempt asks the indexes")  # pragma: no cover - _resolve answers without a record
+
+
+def _inputs(req: Request, env: dict | None, target, inspection, *, for_plan: bool) -> _Inputs:
     env = dict(os.environ if env is None else env)
     try:
-        inputs = _configure(req, env, target, inspection)
+        return _configure(req, env, target, inspection, for_plan=for_plan)
     finally:
         if inspection is not None:
             inspection.cancel()  # not taken: an earlier mistake, or another interpreter
-    cands = _candidates(inputs)
-    companions = _companion_pins(inputs, cands)
-    resolution = _resolve(inputs, cands, companions)
-    if resolution is None:
-        # The record promised a finished environment, yet a requirement is not met: ask again.
-        return prepare(replace(req, refresh=True), env, inputs.target)
-    selection = _select(inputs, cands, resolution, companions)
-    plan, settings = _plan(inputs, selection)
-    if selection.offers is not None and selection.offers.source == "recorded" and plan.active:
-        # The record promised a finished environment, yet something is left to do: ask again.
-        return prepare(replace(req, refresh=True), env, inputs.target)
-    return Prepared(plan, inputs.target, settings, inputs.hardware, selection.decision, inputs.pip_config,
-                    pipconf.backend_phase_env(env, inputs.pip_config), env, cands.request_key, selection.offers,
-                    inputs.client)
+
+
+def _prepared(i: _Inputs) -> Prepared:
+    """The plan; asked of the indexes again, from the same inputs, when the last install's
+    record no longer holds (the retry restarts at the select step, not at the configuration)."""
+    for use_record in (True, False):
+        prepared = _attempt(replace(i, warnings=list(i.warnings)), use_record)  # each attempt says its own
+        if prepared is not None:
+            return prepared
+    raise AssertionError("the second attempt asks the indexes")  # pragma: no cover - _resolve answers without a record
+
+
+def _attempt(i: _Inputs, use_record: bool) -> Prepared | None:
+    """select -> plan. None: the record promised a finished environment, yet a requirement is
+    not met or something is left to do: ask again."""
+    choice = _choose(i, use_record)
+    if choice is None:
+        return None
+    if choice.chosen.refusal is not None:
+        raise choice.chosen.refusal
+    selection = _select(i, choice)
+    plan, settings = _plan(i, selection)
+    if choice.record.offers is not None and plan.active:
+        return None
+    return Prepared(plan, i.target, settings, i.hardware, selection.decision, i.pip_config,
+                    pipconf.backend_phase_env(i.env, i.pip_config), i.env, choice.record.request_key,
+                    selection.offers, i.client, i.stack, i)
 
 
 def _configure(req: Request, env: dict, target: environment.Target | None,
-               inspection: target_mod.Inspection | None = None) -> _Inputs:
-    """config and probe: the settings, the requirements, the target, pip's configuration, the hardware."""
+               inspection: target_mod.Inspection | None = None, *, for_plan: bool = True) -> _Inputs:
+    """config and probe: the settings, the requirements, the target, pip's configuration, the hardware.
+    ``for_plan``: the installer that runs the phases is looked for too (not for detect)."""
     facts = facts_mod.load()
     settings = config.load(
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
@@ -167,7 +240,7 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
         pin_environment=req.pin_environment,
     )
     # Before any look-up: asking for uv where there is none is a usage error, at once.
-    installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source)
+    installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source) if for_plan else None
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
                                  editables=req.editables)
     if target is None:
@@ -175,17 +248,7 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
     pip_config = pipconf.read(env, target.prefix)
     hardware = probe(facts, ProbeSettings.from_env(env))
     family = set(settings.backend_packages)
-    reqs = [r for r in wanted.requirements if plan_mod.marker_ok(r, target.markers)]
-    check_reinstall(req.reinstall, reqs, target, settings)
     warnings: list[str] = list(hardware.warnings)
-    nbi = set(settings.no_build_isolation)
-    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
-    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
-    # sdist of them, which says nothing about what the routed build needs.
-    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
-    ordinary = [r for r in reqs if names.normalize(r.name) not in family | nbi | routed_away]
-    # backendpick's own pip runs must not be blocked by the pins it wrote earlier (state/environment_pins.py).
-    own_env = environment_pins.own_runs_env(env, target.prefix, pip_config)
     # The user's pip ``constraint`` setting and the request's -c files: policy for the torch
     # choice and for the backend phase too (selection/torch_version.py).
     cons_lines, cons_warnings = torch_version.read_constraint_files(pip_config.list("constraint"))
@@ -197,64 +260,56 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
     # One client per plan: each page read once; kept on disk between runs as HTTP caching
     # allows (indexes/page_cache.py), revalidated with --refresh.
     client = IndexClient(pip_config, env=env, refresh=req.refresh, urls=credentials.configured_urls(settings))
-    return _Inputs(req, env, facts, settings, installer, wanted, target, pip_config, hardware, reqs, ordinary, own_env,
-                   cons_lines, policy, upgrade, explicit_choice(settings), client, warnings,
-                   origin_mod.of(target, facts, env))
+    i = _Inputs(req, env, facts, settings, installer, wanted, pip_config, hardware, cons_lines, policy, upgrade,
+                explicit_choice(settings), client, warnings)
+    return _look(i, target)
 
 
-def _candidates(i: _Inputs) -> _Candidates:
-    """The backends that may serve, in the order auto selection prefers them (only those the
-    hardware runs), and the last install's record of this very request."""
-    req, settings, target, facts = i.req, i.settings, i.target, i.facts
-    wanted = i.wanted
-    request = last_install.request_key(
-        requirements=[str(r) for r in wanted.requirements], options=list(wanted.rest_options),
-        constraints=[str(c) for c in wanted.constraints], backend=settings.backend.value, index=credentials.strip(i.template),
-        compat=settings.cuda_compat.value, family=sorted(i.family), nbi=sorted(settings.no_build_isolation),
-        hardware=i.hardware.to_json(), python=str(target.python), extra_backend=list(req.extra_backend),
-        extra_build=list(req.extra_build), reinstall=list(req.reinstall), editables=list(req.editables),
-        hashes=sorted((k, sorted(v)) for k, v in wanted.hashes.items()), channel=i.channel,
-        upgrade=req.upgrade, upgrade_packages=sorted(i.upgrade.packages),
-        pin_environment=bool(settings.pin_environment.value), policy=[str(p.requirement) for p in i.policy],
-    )
+def _look(i: _Inputs, target: environment.Target) -> _Inputs:
+    """One look at the target: its installed stack, and the requirements as they apply to it."""
+    settings = i.settings
+    reqs = [r for r in i.wanted.requirements if plan_mod.marker_ok(r, target.markers)]
+    check_reinstall(i.req.reinstall, reqs, target, settings)
+    # Packages a recipe sends to their own source (a per-backend index, a find-links page, a
+    # per-CUDA name) are not looked up on the user's index: PyPI has only a CPU build or an
+    # sdist of them, which says nothing about what the routed build needs.
+    routed_away = {n for n, rows in settings.recipes.items() if any(r.mechanism != "default" for r in rows)}
+    ordinary = [r for r in reqs if names.normalize(r.name) not in i.family | i.nbi | routed_away]
+    # backendpick's own pip runs must not be blocked by the pins it wrote earlier (state/environment_pins.py).
+    own_env = environment_pins.own_runs_env(i.env, target.prefix, i.pip_config)
+    stack = installed_stack.read(target, i.facts, i.env)
+    return replace(i, target=target, stack=stack, reqs=reqs, ordinary=ordinary, own_env=own_env)
+
+
+def _record(i: _Inputs, use_record: bool) -> _Record:
+    """This request's fingerprint, and the last install's record of it when it still holds."""
+    # The hardware without the probe's warnings: a tool that answered slowly once is the same machine.
+    key = request_key(i.req, settings=i.settings, wanted=i.wanted, hardware=replace(i.hardware, warnings=()),
+                      python=str(i.target.python), policy=[str(p.requirement) for p in i.policy])
     # -U asks the indexes for something newer: a record of the last install cannot answer that.
-    recorded = None if req.refresh or i.upgrade.any else \
-        last_install.load(i.state, request, last_install.environment_key(target))
-    recorded_offers = last_install.offers(recorded) if recorded is not None else None
-    if i.explicit is not None:
-        candidates = [i.explicit.backend]
-    else:
-        kinds = candidate_kinds(i.hardware)
-        candidates = [b for b in facts.all_backends() if b.kind in kinds]
-    # A torch no index serves is kept by its own rule (selection/stays.py), never asked for on an index.
-    foreign = i.origin is not None and i.origin.foreign
-    kept = installed_backend(target, facts) if i.explicit is None and not foreign else None
-    keep = kept if kept is not None and kept.is_gpu else None  # auto never downgrades
-    order = candidates if i.explicit is not None else preference(facts, i.hardware, candidates,
-                                                                 settings.cuda_compat.value)
-    if keep is not None and keep not in order:
-        order = [*order, keep]
-    return _Candidates(request, recorded_offers, candidates, order, keep)
+    recorded = None if not use_record or i.req.refresh or i.upgrade.any else \
+        last_install.load(i.state, key, last_install.environment_key(i.target))
+    return _Record(key, last_install.offers(recorded) if recorded is not None else None)
 
 
-def _companion_pins(i: _Inputs, c: _Candidates) -> list:
+def _companion_pins(i: _Inputs, c: selector.Candidates, record: _Record) -> list:
     """The torch pins of companions requested at one release (``xformers==0.0.31`` requires
     ``torch==2.7.1``): they take part in the choice like an ordinary package's (issue 18, item 9).
     Read from the first backend index of the order that publishes the release; not on a re-run
     the last install's record answers (that choice held them)."""
     wanted = [r for r in i.reqs if names.normalize(r.name) in i.family and names.normalize(r.name) != "torch"]
-    if not wanted or c.recorded_offers is not None:
+    if not wanted or record.offers is not None:
         return []
-    return offers_mod.companion_pins(i.client, i.template, c.order, wanted, i.family, i.target)
+    return offers_mod.companion_pins(i.client, i.template, list(c.order), wanted, i.family, i.target)
 
 
 def _may_keep(i: _Inputs, pins: list) -> bool:
     """Whether the installed torch no index serves can still stay with the pins known so far."""
-    return stays.replace_reason(i.origin, i.explicit, pins, i.req.reinstall) is None and \
-        i.origin is not None and i.origin.foreign
+    return stays.replace_reason(i.origin, i.explicit, pins, i.req.reinstall) is None and i.stack.foreign
 
 
-def _resolve(i: _Inputs, c: _Candidates, companions: list) -> resolve_mod.Resolution | None:
+def _resolve(i: _Inputs, c: selector.Candidates, record: _Record,
+             companions: list) -> resolve_mod.Resolution | None:
     """ONE resolution per plan (selection/resolve.py): the pins on the torch family and the backend and
     build packages the ordinary requirements pull in, before any backend is chosen. None: the
     last install's record no longer holds (ask again).
@@ -269,7 +324,7 @@ def _resolve(i: _Inputs, c: _Candidates, companions: list) -> resolve_mod.Resolu
         return resolve_mod.Resolution()
     if known is not None:
         return known  # already installed: their metadata answers, no pip, no index
-    if c.recorded_offers is not None:
+    if record.offers is not None:
         return None
     if _may_keep(i, [*torch_version.direct_pins(i.reqs, i.family), *i.policy, *companions]):
         installed = {n: [i.target.get(n).version] for n in ("torch", *offers_mod.COMPANIONS)
@@ -277,8 +332,8 @@ def _resolve(i: _Inputs, c: _Candidates, companions: list) -> resolve_mod.Resolu
         first = _resolution(i, installed)
         if not first.fallback and _may_keep(i, [*first.pins, *companions]):
             return _noted(i, first)
-    return _noted(i, _resolution(i, lambda: offers_mod.published(i.client, i.template, c.order, i.family, target,
-                                                                   i.nightly)))
+    return _noted(i, _resolution(i, lambda: offers_mod.published(i.client, i.template, list(c.order), i.family,
+                                                                   target, i.nightly)))
 
 
 def _resolution(i: _Inputs, published) -> resolve_mod.Resolution:
@@ -300,43 +355,44 @@ def _noted(i: _Inputs, resolution: resolve_mod.Resolution) -> resolve_mod.Resolu
     return resolution
 
 
-def _select(i: _Inputs, c: _Candidates, resolution: resolve_mod.Resolution, companions: list) -> _Selection:
-    """select: the pins, the offers of the backend indexes, the backend, then the torch."""
+def _choose(i: _Inputs, use_record: bool, *, wants: bool = False) -> _Choice | None:
+    """select, up to the backend: the record, the candidates, the one resolution, the pins, and
+    the decision (selection/selector.py). None: the record no longer holds. ``wants``: choose a
+    backend even when the request installs no backend package (detect)."""
+    record = _record(i, use_record)
+    cands = selector.candidates(i.ground)
+    companions = _companion_pins(i, cands, record)
+    resolution = _resolve(i, cands, record, companions)
+    if resolution is None:
+        return None
     extra_backend, extra_build = _pulled_in(i.req, resolution, i.target, i.settings)
-    wants_backend = any(names.normalize(r.name) in i.family for r in i.reqs) or bool(extra_backend)
+    wants = wants or any(names.normalize(r.name) in i.family for r in i.reqs) or bool(extra_backend)
     pins = [*torch_version.direct_pins(i.reqs, i.family), *resolution.pins, *i.policy, *companions]
     # Pins that cannot hold together stop here (exit 2); pins that hold but that no backend offers
-    # meet the backend choice's own errors below (exit 3, naming the index and the pins).
+    # meet the backend choice's own errors (exit 3, naming the index and the pins).
     for name in sorted({p.name for p in pins}):
         torch_version.check(pins, name=name)
-    replacing = stays.replace_reason(i.origin, i.explicit, pins, i.req.reinstall)
-    if i.origin is not None and i.origin.foreign and replacing is None:
-        return _select_kept(i, resolution, pins, extra_backend, extra_build)
-    # A constraint only constrains (issue 18, item 8): a line on a companion nobody asked for
-    # neither makes it required nor blocks a backend whose index lacks it.
     named = {"torch", *extra_backend, *resolution.pulled, *(names.normalize(r.name) for r in i.reqs)}
     named = {names.normalize(Requirement(n).name) for n in named}
-    asked = [p for p in pins if p.name in named]
-    spec = torch_version.merged(pins).get("torch", SpecifierSet())
-    try:
-        offers = _offers(i, c, asked, spec) if wants_backend else None
-        releases = offers.releases if offers is not None else table_offers(i.facts)
-        decision = choose(i.hardware, i.facts, releases, policy=i.settings.cuda_compat.value, explicit=i.explicit)
-        torch = i.target.get("torch")
-        decision = keep_installed_gpu_backend(decision, c.keep, torch.version if torch is not None else None)
-        if wants_backend and not i.upgrade.torch(i.family):
-            decision, offers = _installed_stays(i, decision, offers, asked, spec)
-        if wants_backend:
-            _check_served(i, c, decision, offers, asked, spec)
-    except NoBackendError as exc:
-        raise stays.with_held_lines(exc, i.origin, i.target, pins) if replacing else exc from None
+    chosen = selector.select(i.ground, cands, pins, named=named, wants=wants, recorded=record.offers,
+                             upgrade_torch=i.upgrade.torch(i.family), reinstall=i.req.reinstall)
+    if chosen.offers is not None:
+        i.warnings.extend(chosen.offers.warnings)
+    return _Choice(record, cands, resolution, pins, chosen, extra_backend, extra_build, wants)
+
+
+def _select(i: _Inputs, c: _Choice) -> _Selection:
+    """select, after the backend: the torch, and the requirements with the pins applied."""
+    if c.chosen.kept:
+        return _select_kept(i, c.resolution, c.pins, c.extra_backend, c.extra_build)
+    decision, offers = c.chosen.decision, c.chosen.offers
     choice, requested = None, list(i.wanted.requirements)
-    if wants_backend:
-        choice, requested = _choose_torch(i, decision, offers, pins, resolution, requested)
+    if c.wants:
+        choice, requested = _choose_torch(i, decision, offers, c.pins, c.resolution, requested)
     if i.upgrade.packages:
         requested = list(torch_version.hold_others(requested, i.target.installed, i.upgrade, i.family))
-    return _Selection(decision, offers, pins, choice, requested, resolution, extra_backend, extra_build,
-                      replacing=replacing)
+    return _Selection(decision, offers, c.pins, choice, requested, c.resolution, c.extra_backend, c.extra_build,
+                      replacing=c.chosen.replacing)
 
 
 def _select_kept(i: _Inputs, resolution, pins: list, extra_backend: tuple, extra_build: tuple) -> _Selection:
@@ -357,82 +413,11 @@ def _select_kept(i: _Inputs, resolution, pins: list, extra_backend: tuple, extra
     return _Selection(decision, None, pins, choice, requested, resolution, extra_backend, extra_build, kept=True)
 
 
-def _installed_stays(i: _Inputs, decision: Decision, offers: Offers | None, pins: list, spec: SpecifierSet):
-    """A satisfied environment stays as it is (issue 18, item 7): an installed backend index
-    build that every pin accepts and that still runs here is kept when auto selection now
-    prefers another backend (a driver upgrade), and the decision says how to move."""
-    origin = i.origin
-    if i.explicit is not None or origin is None or origin.foreign or offers is None:
-        return decision, offers
-    release = Version(origin.version).release
-    runs = runs_here(i.facts, i.hardware, origin.backend, release, i.settings.cuda_compat.value)
-    if not stays.index_build_stays(origin, decision, pins, runs_here=runs):
-        return decision, offers
-    versions = dict(offers.versions)
-    if origin.backend not in versions and offers.source == "index":
-        mine = gather(i.facts, i.client, i.template, [origin.backend], spec & i.nightly, i.target)
-        serves = offers_mod.companions_check(i.client, i.template, pins, i.family, i.target, i.nightly)
-        found = torch_version.allowed(mine.versions.get(origin.backend, []), pins)
-        if found and serves(origin.backend):
-            versions[origin.backend] = found
-    if origin.backend not in versions:
-        return decision, offers  # its index no longer offers what the request needs
-    return stays.stays_decision(origin, decision), replace(offers, versions=versions)
-
-
-def _offers(i: _Inputs, c: _Candidates, pins: list, spec: SpecifierSet) -> Offers:
-    """What the backend indexes offer for the torch the pins allow (or the last install's record).
-    ``pins``: those on torch and on the family members the request names."""
-    facts, explicit, target = i.facts, i.explicit, i.target
-    asked = spec & i.nightly
-    # A backend whose index lacks a pinned companion (torchvision==0.20.1) cannot serve the
-    # request either: the choice moves on to one that has it.
-    serves = offers_mod.companions_check(i.client, i.template, pins, i.family, target, i.nightly)
-    if c.recorded_offers is not None:
-        # Nothing changed since the last install: its offers decide again, no index is asked.
-        offers = Offers(c.recorded_offers, "recorded")
-    elif explicit is not None:
-        offers = gather(facts, i.client, i.template, [explicit.backend], asked, target)
-        if offers.source == "index" and explicit.backend in offers.versions and not serves(explicit.backend):
-            offers = replace(offers, versions={})
-        if explicit.backend not in offers.versions:
-            try:
-                offers_mod.explicit_missing(facts, i.client, i.template, explicit, asked, target, offers, i.settings)
-            except NoBackendError as exc:
-                raise torch_version.error_with_pins(exc, [p for p in pins if p.by != "you"]) from None
-    else:
-        # Newest allowed first, stopping at the first that offers a torch every pin accepts.
-        offers = gather_preferred(facts, i.client, i.template, i.hardware, c.candidates, asked, target,
-                                  policy=i.settings.cuda_compat.value, keep=c.keep, accept=serves)
-        offers_mod.check_answered(offers, i.settings)
-    if offers.source == "index":
-        offers = replace(offers, versions={b: v for b, vs in offers.versions.items()
-                                           if (v := torch_version.allowed(vs, pins))})
-    i.warnings.extend(offers.warnings)
-    return offers
-
-
-def _check_served(i: _Inputs, c: _Candidates, decision: Decision, offers: Offers | None, pins, spec) -> None:
-    """Exit 3 when the chosen backend cannot serve: GPUs left unserved, or no torch on its index."""
-    if decision.unserved and decision.source == "detected":
-        err = no_backend(i.facts, i.hardware, decision, spec, i.settings.cuda_compat.value)
-        raise torch_version.error_with_pins(err, pins)
-    if offers is not None and decision.backend not in offers.versions:
-        # Only now every candidate is asked: the message lists what exists.
-        everything = gather(i.facts, i.client, i.template, c.order, i.nightly, i.target) \
-            if offers.source == "index" else offers
-        raise NoBackendError(
-            f"no torch matching '{spec or 'any'}' for Python {i.target.python_version_text} "
-            f"on the {decision.backend} index ({redaction.redact(index_url_for(i.template, decision.backend))})",
-            hint=offers_mod.on_offer_hint(everything) + torch_version.pins_text(pins),
-        )
-
-
 def _choose_torch(i: _Inputs, decision: Decision, offers: Offers | None, pins, resolution, requested: list):
     """The torch version on the chosen backend, and the requirements with the pins applied."""
     target, family, upgrade = i.target, i.family, i.upgrade
     installed_torch = target.get("torch")
-    same_backend = installed_torch is not None and installed_backend(target, i.facts) == decision.backend
+    same_backend = installed_torch is not None and i.stack.backend == decision.backend
     offered_here = (offers.versions.get(decision.backend, [])
                     if offers is not None and offers.source in ("index", "recorded") else [])
     version, why = torch_version.choose_version(
@@ -453,13 +438,12 @@ def _choose_torch(i: _Inputs, decision: Decision, offers: Offers | None, pins, r
 def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     """plan: the phases for the chosen backend, with recipes, pins, prebuilt wheels and the
     installer applied. Returns the settings too: recipes may add family members."""
-    from backendpick.checks.stack import stack_problems, stale_packages
     from backendpick.planning import routing
 
     facts, settings, target, decision, offers = i.facts, i.settings, i.target, s.decision, s.offers
-    # Companions verify finds broken (built for another torch or backend) are replaced.
-    stale = [n for n in stale_packages(stack_problems(target, facts, None, i.family, settings.no_build_isolation))
-             if names.normalize(n) in i.family]
+    # Companions built for another torch or backend (target/installed_stack.py; verify reports
+    # them) are replaced.
+    stale = i.stack.broken(i.family)
     warnings = list(i.warnings)
     if stale:
         warnings.append(f"replacing broken companions: {', '.join(stale)}")
@@ -470,7 +454,7 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
     try:
         routed = routing.route(
             s.requested, settings=settings, backend=decision.backend, target=target,
-            torch=expected_torch.torch_for_recipes(facts, target, decision, offers, i.reqs),
+            torch=expected_torch.torch_for_recipes(i.stack.torch, decision, offers, i.reqs, facts),
             backend_index=index_url_for(i.template, decision.backend), client=i.client,
             markers_ok=lambda r: plan_mod.marker_ok(r, target.markers), extra=i.req.extra_recipe + recipe_backend,
         )

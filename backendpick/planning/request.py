@@ -1,10 +1,14 @@
 """What the user asked for (``Request``), what the pipeline hands the commands (``Prepared``),
-and the request's own checks."""
+the request's fingerprint for the last install's record (``request_key``), and the request's own
+checks."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backendpick.errors import ConfigError
 from backendpick.inputs import config, pip_config as pipconf
@@ -13,6 +17,7 @@ from backendpick.model.choice import Decision
 from backendpick.model.hardware import Hardware
 from backendpick.model.names import normalize
 from backendpick.selection.offers import Offers
+from backendpick.target.installed_stack import InstalledStack
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class Prepared:
     request_key: str = ""  # lastrun: the request's fingerprint
     offers: Offers | None = None  # what the choice was made from
     client: object = None  # the run's client.IndexClient: its session downloads what the plan names
+    stack: InstalledStack | None = None  # the look at the target the plan was made from
+    basis: object = None  # the pipeline's inputs, which install's retry starts from (pipeline.again)
 
 
 def check_reinstall(names, reqs, target: environment.Target, settings: config.Settings) -> None:
@@ -70,3 +77,48 @@ def check_reinstall(names, reqs, target: environment.Target, settings: config.Se
         where = "is not installed and not requested" if target.get(key) is None else "is not among the requirements"
         raise ConfigError(f"--reinstall {name}: {name} {where}, so this install would not install it again",
                           hint=f"name it as a requirement too (backendpick install {name} --reinstall {name})")
+
+
+# Request fields the fingerprint leaves out, each with why. Every other field is in it, so a
+# field added to Request is in it too (tests/unit/test_request_key.py changes each one).
+NOT_IN_KEY = {
+    # --refresh only says not to trust the record; the install it makes records under the key
+    # a plain run computes, so the next plain run finds it.
+    "refresh": "asks again; the record it writes serves the next plain run",
+}
+
+
+def request_key(req: Request, **inputs: Any) -> str:
+    """The fingerprint of everything that decides which index is asked and what for: every
+    field of ``req`` (but ``NOT_IN_KEY``) and the ``inputs`` derived from it (the settings, the
+    requirements as read, the hardware, the interpreter, the constraints), each whole: a field
+    added to those dataclasses is in the key without anyone listing it. URLs count without their
+    user information: a new password is the same request."""
+    from backendpick.state import last_install
+
+    fields = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name not in NOT_IN_KEY}
+    return last_install.request_key(request=_plain(fields), **{k: _plain(v) for k, v in sorted(inputs.items())})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data, the same from one run to the next: dataclasses by field (a
+    ``Setting`` by its value: where a setting came from does not change the request), mappings
+    with sorted keys, paths and requirements as text, credentials out of every string."""
+    from backendpick.inputs.config import Setting
+    from backendpick.redaction import strip
+
+    if isinstance(value, Setting):
+        return _plain(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=str)
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return strip(str(value))  # str, Path, Requirement, Backend, Version, ...

@@ -7,13 +7,14 @@ from backendpick.knowledge.facts import Facts
 from backendpick.model.choice import Decision
 from backendpick.selection import torch_version
 from backendpick.selection.offers import Offers
-from backendpick.target.installed_torch import torch_build
+from backendpick.target.installed_torch import TorchBuild
 
 
-def torch_for_recipes(facts: Facts, target, decision: Decision, offers: Offers | None, reqs) -> str | None:
-    """The torch the recipes' ``{torch}`` means: the installed one when the backend phase keeps
-    it (same backend, requirement met), else the one it is expected to install."""
-    installed = torch_build(target, facts)
+def torch_for_recipes(installed: TorchBuild | None, decision: Decision, offers: Offers | None, reqs,
+                      facts: Facts) -> str | None:
+    """The torch the recipes' ``{torch}`` means: the installed one (``installed``, from the look
+    at the target) when the backend phase keeps it (same backend, requirement met), else the one
+    it is expected to install."""
     predicted = predicted_torch(facts, decision, offers)
     keeps = installed is not None and installed.backend == decision.backend and \
         torch_version.torch_spec(reqs).contains(installed.version.split("+")[0], prereleases=True)

@@ -92,18 +92,21 @@ def gather(
 
 
 def _from_table(facts: Facts, candidates: list[Backend], spec: SpecifierSet, failures: list[str]) -> Offers:
-    """Offline fallback: a release X.Y counts when X.Y.0 through X.Y.99 could satisfy the spec."""
+    """Offline fallback: no backend index answered."""
+    return from_table(facts, candidates, spec, f"no backend index answered ({failures[0]}); chose from "
+                                                 "backendpick's packaged release table")
+
+
+def from_table(facts: Facts, candidates: list[Backend], spec: SpecifierSet, warning: str | None = None) -> Offers:
+    """The packaged release table as offers: a release X.Y counts when X.Y.0 through X.Y.99
+    could satisfy the spec."""
     table = table_offers(facts)
     versions = {}
     for b in candidates:
         rel = [r for r in table.get(b, []) if any(spec.contains(Version(f"{r[0]}.{r[1]}.{p}")) for p in range(0, 10))]
         if rel:
             versions[b] = [Version(f"{r[0]}.{r[1]}") for r in rel]
-    return Offers(
-        versions,
-        "table",
-        (f"no backend index answered ({failures[0]}); chose from backendpick's packaged release table",),
-    )
+    return Offers(versions, "table", (warning,) if warning else ())
 
 
 def preference(facts: Facts, hardware: Hardware, candidates: list[Backend], policy: str) -> list[Backend]:

@@ -26,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from backendpick.errors import ConfigError, NoBackendError
+from backendpick.model import backend as backend_mod
 from backendpick.model.names import normalize
 from backendpick.selection.resolve import Pin, Resolution
 
@@ -287,13 +288,7 @@ def channel_template(template: str, channel: str) -> str:
     return template.replace("{backend}", f"{channel}/{{backend}}", 1)
 
 
-_NIGHTLY = re.compile(r"\.dev(\d{8})")
-
-
-def nightly_date(version: str) -> str | None:
-    """``2.10.0.dev20251120+cu128`` -> ``20251120``: the night a nightly build comes from."""
-    m = _NIGHTLY.search(version)
-    return m.group(1) if m else None
+nightly_date = backend_mod.nightly_date  # model/backend.py: the installed stack reads it too
 
 
 # -- the plan's finishing touches ----------------------------------------------------------------

@@ -7,68 +7,20 @@ file name. So install records it, per package, in ``builds.json`` of the environ
 folder (``paths.state_dir``), and ``verify`` compares the record with the torch installed now.
 
 The file is replaced atomically (temporary file + rename): a reader sees the old record or the
-new one, never half of one.
+new one, never half of one. Reading it is part of a look at the target
+(``target/built_for.py``, read into ``target/installed_stack.py``); this module writes it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from packaging.version import InvalidVersion, Version
-
 from backendpick.edges.durable import write_atomic
+from backendpick.target.built_for import FORMAT, Record, path, read
 
-FORMAT = 1
 PIP = "pip"  # a build phase without steps: pip built it with --no-build-isolation
-
-
-@dataclass(frozen=True)
-class Record:
-    name: str  # normalized
-    version: str  # as installed
-    torch: str  # torch.__version__ it was built or chosen for
-    cuda: str | None
-    hip: str | None
-    cxx11abi: bool
-    how: str  # cache, prebuilt, source, as-is, pip
-    wheel: str | None = None
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def matches(self, version: str) -> bool:
-        """Whether the record is about the installed ``version`` (local tags aside)."""
-        return _public(self.version) == _public(version)
-
-    def torch_words(self) -> str:
-        gpu = f"CUDA {self.cuda}" if self.cuda else f"HIP {self.hip}" if self.hip else "CPU"
-        return f"torch {self.torch} ({gpu}, C++11 ABI {'on' if self.cxx11abi else 'off'})"
-
-
-def _public(version: str) -> str:
-    try:
-        return Version(version).public
-    except InvalidVersion:
-        return version
-
-
-def path(state: Path) -> Path:
-    from backendpick.edges import paths
-
-    return paths.builds_record(state)
-
-
-def read(state: Path) -> dict[str, Record]:
-    """The records by normalized name; empty when there is no readable file."""
-    try:
-        data = json.loads(path(state).read_text(encoding="utf-8"))
-        rows = data["packages"]
-        return {name: Record(**{k: row.get(k) for k in Record.__dataclass_fields__}) for name, row in rows.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
 
 
 def write(state: Path, records: Mapping[str, Record]) -> None:
@@ -110,7 +62,6 @@ def from_torch(name: str, version: str, torch, how: str, wheel: str | None = Non
 def after_install(state: Path, phase, target) -> None:
     """Record the build phase that just ran (its steps, or its plain pip run) for ``target`` (a
     target.Target inspected before the phases)."""
-    pass
     from backendpick.model.names import normalize
     from backendpick.target import installed_torch
     from backendpick.target.inspection import rescan

@@ -149,10 +149,3 @@ def torch_build(target: Target, facts: Facts) -> TorchBuild | None:
     else:
         backend = Backend(CPU)
     return TorchBuild(dist.version, backend, cuda, hip)
-
-
-def installed_backend(target: Target, facts: Facts) -> Backend | None:
-    """The backend of the installed torch: its local tag, else torch/version.py (PyPI's untagged
-    Linux torch is a CUDA build)."""
-    build = torch_build(target, facts)
-    return build.backend if build is not None else None

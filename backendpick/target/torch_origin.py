@@ -145,12 +145,13 @@ def outside_environment(dist, target) -> bool:
     return bool(target.is_venv and where and where in target.site_dirs and not _inside(where, str(target.prefix)))
 
 
-def of(target, facts: Facts, env: Mapping[str, str] | None = None) -> TorchOrigin | None:
-    """The origin of ``target``'s torch; None when torch is not installed."""
+def of(target, facts: Facts, env: Mapping[str, str] | None = None, build=None) -> TorchOrigin | None:
+    """The origin of ``target``'s torch; None when torch is not installed. ``build``: its
+    ``installed_torch.TorchBuild``, where the caller read it already."""
     from backendpick.target.installed_torch import torch_build
 
     dist = target.get("torch")
-    tb = torch_build(target, facts)
+    tb = build if build is not None else torch_build(target, facts)
     if dist is None or tb is None:
         return None
     label, note, signs = version_signs(dist.version, facts, env)

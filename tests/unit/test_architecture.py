@@ -213,14 +213,9 @@ LAYERS = (
 FOUNDATION = {"backendpick", "backendpick.errors", "backendpick.redaction", "backendpick.envvars", "backendpick.output"}
 ENTRY = {"backendpick.cli", "backendpick.start", "backendpick.__main__"}
 
-# Imports against the flow that stay until the redesign of issue 20 removes them (item 3).
-# Each is named with the reason; the list only shrinks.
-AGAINST_THE_FLOW = {
-    # The pipeline replaces companions that verify's stack checks find broken (built for another
-    # torch or backend). One reading of the installed stack with one set of checks (issue 20 item
-    # 3) puts that reading below planning.
-    ("backendpick.planning.pipeline", "backendpick.checks.stack"),
-}
+# Imports against the flow, each named with the reason; the list only shrinks. The redesign of
+# issue 20 removed the last two (items 1 and 3).
+AGAINST_THE_FLOW: set = set()
 
 
 def layer_of(module: str) -> str:

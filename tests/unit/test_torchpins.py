@@ -7,7 +7,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from backendpick.checks.stack import _nightly_mismatch
+from backendpick.target.installed_stack import _nightly_mismatch
 from backendpick.errors import ConfigError
 from backendpick.selection import torch_version
 from backendpick.selection.resolve import DIRECT, Pin, parse_report

@@ -222,10 +222,20 @@ def test_cpu_xformers_next_to_cpu_torch_is_fine() -> None:
     assert stack(target(t, dist("xformers", "0.0.28.post3"), files=files)) == []
 
 
-def test_stale_packages_are_the_companions() -> None:
-    problems = [verify.Problem("torch", "m", "f"), verify.Problem("xformers", "m", "f"), verify.Problem("torchvision", "m", "f"),
-                verify.Problem("xformers", "m2", "f")]
-    assert verify.stale_packages(problems) == ["torchvision", "xformers"]
+def test_the_stack_names_the_companions_made_for_another_torch() -> None:
+    """What planning replaces, read from the look at the target (no check runs): family members
+    built for another backend or requiring another torch; torch itself and packages outside the
+    names asked about never."""
+    from backendpick.target import installed_stack
+
+    t, files = torch("2.5.1+cu124")
+    tgt = target(t, dist("torchvision", "0.20.1+cpu", "torch==2.5.1"), dist("xformers", "0.0.28", "torch==2.4.1"),
+                 dist("torchaudio", "2.5.1+cu124", "torch==2.5.1"), dist("helper", "1.0", "torch<2"), files=files)
+    stack = installed_stack.read(tgt, FACTS)
+    assert stack.broken(FAMILY) == ["torchvision", "xformers"]
+    assert stack.broken({"helper"}) == ["helper"]
+    assert [p.package for p in verify.stack_problems(tgt, FACTS, None, FAMILY, NBI, stack=stack)] == ["torchvision",
+                                                                                                     "xformers"]
 
 
 # -- torch against the hardware -------------------------------------------------------------------
