@@ -114,6 +114,8 @@ class Facts:
     backend_packages: tuple[str, ...] = ()
     no_build_isolation: dict = field(default_factory=dict)  # name -> build requirements
     extensions: dict = field(default_factory=dict)  # name -> compiled extension module names
+    # name -> the backend kinds whose indexes publish it (absent: every backend's index)
+    published_for: dict = field(default_factory=dict)
     # torch (major, minor) -> backend names whose builds use the CXX11 ABI before cxx11abi_from
     cxx11abi_early: dict = field(default_factory=dict)
     prebuilt: dict = field(default_factory=dict)  # normalized name -> Package
@@ -258,6 +260,8 @@ def build(raw: dict) -> Facts:
         backend_packages=tuple(raw["packages"]["backend"]),
         no_build_isolation={k: tuple(v) for k, v in rows(raw["packages"]["no-build-isolation"]).items()},
         extensions={k: tuple(v) for k, v in rows(raw["packages"].get("extensions", {})).items()},
+        published_for={canonicalize_name(k): frozenset(v)
+                       for k, v in rows(raw["packages"].get("published-for", {})).items()},
         cxx11abi_from=dotted(torch["abi"]["cxx11-from"]),
         cxx11abi_early={dotted(k): frozenset(v) for k, v in rows(torch["abi"].get("cxx11-early", {})).items()},
         prebuilt={

@@ -499,10 +499,14 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
     the installer (pip or uv) that runs the phases."""
     offers = s.offers
     backend_phase = next((p for p in plan.phases if p.name == plan_mod.BACKEND and p.skip is None), None)
-    if backend_phase is not None and offers is not None and offers.source == "index":
+    if backend_phase is not None and offers is not None and offers.source in ("index", "table"):
         # What the backend phase installs, including what a backend switch reinstalls.
         phase_reqs = [Requirement(r) for r in backend_phase.requirements]
-        offers_mod.check_family_published(i.client, plan.index_url, s.decision.backend, phase_reqs, i.family, i.target)
+        if offers.source == "index":
+            offers_mod.check_family_published(i.client, plan.index_url, s.decision.backend, phase_reqs, i.family,
+                                              i.target)
+        else:  # no index answered: the packaged table refuses what the index would (issue 20 item 5)
+            offers_mod.check_family_in_table(i.facts, plan.index_url, s.decision.backend, phase_reqs, i.family)
     if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
         # Imported only when a build phase runs: prebuilt wheels, wheel cache, source builds.
         from backendpick.build import wheel_choice

@@ -298,11 +298,26 @@ def check_family_published(client, url: str, backend: Backend, reqs, family: set
         ):
             missing.append(str(wanted[name]))
     if missing:
+        raise NoBackendError(f"not published for {backend} at {redact(url)}: {', '.join(missing)}", hint=_UNPUBLISHED)
+
+
+_UNPUBLISHED = ("choose another backend, or limit those requirements with a marker or an extra (taking them from "
+                "another index would mix backends)")
+
+
+def check_family_in_table(facts: Facts, url: str, backend: Backend, reqs, family: set[str]) -> None:
+    """``check_family_published`` where no backend index answered and the packaged table stands
+    in: a requested family member whose project publishes no build for the backend's kind
+    (facts.toml ``[packages.published-for]``: xformers has no CPU build) is refused as the
+    index's answer would refuse it, not left for pip to fail on."""
+    missing = [r for r in reqs if normalize(r.name) in family
+               and backend.kind not in facts.published_for.get(normalize(r.name), {backend.kind})]
+    if missing:
+        kinds = {normalize(r.name): " and ".join(sorted(facts.published_for[normalize(r.name)])) for r in missing}
+        why = "; ".join(f"{n} publishes {k} builds only" for n, k in kinds.items())
         raise NoBackendError(
-            f"not published for {backend} at {redact(url)}: {', '.join(missing)}",
-            hint="choose another backend, or limit those requirements with a marker or an extra "
-            "(taking them from another index would mix backends)",
-        )
+            f"not published for {backend}: {', '.join(map(str, missing))} ({why}; no backend index answered at "
+            f"{redact(url)}, so backendpick's packaged table says so)", hint=_UNPUBLISHED)
 
 
 def check_answered(offers: Offers, settings) -> None:

@@ -214,6 +214,42 @@ def test_dockerfile_commands_run(world: World, app: Path, tmp_path: Path) -> Non
             assert proc.stdout.splitlines()[-1] == "ok: the GPU stack is consistent", out(proc)
 
 
+# -- the README's first commands -------------------------------------------------------------------
+
+# A backend index nobody answers on (the discard port): the packaged release table stands in.
+NOWHERE = "http://127.0.0.1:9/{backend}/simple"
+
+
+def readme_first_command() -> list[str]:
+    """The backendpick command of the README's first code block, as the README writes it."""
+    block = re.search(r"```sh\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.S).group(1)
+    return next(c for c in shell_commands(block.splitlines()[0]) if c[0] == "backendpick")
+
+
+@pytest.mark.parametrize("index", ["answers", "unreachable"])
+def test_readme_first_commands_keep_their_promises(world: World, tmp_path: Path, index: str) -> None:
+    """On a machine without a GPU, wherever the backend index is: with ``--backend cu124`` the
+    command prints the plan for a CUDA 12.4 machine; without it (detection: CPU) it stops with
+    exit 3 and says why, xformers having no CPU build (issue 20 item 5)."""
+    argv = readme_first_command()
+    assert argv == ["backendpick", "install", "--dry-run", "--backend", "cu124", "--project", "examples"]
+    template = template_url(world) if index == "answers" else NOWHERE
+    env = bp_env(world, no_gpu(tmp_path), examples_conf(world), BACKENDPICK_INDEX_URL=template,
+                 VIRTUAL_ENV=str(world.new_venv(tmp_path)))
+    planned = backendpick(*argv[1:], env=env, cwd=REPO)
+    assert planned.returncode == 0, out(planned)
+    lines = planned.stdout.splitlines()
+    assert any(template.replace("{backend}", "cu124") in line and "xformers" in line for line in lines), out(planned)
+    assert any("--no-build-isolation" in line and "flash-attn" in line for line in lines), out(planned)
+    assert any("transformers>=4.40" in line for line in lines), out(planned)
+    i = argv.index("--backend")
+    detected = backendpick(*argv[1:i], *argv[i + 2:], env=env, cwd=REPO)
+    assert detected.returncode == 3, out(detected)
+    assert detected.stdout == "", out(detected)
+    error = detected.stderr.splitlines()[0]
+    assert error.startswith("error: not published for cpu") and "xformers" in error, out(detected)
+
+
 # -- Makefile ----------------------------------------------------------------------------------
 
 

@@ -73,3 +73,28 @@ def test_file_index_without_the_folder_is_not_found(tmp_path: Path):
     offers = gather(FACTS, IndexClient(PipConfig()), (tmp_path / "nothing").as_uri() + "/{backend}", CANDIDATES,
                     SpecifierSet(), target())
     assert offers.unanswered().startswith((tmp_path / "nothing").as_uri() + "/cpu/torch/ (no ")
+
+
+# -- no index answered: the packaged table refuses what the index would (issue 20 item 5) ------------
+
+
+@pytest.mark.parametrize("backend, refused", [("cpu", True), ("xpu", True), ("cu124", False), ("rocm6.2", False)])
+def test_the_table_refuses_a_companion_no_index_of_the_backend_publishes(backend: str, refused: bool):
+    from packaging.requirements import Requirement
+
+    from backendpick.errors import NoBackendError
+    from backendpick.selection.offers import check_family_in_table
+
+    reqs = [Requirement("torch>=2.5"), Requirement("xformers"), Requirement("torchvision")]
+    family = set(FACTS.backend_packages)
+    url = f"https://mirror.example/{backend}/simple"
+    if not refused:
+        check_family_in_table(FACTS, url, Backend.parse(backend), reqs, family)
+        return
+    with pytest.raises(NoBackendError) as err:
+        check_family_in_table(FACTS, url, Backend.parse(backend), reqs, family)
+    assert err.value.message.startswith(f"not published for {backend}: xformers (xformers publishes cuda and rocm "
+                                        f"builds only; no backend index answered at {url}")
+    assert err.value.exit_code == 3
+    # Outside the family (a user's backend-packages list without it) it is the user's index's business.
+    check_family_in_table(FACTS, url, Backend.parse(backend), reqs, family - {"xformers"})
