@@ -20,7 +20,7 @@ from backendpick.model.backend import CUDA, Backend
 PATH = Path(facts_mod.__file__).parent / "data" / "facts.toml"
 RAW = read_toml(PATH)
 FACTS = facts_mod.load()
-TODAY = date(2026, 12, 5)  # no table may claim a check later than this
+TODAY = date(2026, 12, 6)  # no table may claim a check later than this
 
 
 def _headers() -> list[tuple[str, bool]]:
