@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Collection, Iterable
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
 from backendpick.edges.runner import capture
@@ -23,7 +23,7 @@ from backendpick.model.backend import Backend, local_tag_backend
 from backendpick.model.environment import Target
 from backendpick.model.hardware import AMD, NVIDIA, Hardware
 from backendpick.model.names import normalize
-from backendpick.target.installed_stack import InstalledStack, cuda_of_cpp_lib, read as read_stack, requires
+from backendpick.target.installed_stack import InstalledStack, read as read_stack
 from backendpick.target.installed_torch import TorchBuild
 from backendpick.target.probes_in_target import source
 
@@ -60,12 +60,15 @@ def torch_pin(tb: TorchBuild, offered: Collection[str] | None) -> str:
     return f"torch=={public}"
 
 
-_cuda_of_cpp_lib = cuda_of_cpp_lib  # the form tests and older callers name
-
-
 def _requires(dist) -> list[Requirement]:
     """A distribution's Requires-Dist, parsed; a broken line is skipped (pip check reports it)."""
-    return requires(dist)
+    out = []
+    for raw in dist.requires:
+        try:
+            out.append(Requirement(raw))
+        except InvalidRequirement:
+            continue
+    return out
 
 
 def stack_problems(

@@ -80,17 +80,6 @@ class InstalledStack:
         return out
 
 
-def requires(dist) -> list[Requirement]:
-    """A distribution's Requires-Dist, parsed; a broken line is skipped (pip check reports it)."""
-    out = []
-    for raw in dist.requires:
-        try:
-            out.append(Requirement(raw))
-        except InvalidRequirement:
-            continue
-    return out
-
-
 def read(target: Target, facts: Facts, env: Mapping[str, str] | None = None, *, abi: bool = False,
          build: Iterable[str] = ()) -> InstalledStack:
     """One look at ``target``'s stack. ``abi``: import torch once to read its C++ ABI where it
@@ -223,4 +212,4 @@ def _xformers(target: Target, tb: TorchBuild, dist) -> list[Mismatch]:
     return []
 
 
-__all__ = ["InstalledStack", "Mismatch", "cpp_lib", "cuda_of_cpp_lib", "read", "requires"]
+__all__ = ["InstalledStack", "Mismatch", "cpp_lib", "cuda_of_cpp_lib", "read"]

@@ -22,7 +22,7 @@ from backendpick.model.backend import Backend
 from backendpick.model.environment import Installed, Target
 from backendpick.model.hardware import AMD, NVIDIA, Accelerator, Hardware
 from backendpick.output import Output
-from backendpick.target import installed_torch
+from backendpick.target import installed_stack, installed_torch
 
 FACTS = facts_mod.load()
 FAMILY = set(FACTS.backend_packages)
@@ -124,7 +124,7 @@ def test_no_torch_no_build() -> None:
      (None, None), ("", None), ("None", None), ("cuda", None)],
 )
 def test_cpp_lib_cuda_version(value, expected) -> None:
-    assert verify._cuda_of_cpp_lib(value) == expected
+    assert installed_stack.cuda_of_cpp_lib(value) == expected
 
 
 # -- companions against torch ------------------------------------------------------------------
