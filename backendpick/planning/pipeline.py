@@ -185,12 +185,12 @@ def select_backend(req: Request, env: dict | None = None, inspection: target_mod
     the request installs (``plan`` would choose this backend for its torch). A refusal plan would
     raise comes back in ``chosen.refusal``."""
     i = _inputs(req, env, None, inspection, for_plan=False)
-    for use_record in (True, False):
+    attempt = replace(i, warnings=list(i.warnings))
+    choice = _choose(attempt, True, wants=True)
+    if choice is None:  # the record no longer holds: ask the indexes (never None without a record)
         attempt = replace(i, warnings=list(i.warnings))
-        choice = _choose(attempt, use_record, wants=True)
-        if choice is not None:
-            return Detected(i.hardware, i.stack, i.settings, choice.chosen, tuple(attempt.warnings))
-    raise AssertionError("the second attempt asks the indexes")  # pragma: no cover - _resolve answers without a record
+        choice = _choose(attempt, False, wants=True)
+    return Detected(i.hardware, i.stack, i.settings, choice.chosen, tuple(attempt.warnings))
 
 
 def _inputs(req: Request, env: dict | None, target, inspection, *, for_plan: bool) -> _Inputs:
@@ -205,11 +205,9 @@ def _inputs(req: Request, env: dict | None, target, inspection, *, for_plan: boo
 def _prepared(i: _Inputs) -> Prepared:
     """The plan; asked of the indexes again, from the same inputs, when the last install's
     record no longer holds (the retry restarts at the select step, not at the configuration)."""
-    for use_record in (True, False):
-        prepared = _attempt(replace(i, warnings=list(i.warnings)), use_record)  # each attempt says its own
-        if prepared is not None:
-            return prepared
-    raise AssertionError("the second attempt asks the indexes")  # pragma: no cover - _resolve answers without a record
+    # Each attempt says its own warnings. Without the record an attempt never comes back None.
+    prepared = _attempt(replace(i, warnings=list(i.warnings)), True)
+    return prepared if prepared is not None else _attempt(replace(i, warnings=list(i.warnings)), False)
 
 
 def _attempt(i: _Inputs, use_record: bool) -> Prepared | None:
