@@ -18,7 +18,6 @@ from backendpick.knowledge import facts as facts_mod
 from backendpick.model.choice import Decision
 from backendpick.model.hardware import Hardware
 from backendpick.output import Output
-from backendpick.planning.pipeline import Request, select_backend
 
 
 OFFLINE_NOTE = ("table (--offline: no backend index was asked; plan asks them and may choose an older "
@@ -51,10 +50,12 @@ def detect_offline(settings: config.Settings) -> Detection:
     return Detection(hardware, selector.table_choice(facts, hardware, settings), settings, offline=True)
 
 
-def detect_as_plan(req: Request, *, inspection=None) -> Detection:
-    """The choice ``plan`` makes on this machine for ``req``. ``inspection``: the target's,
-    started early by the console script (``target.Inspection``)."""
-    found = select_backend(req, inspection=inspection)
+def detect_as_plan(req, *, inspection=None) -> Detection:
+    """The choice ``plan`` makes on this machine for ``req`` (a ``pipeline.Request``).
+    ``inspection``: the target's, started early by the console script (``target.Inspection``)."""
+    from backendpick.planning import pipeline  # not for --offline: plan's machinery
+
+    found = pipeline.select_backend(req, inspection=inspection)
     chosen = found.chosen
     # Hardware warnings are the Detection's own; the rest are what plan would warn about.
     notes = [w for w in found.warnings if w not in found.hardware.warnings]
@@ -134,6 +135,8 @@ def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str
                                cuda_compat=cuda_compat)
         d = detect_offline(settings)
     else:
+        from backendpick.planning.request import Request
+
         # Without a project, the torch plan would choose for `plan torch`.
         no_project = config.read_pyproject(project_dir).path is None
         d = detect_as_plan(Request(project_dir=project_dir, requirements=("torch",) if no_project else (),

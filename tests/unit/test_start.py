@@ -92,7 +92,7 @@ def _handed(monkeypatch, args, early, module: str, step: str) -> list:
     (["plan", "--python", "/venv/bin/python", "torch"], "backendpick.commands.plan", "prepare"),
     (["plan", "--python", "/venv/bin/python", "--format", "sh", "torch"], "backendpick.commands.plan", "prepare"),
     (["install", "--dry-run", "--python", "/venv/bin/python", "torch"], "backendpick.commands.install", "prepare"),
-    (["detect", "--python", "/venv/bin/python"], "backendpick.commands.detect", "select_backend"),
+    (["detect", "--python", "/venv/bin/python"], "backendpick.planning.pipeline", "select_backend"),
     (["verify", "--python", "/venv/bin/python"], "backendpick.target.inspection", "take_or_inspect"),
 ])
 def test_commands_take_the_early_inspection(args, module, step, monkeypatch):
