@@ -333,6 +333,13 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     limits = build_limits(torch, package, ctx.build, env=env, gpu_caps=ctx.gpu_caps, gpu_archs=ctx.gpu_archs,
                              root=ctx.probe_root)
     version = step.version
+    # What a source build of it runs with, whichever wheel is chosen: the shell export builds
+    # from source when the torch it finds is not the one chosen for (execute/shell_build.py).
+    build_env = dict(limits.env)
+    if package.force_build_env and not env.get(package.force_build_env):
+        # Its setup.py would try the same download again, then build: we already looked.
+        build_env[package.force_build_env] = "TRUE"
+    step = replace(step, build_env=build_env, arch_key=limits.arch_key, limits=limits.summary)
     key = cache_key(ctx, step.name, version or "0", limits.arch_key)
     entry = wheel_cache.lookup(ctx.cache_root, key) if version else wheel_cache.newest(ctx.cache_root, key, req.specifier)
     if entry is not None:
@@ -369,18 +376,13 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
         reasons.append(step.note or "the version is unknown")
 
     build_req = f"{req.name}=={version}" if version else f"{req.name}{req.specifier}"
-    build_env = dict(limits.env)
     if ctx.build_path:  # the build requirements, for this build only
         build_env["PYTHONPATH"] = ctx.build_path
-    if package.force_build_env and not env.get(package.force_build_env):
-        # Its setup.py would try the same download again, then build: we already looked.
-        build_env[package.force_build_env] = "TRUE"
     what = f"{req.name} {version}" if version else req.name
     return replace(
         step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
         build_requirement=build_req, wheel_dir=str(ctx.staging / step.name), build_env=build_env,
-        arch_key=limits.arch_key,
-        limits=limits.summary, find_links=str(ctx.staging / step.name) if version else None,
+        find_links=str(ctx.staging / step.name) if version else None,
     )
 
 

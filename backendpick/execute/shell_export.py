@@ -24,12 +24,12 @@ from typing import Iterable, Mapping
 
 from backendpick import __version__
 from backendpick.edges import durable
-from backendpick.execute import engines
+from backendpick.execute import engines, shell_build
 from backendpick.execute.engines import UV, UV_SOURCE_VARS, Renderer
 from backendpick.indexes.credentials import has_credentials
 from backendpick.inputs import pip_config
 from backendpick.inputs.pip_config import SOURCE_KEYS, pins_value
-from backendpick.model.plan import BACKEND, BACKEND_INDEX, BUILD_REQS, REMOVE, Phase, Plan
+from backendpick.model.plan import BACKEND, BACKEND_INDEX, BUILD, BUILD_REQS, REMOVE, Phase, Plan
 from backendpick.planning import constraint_rule as constraints_mod
 from backendpick.redaction import redact, strip
 from backendpick.state import environment_pins
@@ -161,7 +161,16 @@ def to_shell(plan: Plan, renderer: Renderer | None = None) -> str:
         if phase.hashed_file:
             # Requirements with their hashes: pip reads them from a file only (planning/hashes.py).
             out += _heredoc(_hashed_var(phase), [strip(line) for line in phase.hashed_lines])
-        out += _phase_lines(plan, phase, _words(plan, renderer, phase, python, uv_exe), uv)
+        words = _words(plan, renderer, phase, python, uv_exe)
+        if phase.name == BUILD_REQS and phase.target_dir:
+            out += shell_build.requirements_lines(phase, words)
+            continue
+        if phase.name == BUILD and any(shell_build.chosen(s) for s in phase.steps):
+            out += shell_build.cache_lines()
+            out += shell_build.build_lines(
+                phase, getattr(phase.context, "torch", None), _separated(plan),
+                lambda step: _words(plan, renderer, phase, python, uv_exe, step=step))
+        out += _phase_lines(plan, phase, words, uv)
     if plan.pin_environment and plan.phases:
         # As install does: the stack's pins outlive the script (a later plain pip cannot swap it).
         names = " ".join(sorted(set(plan.backend_names) | set(plan.build_names)))
@@ -241,19 +250,37 @@ def _constraints_line(plan: Plan) -> str:
     return f'"$PY" -c {shlex.quote(constraints_mod.script())} "$CONSTRAINTS" {" ".join(args)}'
 
 
-def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: str | None) -> list[str]:
-    """The phase's command as shell words, the interpreter, uv and the constraints files as variables."""
+def _separated(plan: Plan) -> bool:
+    """Whether install keeps the build requirements in a folder of their own."""
+    return any(p.name == BUILD_REQS and p.target_dir for p in plan.phases)
+
+
+def _script_phase(phase: Phase) -> Phase:
+    """The phase as the script runs it: without the wheels install chose on this machine (they
+    are in its cache or build folders, not in the image); a build phase installs what the
+    script chose for each package (execute/shell_build.py) and the rest as they are."""
+    if phase.name != BUILD or not phase.steps:
+        return replace(phase, wheels=())
+    words = tuple(shell_build.placeholder(s) if shell_build.chosen(s) else s.requirement for s in phase.steps)
+    return replace(phase, steps=(), wheels=(), requirements=words)
+
+
+def _build_step(step):
+    """A step as the script builds it from source when it has no wheel for it."""
+    version = step.version
+    requirement = step.build_requirement or (f"{step.name}=={version}" if version else step.requirement)
+    return replace(step, build_requirement=requirement, wheel_dir=f"\0dir:{step.name}")
+
+
+def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: str | None, step=None) -> list[str]:
+    """The phase's command (``step``: its ``pip wheel``) as shell words: the interpreter, uv, the
+    script's files and the build wheels it chose as variables; credentials in place in the
+    rendering, stripped here."""
     constraints = str(plan.constraints_path)
     words = []
-    # The plain command: the build phase's requirements as they are, not the wheels it chose
-    # (they are in this machine's cache or build folders, not in the image); credentials in
-    # place (stripped below).
-    plain = replace(phase, steps=(), wheels=())
-    if phase.name == BUILD_REQS and phase.target_dir:
-        # The script's build phase is one plain ``pip install --no-build-isolation``, which
-        # needs its build requirements in the environment (install keeps them apart).
-        plain = replace(plain, target_dir=None, upgrade=False, constraints_file=str(plan.constraints_path))
-    argv = list(renderer.command(plain, hide=False).argv)
+    plain = _script_phase(phase)
+    argv = list(renderer.build_command(plain, _build_step(step), hide=False).argv if step is not None
+                else renderer.command(plain, hide=False).argv)
     # Files backendpick would download first are named by their URL: the script's pip or uv
     # fetches them (with the credentials of .netrc).
     back = {Path(path).as_uri(): url for p in plan.phases for url, path in p.downloads}
@@ -264,10 +291,16 @@ def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: st
             words.append('"$PY"')
         elif uv_exe is not None and a == uv_exe:
             words.append('"$UV"')
-        elif a == constraints or (plan.build_constraints_path is not None and a == str(plan.build_constraints_path)):
-            # The script's build requirements go into the environment, after the backend
-            # phase: the stack's own constraints hold for them as for the build.
+        elif a == constraints:
             words.append('"$CONSTRAINTS"')
+        elif plan.build_constraints_path is not None and a == str(plan.build_constraints_path):
+            words.append(shell_build.BUILD_CONSTRAINTS)
+        elif phase.target_dir and a == phase.target_dir:
+            words.append(shell_build.BUILD_ENV)
+        elif a.startswith("\0dir:"):
+            words.append(f'"$BP_TMP/build/{a[len(chr(0) + "dir:"):]}"')
+        elif shell_build.install_word(a, phase.steps) is not None:
+            words.append(shell_build.install_word(a, phase.steps))
         elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):
             words.append('"$BACKEND_CONSTRAINTS"')
         elif phase.hashed_file and a == phase.hashed_file:

@@ -287,3 +287,46 @@ def test_build_requirements_run_beside_the_backend_phase(scene: Scene, server: I
     assert {"flash-attn<0", "torch<0"} <= set((state / "build-constraints.txt").read_text().splitlines())
     assert any((state / "build-env").glob("ninja*")), "the build tools are in the build folder"
     assert "ninja" not in installed_versions(venv, scene.world.env())  # and not in the environment
+
+
+def test_the_shell_export_installs_what_install_installs(scene: Scene, server: IndexServer) -> None:
+    """``plan --format sh`` is install's twin (issue 20 item 6): run under ``sh`` into one venv,
+    it builds flash-attn from source with the build tools in its own private folder (never in
+    the venv) and the plan's limits, and stores the wheel in backendpick's wheel cache; install
+    into another venv then takes that very wheel from the cache. Package for package, the two
+    environments are the same, pins included, and the script leaves no file behind."""
+    server.index_dir(scene.releases)
+    scene.prebuilt_sources(scene.releases_template)  # holds no such file: a source build
+    by_script, by_install = scene.world.new_venv(scene.base), scene.world.new_venv(scene.base)
+    plan = scene.backendpick("plan", "--format", "sh", "--python", str(venv_python(by_install)), "--backend", "cu124",
+                             "torch==2.5.1", "flash-attn", "tqdm", "--project", str(scene.project))
+    assert plan.returncode == 0, _output(plan)
+    script = scene.base / "install.sh"
+    script.write_text(plan.stdout)
+    tmp = scene.base / "script-tmp"
+    tmp.mkdir()
+    run_env = {**scene.env(), "PYTHON": str(venv_python(by_script)), "TMPDIR": str(tmp)}
+    ran = subprocess.run(["sh", str(script)], env=run_env, cwd=scene.base, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert ran.returncode == 0, _output(ran)
+    assert list(tmp.iterdir()) == []  # its private folder is gone: build tools, constraints, wheels
+    built = scene.flash_attn(by_script)
+    assert built["prebuilt"] is False and built["torch"] == "2.5.1+cu124"
+    assert built["env"] == {"MAX_JOBS": "1", "TORCH_CUDA_ARCH_LIST": "8.0", "FLASH_ATTN_CUDA_ARCHS": "80",
+                            "FLASH_ATTENTION_FORCE_BUILD": "TRUE"}  # the plan's limits, as install builds
+    [entry] = scene.cache_entries()
+    assert (entry["torch"], entry["built_with"]["torch"]) == ("2.5.1+cu124", "2.5.1+cu124")
+
+    server.clear_log()
+    proc = scene.backendpick("install", "--python", str(venv_python(by_install)), "--backend", "cu124",
+                             "torch==2.5.1", "flash-attn", "tqdm", "--project", str(scene.project))
+    assert proc.returncode == 0, _output(proc)
+    assert "built before for torch 2.5.1+cu124 (wheel cache" in proc.stdout + proc.stderr, _output(proc)
+    assert SDIST not in server.files_downloaded("bp-build")  # the script's build, from the cache
+    scripted, installed = (installed_versions(v, scene.world.env()) for v in (by_script, by_install))
+    assert scripted == installed
+    assert {"torch", "flash-attn", "einops", "tqdm"} <= set(scripted)
+    assert not {"ninja", "psutil"} & set(scripted)  # the build tools stayed apart in both
+    assert scene.flash_attn(by_install) == built  # the very wheel the script built
+    pins = [(v / "backendpick-pins.txt").read_text().splitlines()[-2:] for v in (by_script, by_install)]
+    assert pins[0] == pins[1] and pins[0][-1] == "torch==2.5.1+cu124"

@@ -9,6 +9,7 @@ installs what ``install`` installs is shown against the local world in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from backendpick.execute import engines, shell_export
+from backendpick.execute import engines, shell_build, shell_export
 from backendpick.inputs import config, pip_config
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import names
@@ -366,3 +367,76 @@ def test_the_pin_script_writes_files_with_only_what_it_embeds(tmp_path: Path) ->
     exec(compile(shell_export._pin_script().replace(shell_export._PIN_MAIN, ""), "<pins>", "exec"), namespace)
     namespace["write_atomic"](tmp_path / "new" / "pip.conf", "[global]\n")
     assert (tmp_path / "new" / "pip.conf").read_text() == "[global]\n"
+
+
+# -- the build phase: install's twin (execute/shell_build.py) ----------------------------------------
+
+
+def _bp_wheel(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", shell_build.helper_script(), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.allow_subprocess
+def test_the_scripts_wheel_cache_is_backendpicks(tmp_path: Path) -> None:
+    """What the script stores, backendpick finds (and the other way round): the helper is the
+    wheel cache's own code, embedded; the prebuilt URL only for the torch the plan chose it for."""
+    from backendpick.state import wheel_cache
+    from backendpick.target.installed_torch import TorchInfo
+
+    torch = TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=False)
+    info = json.dumps(torch.to_json())
+    built = tmp_path / "build"
+    built.mkdir()
+    (built / "flash_attn-2.7.4-cp311-cp311-linux_x86_64.whl").write_bytes(b"wheel")
+    cache = tmp_path / "cache"
+    arch = "FLASH_ATTN_CUDA_ARCHS=80,TORCH_CUDA_ARCH_LIST=8.0"
+    assert _bp_wheel("lookup", info, str(cache), "flash-attn", "2.7.4", arch, "", "") == ""
+    uri = _bp_wheel("store", info, str(cache), "flash-attn", "2.7.4", arch, str(built))
+    [entry] = wheel_cache.entries(cache)
+    assert entry.proven and uri == entry.wheel.resolve().as_uri()
+    import platform as platform_mod
+    key = wheel_cache.Key("flash-attn", "2.7.4", torch.version, torch.backend, torch.cxx11abi,
+                          f"cp{sys.version_info[0]}{sys.version_info[1]}",
+                          f"linux_{platform_mod.machine()}" if sys.platform.startswith("linux") else "unknown", arch)
+    assert wheel_cache.lookup(cache, key) == entry  # backendpick finds the script's build
+    assert _bp_wheel("lookup", info, str(cache), "flash-attn", "2.7.4", arch, "", "") == uri
+    other = json.dumps(TorchInfo("2.6.0+cu124", cuda="12.4", cxx11abi=False).to_json())
+    url = "https://example.org/flash_attn-2.7.4+cu12torch2.5cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"
+    # Not in the cache: the prebuilt wheel chosen for this torch; for another torch, nothing (a source build).
+    assert _bp_wheel("lookup", info, str(cache), "flash-attn", "2.7.3", arch, info, url) == url
+    assert _bp_wheel("lookup", other, str(cache), "flash-attn", "2.7.4", arch, info, url) == ""
+    # No cache folder: the wheel as built.
+    assert _bp_wheel("store", info, "", "flash-attn", "2.7.4", arch, str(built)).endswith(".whl")
+
+
+@pytest.mark.allow_subprocess
+def test_a_chosen_build_keeps_its_tools_apart_and_its_limits(tmp_path: Path) -> None:
+    """The build phase as wheel_choice leaves it: the script looks in the cache, then builds with
+    the build requirements in its private folder and the plan's limits, never in the venv."""
+    from backendpick.model.plan import BUILD, BUILD_REQS, SOURCE, BuildStep
+
+    plan = make_plan(tmp_path, ["torch==2.5.1", "flash-attn==2.7.4", "tqdm"])
+    step = BuildStep("flash-attn==2.7.4", "flash-attn", how=SOURCE, version="2.7.4", note="flash-attn 2.7.4: building",
+                     build_requirement="flash-attn==2.7.4", wheel_dir=str(tmp_path / "state" / "build" / "flash-attn"),
+                     build_env={"MAX_JOBS": "2", "PYTHONPATH": str(tmp_path / "state" / "build-env")},
+                     arch_key="TORCH_CUDA_ARCH_LIST=8.0")
+    own = tmp_path / "state" / "build-constraints.txt"
+    phases = tuple(dataclasses.replace(p, steps=(step,)) if p.name == BUILD else
+                   dataclasses.replace(p, target_dir=str(tmp_path / "state" / "build-env"), upgrade=True,
+                                       constraints_file=str(own), constraints=("torch<0", "numpy<2"))
+                   if p.name == BUILD_REQS else p for p in plan.phases)
+    script = shell_export.to_shell(dataclasses.replace(plan, phases=phases, build_constraints_path=own))
+    lines = script.splitlines()
+    assert '    "$PY" -m pip install --target "$BP_TMP/build-env" --upgrade -c "$BP_TMP/build-constraints.txt" ' \
+           'setuptools wheel packaging psutil ninja einops' in lines
+    assert lines[lines.index("cat > \"$BP_TMP/build-constraints.txt\" <<'BACKENDPICK_EOF'") + 1:][:2] == ["torch<0", "numpy<2"]
+    assert '  env PYTHONPATH="$BP_TMP/build-env" PATH="$BP_TMP/build-env/bin:$PATH" MAX_JOBS=2 "$PY" -m pip wheel ' \
+           '--no-cache-dir --no-build-isolation -c "$CONSTRAINTS" --no-binary flash-attn --no-deps ' \
+           '-w "$BP_TMP/build/flash-attn" flash-attn==2.7.4' in lines
+    assert '"$PY" -m pip install --no-cache-dir --no-build-isolation -c "$CONSTRAINTS" "flash-attn @ $WHEEL_FLASH_ATTN"' \
+        in lines
+    assert str(tmp_path) not in script.replace(f'PY="${{PYTHON:-{PY}}}"', "")  # nothing of this machine
+    assert sh_syntax_ok(script).returncode == 0
