@@ -207,7 +207,10 @@ def plan(fmt: str, **kw) -> int:
               help="Leave the stack's pins in the environment's pip.conf, so a later plain pip cannot replace "
                    "torch or a companion (default; [tool.backendpick] pin-environment). --no-pin-environment "
                    "removes them.")
-def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, **kw) -> int:
+@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Install exactly this lock file (pylock.<backend>.toml from backendpick lock): its files, hashes "
+                   "checked, no index asked ([tool.backendpick] lock names one by default).")
+def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, lock_file, **kw) -> int:
     inspection = _inspection(kw["python"], start=not dry_run)
     from backendpick.commands import install as command
     from backendpick.output import Output
@@ -215,8 +218,44 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_envi
     out = Output(json_mode=kw["json_mode"], verbose=verbose, quiet=quiet)
     from dataclasses import replace
 
-    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall), pin_environment=pin_environment),
+    return command.run(out, replace(_request(**kw), reinstall=tuple(reinstall), pin_environment=pin_environment,
+                                    lock=lock_file),
                        dry_run=dry_run, inspection=inspection)
+
+
+@cli.command(
+    help="Write one PEP 751 lock file, pylock.<backend>.toml, per backend: the whole plan resolved to "
+    "files (exact versions, wheel URLs, sizes and sha256 hashes; builds as their prebuilt wheel or sdist). "
+    "Nothing in the target environment changes; a named backend needs no GPU here.\n\n"
+    "\b\nExamples:\n  backendpick lock                                  # the backend auto selection chooses here\n"
+    "  backendpick lock --backend cpu --backend cu124    # pylock.cpu.toml and pylock.cu124.toml\n"
+    "  backendpick install --lock pylock.cu124.toml      # install exactly that, elsewhere"
+)
+@click.argument("requirement", nargs=-1)
+@click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path), help="Requirements file (repeatable).")
+@project_option
+@click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME.")
+@click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735).")
+@click.option("--python", "python", type=str, default=None, callback=_python_value,
+              help="The interpreter the lock is for (its Python and platform). Default: the active venv, else this Python.")
+@click.option("--backend", "backends", multiple=True, metavar="NAME",
+              help="Lock for this backend (repeatable: one file each). Default: the backend auto selection chooses here.")
+@click.option("--index-url", default=None, metavar="TEMPLATE", help=INDEX_URL_HELP)
+@compat_option
+@click.option("--channel", type=click.Choice(["stable", "test", "nightly"]), default=None, help="PyTorch channel.")
+@click.option("-o", "--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the lock files. Default: the project folder.")
+@json_option
+def lock(requirement, files, project_dir, extras, groups, python, backends, index_url, cuda_compat, channel,
+         output_dir, json_mode) -> int:
+    from backendpick.commands import lock as command
+    from backendpick.output import Output
+    from backendpick.planning.pipeline import Request
+
+    req = Request(project_dir=project_dir, requirements=tuple(requirement), files=tuple(files), extras=tuple(extras),
+                  groups=tuple(groups), python=python, index_url=index_url, cuda_compat=cuda_compat, channel=channel)
+    return command.run(Output(json_mode=json_mode), req, tuple(backends), output_dir)
 
 
 @cli.command(

@@ -21,6 +21,7 @@ from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
 from backendpick.model.names import normalize
 from backendpick.output import Output, where_flags
+from backendpick.planning import lock_plan
 from backendpick.planning.pipeline import Prepared, Request, again, prepare
 from backendpick.state import environment_pins, last_install, snapshots
 from backendpick.target import inspection as target_mod, installed_stack
@@ -85,7 +86,7 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
     if dry_run:
         from backendpick.state import kept_copies
 
-        prepared = prepare(req, inspection=inspection)
+        prepared = prepare(req, inspection=inspection, fetch=False)
         renderer = engines.for_prepared(prepared)
         keeps = kept_copies.preview(prepared.plan.phases, prepared.target, prepared.settings.no_build_isolation)
         if out.json_mode:
@@ -113,7 +114,7 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
 
 
 def _install_locked(out: Output, req: Request, target: environment.Target | None) -> int:
-    prepared = prepare(req, target=target)
+    prepared = prepare(req, target=target, on_note=out.info)
     if prepared.plan.replacing and prepared.plan.active:
         out.warn(prepared.plan.replacing)  # said before anything changes
     snapshot = None
@@ -167,7 +168,8 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     ran = [r for r in results if r.skipped is None]
     after = _verify_result(out, prepared, req, snapshot) if ran else prepared.target
     pinned = _pin_environment(out, prepared, after)
-    _remember(prepared, request_key, after)
+    if plan.decided_by != lock_plan.DECIDED_BY:  # a lock's re-run asks no index anyway
+        _remember(prepared, request_key, after)
     if out.json_mode:
         out.emit_json({
             "ok": True,
@@ -196,7 +198,7 @@ def _command(req: Request) -> str:
 
     from backendpick.redaction import redact
 
-    words = ["install"]
+    words = ["install"] + (["--lock", str(req.lock)] if req.lock else [])
     for flag, value in (("--backend", req.backend), ("--channel", req.channel), ("--installer", req.installer)):
         if value:
             words += [flag, value]

@@ -65,6 +65,12 @@ def page_cache(env: Mapping[str, str] | None = None) -> Path:
     return cache_home(env) / "pages"
 
 
+def locked_files(env: Mapping[str, str] | None = None) -> Path:
+    """Where the files of lock files are kept (``install --lock``): ``cache_home()/locked``, one
+    folder per sha256, so a warm cache installs a lock offline."""
+    return cache_home(env) / "locked"
+
+
 def state_dir(target: Environment, env: Mapping[str, str] | None = None) -> Path:
     """Where backendpick keeps per-environment files (constraints, logs, history, lock).
 

@@ -197,7 +197,9 @@ class Renderer:
         Both only for the build phase: every other pip run keeps the user's cache."""
         env, unset = self._pip_env(phase)
         cons = ["-c", phase.constraints_file] if phase.constraints_file else []
-        argv = (*self.pip, "wheel", "--no-cache-dir", "--no-build-isolation", *cons, *phase.options,
+        # An offline phase (a lock's locked sdist) reads no index, as its install does.
+        offline = ["--no-index"] if phase.source == OFFLINE else []
+        argv = (*self.pip, "wheel", "--no-cache-dir", "--no-build-isolation", *cons, *offline, *phase.options,
                 "--no-binary", step.name, "--no-deps", "-w", str(step.wheel_dir), str(step.build_requirement))
         moved: dict = {}
         if hide:

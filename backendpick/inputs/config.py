@@ -108,6 +108,8 @@ class Settings:
     channel: Setting = field(default_factory=lambda: Setting("stable", "default"))
     # Whether install leaves the stack's pins in the environment's pip.conf (state/environment_pins.py).
     pin_environment: Setting = field(default_factory=lambda: Setting(True, "default"))
+    # [tool.backendpick] lock: the lock file install takes by default ({backend} filled), or None.
+    lock: Setting = field(default_factory=lambda: Setting(None, "default"))
 
 
 def _pick(flag: Any, env: Mapping[str, str], env_key: str, tool: Mapping, key: str, default: Any,
@@ -177,6 +179,7 @@ def load(
         installer=installer_s,
         channel=channel_s,
         pin_environment=pin_s,
+        lock=_pick(None, {}, "", tool, "lock", None, pyproject.path),
     )
 
 

@@ -30,6 +30,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "installer": (str, '"pip" (default) or "uv": the installer that runs the plan\'s phases'),
     "channel": (str, '"stable" (default), "test" (release candidates) or "nightly"'),
     "pin-environment": (bool, "write the stack's pins into the environment's pip.conf (default true)"),
+    "lock": (str, 'the lock file install takes without --lock, "pylock.{backend}.toml" (none by default)'),
 }
 
 # [tool.backendpick.build] keys -> (expected type, description).

@@ -164,12 +164,22 @@ class Detected:
 
 
 def prepare(req: Request, env: dict | None = None, target: environment.Target | None = None,
-            inspection: target_mod.Inspection | None = None) -> Prepared:
+            inspection: target_mod.Inspection | None = None, *, use_lock: bool = True, fetch: bool = True,
+            on_note=None) -> Prepared:
     """config -> probe -> select -> plan. ``target``: the target as just inspected by the
     caller, to save inspecting it again; ``inspection``: one the caller started early, taken
     where the target is needed (after the configuration and the requirements were read, so their
-    mistakes come first) when it is of the interpreter the request chooses."""
-    return _prepared(_inputs(req, env, target, inspection, for_plan=True))
+    mistakes come first) when it is of the interpreter the request chooses.
+
+    With ``--lock FILE`` (``req.lock``), or ``[tool.backendpick] lock`` and no requirements named
+    (unless ``use_lock`` is off: ``backendpick lock`` itself), the plan is the lock's
+    (``_prepared_lock``): ``fetch`` its files now (install) or only name where they will be
+    (``plan``, ``--dry-run``); ``on_note`` hears the downloads."""
+    i = _inputs(req, env, target, inspection, for_plan=True)
+    named = req.requirements or req.files or req.editables
+    if use_lock and (req.lock is not None or (i.settings.lock.value and not named)):
+        return _prepared_lock(i, req.lock, fetch=fetch, on_note=on_note)
+    return _prepared(i)
 
 
 def again(prepared: Prepared, req: Request) -> Prepared:
@@ -535,3 +545,57 @@ def _pulled_in(req: Request, resolution, target, settings) -> tuple[tuple, tuple
     backend |= {n for n in resolution.pulled if n in family and target.get(n) is None}
     build |= {n for n in resolution.pulled if n in nbi and target.get(n) is None}
     return tuple(sorted(backend)), tuple(sorted(build))
+
+
+def _prepared_lock(i: _Inputs, path: Path | None, *, fetch: bool, on_note) -> Prepared:
+    """``install --lock``: the configuration, the target and the hardware as for ``prepare``,
+    then the lock's refusals, its files fetched and checked (``fetch``; --dry-run names where
+    they will be), and its phases (planning/lock_plan.py). No index page is read."""
+    from backendpick.indexes import locked_files
+    from backendpick.planning import lock_plan
+
+    path = lock_file(i, path)
+    lock = lock_plan.read(path)
+    lock_plan.check(lock, path, i.target, i.hardware, i.facts, i.settings.cuda_compat.value)
+    root = paths.locked_files(i.env)
+    if fetch:
+        files = locked_files.fetch(lock_plan.files_of(lock), i.client.session, root, on_note or (lambda _t: None))
+    else:
+        files = {n: locked_files.cached_path(root, f.sha256, f.name) for n, f in lock_plan.files_of(lock)}
+    plan, settings = lock_plan.make_plan(lock, files, target=i.target, settings=i.settings, state=i.state,
+                                         runner_python=sys.executable, path=path)
+    if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
+        from backendpick.build import wheel_choice
+        from backendpick.target.installed_torch import predict_torch
+
+        torch = lock.package("torch")
+        plan = wheel_choice.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
+                                   pip_config=i.pip_config, env=i.env, client=i.client,
+                                   predicted=predict_torch(torch.version, plan.backend, i.facts) if torch else None)
+    plan = replace(plan, installer=i.installer.name, uv=str(i.installer.uv) if i.installer.uv else None,
+                   pin_environment=bool(settings.pin_environment.value), warnings=plan.warnings + tuple(i.warnings))
+    return Prepared(plan, i.target, settings, i.hardware, lock_plan.decision(lock, path), i.pip_config,
+                    pipconf.backend_phase_env(i.env, i.pip_config), i.env, "", None, i.client, i.stack, i)
+
+
+def lock_file(i: _Inputs, path: Path | None) -> Path:
+    """The lock to install: ``--lock FILE``, else ``[tool.backendpick] lock`` (its ``{backend}``
+    filled with the backend named by flag, environment or setting, or else the first backend
+    auto selection would ask here whose lock file exists in the project folder)."""
+    if path is not None:
+        return path
+    pattern = i.settings.lock.value
+    if "{backend}" not in pattern:
+        return i.settings.project_dir / pattern
+    if i.explicit is not None:
+        return i.settings.project_dir / pattern.format(backend=i.explicit.backend.name)
+    order = selector.candidates(i.ground).order
+    for backend in order:
+        candidate = i.settings.project_dir / pattern.format(backend=backend.name)
+        if candidate.is_file():
+            return candidate
+    from backendpick.errors import ConfigError
+
+    raise ConfigError(f"no lock file for the backends this machine runs ({', '.join(b.name for b in order)}) in "
+                      f"{i.settings.project_dir} (lock = {pattern!r})",
+                      hint="write one with: backendpick lock --backend NAME")

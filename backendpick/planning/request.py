@@ -45,6 +45,7 @@ class Request:
     channel: str | None = None  # --channel stable|test|nightly
     pin_environment: bool | None = None  # --pin-environment / --no-pin-environment
     replace_conda: bool = False  # --replace-conda: pip may replace what conda installed (selection/stays.py)
+    lock: Path | None = None  # --lock FILE: install exactly this lock file (planning/lock_plan.py)
 
 
 @dataclass(frozen=True)

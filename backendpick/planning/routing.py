@@ -57,6 +57,7 @@ class Route:
     why: str  # in words: the mechanism, or the cpu rule
     url: str = ""  # the page or index read, after mirroring
     source: str = ""
+    checked: str = ""  # the date the recipe was checked against its source (a lock names it)
 
     def line(self) -> str:
         target = Requirement(self.requirement)
@@ -168,7 +169,7 @@ def route(
                             f"(source: {recipe.source or recipe.origin})")
         if name in nbi:
             out.append(req)
-            routes.append(Route(req.name, str(req), BUILD_PHASE, WHY["build"], source=recipe.source))
+            routes.append(Route(req.name, str(req), BUILD_PHASE, WHY["build"], source=recipe.source, checked=recipe.checked))
             continue
         if backend.kind == CPU and recipe.cpu is not None:
             out.append(_cpu(req, recipe, routes))
@@ -245,7 +246,7 @@ def _route_recipe(req: Requirement, recipe: rc.Recipe, matched, *, settings: Set
     if recipe.index_url and recipe.template("index-url", backend.kind) == "{backend_index}":
         text = _text(dist, extras, spec, req.marker)
         return Requirement(text), Route(req.name, text, BACKEND_PHASE, "the backend index", redact(backend_index),
-                                        recipe.source)
+                                        recipe.source, recipe.checked)
     if recipe.index_url or recipe.find_links:
         key = "index-url" if recipe.index_url else "find-links"
         url = rc.mirror(rc.expand(recipe.template(key, backend.kind), vals, req.name), settings.mirrors)
@@ -258,10 +259,10 @@ def _route_recipe(req: Requirement, recipe: rc.Recipe, matched, *, settings: Set
             text = _text(dist, extras, "", None) + f" @ {rc.mirror(link.url, settings.mirrors)}"
             if req.marker is not None:
                 text += f" ; {req.marker}"
-        return Requirement(text), Route(req.name, text, REST_PHASE, WHY[key], url, recipe.source)
+        return Requirement(text), Route(req.name, text, REST_PHASE, WHY[key], url, recipe.source, recipe.checked)
     text = _text(dist, extras, spec, req.marker)
     return Requirement(text), Route(req.name, text, REST_PHASE, why if (recipe.name or recipe.extra) else
-                                    f"{WHY['default']}, built for {matched}", source=recipe.source)
+                                    f"{WHY['default']}, built for {matched}", source=recipe.source, checked=recipe.checked)
 
 
 def _fences(recipes, requested: set, family: set, nbi: set, target: Target, backend: Backend) -> list[str]:
@@ -281,11 +282,11 @@ def _cpu(req: Requirement, recipe: rc.Recipe, routes: list) -> Requirement:
             hint="choose a GPU backend with --backend, or leave it out of the requirements for CPU installs",
         )
     if recipe.cpu == rc.SAME:
-        routes.append(Route(req.name, str(req), REST_PHASE, "cpu: as written", source=recipe.source))
+        routes.append(Route(req.name, str(req), REST_PHASE, "cpu: as written", source=recipe.source, checked=recipe.checked))
         return req
     other = Requirement(recipe.cpu)
     text = _text(other.name, set(other.extras) | set(req.extras), other.specifier & req.specifier, req.marker)
-    routes.append(Route(req.name, text, REST_PHASE, f"cpu build is {other.name}", source=recipe.source))
+    routes.append(Route(req.name, text, REST_PHASE, f"cpu build is {other.name}", source=recipe.source, checked=recipe.checked))
     return Requirement(text)
 
 

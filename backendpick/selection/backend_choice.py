@@ -260,3 +260,31 @@ def no_backend(facts: Facts, hw: Hardware, decision: Decision, spec, policy: str
         f"no backend serves {', '.join(decision.unserved)} with torch '{spec or 'any'}': " + "; ".join(decision.rejected),
         hint=hint,
     )
+
+
+def lock_refusal(hw: Hardware, facts: Facts, b: Backend, torch: str | None, policy: str) -> str | None:
+    """Why a lock for backend ``b`` (and its ``torch``) cannot run on the GPUs detected here
+    (``install --lock``, exit 3), or None. No GPU seen (a ``docker build``) is not a refusal:
+    the lock is for the host that runs the image."""
+    if b.kind == CUDA:
+        if hw.nvidia_driver and not _driver_runs(hw, facts, b, policy):
+            minimum = next((show(d) for cuda, d in facts.cuda_drivers if cuda[:2] == b.version[:2]), None)
+            needs = f"driver {minimum} or newer" if minimum else f"a driver for CUDA {b.version_text}"
+            return (f"the lock is for {b} (CUDA {b.version_text}, {needs}); this machine's driver {hw.nvidia_driver} "
+                    f"supports CUDA {hw.driver_cuda or '?'}")
+        gpus = hw.by_vendor(NVIDIA)
+        if torch and gpus:
+            from packaging.version import InvalidVersion, Version
+
+            try:
+                release = Version(torch).release[:2]
+            except InvalidVersion:
+                return None
+            missing = [g for g in gpus if g.cap and facts.serves_cap(release, b, g.cap) is False]
+            if missing:
+                return f"the lock's torch {torch} carries no code for {_gpu_list(missing)}"
+    elif b.kind == ROCM:
+        unsupported = [g for g in hw.by_vendor(AMD) if g.arch and facts.rocm_supports(g.arch, b) is False]
+        if unsupported:
+            return f"the lock is for {b}, which does not support {_gpu_list(unsupported)} ({unsupported[0].arch})"
+    return None

@@ -217,7 +217,7 @@ def resolvable(requirements: Sequence[Requirement]) -> list[Requirement]:
     return [r for r in requirements if not r.url or urlsplit(r.url).path.endswith(".whl")]
 
 
-def _stub_wheel(folder: Path, name: str, version: Version) -> None:
+def stub_wheel(folder: Path, name: str, version: Version) -> None:
     """A metadata-only wheel: enough for pip's resolver, never installed (dry run)."""
     import zipfile  # only when a resolution runs, not on every start
 
@@ -317,7 +317,7 @@ def resolve(
         lines = list(constraints)
         for name, versions in published.items():
             for v in versions:
-                _stub_wheel(stubs, name, v)
+                stub_wheel(stubs, name, v)
             if versions:
                 # The user's indexes may offer torch 99 (a dependency-confusion upload) or PyPI's
                 # own builds: the resolution stays within what the backend indexes publish.

@@ -1,0 +1,352 @@
+"""A plan's phases resolved to files, for a lock (issue 21): ``lock`` writes what this returns.
+
+The plan is the one ``install`` would make for an empty environment (the same selection, the
+same phases of intents); each phase that installs is rendered by the engines exactly as install
+runs it, and pip resolves it as a dry run with ``--ignore-installed --report``: nothing is
+installed, the target is not touched. In phase order:
+
+* **backend**: torch and its companions from the backend index alone; every file comes from it;
+* **build** (flash-attn and friends): the version pip would take, then the prebuilt wheel the
+  project publishes for the locked torch (the same name and sources install looks for), else
+  the sdist on the user's index, built at install time without isolation against the locked torch;
+* **build-requirements**: only when a build is made from source, so install needs no index;
+* **rest**: the ordinary packages with the stack pinned, as install's constraints file pins it.
+  What an earlier phase locked is offered to pip as a metadata-only stub at its locked version
+  (pip must not look for ``torch==2.5.1+cu124`` on the user's index, where it is not), and
+  stays in the phase that installs it.
+
+Each file's sha256 comes from the index (pip's report) or, where the index gives none (a
+prebuilt wheel on a release page), from downloading it; its size from the index server
+(``Content-Length``) or the download. URLs are written without user information.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from backendpick.edges.runner import capture
+from backendpick.errors import InstallError
+from backendpick.execute import engines
+from backendpick.inputs.installer import PIP
+from backendpick.knowledge import facts as facts_mod
+from backendpick.model import lock as lock_mod
+from backendpick.model.names import normalize
+from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, INSTALL, REST, Phase
+from backendpick.planning import constraint_rule
+from backendpick.redaction import redact, strip
+from backendpick.selection.resolve import stub_wheel
+
+TIMEOUT = 900.0  # seconds for one phase's resolution against a slow mirror
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One distribution of pip's report."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str | None
+    requires_python: str | None
+
+
+def parse_report(report: dict) -> list[_Item]:
+    """The distributions of a ``pip install --dry-run --report`` (format 1)."""
+    out = []
+    for entry in report.get("install", []):
+        meta, info = entry.get("metadata", {}), entry.get("download_info", {})
+        hashes = (info.get("archive_info") or {}).get("hashes") or {}
+        legacy = (info.get("archive_info") or {}).get("hash") or ""
+        sha = hashes.get("sha256") or (legacy[len("sha256="):] if legacy.startswith("sha256=") else None)
+        out.append(_Item(normalize(meta["name"]), str(meta["version"]), info.get("url", ""), sha,
+                         meta.get("requires_python")))
+    return out
+
+
+class Locker:
+    """Resolves one prepared plan (planning/request.py ``Prepared``) to a ``model.lock.Lock``."""
+
+    def __init__(self, prepared, folder: Path, on_note: Callable[[str], None]):
+        self.prepared = prepared
+        self.plan = prepared.plan
+        self.folder = folder
+        self.note = on_note
+        # The lock resolves with pip whatever engine installs: pip's report is what it reads.
+        self.renderer = engines.for_plan(replace(self.plan, installer=PIP), pip_config=prepared.pip_config,
+                                         user_env=prepared.user_env, prefix=prepared.target.prefix)
+        self.session = prepared.client.session
+        self.locked: dict[str, lock_mod.LockedPackage] = {}
+        self.builds: dict[str, lock_mod.Build] = {}
+
+    # -- the phases ------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, lock_mod.LockedPackage]:
+        phases = {p.name: p for p in self.plan.phases if p.skip is None and p.action == INSTALL}
+        if BACKEND in phases:
+            phase = phases[BACKEND]
+            lines = list(self.plan.backend_constraints) if phase.constraints_file else []
+            for item in self._report(phase, lines):
+                self._add(item, BACKEND, self.plan.index_url)
+        if BUILD in phases:
+            for text in phases[BUILD].requirements:
+                self._build(Requirement(text))
+        if BUILD_REQS in phases and any(b.how == lock_mod.SOURCE for b in self.builds.values()):
+            for item in self._report(replace(phases[BUILD_REQS], target_dir=None), list(phases[BUILD_REQS].constraints)):
+                self._add(item, BUILD_REQS, None)
+        if REST in phases:
+            for item in self._report(replace(phases[REST], wheels=()), self._pins()):
+                self._add(item, REST, None)
+        return self.locked
+
+    def _pins(self) -> list[str]:
+        """The rest phase's constraints file as install writes it after the backend phase
+        (planning/constraint_rule.py), from what the lock holds so far."""
+        def installed(name):
+            p = self.locked.get(normalize(name))
+            return (p.name, p.version) if p is not None else None
+
+        return constraint_rule.rule(self.plan.backend_names, self.plan.build_names, self.plan.building, installed,
+                                    list(self.plan.user_constraints))
+
+    def _add(self, item: _Item, phase: str, index: str | None) -> None:
+        earlier = self.locked.get(item.name)
+        if earlier is not None and earlier.phase != BUILD_REQS:
+            return  # installed by an earlier phase; the later one found it there
+        url = strip(item.url)
+        size, sha = self._size_and_hash(url, item.sha256)
+        wheel = lock_mod.LockedFile(_filename(url), url, size, sha)
+        is_wheel = wheel.name.endswith(".whl")
+        self.locked[item.name] = lock_mod.LockedPackage(
+            item.name, item.version, phase, strip(index or self._index_of(item.name, url, phase) or "") or None,
+            item.requires_python, wheel if is_wheel else None, None if is_wheel else wheel)
+
+    # -- one phase's resolution ------------------------------------------------------------------------
+
+    def _report(self, phase: Phase, constraints: list[str]) -> list[_Item]:
+        """pip's dry-run resolution of ``phase`` as install renders it, everything locked so far
+        offered as stubs at its locked version (and pinned there)."""
+        work = Path(tempfile.mkdtemp(prefix=f"{phase.name}-", dir=self.folder))
+        stubs = work / "stubs"
+        stubs.mkdir()
+        for p in self.locked.values():
+            stub_wheel(stubs, p.name, Version(p.version))
+        lines = list(constraints) + [f"{p.name}=={p.version}" for p in self.locked.values()
+                                     if f"{p.name}==" not in " ".join(constraints)]
+        cons = work / "constraints.txt"
+        cons.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        hashed = None
+        if phase.hashed_file:
+            hashed = work / "hashed.txt"
+            hashed.write_text("\n".join(phase.hashed_lines) + "\n", encoding="utf-8")
+        phase = replace(phase, constraints_file=str(cons), hashed_file=str(hashed) if hashed else None,
+                        upgrade=False, no_cache=False)
+        command = self.renderer.command(phase)
+        report = work / "report.json"
+        extra = ["--dry-run", "--ignore-installed", "--report", str(report), "--quiet", "--disable-pip-version-check",
+                 *(["--find-links", str(stubs)] if self.locked else [])]
+        self.note(f"resolving the {phase.name} phase: {' '.join(phase.requirements)}")
+        res = capture([*command.argv, *extra], timeout=TIMEOUT, env=command.environ(self.prepared.user_env))
+        if not res.ok or not report.is_file():
+            tail = "\n".join((res.stderr or res.stdout or res.error or "").strip().splitlines()[-15:])
+            raise InstallError(f"pip could not resolve the {phase.name} phase for the lock",
+                               details=redact(tail), hint="run `backendpick plan` for the same backend to see the phase")
+        items = parse_report(json.loads(report.read_text(encoding="utf-8")))
+        # The stubs stand for what is locked already: they are not files to lock.
+        return [i for i in items if not i.url.startswith(stubs.as_uri()) and not Path(unquote(urlsplit(i.url).path)).is_relative_to(stubs)]
+
+    # -- build packages ---------------------------------------------------------------------------------
+
+    def _build(self, req: Requirement) -> None:
+        """A build-phase package: its prebuilt wheel for the locked torch, else its sdist."""
+        from backendpick.build import wheel_choice
+        from backendpick.build.wheel_names import wheel_filename
+        from backendpick.build.wheel_sources import look, sources
+        from backendpick.indexes.client import IndexUnavailable, PageNotFound, installable
+        from backendpick.target.installed_torch import predict_torch
+
+        name = normalize(req.name)
+        prepared, target = self.prepared, self.prepared.target
+        torch = self.locked.get("torch")
+        if torch is None:
+            raise InstallError(f"{req.name} is built against torch, and the lock has no torch",
+                               hint="add torch to the requirements")
+        index = wheel_choice.default_index(prepared.pip_config, prepared.basis.wanted.rest_options)
+        version, why = wheel_choice.choose_version(req, client=prepared.client, index_url=index, target=target)
+        if version is None:
+            raise InstallError(f"cannot lock {req.name}: {why}")
+        facts = facts_mod.load()
+        package = wheel_choice.packages().get(name)
+        info = predict_torch(torch.version, self.plan.backend, facts)
+        reasons = []
+        if package is not None:
+            filename, said = wheel_filename(package, version, info, target.python_tag, _platform(target))
+            if filename is not None:
+                where = sources(package, prepared.settings.prebuilt.get(name), prepared.settings.project_dir)
+                if prepared.settings.mirrors:
+                    from backendpick.knowledge.recipes import mirror
+
+                    where = [replace(s, url=mirror(s.url, prepared.settings.mirrors)) if s.url else s for s in where]
+                found, answers = look(filename, version, where, self.session)
+                if found is not None:
+                    self._prebuilt(name, version, found.location, torch.version)
+                    return
+                reasons.append(f"no prebuilt wheel {filename} ({'; '.join(answers)})")
+            else:
+                reasons.append(said)
+        try:
+            files = prepared.client.project(index, name)
+        except (PageNotFound, IndexUnavailable) as exc:
+            raise InstallError(f"cannot lock {req.name}: {exc}") from None
+        sdists = [c.file for c in installable(files, name, python_version=target.python_version_text, sdists=True)
+                  if not c.wheel and str(c.version) == str(Version(version))]
+        if not sdists:
+            raise InstallError(f"cannot lock {req.name} {version}: no wheel for torch {torch.version} and no sdist on "
+                               f"{redact(index)}")
+        link = sorted(sdists, key=lambda f: f.filename)[0]
+        url = strip(link.url.split("#", 1)[0])
+        size, sha = self._size_and_hash(url, _fragment_sha(link.url))
+        self.locked[name] = lock_mod.LockedPackage(name, version, BUILD, strip(index), link.requires_python,
+                                                   sdist=lock_mod.LockedFile(link.filename, url, size, sha))
+        self.builds[name] = lock_mod.Build(lock_mod.SOURCE, f"torch {torch.version}",
+                                           f"built from the sdist without isolation: {'; '.join(reasons) or 'no prebuilt wheel'}")
+
+    def _prebuilt(self, name: str, version: str, location: str, torch: str) -> None:
+        url = location if "://" in location else Path(location).resolve().as_uri()
+        size, sha = self._size_and_hash(strip(url), None)
+        self.locked[name] = lock_mod.LockedPackage(
+            name, version, BUILD, None, None, wheel=lock_mod.LockedFile(_filename(url), strip(url), size, sha))
+        self.builds[name] = lock_mod.Build(lock_mod.PREBUILT, f"torch {torch}", "the wheel the project publishes")
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    def _size_and_hash(self, url: str, sha: str | None) -> tuple[int | None, str]:
+        """The file's size and sha256: the hash from the index when it gave one, the size from
+        the server; without a hash, the file is downloaded and hashed."""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            path = Path(unquote(parts.path))
+            return path.stat().st_size, sha or _sha256(path)
+        if sha is not None:
+            try:
+                with self.session.open(url, method="HEAD") as resp:
+                    length = resp.headers.get("Content-Length")
+                    if length and length.isdigit():
+                        return int(length), sha
+            except OSError:
+                pass
+        dest = Path(tempfile.mkdtemp(dir=self.folder)) / _filename(url)
+        try:
+            self.session.download(url, dest)
+        except OSError as exc:
+            raise InstallError(f"cannot download {redact(url)} to lock it: {exc}") from None
+        digest = _sha256(dest)
+        if sha is not None and digest != sha:
+            raise InstallError(f"{redact(url)} does not match the sha256 its index gives ({sha})")
+        size = dest.stat().st_size
+        dest.unlink()
+        return size, digest
+
+    def _index_of(self, name: str, url: str, phase: str) -> str | None:
+        """The first of the phase's indexes whose project page lists ``url``."""
+        from backendpick.indexes.client import IndexUnavailable, PageNotFound
+
+        for index in self._indexes():
+            try:
+                files = self.prepared.client.project(index, name)
+            except (PageNotFound, IndexUnavailable):
+                continue
+            if any(strip(f.url.split("#", 1)[0]) == url for f in files):
+                return index
+        return None
+
+    def _indexes(self) -> list[str]:
+        """The user's indexes in pip's order: a requirements file's, else pip's configuration, else PyPI."""
+        from backendpick.build import wheel_choice
+
+        options = list(self.prepared.basis.wanted.rest_options)
+        extra = [options[i + 1] for i, w in enumerate(options[:-1]) if w == "--extra-index-url"]
+        config = self.prepared.pip_config
+        return [wheel_choice.default_index(config, options), *extra, *config.list("extra-index-url")]
+
+
+def _filename(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def _fragment_sha(url: str) -> str | None:
+    fragment = urlsplit(url).fragment
+    return fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _platform(target) -> str | None:
+    from backendpick.build.wheel_names import platform_tag
+
+    return platform_tag(target.markers)
+
+
+# -- the lock ------------------------------------------------------------------------------------------
+
+# The markers a lock's files depend on: the wheels are for one Python, one platform, one machine.
+ENVIRONMENT = ("python_version", "implementation_name", "sys_platform", "platform_machine")
+
+
+def lock(prepared, *, on_note: Callable[[str], None]) -> lock_mod.Lock:
+    """The prepared plan (made for an empty environment) resolved to files."""
+    with tempfile.TemporaryDirectory(prefix="backendpick-lock-") as tmp:
+        locker = Locker(prepared, Path(tmp), on_note)
+        locked = locker.run()
+    plan, target = prepared.plan, prepared.target
+    torch = locked.get("torch")
+    facts = facts_mod.load()
+    backend = plan.backend
+    driver, caps = None, ()
+    if backend.kind == "cuda":
+        driver = next((".".join(map(str, d)) for cuda, d in facts.cuda_drivers if cuda[:2] == backend.version[:2]), None)
+    if torch is not None:
+        found = facts.caps_for(Version(torch.version).release[:2], backend)
+        caps = tuple(".".join(map(str, c)) for c in found or ())
+    return lock_mod.Lock(
+        backend=backend.name, index_url=strip(plan.index_url), python=f"{target.version[0]}.{target.version[1]}",
+        environment={k: target.markers[k] for k in ENVIRONMENT if k in target.markers},
+        packages=tuple(locked.values()), torch=torch.version if torch else None, builds=dict(locker.builds),
+        driver_minimum=driver, compute_capabilities=caps, facts=used_facts(plan, backend, bool(locker.builds)),
+    )
+
+
+def used_facts(plan, backend, builds: bool) -> tuple[lock_mod.Fact, ...]:
+    """The tables of facts.toml and the recipes the lock stands on, with their source and date."""
+    raw = facts_mod.raw()
+    tables = ["index", "torch.releases", "torch", "torch.tagged"]
+    if backend.kind == "cuda":
+        tables.append("cuda.drivers")
+    if builds:
+        tables.append("torch.abi")
+        tables += [f"prebuilt.{n}" for n in sorted(plan.building) if n in raw.get("prebuilt", {})]
+    out = []
+    for dotted in tables:
+        table = raw
+        for part in dotted.split("."):
+            table = table.get(part, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict) and table.get("source"):
+            out.append(lock_mod.Fact(f"facts.toml [{dotted}]", str(table["source"]), str(table.get("checked", ""))))
+    for route in plan.routes:
+        out.append(lock_mod.Fact(f"recipe {route.package}: {route.why}", strip(route.source or route.url or ""),
+                                 route.checked))
+    return tuple(out)
