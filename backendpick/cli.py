@@ -269,14 +269,16 @@ def lock(requirement, files, project_dir, extras, groups, python, backends, inde
 @project_option
 @click.option("--python", "python", type=str, default=None, callback=_python_value,
               help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
+@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also check that the environment is exactly this lock file, naming each difference.")
 @json_option
-def verify(requirement, files, project_dir: Path, python: Path | None, json_mode: bool) -> int:
+def verify(requirement, files, project_dir: Path, python: Path | None, lock_file: Path | None, json_mode: bool) -> int:
     inspection = _inspection(python, start=False)
     from backendpick.commands import verify as command
     from backendpick.output import Output
 
     return command.run(Output(json_mode=json_mode), python=python, project_dir=project_dir,
-                       reqs=tuple(requirement), files=tuple(files), inspection=inspection)
+                       reqs=tuple(requirement), files=tuple(files), inspection=inspection, lock=lock_file)
 
 
 @cli.command(

@@ -98,7 +98,7 @@ def check(
 
 
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...],
-        inspection=None) -> int:
+        inspection=None, lock: Path | None = None) -> int:
     """``inspection``: the target's, started early by the console script (``target.Inspection``)."""
     facts = facts_mod.load()
     settings = config.load(facts, project_dir=project_dir)
@@ -111,6 +111,15 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
         wanted = ()  # no pyproject.toml: check the stack only
     hardware = probe(facts, ProbeSettings.from_env(dict(os.environ)))
     report = check(target, settings, python=python, wanted=wanted, from_project=not (reqs or files), hardware=hardware)
+    if lock is not None:
+        # Each difference from the lock is a problem (checks/lock_diff.py).
+        from dataclasses import replace
+
+        from backendpick.checks.lock_diff import differences
+        from backendpick.planning.lock_plan import read
+
+        report = replace(report, problems=report.problems + differences(read(lock), lock, target,
+                                                                          where_flags(python, settings)))
     if out.json_mode:
         out.emit_json(report.to_json())
     else:

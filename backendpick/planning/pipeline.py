@@ -249,8 +249,11 @@ def _configure(req: Request, env: dict, target: environment.Target | None,
     )
     # Before any look-up: asking for uv where there is none is a usage error, at once.
     installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source) if for_plan else None
-    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
-                                 editables=req.editables)
+    if req.lock is not None and not (req.requirements or req.files or req.editables):
+        wanted = requirements.Wanted(())  # the lock says what to install; no pyproject.toml needed
+    else:
+        wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
+                                     editables=req.editables)
     if target is None:
         target = target_mod.take_or_inspect(inspection, target_mod.choose_python(req.python, env))
     pip_config = pipconf.read(env, target.prefix)

@@ -1,0 +1,164 @@
+"""Locks per backend (issue 21): ``backendpick lock`` writes ``pylock.<backend>.toml`` from the
+plan, ``install --lock`` installs exactly its files in backendpick's phases without asking an
+index, ``verify --lock`` names each difference, and pip (>= 26.1) and uv read the same file.
+
+One ``lock`` run makes the cpu, cu124 and cu128 locks of one project (module fixture); the
+tests below share them. ROCm: the session's world serves no ROCm index (see the report of
+issue 21); the lock's code path is the backend's, the same for every index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import Lab, ok, py
+from tests.support.venvs import fingerprint
+from tests.support.world import World
+
+pytestmark = pytest.mark.integration
+
+PROJECT = '[project]\nname = "app"\nversion = "0"\ndependencies = ["torch", "torchvision", "numpy", "tqdm"]\n'
+
+
+@pytest.fixture(scope="module")
+def locks(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The project folder holding pylock.{cpu,cu124,cu128}.toml, and the venv they were made for."""
+    project = tmp_path_factory.mktemp("lock-project")
+    (project / "pyproject.toml").write_text(PROJECT, encoding="utf-8")
+    venv = lab.new_venv()
+    # On a machine without a GPU: the CUDA locks are made as a Docker build or a laptop makes them.
+    ok(lab.run("lock", "--backend", "cpu", "--backend", "cu124", "--backend", "cu128", "--python", py(venv),
+               "--project", str(project)))
+    assert lab.world.is_fresh_clone(venv), "locking changed the target environment"
+    return project, venv
+
+
+def _index_sha(world: World, index: str, filename: str) -> str:
+    return hashlib.sha256((world.server.index_dir(index) / filename).read_bytes()).hexdigest()
+
+
+def _lock_of(path: Path):
+    from backendpick.model.lock import parse
+
+    return parse(path.read_text(encoding="utf-8"))
+
+
+def test_lock_round_trip_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
+    """Each backend's file holds every package at its exact version (local tags kept) with the
+    index's own file and hash; the same inputs give the same bytes, and no credential (the
+    index URL here carries one) reaches the file."""
+    project, venv = locks
+    world = lab.world
+    torches = {"cpu": "2.7.1+cpu", "cu124": "2.6.0+cu124", "cu128": "2.7.1+cu128"}
+    for backend, torch in torches.items():
+        lock = _lock_of(project / f"pylock.{backend}.toml")
+        assert lock.backend == backend and lock.torch == torch
+        assert {p.name: p.phase for p in lock.packages} == {
+            "torch": "backend", "torchvision": "backend", "filelock": "backend", "typing-extensions": "backend",
+            "numpy": "rest", "tqdm": "rest"}
+        for p in lock.packages:
+            index = backend if p.phase == "backend" else "pypi"
+            assert p.index == world.url(index)
+            assert p.wheel is not None and p.wheel.url.startswith(world.server.base_url + f"/{index}/files/")
+            assert p.wheel.sha256 == _index_sha(world, index, p.wheel.name), p
+            assert p.wheel.size == (world.server.index_dir(index) / p.wheel.name).stat().st_size
+    assert _lock_of(project / "pylock.cu124.toml").driver_minimum
+    # Deterministic, and no credential written: the same lock through a URL with a password.
+    secret_template = lab.template.replace("http://", "http://ci-user:s3cret-token@")
+    ok(lab.run("lock", "--backend", "cpu", "--python", py(venv), "--project", str(project), "-o", str(tmp_path),
+               env=lab.env(BACKENDPICK_INDEX_URL=secret_template)))
+    again = (tmp_path / "pylock.cpu.toml").read_text(encoding="utf-8")
+    assert "s3cret" not in again and "ci-user" not in again
+    assert again == (project / "pylock.cpu.toml").read_text(encoding="utf-8")
+
+
+def test_install_lock_is_the_plain_install_without_an_index_page(lab: Lab, server, locks) -> None:
+    """install --lock gives the environment a plain install gives, package for package, asking
+    no index page; verify --lock then finds it exact, and names each difference of another lock."""
+    project, _ = locks
+    for backend in ("cpu", "cu124"):
+        locked_venv, plain_venv = lab.new_venv(), lab.new_venv()
+        server.clear_log()
+        ok(lab.run("install", "--lock", str(project / f"pylock.{backend}.toml"), "--python", py(locked_venv),
+                   "--project", str(project)))
+        pages = [r for r in server.log if r.kind in ("project", "root")]
+        assert pages == [], f"install --lock read index pages: {pages}"
+        ok(lab.run("install", "--backend", backend, "--python", py(plain_venv), "--project", str(project)))
+        assert lab.versions(locked_venv) == lab.versions(plain_venv)
+    ok(lab.run("verify", "--lock", str(project / "pylock.cu124.toml"), "--python", py(locked_venv),
+               "--project", str(project)))
+    res = ok(lab.run("verify", "--lock", str(project / "pylock.cpu.toml"), "--python", py(locked_venv),
+                     "--project", str(project)), 1)
+    assert "problem: torch: installed 2.6.0+cu124, locked 2.7.1+cpu" in res.stdout
+
+
+def test_refusals_before_any_change(lab: Lab, locks, tmp_path: Path) -> None:
+    """A tampered hash (exit 2), a lock for another Python (exit 2), a CUDA 12.8 lock on a CUDA
+    12.4 driver (exit 3): each refused with the environment as it was."""
+    project, _ = locks
+    cpu = (project / "pylock.cpu.toml").read_text(encoding="utf-8")
+    torch_sha = _lock_of(project / "pylock.cpu.toml").package("torch").wheel.sha256
+    tampered = tmp_path / "pylock.cpu.toml"
+    tampered.write_text(cpu.replace(torch_sha, "0" * 64), encoding="utf-8")
+    other = tmp_path / "other" / "pylock.cpu.toml"
+    other.parent.mkdir()
+    other.write_text(re.sub(r'python_version == \\"3\.\d+\\"', 'python_version == \\\\"3.99\\\\"', cpu), encoding="utf-8")
+    cases = [
+        (tampered, "none", 2, "the lock says 0000"),
+        (other, "none", 2, "the lock is for python_version 3.99"),
+        (project / "pylock.cu128.toml", "nvidia-550-a100", 3, "driver 550.127.05 supports CUDA 12.4"),
+    ]
+    for lock, machine, code, said in cases:
+        venv = lab.new_venv()
+        res = ok(lab.run("install", "--lock", str(lock), "--python", py(venv), machine=machine), code)
+        assert said in res.stderr, res
+        # The environment's files as cloned (its state folder holds install's lock file only).
+        files = {k for k in fingerprint(venv) if not k.startswith(".backendpick/")}
+        assert files == set(lab.world.template_files), f"{lock} changed the environment before its refusal"
+    # No GPU (docker build) is not a refusal: the dry run names the locked files.
+    ok(lab.run("install", "--dry-run", "--lock", str(project / "pylock.cu128.toml"), "--python", py(lab.new_venv())))
+
+
+def _pip_with_pylock() -> str | None:
+    """Why this test session's pip cannot install a pylock file, or None."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    have = version("pip")
+    return None if Version(have) >= Version("26.1") else f"pip {have} here; installing pylock.toml needs pip >= 26.1"
+
+
+def _uv() -> str | None:
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return shutil.which("uv")
+    return find_uv_bin()
+
+
+def test_pip_and_uv_install_the_wheel_only_lock_as_backendpick_does(lab: Lab, locks) -> None:
+    """The standard tools read the same file: pip (>= 26.1) and uv install the cu124 lock (no
+    source build) with the versions ``install --lock`` gives."""
+    why, uv = _pip_with_pylock(), _uv()
+    if why or uv is None:
+        pytest.skip(why or "no uv in the test environment")
+    project, _ = locks
+    lock = project / "pylock.cu124.toml"
+    reference = lab.new_venv()
+    ok(lab.run("install", "--lock", str(lock), "--python", py(reference), "--project", str(project)))
+    env = lab.env()
+    for argv in ([sys.executable, "-m", "pip", "--python", "{py}", "install", "-r", str(lock)],
+                 [uv, "pip", "install", "--python", "{py}", "-r", str(lock)]):
+        venv = lab.new_venv()
+        proc = subprocess.run([a.replace("{py}", py(venv)) for a in argv], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert lab.versions(venv) == {k: v for k, v in lab.versions(reference).items()}, argv[:3]
