@@ -51,7 +51,7 @@ def render(out: Output, p: plan_mod.Plan, renderer: engines.Renderer) -> None:
 def run(out: Output, req: Request, fmt: str = "text", inspection=None) -> int:
     """``inspection``: the target's inspection (``target.Inspection``) started early by the
     console script, which the pipeline takes in its turn; None inspects there."""
-    prepared = prepare(req, inspection=inspection)
+    prepared = prepare(req, inspection=inspection, fetch=False)  # a lock's files: named, not downloaded
     renderer = engines.for_prepared(prepared)
     if fmt == "sh":
         from backendpick.execute.shell_export import to_shell

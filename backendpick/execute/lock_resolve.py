@@ -90,7 +90,11 @@ class Locker:
     # -- the phases ------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, lock_mod.LockedPackage]:
-        phases = {p.name: p for p in self.plan.phases if p.skip is None and p.action == INSTALL}
+        # With an empty environment nothing is "already installed"; the build requirements'
+        # phase may say "nothing is built from source" where the plan found a prebuilt wheel:
+        # the lock decides that for itself (below), so it is taken whatever its skip says.
+        phases = {p.name: p for p in self.plan.phases if p.action == INSTALL
+                  and (p.skip is None or p.name == BUILD_REQS)}
         if BACKEND in phases:
             phase = phases[BACKEND]
             lines = list(self.plan.backend_constraints) if phase.constraints_file else []
@@ -102,10 +106,46 @@ class Locker:
         if BUILD_REQS in phases and any(b.how == lock_mod.SOURCE for b in self.builds.values()):
             for item in self._report(replace(phases[BUILD_REQS], target_dir=None), list(phases[BUILD_REQS].constraints)):
                 self._add(item, BUILD_REQS, None)
-        if REST in phases:
-            for item in self._report(replace(phases[REST], wheels=()), self._pins()):
+        # A build package's own dependencies (einops for flash-attn) come with the rest, as
+        # pip installs them after the build: read from its wheel's or sdist's metadata.
+        needs = [d for name in self.builds for d in self._dependencies(name)]
+        rest = phases.get(REST) or (Phase(REST, (), options=tuple(self.prepared.basis.wanted.rest_options))
+                                    if needs else None)
+        if rest is not None:
+            rest = replace(rest, requirements=tuple(dict.fromkeys((*rest.requirements, *needs))), wheels=())
+            for item in self._report(rest, self._pins()):
                 self._add(item, REST, None)
         return self.locked
+
+    def _dependencies(self, name: str) -> list[str]:
+        """The Requires-Dist of a locked build package that no phase installs yet (not the
+        stack, not another build package), for the target's markers."""
+        p = self.locked[name]
+        markers = self.prepared.target.markers
+        out = []
+        for text in _requires_dist(self._local(p.file.url)):
+            try:
+                req = Requirement(text)
+            except ValueError:
+                continue
+            if req.marker is not None and not req.marker.evaluate({**markers, "extra": ""}):
+                continue
+            dep = normalize(req.name)
+            if dep in self.plan.backend_names or dep in self.plan.build_names or dep in self.builds:
+                continue
+            out.append(str(req))
+        return out
+
+    def _local(self, url: str) -> Path:
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            return Path(unquote(parts.path))
+        dest = Path(tempfile.mkdtemp(dir=self.folder)) / _filename(url)
+        try:
+            self.session.download(url, dest)
+        except OSError as exc:
+            raise InstallError(f"cannot download {redact(url)} to read its dependencies: {exc}") from None
+        return dest
 
     def _pins(self) -> list[str]:
         """The rest phase's constraints file as install writes it after the backend phase
@@ -139,8 +179,7 @@ class Locker:
         stubs.mkdir()
         for p in self.locked.values():
             stub_wheel(stubs, p.name, Version(p.version))
-        lines = list(constraints) + [f"{p.name}=={p.version}" for p in self.locked.values()
-                                     if f"{p.name}==" not in " ".join(constraints)]
+        lines = list(dict.fromkeys([*constraints, *(f"{p.name}=={p.version}" for p in self.locked.values())]))
         cons = work / "constraints.txt"
         cons.write_text("\n".join(lines) + "\n", encoding="utf-8")
         hashed = None
@@ -276,6 +315,28 @@ class Locker:
         extra = [options[i + 1] for i, w in enumerate(options[:-1]) if w == "--extra-index-url"]
         config = self.prepared.pip_config
         return [wheel_choice.default_index(config, options), *extra, *config.list("extra-index-url")]
+
+
+def _requires_dist(path: Path) -> list[str]:
+    """Requires-Dist of a wheel's METADATA or an sdist's PKG-INFO (empty where it has none)."""
+    import email.parser
+    import tarfile
+    import zipfile
+
+    raw = b""
+    try:
+        if path.name.endswith(".whl"):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+                raw = zf.read(name) if name else b""
+        else:
+            with tarfile.open(path) as tf:
+                member = next((m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")), None)
+                handle = tf.extractfile(member) if member is not None else None
+                raw = handle.read() if handle is not None else b""
+    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        return []
+    return email.parser.BytesHeaderParser().parsebytes(raw).get_all("Requires-Dist") or []
 
 
 def _filename(url: str) -> str:

@@ -82,7 +82,7 @@ def _private_pypi(server: IndexServer) -> None:
     for f in server.index_dir("pypi").iterdir():
         if f.is_file() and not f.name.startswith("flash_attn"):
             shutil.copy2(f, staging / f.name)
-    make_sdist(staging, "flash-attn", VERSION, _flash_attn_setup_py())
+    make_sdist(staging, "flash-attn", VERSION, _flash_attn_setup_py(), requires=["torch", "einops"])
     staging.rename(directory)
 
 
@@ -330,3 +330,40 @@ def test_the_shell_export_installs_what_install_installs(scene: Scene, server: I
     assert scene.flash_attn(by_install) == built  # the very wheel the script built
     pins = [(v / "backendpick-pins.txt").read_text().splitlines()[-2:] for v in (by_script, by_install)]
     assert pins[0] == pins[1] and pins[0][-1] == "torch==2.5.1+cu124"
+
+
+def test_a_lock_builds_flash_attn_from_its_locked_sdist_against_the_locked_torch(scene: Scene,
+                                                                                 server: IndexServer) -> None:
+    """issue 21: without a prebuilt wheel, the lock holds flash-attn's sdist (and its build
+    requirements) with hashes; ``install --lock`` builds it without isolation against the
+    locked torch, reading no index page, and gives what a plain install gives. With a prebuilt
+    wheel published, the lock holds that wheel instead."""
+    server.index_dir(scene.releases)
+    scene.prebuilt_sources(scene.releases_template)  # holds no such file yet
+    locks = scene.base / "locks"
+    locks.mkdir()
+    lock_venv = scene.world.new_venv(scene.base)
+    args = ("--backend", "cu124", "torch==2.5.1", "flash-attn", "--python", str(venv_python(lock_venv)),
+            "--project", str(scene.project))
+    proc = scene.backendpick("lock", *args, "-o", str(locks))
+    assert proc.returncode == 0, _output(proc)
+    text = (locks / "pylock.cu124.toml").read_text()
+    assert f'sdist = {{ name = "{SDIST}"' in text and '[tool.backendpick.builds.flash-attn]\nhow = "source"' in text
+    assert 'setuptools = "build-requirements"' in text and 'flash-attn = "build"' in text
+
+    venv, plain = scene.world.new_venv(scene.base / "a"), scene.world.new_venv(scene.base / "b")
+    server.clear_log()
+    proc = scene.backendpick("install", "--lock", str(locks / "pylock.cu124.toml"), "--python", str(venv_python(venv)))
+    assert proc.returncode == 0, _output(proc)
+    assert [r for r in server.log if r.kind in ("project", "root")] == []
+    built = scene.flash_attn(venv)
+    assert built["prebuilt"] is False and built["torch"] == "2.5.1+cu124"
+    proc = scene.install(plain)
+    assert proc.returncode == 0, _output(proc)
+    assert installed_versions(venv, scene.world.env()) == installed_versions(plain, scene.world.env())
+
+    _prebuilt_wheel(server, scene.releases)
+    proc = scene.backendpick("lock", *args, "-o", str(locks))
+    assert proc.returncode == 0, _output(proc)
+    text = (locks / "pylock.cu124.toml").read_text()
+    assert f'name = "{PREBUILT}"' in text and 'how = "prebuilt"' in text and "setuptools" not in text

@@ -18,7 +18,7 @@ import textwrap
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 FileContent = Union[str, bytes]
 
@@ -253,13 +253,15 @@ def make_sdist(
     *,
     pyproject: str | None = None,
     files: Mapping[str, FileContent] | None = None,
+    requires: Sequence[str] = (),
 ) -> Path:
-    """Write ``<name>-<version>.tar.gz`` with PKG-INFO, setup.py, [pyproject.toml]."""
+    """Write ``<name>-<version>.tar.gz`` with PKG-INFO (``requires`` as its Requires-Dist, as
+    setuptools writes install_requires there), setup.py, [pyproject.toml]."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     base = f"{_escaped(name)}-{version}"
     members: dict[str, bytes] = {
-        "PKG-INFO": _metadata_text(name, version, (), None, "tiny test sdist").encode(
+        "PKG-INFO": _metadata_text(name, version, tuple(requires), None, "tiny test sdist").encode(
             "utf-8"
         ),
         "setup.py": setup_py.encode("utf-8"),
