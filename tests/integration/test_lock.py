@@ -2,9 +2,8 @@
 plan, ``install --lock`` installs exactly its files in backendpick's phases without asking an
 index, ``verify --lock`` names each difference, and pip (>= 26.1) and uv read the same file.
 
-One ``lock`` run makes the cpu, cu124 and cu128 locks of one project (module fixture); the
-tests below share them. ROCm: the session's world serves no ROCm index (see the report of
-issue 21); the lock's code path is the backend's, the same for every index.
+One ``lock`` run makes the cpu, cu124, cu128 and rocm6.2.4 locks of one project (module
+fixture; the ROCm index is added to the session's world here); the tests below share them.
 """
 
 from __future__ import annotations
@@ -20,24 +19,39 @@ import pytest
 
 from tests.support.lab import Lab, ok, py
 from tests.support.venvs import fingerprint
-from tests.support.world import World
+from tests.support.dists import make_torch, make_wheel
+from tests.support.world import FILELOCK_VERSION, TYPING_EXTENSIONS_VERSION, World
 
 pytestmark = pytest.mark.integration
 
+ROCM = "rocm6.2.4"
 PROJECT = '[project]\nname = "app"\nversion = "0"\ndependencies = ["torch", "torchvision", "numpy", "tqdm"]\n'
 
 
 @pytest.fixture(scope="module")
 def locks(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The project folder holding pylock.{cpu,cu124,cu128}.toml, and the venv they were made for."""
+    """The project folder holding pylock.{cpu,cu124,cu128,rocm6.2.4}.toml, and the venv they were made for."""
+    _rocm_index(lab)
     project = tmp_path_factory.mktemp("lock-project")
     (project / "pyproject.toml").write_text(PROJECT, encoding="utf-8")
     venv = lab.new_venv()
     # On a machine without a GPU: the CUDA locks are made as a Docker build or a laptop makes them.
-    ok(lab.run("lock", "--backend", "cpu", "--backend", "cu124", "--backend", "cu128", "--python", py(venv),
+    ok(lab.run("lock", "--backend", "cpu", "--backend", "cu124", "--backend", "cu128", "--backend", ROCM, "--python", py(venv),
                "--project", str(project)))
     assert lab.world.is_fresh_clone(venv), "locking changed the target environment"
     return project, venv
+
+
+def _rocm_index(lab: Lab) -> None:
+    """A ROCm backend index like download.pytorch.org/whl/rocm6.2.4 (the world serves none)."""
+    directory = lab.server.index_dir(ROCM)
+    if any(directory.iterdir()):
+        return
+    attrs = {"__index__": ROCM}
+    make_wheel(directory, "filelock", FILELOCK_VERSION, attrs=attrs)
+    make_wheel(directory, "typing-extensions", TYPING_EXTENSIONS_VERSION, attrs=attrs)
+    make_torch(directory, "2.6.0", ROCM, attrs=attrs)
+    make_wheel(directory, "torchvision", f"0.21.0+{ROCM}", requires=["torch==2.6.0"], attrs=attrs)
 
 
 def _index_sha(world: World, index: str, filename: str) -> str:
@@ -56,7 +70,7 @@ def test_lock_round_trip_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
     index URL here carries one) reaches the file."""
     project, venv = locks
     world = lab.world
-    torches = {"cpu": "2.7.1+cpu", "cu124": "2.6.0+cu124", "cu128": "2.7.1+cu128"}
+    torches = {"cpu": "2.7.1+cpu", "cu124": "2.6.0+cu124", "cu128": "2.7.1+cu128", ROCM: f"2.6.0+{ROCM}"}
     for backend, torch in torches.items():
         lock = _lock_of(project / f"pylock.{backend}.toml")
         assert lock.backend == backend and lock.torch == torch
@@ -162,3 +176,18 @@ def test_pip_and_uv_install_the_wheel_only_lock_as_backendpick_does(lab: Lab, lo
                               timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert lab.versions(venv) == {k: v for k, v in lab.versions(reference).items()}, argv[:3]
+
+
+def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
+    """``[tool.backendpick] lock = "pylock.{backend}.toml"``: plan and install take the lock
+    of the backend named (here by flag), or else of the first backend this machine runs
+    (cpu without a GPU), without asking an index or downloading a file."""
+    project, venv = locks
+    (tmp_path / "pyproject.toml").write_text(PROJECT + '\n[tool.backendpick]\nlock = "pylock.{backend}.toml"\n',
+                                             encoding="utf-8")
+    for backend in ("cpu", "cu124"):
+        shutil.copy(project / f"pylock.{backend}.toml", tmp_path)
+    res = ok(lab.run("plan", "--backend", "cu124", "--python", py(venv), "--project", str(tmp_path)))
+    assert "decided-by: lock" in res.stdout and "torch-2.6.0%2Bcu124" in res.stdout, res
+    res = ok(lab.run("install", "--dry-run", "--python", py(venv), "--project", str(tmp_path)))
+    assert "torch-2.7.1%2Bcpu" in res.stdout and "cu124" not in res.stdout, res
