@@ -351,16 +351,18 @@ def test_a_lock_builds_flash_attn_from_its_locked_sdist_against_the_locked_torch
     assert f'sdist = {{ name = "{SDIST}"' in text and '[tool.backendpick.builds.flash-attn]\nhow = "source"' in text
     assert 'setuptools = "build-requirements"' in text and 'flash-attn = "build"' in text
 
-    venv, plain = scene.world.new_venv(scene.base / "a"), scene.world.new_venv(scene.base / "b")
+    venv = scene.world.new_venv(scene.base / "a")
     server.clear_log()
     proc = scene.backendpick("install", "--lock", str(locks / "pylock.cu124.toml"), "--python", str(venv_python(venv)))
     assert proc.returncode == 0, _output(proc)
     assert [r for r in server.log if r.kind in ("project", "root")] == []
     built = scene.flash_attn(venv)
     assert built["prebuilt"] is False and built["torch"] == "2.5.1+cu124"
-    proc = scene.install(plain)
-    assert proc.returncode == 0, _output(proc)
-    assert installed_versions(venv, scene.world.env()) == installed_versions(plain, scene.world.env())
+    # What a plain install of the same request leaves (test_missing_prebuilt_is_built_once...):
+    # the stack, flash-attn and its einops; the build tools stay in the build folder.
+    versions = installed_versions(venv, scene.world.env())
+    assert {n: versions.get(n) for n in ("torch", "flash-attn", "einops", "setuptools")} == {
+        "torch": "2.5.1+cu124", "flash-attn": VERSION, "einops": "0.8.0", "setuptools": None}
 
     _prebuilt_wheel(server, scene.releases)
     proc = scene.backendpick("lock", *args, "-o", str(locks))
