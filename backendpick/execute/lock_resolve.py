@@ -22,7 +22,6 @@ prebuilt wheel on a release page), from downloading it; its size from the index 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from packaging.version import Version
 from backendpick.edges.runner import capture
 from backendpick.errors import InstallError
 from backendpick.execute import engines
+from backendpick.indexes.locked_files import sha256_of
 from backendpick.inputs.installer import PIP
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import lock as lock_mod
@@ -273,7 +273,7 @@ class Locker:
         parts = urlsplit(url)
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
-            return path.stat().st_size, sha or _sha256(path)
+            return path.stat().st_size, sha or sha256_of(path)
         if sha is not None:
             try:
                 with self.session.open(url, method="HEAD") as resp:
@@ -287,7 +287,7 @@ class Locker:
             self.session.download(url, dest)
         except OSError as exc:
             raise InstallError(f"cannot download {redact(url)} to lock it: {exc}") from None
-        digest = _sha256(dest)
+        digest = sha256_of(dest)
         if sha is not None and digest != sha:
             raise InstallError(f"{redact(url)} does not match the sha256 its index gives ({sha})")
         size = dest.stat().st_size
@@ -346,14 +346,6 @@ def _filename(url: str) -> str:
 def _fragment_sha(url: str) -> str | None:
     fragment = urlsplit(url).fragment
     return fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _platform(target) -> str | None:
