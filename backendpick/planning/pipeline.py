@@ -175,8 +175,13 @@ def prepare(req: Request, env: dict | None = None, target: environment.Target | 
     (unless ``use_lock`` is off: ``backendpick lock`` itself), the plan is the lock's
     (``_prepared_lock``): ``fetch`` its files now (install) or only name where they will be
     (``plan``, ``--dry-run``); ``on_note`` hears the downloads."""
-    i = _inputs(req, env, target, inspection, for_plan=True)
     named = req.requirements or req.files or req.editables
+    if req.lock is not None and named:
+        from backendpick.errors import ConfigError
+
+        raise ConfigError("--lock installs the lock alone; it takes no requirements",
+                          hint="lock the requirements with the project (backendpick lock), or install them without --lock")
+    i = _inputs(req, env, target, inspection, for_plan=True)
     if use_lock and (req.lock is not None or (i.settings.lock.value and not named)):
         return _prepared_lock(i, req.lock, fetch=fetch, on_note=on_note)
     return _prepared(i)

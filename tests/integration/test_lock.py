@@ -2,7 +2,7 @@
 plan, ``install --lock`` installs exactly its files in backendpick's phases without asking an
 index, ``verify --lock`` names each difference, and pip (>= 26.1) and uv read the same file.
 
-One ``lock`` run makes the cpu, cu124, cu128 and rocm6.2.4 locks of one project (module
+One ``lock`` run makes the cpu, cu124 and rocm6.2.4 locks of one project (module
 fixture; the ROCm index is added to the session's world here); the tests below share them.
 """
 
@@ -30,13 +30,13 @@ PROJECT = '[project]\nname = "app"\nversion = "0"\ndependencies = ["torch", "tor
 
 @pytest.fixture(scope="module")
 def locks(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The project folder holding pylock.{cpu,cu124,cu128,rocm6.2.4}.toml, and the venv they were made for."""
+    """The project folder holding pylock.{cpu,cu124,rocm6.2.4}.toml, and the venv they were made for."""
     _rocm_index(lab)
     project = tmp_path_factory.mktemp("lock-project")
     (project / "pyproject.toml").write_text(PROJECT, encoding="utf-8")
     venv = lab.new_venv()
     # On a machine without a GPU: the CUDA locks are made as a Docker build or a laptop makes them.
-    ok(lab.run("lock", "--backend", "cpu", "--backend", "cu124", "--backend", "cu128", "--backend", ROCM, "--python", py(venv),
+    ok(lab.run("lock", "--backend", "cpu", "--backend", "cu124", "--backend", ROCM, "--python", py(venv),
                "--project", str(project)))
     assert lab.world.is_fresh_clone(venv), "locking changed the target environment"
     return project, venv
@@ -70,7 +70,7 @@ def test_lock_round_trip_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
     index URL here carries one) reaches the file."""
     project, venv = locks
     world = lab.world
-    torches = {"cpu": "2.7.1+cpu", "cu124": "2.6.0+cu124", "cu128": "2.7.1+cu128", ROCM: f"2.6.0+{ROCM}"}
+    torches = {"cpu": "2.7.1+cpu", "cu124": "2.6.0+cu124", ROCM: f"2.6.0+{ROCM}"}
     for backend, torch in torches.items():
         lock = _lock_of(project / f"pylock.{backend}.toml")
         assert lock.backend == backend and lock.torch == torch
@@ -114,7 +114,8 @@ def test_install_lock_is_the_plain_install_without_an_index_page(lab: Lab, serve
 
 def test_refusals_before_any_change(lab: Lab, locks, tmp_path: Path) -> None:
     """A tampered hash (exit 2), a lock for another Python (exit 2), a CUDA 12.8 lock on a CUDA
-    12.4 driver (exit 3): each refused with the environment as it was."""
+    12.4 driver (exit 3): each refused with the environment as it was; requirements beside
+    --lock are a usage error."""
     project, _ = locks
     cpu = (project / "pylock.cpu.toml").read_text(encoding="utf-8")
     torch_sha = _lock_of(project / "pylock.cpu.toml").package("torch").wheel.sha256
@@ -123,10 +124,17 @@ def test_refusals_before_any_change(lab: Lab, locks, tmp_path: Path) -> None:
     other = tmp_path / "other" / "pylock.cpu.toml"
     other.parent.mkdir()
     other.write_text(re.sub(r'python_version == \\"3\.\d+\\"', 'python_version == \\\\"3.99\\\\"', cpu), encoding="utf-8")
+    # A CUDA 12.8 lock: the cu124 one with the backend and torch of a cu128 lock (only the
+    # [tool.backendpick] table is read before the refusal).
+    cu128 = tmp_path / "cu128" / "pylock.cu128.toml"
+    cu128.parent.mkdir()
+    cu128.write_text((project / "pylock.cu124.toml").read_text(encoding="utf-8")
+                     .replace('backend = "cu124"', 'backend = "cu128"').replace('torch = "2.6.0+cu124"', 'torch = "2.7.1+cu128"'),
+                     encoding="utf-8")
     cases = [
         (tampered, "none", 2, "the lock says 0000"),
         (other, "none", 2, "the lock is for python_version 3.99"),
-        (project / "pylock.cu128.toml", "nvidia-550-a100", 3, "driver 550.127.05 supports CUDA 12.4"),
+        (cu128, "nvidia-550-a100", 3, "driver 550.127.05 supports CUDA 12.4"),
     ]
     for lock, machine, code, said in cases:
         venv = lab.new_venv()
@@ -136,7 +144,10 @@ def test_refusals_before_any_change(lab: Lab, locks, tmp_path: Path) -> None:
         files = {k for k in fingerprint(venv) if not k.startswith(".backendpick/")}
         assert files == set(lab.world.template_files), f"{lock} changed the environment before its refusal"
     # No GPU (docker build) is not a refusal: the dry run names the locked files.
-    ok(lab.run("install", "--dry-run", "--lock", str(project / "pylock.cu128.toml"), "--python", py(lab.new_venv())))
+    ok(lab.run("install", "--dry-run", "--lock", str(cu128), "--python", py(lab.new_venv())))
+    # A lock is the whole request: requirements beside it are a usage error, before anything.
+    res = ok(lab.run("install", "--lock", str(project / "pylock.cpu.toml"), "tqdm", "--python", py(lab.new_venv())), 2)
+    assert "--lock installs the lock alone" in res.stderr, res
 
 
 def _pip_with_pylock() -> str | None:
