@@ -101,7 +101,7 @@ class Facts:
     cxx11abi_from: tuple[int, ...]  # first torch release whose wheels use the CXX11 ABI
     pypi_url: str  # pip's default index (PEP 503 simple API)
     pip_source_keys: frozenset  # pip settings that choose where packages come from
-    pci_vendors: dict  # "nvidia" / "intel" -> PCI vendor id as sysfs writes it ("0x10de")
+    pci_vendors: dict  # "nvidia" / "intel" / "amd" -> PCI vendor id as sysfs writes it ("0x10de")
     tagged: frozenset  # packages whose backend builds carry a local version tag naming the backend
     setuptools_fallback: tuple[str, ...]  # build requirements of a setup.py project without its own
     minor_compat: dict = field(default_factory=dict)  # major -> min driver

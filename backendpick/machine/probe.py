@@ -244,24 +244,30 @@ def _probe_amd(settings: ProbeSettings, facts: Facts, notes: _Notes) -> tuple[li
     agents: list[tuple[str, str | None]] = []
     rocminfo = _which("rocminfo", settings, "/opt/rocm/bin")
     enumerator = _which("rocm_agent_enumerator", settings, "/opt/rocm/bin")
+    # The ROCm tools' failures are said only where an AMD GPU is there to miss: rocminfo
+    # installed on an NVIDIA machine fails ("ROCk module is NOT loaded") on every run (issue 20).
+    failures = _Notes()
     if rocminfo:
         res = capture([rocminfo], timeout=settings.timeout, env=settings.env)
         if res.ok:
             try:
                 agents = [(a.gfx, a.marketing_name) for a in tool_output.rocminfo(res.stdout)]
             except ValueError as exc:
-                notes.add(f"rocminfo printed output backendpick does not understand ({exc})")
+                failures.add(f"rocminfo printed output backendpick does not understand ({exc})")
         else:
-            notes.add(_smi_failure(res, "rocminfo"))
+            failures.add(_smi_failure(res, "rocminfo"))
     if not agents and enumerator:
         res = capture([enumerator], timeout=settings.timeout, env=settings.env)
         if res.ok:
             try:
                 agents = [(gfx, None) for gfx in tool_output.agent_enumerator(res.stdout)]
             except ValueError as exc:
-                notes.add(f"rocm_agent_enumerator printed output backendpick does not understand ({exc})")
+                failures.add(f"rocm_agent_enumerator printed output backendpick does not understand ({exc})")
         else:
-            notes.add(_smi_failure(res, "rocm_agent_enumerator"))
+            failures.add(_smi_failure(res, "rocm_agent_enumerator"))
+    if agents or _amd_gpu_signs(settings, facts):
+        for item in failures.items:
+            notes.add(item)
 
     gpus = []
     for i, (gfx, name) in enumerate(agents):
@@ -273,6 +279,27 @@ def _probe_amd(settings: ProbeSettings, facts: Facts, notes: _Notes) -> tuple[li
 
 
 _DISPLAY_CLASSES = ("0x0300", "0x0302", "0x0380")  # VGA, 3D controller, other display
+
+
+def _amd_gpu_signs(settings: ProbeSettings, facts: Facts) -> bool:
+    """Whether the machine shows an AMD GPU without the ROCm tools: the amdgpu kernel driver's
+    compute device (/dev/kfd), its module, or an AMD display device on the PCI bus."""
+    root = settings.root
+    if (root / "dev/kfd").exists() or (root / "sys/module/amdgpu").is_dir():
+        return True
+    amd = facts.pci_vendors.get("amd")
+    try:
+        slots = sorted((root / "sys/bus/pci/devices").iterdir())
+    except OSError:
+        return False
+    for slot in slots:
+        try:
+            if ((slot / "vendor").read_text().strip().lower() == amd
+                    and (slot / "class").read_text().strip().lower().startswith(_DISPLAY_CLASSES)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _probe_pci(settings: ProbeSettings, facts: Facts, notes: _Notes, *, has_nvidia: int) -> list[Accelerator]:

@@ -313,9 +313,28 @@ def test_bad_rocm_version_file_is_a_warning(tmp_path):
 
 
 def test_garbage_enumerator_is_a_warning(tmp_path):
-    hw = run_probe(FakeMachine(tmp_path).agent_enumerator("hsa api call failure at line 42\n"))
+    # An AMD card on the PCI bus: the tool that should have listed it failed.
+    m = FakeMachine(tmp_path).agent_enumerator("hsa api call failure at line 42\n")
+    hw = run_probe(m.pci_device("0000:03:00.0", "0x030000", "0x1002", "0x744c"))
     assert hw.accelerators == ()
     assert any("rocm_agent_enumerator printed output backendpick does not understand" in w for w in hw.warnings)
+
+
+def test_rocm_tools_failing_on_an_nvidia_machine_are_no_warning(tmp_path):
+    """rocminfo installed where no AMD GPU is (an NVIDIA machine): its failure and the
+    enumerator's are not warnings (issue 20: two of them closed every run). Where the machine
+    shows an AMD GPU (/dev/kfd, the amdgpu module, an AMD display device), they still are."""
+    m = FakeMachine(tmp_path).driver("550.127.05").nvidia_smi(
+        query="0, NVIDIA A100-SXM4-80GB, 550.127.05, 8.0, GPU-1, 81920\n")
+    m.rocminfo("ROCk module is NOT loaded, possibly no GPU devices\n", exit_code=1)
+    m.agent_enumerator("", exit_code=1)
+    hw = run_probe(m)
+    assert [a.vendor for a in hw.accelerators] == [NVIDIA]
+    assert hw.warnings == ()
+    (m.root / "dev").mkdir(parents=True, exist_ok=True)
+    (m.root / "dev/kfd").write_text("")
+    assert run_probe(m).warnings == ("rocminfo failed (exit 1): ROCk module is NOT loaded, possibly no GPU devices",
+                                     "rocm_agent_enumerator failed (exit 1): no output")
 
 
 # -- other sources ---------------------------------------------------------------------------------
