@@ -9,7 +9,49 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import dataclass
 from typing import IO, Any, Sequence
+
+
+@dataclass(frozen=True)
+class PhaseView:
+    """One phase as a person reads it (execute/described.py makes it from the phase's intent)."""
+
+    name: str
+    what: str  # the requirements, as the user wrote them
+    why: str  # what the phase is for, in words
+    skip: str | None = None
+    notes: tuple[str, ...] = ()  # before the phase: a download first, a phase run alongside
+    steps: tuple[str, ...] = ()  # what happens in it, in words (routes, build steps)
+    commands: tuple[str, ...] = ()  # command lines that run as printed
+    files: tuple[str, ...] = ()  # "path: what it holds" for the files written before it runs
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A plan as a person reads it: a header (backend, reason and torch first), then its phases."""
+
+    header: tuple[tuple[str, str], ...]
+    phases: tuple[PhaseView, ...]
+    notes: tuple[str, ...] = ()  # after the header: what a change keeps first
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of install's summary, as uv prints it: ``+`` added, ``-`` removed, ``~`` the same
+    version installed again (a build against another torch)."""
+
+    sign: str
+    name: str
+    version: str
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.sign} {self.name} {self.version}" + (f" ({self.detail})" if self.detail else "")
+
+    def to_json(self) -> dict:
+        return {"change": self.sign, "name": self.name, "version": self.version, "detail": self.detail or None}
 
 
 class Output:
@@ -85,6 +127,124 @@ class Output:
         for r in rows:
             cells = " ".join(f"{c.lower().replace(' ', '_')}={_plain_value(v)}" for c, v in zip(columns, r))
             self.line(f"{title.lower()}: {cells}")
+
+
+    # -- plans and installs -------------------------------------------------------------------------
+    def plan(self, view: PlanView) -> None:
+        """``plan``: ``key: value`` header lines, then each phase; commands after ``  $ ``."""
+        lines = [("key", f"{k}: {v}") for k, v in view.header]
+        lines += [("note", f"# {n}") for n in view.notes]
+        for ph in view.phases:
+            lines.append(("phase", f"phase {ph.name}: {f'skip ({ph.skip})' if ph.skip else 'run'}: {ph.what}"))
+            if ph.skip:
+                continue
+            lines += [("note", f"  # {n}") for n in (*ph.notes, ph.why, *ph.steps) if n]
+            lines += [("command", f"  $ {c}") for c in ph.commands]
+            lines += [("file", f"  will be written: {f}") for f in ph.files]
+        if not view.phases:
+            lines.append(("key", "nothing to install"))
+        self._styled(lines)
+
+    def dry_run(self, view: PlanView) -> None:
+        """``install --dry-run``: a shell script's body: every line but the commands a ``#``
+        comment, so the whole output reads and copies as printed."""
+        lines = [("key", f"# {k}: {v}") for k, v in view.header]
+        lines += [("note", f"# {n}") for n in view.notes]
+        for ph in view.phases:
+            if ph.skip:
+                continue
+            lines.append(("phase", f"# phase {ph.name}: {ph.what}"))
+            lines += [("note", f"# {n}") for n in (*ph.notes, ph.why, *ph.steps) if n]
+            lines += [("file", f"# will be written: {f}") for f in ph.files]
+            lines += [("command", c) for c in ph.commands]
+        self._styled(lines)
+
+    def changes(self, changes: Sequence[Change]) -> None:
+        """What an install changed, one package a line, ``-`` before ``+`` for the same name."""
+        for change in changes:
+            self._styled([("minus" if change.sign == "-" else "plus" if change.sign == "+" else "tilde",
+                           change.line())], progress=True)
+
+    def progress(self) -> "Progress":
+        return Progress(self)
+
+    _STYLES = {"key": "bold", "phase": "bold cyan", "note": "dim", "command": "", "file": "yellow",
+               "plus": "green", "minus": "red", "tilde": "yellow"}
+
+    def _styled(self, lines: Sequence[tuple[str, str]], progress: bool = False) -> None:
+        """Plain lines in logs; the same lines with colour on a terminal (never wrapped: a command
+        copies as printed). ``progress``: hidden by -q, on stderr with --json."""
+        if progress and self.quiet:
+            return
+        if self.json_mode or not self.fancy:
+            for _, text in lines:
+                (self.info if progress else self.line)(text)
+            return
+        from rich.text import Text
+
+        console = self.console()
+        for kind, text in lines:
+            console.print(Text(text, style=self._STYLES[kind] if self.color else ""))
+
+
+class Progress:
+    """install's phases as they run: a spinner per phase on a terminal (rich), one stable line per
+    phase in logs; the command lines only with ``-v``, which also streams the installer's output."""
+
+    def __init__(self, out: Output):
+        self.out = out
+        self.status = None
+        self.label = ""
+        self.started = 0.0
+
+    def start(self, view: PhaseView, commands: Sequence[str]) -> None:
+        self.label = f"phase {view.name}: {view.what}"
+        self.started = time.monotonic()
+        if self.out.fancy and not self.out.verbose and not self.out.quiet:
+            from rich.text import Text
+
+            for n in view.notes:
+                self.out.console().print(Text(f"  # {n}", style="dim" if self.out.color else ""))
+            # Text, not markup: requirements hold brackets (extras).
+            self.status = self.out.console().status(Text(f"{self.label} ({view.why})" if view.why else self.label))
+            self.status.start()
+        else:
+            self.out.info(self.described(view, commands))
+
+    def described(self, view: PhaseView, commands: Sequence[str]) -> str:
+        lines = [f"phase {view.name}: {view.what}", *(f"  # {n}" for n in view.notes)]
+        if self.out.verbose:
+            lines += [f"  $ {c}" for c in commands]
+        return "\n".join(lines)
+
+    def beside(self, view: PhaseView, commands: Sequence[str]) -> None:
+        """A phase started beside the one running (its lines come when it is joined)."""
+        self.note(self.described(view, commands))
+
+    def note(self, text: str) -> None:
+        """Build-phase notes (which wheel and why, limits, elapsed time of a long build)."""
+        if self.status is not None:
+            self.status.console.print(text, markup=False, highlight=False)
+        else:
+            self.out.info(text)
+
+    def line(self, text: str) -> None:
+        if self.out.verbose:
+            self.out.info(f"  | {text}")
+        elif self.status is not None:
+            from rich.text import Text
+
+            elapsed = time.monotonic() - self.started
+            self.status.update(Text(f"{self.label} [{elapsed:.0f}s] {text.strip()[:80]}"))
+
+    def end(self, name: str, seconds: float) -> None:
+        self.stop()
+        self.out.info(f"phase {name}: done in {seconds:.1f}s")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
 
 def note(text: str, stream: IO[str] | None = None) -> None:

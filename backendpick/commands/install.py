@@ -6,7 +6,6 @@ the result that fails loudly when backendpick's own work is inconsistent.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import os
@@ -16,7 +15,7 @@ from backendpick.edges import envlock, runner
 from backendpick.edges.paths import logs, state_dir
 from backendpick.edges.runner import stopped
 from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
-from backendpick.execute import engines, executor
+from backendpick.execute import described, engines, executor
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
 from backendpick.model.names import normalize
@@ -30,55 +29,24 @@ MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
 
 
 class _Progress:
-    """One line per phase in logs; a spinner with elapsed time on a terminal; pip's lines with -v."""
+    """install's phases for the renderer's progress (output.Progress): each phase in words, from
+    its intent, and its commands (shown with -v)."""
 
-    def __init__(self, out: Output, renderer: engines.Renderer):
-        self.out = out
+    def __init__(self, out: Output, prepared: Prepared, renderer: engines.Renderer):
+        self.progress = out.progress()
+        self.plan = prepared.plan
         self.renderer = renderer
-        self.status = None
-        self.label = ""
-        self.started = 0.0
+        self.line, self.note, self.stop = self.progress.line, self.progress.note, self.progress.stop
 
     def start(self, phase) -> None:
-        self.label = f"phase {phase.name}: {' '.join(phase.requirements)}"
-        self.started = time.monotonic()
-        if self.out.fancy and not self.out.verbose:
-            self.status = self.out.console().status(self.label)
-            self.status.start()
-        else:
-            self.out.info(self._described(phase))
+        self.progress.start(described.phase_view(self.plan, phase, self.renderer), described.commands(self.renderer, phase))
 
     def beside(self, phase) -> None:
-        """A phase started beside the one running (its lines come when it is joined)."""
-        self.note(self._described(phase))
-
-    def _described(self, phase) -> str:
-        # A build phase's command is several lines: comments, pip wheel, pip install.
-        lines = [ln if ln.startswith("#") else f"$ {ln}" for ln in self.renderer.shown(phase).splitlines()]
-        return "\n".join([f"phase {phase.name}: {' '.join(phase.requirements)}", *(f"  {ln}" for ln in lines)])
-
-    def note(self, text: str) -> None:
-        """Build-phase notes (which wheel and why, limits, elapsed time of a long build)."""
-        if self.status is not None:
-            self.status.console.print(text)
-        else:
-            self.out.info(text)
-
-    def line(self, text: str) -> None:
-        if self.out.verbose:
-            self.out.info(f"  | {text}")
-        elif self.status is not None:
-            elapsed = time.monotonic() - self.started
-            self.status.update(f"{self.label} [{elapsed:.0f}s] {text.strip()[:80]}")
+        self.progress.beside(described.phase_view(self.plan, phase, self.renderer),
+                             described.commands(self.renderer, phase))
 
     def end(self, phase, seconds: float) -> None:
-        self.stop()
-        self.out.info(f"phase {phase.name}: done in {seconds:.1f}s")
-
-    def stop(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        self.progress.end(phase.name, seconds)
 
 
 def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Inspection | None = None) -> int:
@@ -92,14 +60,10 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
         if out.json_mode:
             out.emit_json({"ok": True, **prepared.plan.to_json(renderer.phase_json), "keeps": [k.to_json() for k in keeps]})
         else:
-            for route in prepared.plan.routes:
-                out.line(f"# {route.line()}")
-            for line in torch_lines(prepared.plan) if prepared.plan.active or prepared.plan.replacing else ():
-                out.line(f"# {line}")
-            if keeps:
-                out.line(f"# before any change, a copy is kept for restore of: {', '.join(k.words() for k in keeps)}")
-            for phase in prepared.plan.active:
-                out.line(renderer.shown(phase))
+            notes = [f"before any change, a copy is kept for restore of: {', '.join(k.words() for k in keeps)}"] \
+                if keeps else []
+            if prepared.plan.active or prepared.plan.replacing or notes:  # else nothing would run: an empty script
+                out.dry_run(described.plan_view(prepared.plan, renderer, notes))
             for w in prepared.plan.warnings:
                 out.warn(w)
         return EXIT_OK
@@ -136,6 +100,7 @@ def _install_locked(out: Output, req: Request, target: environment.Target | None
 
 def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     request_key = prepared.request_key  # the user's request, before any retry adds to it
+    before = prepared.target  # as it was before any phase ran (a retry looks at it again)
     attempts = 0
     while True:
         try:
@@ -167,6 +132,9 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     plan = prepared.plan
     ran = [r for r in results if r.skipped is None]
     after = _verify_result(out, prepared, req, snapshot) if ran else prepared.target
+    torch = after.get("torch")
+    changed = described.changes(before.installed, after.installed, [b for r in ran for b in r.builds],
+                                torch.version if torch is not None else None)
     pinned = _pin_environment(out, prepared, after)
     if plan.decided_by != lock_plan.DECIDED_BY:  # a lock's re-run asks no index anyway
         _remember(prepared, request_key, after)
@@ -179,12 +147,14 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
             "skipped": [{"name": r.name, "reason": r.skipped} for r in results if r.skipped],
             "snapshot": snapshot.id if snapshot else None,
             "pins": pinned,
+            "changes": [c.to_json() for c in changed],
         })
     else:
         if not ran:
             why = f" ({plan.decided_by}: {plan.reason})" if plan.decided_by == "installed" else ""
             out.result(f"nothing to do: the environment already matches the plan for {plan.backend}{why}")
         else:
+            out.changes(changed)
             out.result(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
         for w in plan.warnings:
             out.warn(w)
@@ -250,25 +220,6 @@ def _renamed_dependency(prepared: Prepared, hit) -> None:
             f"or leave that package out")
     raise InstallError(f"a requested package depends on {r.package}, but {builds} and pip cannot install one for the other "
                        f"(the {r.package} sdist is a long source build)", hint=hint)
-
-
-def torch_lines(plan) -> list[str]:
-    """What plan and --dry-run say about the torch: the version, why, what pinned it; a torch
-    no index serves that stays or goes (issue 18) first."""
-    lines = []
-    if plan.installed_torch is not None and plan.installed_torch.notable:
-        lines.append(f"installed: {plan.installed_torch.describe()}")
-    if plan.replacing:
-        lines.append(plan.replacing)
-    elif plan.decided_by == "installed":
-        lines.append(plan.reason)
-    if plan.torch is None:
-        return lines
-    lines.append(f"torch {plan.torch.describe()}")
-    if plan.torch.channel != "stable":
-        lines.append(f"channel: {plan.torch.channel}")
-    lines.append(f"pins from: {plan.torch.source}")
-    return lines
 
 
 def _pin_environment(out: Output, prepared: Prepared, after: environment.Target) -> str | None:
@@ -355,7 +306,7 @@ def _verify_result(out: Output, prepared: Prepared, req: Request, snapshot) -> e
 def _execute(out: Output, prepared: Prepared) -> list:
     plan = prepared.plan
     renderer = engines.for_prepared(prepared)
-    progress = _Progress(out, renderer)
+    progress = _Progress(out, prepared, renderer)
     try:
         return executor.execute(
             plan,

@@ -94,8 +94,10 @@ def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, u
                 continue
             command = renderer.build_command(phase, step)
             build_env = {**command.environ(env), **(tools.env if tools else {}), **step.build_env}
+            began = time.monotonic()
             wheel = build_wheel(plan, planned, step, command.argv, env=build_env, tee=tee, log=log,
                                 log_path=log_path, on_note=say)
+            seconds = time.monotonic() - began
             key = wheel_choice.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
             try:
                 # The torch this build compiled against: the one read from the environment it
@@ -107,7 +109,7 @@ def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, u
             except OSError as exc:
                 stored = wheel  # the build is good; only reuse is lost
                 say(f"warning: cannot write the wheel cache {ctx.cache_root} ({exc}); installing from {wheel}")
-            steps[i] = replace(step, version=key.version, wheel=str(stored))
+            steps[i] = replace(step, version=key.version, wheel=str(stored), seconds=seconds)
         phase = replace(phase, steps=tuple(steps))
         if phase.deferred and foldable(phase):
             res = None  # the rest phase's pip run installs the wheels

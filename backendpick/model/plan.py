@@ -87,6 +87,7 @@ class BuildStep:
     # The local file backendpick downloaded ``wheel`` (or the requirement's URL) to: the server
     # wants credentials that pip and uv would not find themselves (indexes/fetches.py).
     fetched: str | None = None
+    seconds: float | None = None  # a source build as run: how long it took (install's summary)
 
     def install_requirement(self) -> str:
         """What the build phase's pip install gets for this package (a placeholder until known)."""
@@ -125,6 +126,7 @@ class BuildStep:
     def to_json(self) -> dict:
         return {
             "requirement": self.requirement,
+            "name": self.name,
             "how": self.how,
             "version": self.version,
             "wheel": redact(self.wheel) if self.wheel else None,
@@ -133,6 +135,7 @@ class BuildStep:
             "build_requirement": self.build_requirement,
             "wheel_dir": self.wheel_dir,
             "build_env": {k: redact_var(k, v) for k, v in self.build_env.items()},
+            "seconds": round(self.seconds, 2) if self.seconds is not None else None,
         }
 
 

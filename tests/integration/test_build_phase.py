@@ -222,7 +222,7 @@ def test_missing_prebuilt_is_built_once_then_installed_from_the_cache(scene: Sce
     assert f"-f {key_file.parent} flash-attn==2.7.4" in install_line, _output(dry)
 
     server.clear_log()
-    proc = scene.install(second, "--installer", engine)
+    proc = scene.install(second, "-v", "--installer", engine)  # -v: the commands it runs
     assert proc.returncode == 0, _output(proc)
     assert "built before for torch 2.5.1+cu124 (wheel cache" in proc.stdout + proc.stderr, _output(proc)
     expected = (f"{venv_python(second)} -m pip install " if engine == "pip"

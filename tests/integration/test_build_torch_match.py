@@ -144,8 +144,11 @@ def test_a_torch_change_rebuilds_the_installed_build_packages(bench: Bench) -> N
     assert bench.built_with(venv)["torch"] == "2.5.1+cu124"
 
     # Another torch version on the same backend: flash-attn is removed and built again.
-    res = ok(bench.install(venv, "--backend", "cu124", "torch==2.6.0", "flash-attn"))
+    res = ok(bench.install(venv, "-v", "--backend", "cu124", "torch==2.6.0", "flash-attn"))
     assert res.phases_run[0] == "remove" and "flash-attn" in res.commands[0], res
+    changed = res.stdout.splitlines()
+    assert "- torch 2.5.1+cu124" in changed and "+ torch 2.6.0+cu124" in changed, res
+    assert any(line.startswith("~ flash-attn ") and "2.6.0+cu124" in line for line in changed), res
     assert bench.built_with(venv)["torch"] == "2.6.0+cu124", res
     bench.extension_loads(venv)
 

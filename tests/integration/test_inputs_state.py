@@ -57,7 +57,7 @@ def hashed_file(lab: Lab, path: Path, tqdm_hash: str | None = None) -> Path:
 def test_hashed_requirements_install_and_pip_checks_the_hashes(lab: Lab, tmp_path: Path) -> None:
     venv = lab.new_venv()
     req = hashed_file(lab, tmp_path / "requirements.txt")
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "-r", str(req)))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "-r", str(req)))
     assert res.phases_run == ["backend", "rest"]
     backend_cmd, rest_cmd = res.commands
     assert "--no-deps -r " in backend_cmd and "hashed-backend.txt" in backend_cmd
@@ -95,7 +95,7 @@ def test_editable_local_project_gets_torch_from_the_backend_phase(lab: Lab, tmp_
     make_project(tmp_path / "pkg", "my-proj", ["torch==2.5.1", "tqdm"])
     (tmp_path / "requirements.txt").write_text("-e ./pkg\n")
     venv = lab.new_venv()
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "-r", "requirements.txt", cwd=tmp_path))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "-r", "requirements.txt", cwd=tmp_path))
     assert res.phases_run == ["backend", "rest"]
     assert res.commands[0].endswith("torch==2.5.1")
     assert res.commands[1].endswith(f"tqdm -e {tmp_path / 'pkg'}")
@@ -107,7 +107,7 @@ def test_editable_local_project_gets_torch_from_the_backend_phase(lab: Lab, tmp_
 def test_editable_dot_on_the_command_line(lab: Lab, tmp_path: Path) -> None:
     pkg = make_project(tmp_path / "pkg", "dot-proj", ["torch==2.5.1"])
     venv = lab.new_venv()
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "-e", ".", cwd=pkg))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "-e", ".", cwd=pkg))
     assert res.phases_run == ["backend", "rest"] and res.commands[0].endswith("torch==2.5.1")
     assert res.commands[1].endswith(f"-e {pkg}")
     assert lab.versions(venv)["dot-proj"] == "1.0"
@@ -119,7 +119,7 @@ def test_local_directory_wheel_and_sdist_paths(lab: Lab, tmp_path: Path) -> None
     sdist = make_sdist(tmp_path / "dist", "sdist-proj", "1.0",
                        "from setuptools import setup\nsetup(name='sdist-proj', version='1.0')\n")
     venv = lab.new_venv()
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "./proj", str(wheel),
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "./proj", str(wheel),
                      f"dist/{sdist.name}", cwd=tmp_path))
     assert res.phases_run == ["backend", "rest"]
     assert res.commands[0].endswith("torch==2.5.1")
@@ -141,6 +141,9 @@ def test_wheel_url_depending_on_torch_gets_torch_from_the_backend_phase(lab: Lab
     assert "moving it to its phase and running again" not in res.stdout
     versions = lab.versions(venv)
     assert versions["torch"].endswith("+cpu") and versions["url-needs-torch"] == "1.0"
+    # Without -v: a line per phase, no command line; at the end what changed, as uv says it.
+    assert res.commands == [] and "phase backend: torch\n" in res.stdout, res
+    assert f"+ torch {versions['torch']}\n" in res.stdout and "+ url-needs-torch 1.0\n" in res.stdout, res
 
 
 def git_repo(path: Path) -> Path:
@@ -156,7 +159,7 @@ def test_vcs_urls_with_and_without_egg(lab: Lab, tmp_path: Path, egg: bool) -> N
     repo = git_repo(tmp_path / "repo")
     url = f"git+{repo.as_uri()}" + ("#egg=git-proj" if egg else "")
     venv = lab.new_venv()
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", url))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", url))
     # Passed as written; its dependencies are known only after a checkout: the fence moves torch.
     assert res.commands[-1].endswith(shlex.quote(url))
     assert "a dependency needs torch" in res.stdout
@@ -173,7 +176,7 @@ def test_env_vars_nested_files_and_constraints(lab: Lab, tmp_path: Path) -> None
     (tmp_path / "sub" / "pins.txt").write_text("tqdm==${TQDM_VERSION}\n")
     (tmp_path / "requirements.txt").write_text("torch==${TORCH_VERSION}\n-r sub/base.txt\n")
     venv = lab.new_venv()
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "-r", "requirements.txt", cwd=tmp_path,
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "-r", "requirements.txt", cwd=tmp_path,
                      TORCH_VERSION="2.5.1", TQDM_VERSION="4.66.0"))
     assert res.commands[0].endswith("torch==2.5.1")
     constraints = Path(res.commands[1].split(" -c ", 1)[1].split()[0]).read_text()
@@ -212,6 +215,7 @@ def test_json_for_every_outcome_and_quiet_result_line(lab: Lab) -> None:
     res = ok(lab.run("install", "--json", "--python", py(venv), "--backend", "cpu", "torch==2.5.1"))
     data = res.json()
     assert data["ok"] is True and data["backend"] == "cpu"
+    assert {"change": "+", "name": "torch", "version": "2.5.1+cpu", "detail": None} in data["changes"]
     res = ok(lab.run("install", "--json", "--python", py(venv), "--backend", "cpu", "torch==2.5.1",
                      "--reinstall", "tqdm"), 2)
     assert res.json() == {"ok": False, "exit_code": 2, "error": res.json()["error"], "hint": res.json()["hint"]}

@@ -37,7 +37,7 @@ def test_plan_shows_the_backend_phase_a_transitive_torch_needs(lab: Lab) -> None
 
     dry = ok(lab.run("install", "--dry-run", "--python", py(venv), "--backend", "cpu", "needs-torch"))
     assert dry.dry_run_commands == [p["command"] for p in plan["phases"] if not p["skip"]]
-    res = ok(lab.run("install", "--python", py(venv), "--backend", "cpu", "needs-torch"))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "needs-torch"))
     assert "running again" not in res.stdout, res
     assert res.phases_run == ["backend", "rest"]
     assert res.commands == dry.dry_run_commands

@@ -59,14 +59,14 @@ def cu124_stack(lab: Lab, request: pytest.FixtureRequest) -> Iterator[StackRun]:
     dry = lab.run("install", "--dry-run", *args, env=env)
     ok(dry)
     lab.server.clear_log()
-    first = lab.run("install", *args, env=env)
+    first = lab.run("install", "-v", *args, env=env)  # -v: the commands it runs
     ok(first)
     first_log = lab.server.log
     versions = lab.versions(venv)
     logs_dir = venv / ".backendpick" / "logs"
     logs_after_first = sorted(p.name for p in logs_dir.iterdir())
     lab.server.clear_log()
-    rerun = lab.run("install", *args, env=env)
+    rerun = lab.run("install", "-v", *args, env=env)
     rerun_log = lab.server.log
     logs_after_rerun = sorted(p.name for p in logs_dir.iterdir())
     yield StackRun(request.param, venv, dry, first, first_log, versions, rerun, rerun_log, logs_after_first, logs_after_rerun)
@@ -128,10 +128,15 @@ def test_flash_attn_is_built_against_the_installed_torch(lab: Lab, cu124_stack: 
     lines = cu124_stack.first.stdout.splitlines()
     block = lines[lines.index("phase build: flash-attn") + 1 :]
     block = block[: next(i for i, line in enumerate(block) if line.startswith("phase build: done"))]
-    pip_lines = [line for line in block if " -m pip " in line]
+    pip_lines = [line for line in block if line.startswith("  $ ") and " -m pip " in line]
     assert pip_lines and all("--no-build-isolation" in line.split() and "-c" in line.split() for line in pip_lines)
     order = cu124_stack.first.phases_run
     assert order.index("build-requirements") < order.index("build") and order.index("backend") < order.index("build")
+    # What changed, as uv says it: the build with the torch it was built against and its time.
+    changed = [line for line in lines if line[:2] in ("+ ", "- ", "~ ")]
+    assert "+ torch 2.5.1+cu124" in changed, cu124_stack.first
+    assert any(line.startswith(f"+ flash-attn {FLASH_ATTN_VERSION} (built against 2.5.1+cu124, ") and line.endswith(" s, cached)")
+               for line in changed), cu124_stack.first
 
 
 # -- 4. a re-run on the finished environment ------------------------------------------------------
@@ -225,7 +230,7 @@ def test_auto_without_gpu_keeps_the_installed_cu124(lab: Lab, cu124_stack: Stack
 def test_transitive_backend_package_comes_from_the_backend_index(lab: Lab) -> None:
     venv = lab.new_venv()
     lab.server.clear_log()
-    res = lab.run("install", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "vision-helper")
+    res = lab.run("install", "-v", "--python", py(venv), "--backend", "cu124", "torch==2.5.1", "vision-helper")
     ok(res)
     versions = lab.versions(venv)
     assert versions["torchvision"] == f"{TORCHVISION_FOR_TORCH['2.5.1']}+cu124"
@@ -326,7 +331,7 @@ def test_pyproject_dependencies_with_extra_and_group(lab: Lab, tmp_path: Path) -
     venv = lab.new_venv()
     args = ("--python", py(venv), "--project", str(project), "--extra", "vision", "--group", "dev")
     dry = ok(lab.run("install", "--dry-run", *args))
-    res = ok(lab.run("install", *args))
+    res = ok(lab.run("install", "-v", *args))
     # 5. without a build phase, the dry run is exactly what install ran
     assert dry.dry_run_commands == res.commands and len(res.commands) == 2
     assert "pyproject.toml" in res.stdout  # who decided the backend

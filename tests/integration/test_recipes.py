@@ -78,12 +78,12 @@ def test_a_rerun_on_the_finished_environment_runs_no_pip(done: Done) -> None:
 
 def test_plan_says_where_each_package_comes_from(done: Done, lab: Lab) -> None:
     out = done.plan.stdout
-    assert "package cupy -> cupy-cuda12x (recipe: name per CUDA major; rest phase)" in out
-    assert "package jax -> jax[cuda12] (recipe: extra per CUDA major; rest phase)" in out
+    assert "# cupy -> cupy-cuda12x (recipe: name per CUDA major; rest phase)" in out
+    assert "# jax -> jax[cuda12] (recipe: extra per CUDA major; rest phase)" in out
     page = f"{lab.server.base_url}/pyg/torch-2.6.0+cu124.html"
-    assert f"package torch-scatter -> torch-scatter 2.1.2+pt26cu124 " \
+    assert f"# torch-scatter -> torch-scatter 2.1.2+pt26cu124 " \
            f"(recipe: find-links page per torch and backend; from {page}; rest phase)" in out
-    assert f"package llama-cpp-python -> llama-cpp-python {LLAMA_VERSION} (recipe: index per backend; " \
+    assert f"# llama-cpp-python -> llama-cpp-python {LLAMA_VERSION} (recipe: index per backend; " \
            f"from {lab.server.base_url}/llama-cu124/simple; rest phase)" in out
     # The dry run and the sh export carry the same routes and run the same wheel URLs.
     for res in (done.dry, done.sh):

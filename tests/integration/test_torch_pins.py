@@ -65,7 +65,7 @@ def test_package_pinning_old_torch_installs_it_from_the_best_backend(pinning_wor
     lab = pinning_world
     venv = lab.new_venv()
     dry = ok(lab.run("install", "--dry-run", "--python", py(venv), "pins-old-torch", machine=V100))
-    assert "# torch 2.5.1+cu124" in dry.stdout and "pins-old-torch 1.0 requires torch==2.5.1" in dry.stdout
+    assert "# torch: 2.5.1+cu124" in dry.stdout and "pins-old-torch 1.0 requires torch==2.5.1" in dry.stdout
     assert any("/cu124/simple" in c and "torch==2.5.1" in c for c in dry.dry_run_commands), dry
     res = ok(lab.run("install", "--python", py(venv), "pins-old-torch", machine=V100))
     v = lab.versions(venv)

@@ -8,9 +8,6 @@ import json
 import pytest
 
 from backendpick import output as output_mod
-from backendpick.commands.install import _Progress
-from backendpick.execute import engines
-from backendpick.model.plan import Phase
 from backendpick.output import Output
 
 
@@ -75,17 +72,43 @@ def test_json_mode_keeps_stdout_one_document() -> None:
     assert "progress" in out.stderr.getvalue()
 
 
-def test_install_progress_on_a_terminal_and_in_logs() -> None:
-    phase = Phase("backend", ("torch",))
-    renderer = engines.Renderer(engines.PIP, "py", ("py", "-m", "pip"))
+VIEW = output_mod.PhaseView("backend", "torch", "torch and its family from the cu124 index alone")
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_install_progress_on_a_terminal_and_in_logs(verbose: int) -> None:
+    """A spinner per phase on a terminal, one stable line per phase in logs; the command line
+    and the installer's own lines only with -v (issue 20 item 5)."""
     for stdout in (Tty(), io.StringIO()):
-        out = Output(stdout=stdout, stderr=io.StringIO())
-        progress = _Progress(out, renderer)
-        progress.start(phase)
+        out = Output(stdout=stdout, stderr=io.StringIO(), verbose=verbose)
+        progress = out.progress()
+        progress.start(VIEW, ["py -m pip install torch"])
+        assert (progress.status is not None) == (out.fancy and not verbose)  # the spinner
         progress.line("Collecting torch")
         progress.note("a build-phase note")
-        progress.end(phase, 1.25)
+        progress.end("backend", 1.25)
         text = stdout.getvalue()
         assert "phase backend: done in 1.2s" in text and "a build-phase note" in text
+        assert ("  $ py -m pip install torch" in text) == bool(verbose)
+        assert ("  | Collecting torch" in text) == bool(verbose)
         if not out.fancy:
-            assert "  $ py -m pip install torch" in text
+            assert text.startswith("phase backend: torch\n")
+
+
+def test_the_change_summary_reads_as_uv_prints_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    changes = [output_mod.Change("-", "torch", "2.4.0"), output_mod.Change("+", "torch", "2.5.1+cu124"),
+               output_mod.Change("~", "flash-attn", "2.6.1", "built against 2.5.1+cu124, 6 s, cached")]
+    plain = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plain.changes(changes)
+    assert plain.stdout.getvalue() == ("- torch 2.4.0\n+ torch 2.5.1+cu124\n"
+                                       "~ flash-attn 2.6.1 (built against 2.5.1+cu124, 6 s, cached)\n")
+    tty = Output(stdout=Tty(), stderr=io.StringIO())
+    tty.changes(changes)
+    assert "\x1b[" in tty.stdout.getvalue() and "+ torch 2.5.1+cu124" in tty.stdout.getvalue()  # coloured
+    monkeypatch.setenv("NO_COLOR", "1")
+    bare = Output(stdout=Tty(), stderr=io.StringIO())
+    bare.changes(changes)
+    assert bare.stdout.getvalue() == plain.stdout.getvalue()  # NO_COLOR: the plain lines
+    quiet = Output(stdout=io.StringIO(), stderr=io.StringIO(), quiet=True)
+    quiet.changes(changes)
+    assert quiet.stdout.getvalue() == ""
