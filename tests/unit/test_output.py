@@ -112,3 +112,36 @@ def test_the_change_summary_reads_as_uv_prints_it(monkeypatch: pytest.MonkeyPatc
     quiet = Output(stdout=io.StringIO(), stderr=io.StringIO(), quiet=True)
     quiet.changes(changes)
     assert quiet.stdout.getvalue() == ""
+
+
+PLAN = output_mod.PlanView(
+    (("backend", "cu124"), ("reason", "chosen by --backend"), ("torch", "2.5.1+cu124")),
+    (output_mod.PhaseView("backend", "torch[opt]==2.5.1", "torch and its family from the cu124 index alone",
+                          commands=("py -m pip install --index-url https://x/cu124 'torch[opt]==2.5.1'",),
+                          files=("/v/.backendpick/constraints.txt: pins torch",)),
+     output_mod.PhaseView("rest", "tqdm", "everything else", skip="already satisfied")))
+
+
+def test_a_plan_in_logs_on_a_terminal_and_without_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same lines everywhere (a terminal adds colour only, never wraps a command), so what is
+    printed copies as it is; the dry run is a script's body: everything but commands a comment."""
+    plain = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plain.plan(PLAN)
+    assert plain.stdout.getvalue().splitlines() == [
+        "backend: cu124", "reason: chosen by --backend", "torch: 2.5.1+cu124",
+        "phase backend: run: torch[opt]==2.5.1", "  # torch and its family from the cu124 index alone",
+        "  $ py -m pip install --index-url https://x/cu124 'torch[opt]==2.5.1'",
+        "  will be written: /v/.backendpick/constraints.txt: pins torch",
+        "phase rest: skip (already satisfied): tqdm"]
+    coloured = Output(stdout=Tty(), stderr=io.StringIO())
+    coloured.plan(PLAN)
+    assert "\x1b[" in coloured.stdout.getvalue() and "torch[opt]==2.5.1'" in coloured.stdout.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    bare = Output(stdout=Tty(), stderr=io.StringIO())
+    bare.plan(PLAN)
+    assert bare.stdout.getvalue() == plain.stdout.getvalue()
+    dry = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    dry.dry_run(PLAN)
+    assert [line for line in dry.stdout.getvalue().splitlines() if not line.startswith("# ")] == [
+        "py -m pip install --index-url https://x/cu124 'torch[opt]==2.5.1'"]
+    assert "# will be written: /v/.backendpick/constraints.txt: pins torch" in dry.stdout.getvalue()
