@@ -26,23 +26,38 @@ def _phase(plan: dict, name: str) -> dict | None:
     return next((p for p in plan["phases"] if p["name"] == name), None)
 
 
-def test_plan_shows_the_backend_phase_a_transitive_torch_needs(lab: Lab) -> None:
-    venv = lab.new_venv()
-    plan = ok(lab.run("plan", "--python", py(venv), "--backend", "cpu", "needs-torch", "--json")).json()
+def test_plan_shows_the_backend_phase_a_transitive_torch_needs(lab: Lab, tmp_path: Path) -> None:
+    """The plan, the dry run and install agree, and the exported script installs what install
+    installed. (One install serves both checks: they were two tests with the same install,
+    issue 20 item 7.)"""
+    venv, by_script = lab.new_venv(), lab.new_venv()
+    plan = ok(lab.run("plan", "--python", py(venv), "--backend", "cpu", "needs-torch", "tqdm", "--json")).json()
     backend, rest = _phase(plan, "backend"), _phase(plan, "rest")
     assert backend is not None and backend["requirements"] == ["torch"], plan["phases"]
-    assert rest["requirements"] == ["needs-torch"]
+    assert rest["requirements"] == ["needs-torch", "tqdm"]
     assert "torch<0" not in rest["constraints"]
     assert not [w for w in plan["warnings"] if "not fully resolved" in w]
 
-    dry = ok(lab.run("install", "--dry-run", "--python", py(venv), "--backend", "cpu", "needs-torch"))
+    dry = ok(lab.run("install", "--dry-run", "--python", py(venv), "--backend", "cpu", "needs-torch", "tqdm"))
     assert dry.dry_run_commands == [p["command"] for p in plan["phases"] if not p["skip"]]
-    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "needs-torch"))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", "needs-torch", "tqdm"))
     assert "running again" not in res.stdout, res
     assert res.phases_run == ["backend", "rest"]
     assert res.commands == dry.dry_run_commands
     versions = lab.versions(venv)
     assert versions["torch"].endswith("+cpu") and versions["needs-torch"] == "1.0"
+
+    # The exported script, planned for another fresh venv and run there without backendpick.
+    script = ok(lab.run("plan", "--format", "sh", "--python", py(by_script), "--backend", "cpu", "needs-torch",
+                        "tqdm")).stdout
+    assert "torch<0" not in script
+    path = tmp_path / "install.sh"
+    path.write_text(script)
+    env = lab.env(PYTHON=py(by_script), TMPDIR=str(tmp_path))
+    ran = subprocess.run(["sh", str(path)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert lab.versions(by_script) == versions
+    assert [p.name for p in tmp_path.iterdir()] == ["install.sh"]  # its constraints file is gone
 
 
 def test_plan_routes_transitive_torchvision_into_the_backend_phase(lab: Lab) -> None:
@@ -60,21 +75,6 @@ def test_build_package_without_a_wheel_is_routed_and_the_fallback_is_said(lab: L
                       "--json")).json()
     assert _phase(plan, "build")["requirements"] == ["flash-attn"]
     assert [w for w in plan["warnings"] if "not fully resolved" in w and "flash-attn" in w], plan["warnings"]
-
-
-def test_exported_script_installs_what_install_installs(lab: Lab, tmp_path: Path) -> None:
-    by_install, by_script = lab.new_venv(), lab.new_venv()
-    ok(lab.run("install", "--python", py(by_install), "--backend", "cpu", "needs-torch", "tqdm"))
-    script = ok(lab.run("plan", "--format", "sh", "--python", py(by_script), "--backend", "cpu", "needs-torch",
-                        "tqdm")).stdout
-    assert "torch<0" not in script
-    path = tmp_path / "install.sh"
-    path.write_text(script)
-    env = lab.env(PYTHON=py(by_script), TMPDIR=str(tmp_path))
-    ran = subprocess.run(["sh", str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert lab.versions(by_script) == lab.versions(by_install)
-    assert [p.name for p in tmp_path.iterdir()] == ["install.sh"]  # its constraints file is gone
 
 
 def test_detect_reports_the_backend_plan_chooses(lab: Lab) -> None:
