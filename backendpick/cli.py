@@ -60,6 +60,10 @@ compat_option = click.option(
     default=None,
     help="strict: cuXY only if the driver supports CUDA X.Y; minor: allow CUDA minor version compatibility.",
 )
+installer_option = click.option(
+    "--installer", type=click.Choice(["pip", "uv"]), default=None,
+    help="The installer that runs the phases: pip (default) or uv (BACKENDPICK_INSTALLER, [tool.backendpick] "
+         "installer). With uv no pip process runs: uv resolves, checks and installs.")
 json_option = click.option("--json", "json_mode", is_flag=True, help="Print one JSON object.")
 
 
@@ -111,9 +115,7 @@ def _plan_options(func):
         click.option("--index-url", default=None, metavar="TEMPLATE",
                      help=INDEX_URL_HELP),
         compat_option,
-        click.option("--installer", type=click.Choice(["pip", "uv"]), default=None,
-                     help="The installer that runs the phases: pip (default) or uv "
-                          "(BACKENDPICK_INSTALLER, [tool.backendpick] installer)."),
+        installer_option,
         click.option("--refresh", is_flag=True,
                      help="Ask the indexes again even when the environment matches the last install, and revalidate "
                           "the index pages kept in the cache."),
@@ -271,14 +273,17 @@ def lock(requirement, files, project_dir, extras, groups, python, backends, inde
               help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
 @click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Also check that the environment is exactly this lock file, naming each difference.")
+@installer_option
 @json_option
-def verify(requirement, files, project_dir: Path, python: Path | None, lock_file: Path | None, json_mode: bool) -> int:
+def verify(requirement, files, project_dir: Path, python: Path | None, lock_file: Path | None, installer: str | None,
+           json_mode: bool) -> int:
     inspection = _inspection(python, start=False)
     from backendpick.commands import verify as command
     from backendpick.output import Output
 
     return command.run(Output(json_mode=json_mode), python=python, project_dir=project_dir,
-                       reqs=tuple(requirement), files=tuple(files), inspection=inspection, lock=lock_file)
+                       reqs=tuple(requirement), files=tuple(files), inspection=inspection, lock=lock_file,
+                       installer=installer)
 
 
 @cli.command(
@@ -293,15 +298,17 @@ def verify(requirement, files, project_dir: Path, python: Path | None, lock_file
 @project_option
 @click.option("--index-url", default=None, metavar="TEMPLATE", help="Backend index template with {backend}.")
 @click.option("--list", "list_only", is_flag=True, help="List the snapshots of this environment.")
-@click.option("--dry-run", is_flag=True, help="Print the pip commands only.")
-@click.option("-v", "--verbose", count=True, help="Stream pip's own output.")
+@click.option("--dry-run", is_flag=True, help="Print the installer's commands only.")
+@click.option("-v", "--verbose", count=True, help="Stream the installer's own output.")
+@installer_option
 @json_option
-def restore(snapshot, python, project_dir, index_url, list_only, dry_run, verbose, json_mode) -> int:
+def restore(snapshot, python, project_dir, index_url, list_only, dry_run, verbose, installer, json_mode) -> int:
     from backendpick.commands import restore as command
     from backendpick.output import Output
 
     return command.run(Output(json_mode=json_mode, verbose=verbose), python=python, snapshot_id=snapshot,
-                       project_dir=project_dir, index_url=index_url, dry_run=dry_run, list_only=list_only)
+                       project_dir=project_dir, index_url=index_url, dry_run=dry_run, list_only=list_only,
+                       installer=installer)
 
 
 @cli.group(

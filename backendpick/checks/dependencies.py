@@ -130,31 +130,42 @@ def dependency_fix(python_flag: str, tb: TorchBuild | None, family: Iterable[str
 _PIP_CHECK = (
     re.compile(r"^(?P<pkg>\S+) \S+ has requirement (?P<dep>.+?), but you have "),
     re.compile(r"^(?P<pkg>\S+) \S+ requires (?P<dep>\S+?),? which is not installed"),
+    # uv pip check: "The package `foo` requires `bar>=2`, but `1.0` is installed" / "..., but it's not installed"
+    re.compile(r"^The package `(?P<pkg>[^`]+)` requires `(?P<dep>[^`]+)`, but "),
 )
 
 
 def pip_check_problems(target: Target, names: Iterable[str], python_flag: str, *, tb: TorchBuild | None = None,
-                       family: Iterable[str] = (), offered: Collection[str] | None = None) -> list[Problem]:
-    """``pip check`` lines about the stack (other packages' problems are not ours to judge)."""
-    if not target.pip_version:
+                       family: Iterable[str] = (), offered: Collection[str] | None = None,
+                       uv: str | None = None) -> list[Problem]:
+    """``pip check`` lines about the stack (other packages' problems are not ours to judge);
+    ``uv pip check`` where ``uv`` is given (``--installer uv``: no pip process, a venv without pip)."""
+    if uv is not None:
+        tool = "uv pip check"
+        res = capture([uv, "pip", "check", "--no-config", "--python", target.python], timeout=120)
+    elif not target.pip_version:
         return []
-    res = capture([target.python, "-m", "pip", "check", "--disable-pip-version-check"], timeout=120)
+    else:
+        tool = "pip check"
+        res = capture([target.python, "-m", "pip", "check", "--disable-pip-version-check"], timeout=120)
     if res.ok or res.returncode is None:
         return []
     watched = set(names)
     out = []
-    for line in res.stdout.splitlines():
+    for line in (res.stdout + "\n" + res.stderr).splitlines():
+        match = next((m for m in (r.match(line.strip()) for r in _PIP_CHECK) if m), None)
+        if match is None and uv is not None:
+            continue  # uv's own lines ("Checked 3 packages", "Found 1 incompatibility")
         words = {normalize(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)}
         if not words & watched:
             continue
-        match = next((m for m in (r.match(line.strip()) for r in _PIP_CHECK) if m), None)
         try:
             dep = Requirement(match.group("dep")) if match else None
         except InvalidRequirement:
             dep = None
         pkg = match.group("pkg") if match else (line.split() or ["?"])[0]
         fix = dependency_fix(python_flag, tb, family, pkg, dep, offered) if dep else f"backendpick install{python_flag}"
-        out.append(Problem(pkg, f"pip check: {line.strip()}", fix))
+        out.append(Problem(pkg, f"{tool}: {line.strip()}", fix))
     return out
 
 

@@ -41,12 +41,14 @@ class Scope:
     recipes: Mapping = None
     hardware: Hardware | None = None
     env: Mapping[str, str] | None = None
+    uv: str | None = None  # the uv executable with --installer uv: ``uv pip check``, no pip process
 
     @classmethod
-    def of(cls, settings, flag: str, hardware: Hardware | None = None, env: Mapping[str, str] | None = None) -> Scope:
+    def of(cls, settings, flag: str, hardware: Hardware | None = None, env: Mapping[str, str] | None = None,
+           uv: str | None = None) -> Scope:
         """From a project's settings (inputs/config.py)."""
         return cls(frozenset(settings.backend_packages), frozenset(settings.no_build_isolation), flag,
-                   settings.cuda_compat.value, settings.recipes, hardware, env)
+                   settings.cuda_compat.value, settings.recipes, hardware, env, uv)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def findings(target: environment.Target, stack: InstalledStack, facts: Facts, sc
         # pip check repeats what the metadata checks already said about a package; keep the
         # first, more specific line.
         reported = {normalize(p.package) for p in problems}
-        problems += [p for p in pip_check_problems(target, family | build, flag, tb=tb, family=family, offered=offered)
+        problems += [p for p in pip_check_problems(target, family | build, flag, tb=tb, family=family, offered=offered,
+                                                          uv=scope.uv)
                      if normalize(p.package) not in reported]
     elif dependencies == METADATA:
         problems += dependency_problems(target, family | build, flag, tb=tb, family=family)

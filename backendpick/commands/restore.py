@@ -25,7 +25,7 @@ from backendpick.edges.paths import logs, state_dir
 from backendpick.edges.runner import stopped
 from backendpick.errors import EXIT_OK, InstallError, StateError
 from backendpick.execute import engines, executor
-from backendpick.inputs import config, pip_config as pipconf
+from backendpick.inputs import config, installer as installer_mod, pip_config as pipconf
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model.plan import Phase
 from backendpick.output import Output, size_text, where_flags
@@ -34,14 +34,16 @@ from backendpick.target import inspection as target_mod
 
 
 def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_dir: Path,
-        index_url: str | None, dry_run: bool, list_only: bool) -> int:
+        index_url: str | None, dry_run: bool, list_only: bool, installer: str | None = None) -> int:
+    """``installer``: --installer; uv runs the phases with no pip process (a venv uv made has none)."""
     facts = facts_mod.load()
-    settings = config.load(facts, project_dir=project_dir, index_url=index_url)
+    settings = config.load(facts, project_dir=project_dir, index_url=index_url, installer=installer)
     target = target_mod.inspect(target_mod.choose_python(python))
     state = state_dir(target)
     if list_only:
         return _list(out, state)
     env = dict(os.environ)
+    chosen = installer_mod.resolve(settings.installer.value, env, settings.installer.source)
     pip_config = pipconf.read(env, target.prefix)
     # The pins install left in the environment would block the way back: our runs ignore them.
     env.update(environment_pins.own_runs_env(env, target.prefix, pip_config))
@@ -50,7 +52,8 @@ def run(out: Output, *, python: Path | None, snapshot_id: str | None, project_di
         with runner.stop_children_on_signals(), envlock.hold(state, on_wait=out.info) as waited:
             if waited:  # another run changed it meanwhile
                 target = target_mod.inspect(target.python)
-            return _restore_locked(out, target, state, settings, pip_config, env, snapshot_id, dry_run, python)
+            return _restore_locked(out, target, state, settings, pip_config, env, snapshot_id, dry_run, python,
+                                   chosen)
     except (runner.Interrupted, KeyboardInterrupt) as exc:
         raise stopped(exc, "the environment is unchanged") from None
 
@@ -87,14 +90,14 @@ def _sources(target, state: Path, settings, pip_config, env: dict) -> restore_pl
 
 
 def _restore_locked(out: Output, target, state: Path, settings, pip_config, env: dict, snapshot_id: str | None,
-                    dry_run: bool, python: Path | None) -> int:
+                    dry_run: bool, python: Path | None, installer: installer_mod.Installer) -> int:
     snap = snapshots.load(state, snapshot_id)
     sources = _sources(target, state, settings, pip_config, env)
     rplan = restore_plan.plan(snap, target, sources)
     phases = list(rplan.phases)
-    # pip runs the restore; an index URL holding credentials goes to its environment, never on
-    # its command line (execute/engines.py).
-    renderer = engines.for_target(target, pip_config, env)
+    # The installer runs the restore; an index URL holding credentials goes to its environment,
+    # never on its command line (execute/engines.py).
+    renderer = engines.for_target(target, pip_config, env, installer)
     if dry_run or not phases:
         for ph in phases if not out.json_mode else ():
             out.line(renderer.shown(ph))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backendpick.checks import suite
 from backendpick.errors import EXIT_INSTALL_FAILED, EXIT_OK, ConfigError
-from backendpick.inputs import config, requirements
+from backendpick.inputs import config, installer as installer_mod, requirements
 from backendpick.knowledge import facts as facts_mod
 from backendpick.machine.probe import ProbeSettings, probe
 from backendpick.model import environment
@@ -71,9 +71,11 @@ def check(
     hardware=None,
     runtime: bool = True,
     env: dict | None = None,
+    uv: str | None = None,
 ) -> Report:
     """verify's checks (checks/suite.py) on one look at ``target``. ``runtime``: import torch
-    and the compiled extensions, run pip check, ask the backend index which torch it offers."""
+    and the compiled extensions, run pip check (``uv``: uv pip check), ask the backend index
+    which torch it offers."""
     facts = facts_mod.load()
     flag = where_flags(python, settings)
     family = set(settings.backend_packages)
@@ -86,7 +88,7 @@ def check(
         # Fixes for companions name torch's version: only one the backend index has. (A torch
         # no index serves is named as installed: no index is asked about it.)
         offered = torch_offered(target, settings, tb.backend, env)
-    found = suite.findings(target, stack, facts, suite.Scope.of(settings, flag, hardware, os.environ),
+    found = suite.findings(target, stack, facts, suite.Scope.of(settings, flag, hardware, os.environ, uv=uv),
                            imports=runtime, dependencies=suite.PIP_CHECK if runtime else None, wanted=wanted,
                            from_project=from_project, offered=offered, pins=True)
     packages = [
@@ -98,10 +100,12 @@ def check(
 
 
 def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str, ...], files: tuple[Path, ...],
-        inspection=None, lock: Path | None = None) -> int:
-    """``inspection``: the target's, started early by the console script (``target.Inspection``)."""
+        inspection=None, lock: Path | None = None, installer: str | None = None) -> int:
+    """``inspection``: the target's, started early by the console script (``target.Inspection``);
+    ``installer``: --installer (uv: ``uv pip check``, no pip process)."""
     facts = facts_mod.load()
-    settings = config.load(facts, project_dir=project_dir)
+    settings = config.load(facts, project_dir=project_dir, installer=installer)
+    chosen = installer_mod.resolve(settings.installer.value, os.environ, settings.installer.source)
     target = target_mod.take_or_inspect(inspection, target_mod.choose_python(python))
     try:
         wanted = requirements.gather(reqs, files, settings.pyproject, (), ()).requirements
@@ -110,7 +114,8 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
             raise
         wanted = ()  # no pyproject.toml: check the stack only
     hardware = probe(facts, ProbeSettings.from_env(dict(os.environ)))
-    report = check(target, settings, python=python, wanted=wanted, from_project=not (reqs or files), hardware=hardware)
+    report = check(target, settings, python=python, wanted=wanted, from_project=not (reqs or files), hardware=hardware,
+                   uv=str(chosen.uv) if chosen.uv else None)
     if lock is not None:
         # Each difference from the lock is a problem (checks/lock_diff.py).
         from dataclasses import replace

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from backendpick.indexes.credentials import PROVIDERS, pip_args, pip_lists, uv_args
+from backendpick.indexes.credentials import pip_args, pip_lists, uv_args
+from backendpick.indexes.uv_flags import UV_SOURCE_VARS, safety_flags, source_flags, uv_env, uv_options
 from backendpick.inputs.installer import PIP, UV
 from backendpick.inputs.pip_config import PipConfig, backend_phase_env
 from backendpick.model.plan import (
@@ -57,17 +58,6 @@ from backendpick.redaction import redact, redact_var
 
 __all__ = ["Command", "PIP", "Renderer", "UV", "UV_SOURCE_VARS", "for_plan", "for_target", "uv_options"]
 
-# uv variables that choose where packages come from or how they are resolved: a uv phase never
-# sees them (the plan and the user's pip configuration decide).
-UV_SOURCE_VARS = (
-    "UV_INDEX", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_NO_INDEX",
-    "UV_INDEX_STRATEGY", "UV_TORCH_BACKEND", "UV_CONSTRAINT", "UV_OVERRIDE", "UV_BUILD_CONSTRAINT",
-    "UV_CONFIG_FILE", "UV_NO_CONFIG", "UV_PRERELEASE", "UV_RESOLUTION", "UV_NO_BUILD_ISOLATION",
-    "UV_NO_SOURCES", "UV_SYSTEM_PYTHON", "UV_PYTHON", "UV_EXCLUDE_NEWER", "UV_NO_BINARY", "UV_NO_BUILD",
-    "UV_OFFLINE", "UV_INSECURE_HOST", "UV_PROJECT", "UV_WORKING_DIR",
-)
-# pip options of requirements files (inputs/requirements.py passes them on) in uv's words.
-_RENAMED = {"--trusted-host": "--allow-insecure-host"}
 # A killed pip's half-installed distributions (restore): their folders removed by a small program.
 _RMTREE = "import shutil, sys\nfor p in sys.argv[1:]:\n    shutil.rmtree(p)"
 
@@ -93,65 +83,6 @@ class Command:
         env.update(self.env)
         env.setdefault("PIP_NO_INPUT", "1")
         return env
-
-
-def uv_options(options: Sequence[str]) -> list[str]:
-    """A requirements file's pip options in uv's spelling."""
-    out: list[str] = []
-    for word in options:
-        if word == "--pre":
-            out += ["--prerelease", "allow"]
-        elif word == "--prefer-binary":
-            continue  # uv has no such preference; it takes a wheel whenever one fits
-        else:
-            out.append(_RENAMED.get(word, word))
-    return out
-
-
-def source_flags(pip_config: PipConfig, options: Sequence[str] = ()) -> list[str]:
-    """The user's pip package sources (and configured constraints) as uv flags, for every phase
-    that reads the user's configuration.
-
-    A requirements file's own ``--index-url`` (already in ``options``) wins, as with pip."""
-    flags: list[str] = []
-    if pip_config.get("no-index") and pip_config.get("no-index").lower() in ("1", "true", "yes", "on"):
-        flags.append("--no-index")
-    index = pip_config.get("index-url")
-    if index and "--index-url" not in options and "-i" not in options:
-        flags += ["--index-url", index]
-    for url in pip_config.list("extra-index-url"):
-        flags += ["--extra-index-url", url]
-    for link in pip_config.list("find-links"):
-        flags += ["--find-links", link]
-    for path in pip_config.list("constraint"):  # pip applies a configured constraints file too
-        flags += ["-c", path]
-    return flags
-
-
-def safety_flags(pip_config: PipConfig) -> list[str]:
-    """Settings that are not sources and apply to every phase: trusted hosts, and keyring where
-    pip's configuration asks for it (uv has the subprocess provider only; it needs the user name
-    in the index URL, as pip's does)."""
-    flags = [w for host in pip_config.trusted_hosts for w in ("--allow-insecure-host", host)]
-    if (pip_config.get("keyring-provider") or "").lower() in PROVIDERS:
-        flags += ["--keyring-provider", "subprocess"]
-    return flags
-
-
-def uv_env(user_env: Mapping[str, str], pip_config: PipConfig) -> dict[str, str]:
-    """The user's environment for uv: no ``UV_*`` source variables; pip's certificate, proxy and
-    timeout in the variables uv reads."""
-    env = {k: v for k, v in user_env.items() if k not in UV_SOURCE_VARS}
-    if pip_config.cert:
-        env["SSL_CERT_FILE"] = pip_config.cert
-    client_cert = pip_config.get("client-cert")
-    if client_cert:
-        env["SSL_CLIENT_CERT"] = client_cert
-    if pip_config.proxy:
-        env["HTTP_PROXY"] = env["HTTPS_PROXY"] = pip_config.proxy
-    if pip_config.get("default-timeout"):
-        env["UV_HTTP_TIMEOUT"] = str(int(pip_config.timeout))
-    return env
 
 
 @dataclass(frozen=True)
@@ -328,7 +259,9 @@ def for_prepared(prepared) -> Renderer:
                     prefix=prepared.target.prefix)
 
 
-def for_target(target, pip_config: PipConfig, user_env: Mapping[str, str]) -> Renderer:
-    """pip's renderer for phases run in ``target`` outside a plan (restore)."""
-    return Renderer(PIP, str(target.python), tuple(pip_argv(target, sys.executable)), pip_config, dict(user_env),
-                    target.prefix)
+def for_target(target, pip_config: PipConfig, user_env: Mapping[str, str], installer=None) -> Renderer:
+    """The renderer for phases run in ``target`` outside a plan (restore): pip's, or uv's for
+    ``installer`` uv (inputs/installer.py)."""
+    uv = str(installer.uv) if installer is not None and installer.name == UV else None
+    return Renderer(UV if uv else PIP, str(target.python), tuple(pip_argv(target, sys.executable)), pip_config,
+                    dict(user_env), target.prefix, uv)

@@ -330,7 +330,8 @@ def uv_args(argv: Sequence[str]) -> tuple[list[str], dict]:
         return list(argv), {}
     env: dict[str, str] = {}
     out = _without(argv, found, keys)
-    at = out.index("install") + 1 if "install" in out else len(out)
+    verb = next((w for w in ("install", "compile") if w in out), None)
+    at = out.index(verb) + 1 if verb else len(out)
     added: list[str] = []
     for n, (_i, key, value) in enumerate([f for f in found if f[1] in keys - {"find-links"}], start=1):
         name, _, url = value.partition("=") if "=" in value.split("://", 1)[0] else ("", "", value)

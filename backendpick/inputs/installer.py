@@ -65,3 +65,10 @@ def resolve(name: str, env: Mapping[str, str], source: str = "--installer") -> I
         raise ConfigError(f"installer uv (from {source}) is not available: {where}",
                           hint="pip install 'backendpick[uv]' (or install uv on PATH), or use --installer pip")
     return Installer(UV, uv)
+
+
+def found(name: str, env: Mapping[str, str]) -> Installer | None:
+    """The installer for a setting value where it is there, else None (detect: nothing is
+    installed, so a missing uv is no error; pip resolves then)."""
+    uv = find_uv(env) if name == UV else None
+    return Installer(UV, uv) if uv is not None else None

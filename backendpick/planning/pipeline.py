@@ -62,7 +62,7 @@ class _Inputs:
     env: dict
     facts: Facts
     settings: config.Settings
-    installer: installer_mod.Installer | None  # None: no plan is made (detect)
+    installer: installer_mod.Installer | None  # None: detect, without uv (no plan is made)
     wanted: requirements.Wanted
     pip_config: pipconf.PipConfig
     hardware: Hardware
@@ -245,15 +245,17 @@ def _attempt(i: _Inputs, use_record: bool) -> Prepared | None:
 def _configure(req: Request, env: dict, target: environment.Target | None,
                inspection: target_mod.Inspection | None = None, *, for_plan: bool = True) -> _Inputs:
     """config and probe: the settings, the requirements, the target, pip's configuration, the hardware.
-    ``for_plan``: the installer that runs the phases is looked for too (not for detect)."""
+    ``for_plan``: the installer that runs the phases is looked for too (detect: only where it is there)."""
     facts = facts_mod.load()
     settings = config.load(
         facts, project_dir=req.project_dir, backend=req.backend, index_url=req.index_url,
         cuda_compat=req.cuda_compat, env=env, installer=req.installer, channel=req.channel,
         pin_environment=req.pin_environment,
     )
-    # Before any look-up: asking for uv where there is none is a usage error, at once.
-    installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source) if for_plan else None
+    # Before any look-up: asking for uv where there is none is a usage error, at once. detect
+    # installs nothing: it resolves with uv where the setting says uv and uv is there, else with pip.
+    installer = installer_mod.resolve(settings.installer.value, env, settings.installer.source) if for_plan else \
+        installer_mod.found(settings.installer.value, env)
     if req.lock is not None and not (req.requirements or req.files or req.editables):
         wanted = requirements.Wanted(())  # the lock says what to install; no pyproject.toml needed
     else:
@@ -353,7 +355,16 @@ def _resolve(i: _Inputs, c: selector.Candidates, record: _Record,
 
 
 def _resolution(i: _Inputs, published) -> resolve_mod.Resolution:
-    """pip's dry-run resolution of the ordinary requirements, the family offered as ``published``."""
+    """The dry-run resolution of the ordinary requirements, the family offered as ``published``:
+    uv's with ``--installer uv`` (no pip process at all, selection/uv_resolve.py), else pip's."""
+    if i.installer is not None and i.installer.name == installer_mod.UV:
+        from backendpick.selection import uv_resolve
+
+        return uv_resolve.resolve(
+            resolve_mod.resolvable(i.ordinary), str(i.installer.uv), i.target, env=i.env, pip_config=i.pip_config,
+            client=i.client, family=i.family, build=i.nbi, published=published, options=i.wanted.rest_options,
+            constraints=[str(x) for x in i.wanted.constraints], pre=i.channel == "nightly",
+        )
     return resolve_mod.resolve(
         resolve_mod.resolvable(i.ordinary), plan_mod.pip_argv(i.target, sys.executable), i.target,
         env={**i.env, **i.own_env}, family=i.family, build=i.nbi, published=published,

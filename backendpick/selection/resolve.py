@@ -95,6 +95,7 @@ class Resolution:
     # Set when pip's resolution fell short: that the dependencies were not fully resolved, why,
     # and that install's fence-and-retry moves what pip asks for later (for the plan's warnings).
     stopped: str = ""
+    resolver: str = "pip"  # which installer resolved: "pip" or "uv" (--installer uv: uv_resolve.py)
 
     @property
     def torch_pins(self) -> tuple[Pin, ...]:
@@ -106,7 +107,7 @@ class Resolution:
 
     def describe(self) -> str:
         if self.source == RESOLUTION:
-            return "pip's resolution of the whole request (dry run)"
+            return f"{self.resolver}'s resolution of the whole request (dry run)"
         if self.source == DIRECT:
             return f"fallback: the direct requirements' metadata only ({self.note})"
         if self.source == REQUEST:
@@ -230,6 +231,30 @@ def stub_wheel(folder: Path, name: str, version: Version) -> None:
         zf.writestr(f"{info}/RECORD", "")
 
 
+def offered_as_stubs(folder: Path, published, constraints: Sequence[str]) -> tuple[Path, Path]:
+    """The stub wheels of ``published`` (name -> versions, or a function returning that) in
+    ``folder/stubs``, and ``folder/constraints.txt``: the request's constraint lines plus each
+    stubbed name's bounds. The same two files for pip's resolution and uv's (uv_resolve.py)."""
+    if callable(published):
+        published = published()
+    # Local tags kept: a stub 2.7.1+cu126 outranks an untagged 2.7.1 on the user's index (a
+    # higher version), so the resolver takes the stub and never fetches the real wheel or its metadata.
+    published = {normalize(n): sorted({Version(str(v)) for v in vs}) for n, vs in (published or {}).items()}
+    stubs = folder / "stubs"
+    stubs.mkdir()
+    lines = list(constraints)
+    for name, versions in published.items():
+        for v in versions:
+            stub_wheel(stubs, name, v)
+        if versions:
+            # The user's indexes may offer torch 99 (a dependency-confusion upload) or PyPI's
+            # own builds: the resolution stays within what the backend indexes publish.
+            lines.append(f"{name}>={versions[0].public},<={versions[-1].public}")
+    cons = folder / "constraints.txt"
+    cons.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return stubs, cons
+
+
 def _failure(res, report: Path) -> str:
     """pip's reason in one line: its ERROR line, else the last line."""
     if res.returncode is None:
@@ -303,27 +328,11 @@ def resolve(
     requirements = resolvable(requirements)
     if not requirements:
         return Resolution()
-    if callable(published):
-        published = published()
-    # Local tags kept: a stub 2.7.1+cu126 outranks an untagged 2.7.1 on the user's index (a
-    # higher version), so pip takes the stub and never fetches the real wheel or its metadata.
-    published = {normalize(n): sorted({Version(str(v)) for v in vs}) for n, vs in (published or {}).items()}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="backendpick-resolve-") as tmp:
         folder = Path(tmp)
-        stubs = folder / "stubs"
-        stubs.mkdir()
-        lines = list(constraints)
-        for name, versions in published.items():
-            for v in versions:
-                stub_wheel(stubs, name, v)
-            if versions:
-                # The user's indexes may offer torch 99 (a dependency-confusion upload) or PyPI's
-                # own builds: the resolution stays within what the backend indexes publish.
-                lines.append(f"{name}>={versions[0].public},<={versions[-1].public}")
-        cons = folder / "constraints.txt"
-        cons.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        stubs, cons = offered_as_stubs(folder, published, constraints)
         report = folder / "report.json"
         from backendpick.indexes.credentials import pip_args
 

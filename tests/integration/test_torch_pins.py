@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dists import make_torch, make_wheel
+from tests.support.engines import ENGINES
 from tests.support.lab import Lab, ok, py
 from tests.support.world import TORCHVISION_FOR_TORCH, XFORMERS_FOR_TORCH
 
@@ -102,13 +103,19 @@ def test_torch_and_pinning_package_together(pinning_world: Lab) -> None:
     assert not _pins_file(venv).exists() and not (venv / "pip.conf").exists()
 
 
-def test_transitive_pin_and_companion_pin_reach_the_backend_phase(pinning_world: Lab, untouched_venv: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_transitive_pin_and_companion_pin_reach_the_backend_phase(pinning_world: Lab, untouched_venv: Path,
+                                                                   engine: str) -> None:
+    """The same answers from pip's dry run and from uv's resolution (issue 22 item 3)."""
     lab = pinning_world
-    res = ok(lab.run("plan", "--json", "--python", py(untouched_venv), "needs-pinner", "pins-vision", machine=V100)).json()
+    res = ok(lab.run("plan", "--json", "--python", py(untouched_venv), "--installer", engine, "needs-pinner",
+                     "pins-vision", machine=V100)).json()
     assert res["backend"] == "cu124"
     assert res["torch"]["version"] == "2.5.1+cu124"
     assert [p["text"] for p in res["torch"]["pins"]] == ["pins-old-torch 1.0 requires torch==2.5.1"]
     assert res["resolution"]["source"] == "resolution"
+    assert sorted(p["by"] for p in res["resolution"]["pins"]) == ["pins-old-torch 1.0", "pins-vision 1.0"]
+    assert sorted(res["resolution"]["pulled"]) == ["torch", "torchvision"]
     backend = next(p for p in res["phases"] if p["name"] == "backend")
     assert set(backend["requirements"]) == {"torch==2.5.1", f"torchvision=={TORCHVISION_FOR_TORCH['2.5.1']}"}
 
