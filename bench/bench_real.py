@@ -113,12 +113,24 @@ def make_mirror(folders: list[Path], root: Path) -> int:
         page.mkdir(parents=True)
         for f in files:  # PEP 658 metadata, as PyPI serves it: resolvers read it, not the wheel
             _write_metadata(files_dir / f)
-        links = "".join(f'<a href="../../files/{quote(f)}" data-dist-info-metadata="true" '
-                        f'data-core-metadata="true">{f}</a><br/>\n' for f in files)
+        # Each file's sha256 in its link, as PyPI serves it: a lock (uv's pylock.toml) takes the
+        # hash from the page instead of downloading the wheel to compute it.
+        links = "".join(f'<a href="../../files/{quote(f)}#sha256={_sha256(files_dir / f)}" '
+                        f'data-dist-info-metadata="true" data-core-metadata="true">{f}</a><br/>\n' for f in files)
         (page / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
     index = "".join(f'<a href="{n}/">{n}</a><br/>\n' for n in sorted(projects))
     (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
     return sum(len(f) for f in projects.values())
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_metadata(wheel: Path) -> None:

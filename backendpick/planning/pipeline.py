@@ -360,11 +360,10 @@ def _resolution(i: _Inputs, published) -> resolve_mod.Resolution:
     if i.installer is not None and i.installer.name == installer_mod.UV:
         from backendpick.selection import uv_resolve
 
-        return uv_resolve.resolve(
-            resolve_mod.resolvable(i.ordinary), str(i.installer.uv), i.target, env=i.env, pip_config=i.pip_config,
-            client=i.client, family=i.family, build=i.nbi, published=published, options=i.wanted.rest_options,
-            constraints=[str(x) for x in i.wanted.constraints], pre=i.channel == "nightly",
-        )
+        question = resolve_mod.Question(
+            tuple(resolve_mod.resolvable(i.ordinary)), i.target, tuple(i.family), tuple(i.nbi), published,
+            tuple(i.wanted.rest_options), tuple(str(x) for x in i.wanted.constraints), i.channel == "nightly")
+        return uv_resolve.resolve(question, str(i.installer.uv), env=i.env, pip_config=i.pip_config, client=i.client)
     return resolve_mod.resolve(
         resolve_mod.resolvable(i.ordinary), plan_mod.pip_argv(i.target, sys.executable), i.target,
         env={**i.env, **i.own_env}, family=i.family, build=i.nbi, published=published,

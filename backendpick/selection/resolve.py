@@ -19,7 +19,10 @@ the rest phase would see. The restrictions, and why:
 * ``--ignore-installed``: installed packages are reported too (their pins count as much).
 * The stubs keep the backend builds' local tags (``2.7.1+cu126``): a higher version than an
   untagged PyPI torch ``2.7.1``, so pip takes the stub and never fetches a family wheel or its
-  metadata from the user's indexes (it still reads their pages, as for any package).
+  metadata from the user's indexes (it still reads their pages, as for any package). A build the
+  backend index publishes untagged (PyPI's CUDA torch ``2.14.1``) is stubbed as ``2.14.1+stub``
+  for the same reason: at an equal version the resolver prefers the index's wheel for this
+  platform over a ``py3-none-any`` stub, and would resolve the real torch and its dependencies.
 
 This is the plan's ONE resolution: it also says which backend and build packages the ordinary
 requirements pull in (``Resolution.pulled``), so the plan holds what install runs (issue 9). An
@@ -58,6 +61,7 @@ NOTHING = "nothing to resolve"  # no ordinary requirements
 INSTALLED = "installed"  # every ordinary requirement is satisfied: the installed metadata answers
 
 TIMEOUT = 300.0  # seconds: a resolution against a slow mirror
+STUB_TAG = "stub"  # the local label of a stub of an untagged backend build
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,23 @@ class Resolution:
             "pulled": list(self.pulled),
             "dependencies": [list(d) for d in self.dependencies],
         }
+
+
+@dataclass(frozen=True)
+class Question:
+    """What the one resolution is asked, whichever installer answers it: the ordinary
+    requirements for ``target``; the family and build package names; ``published``: name ->
+    versions the candidate backend indexes publish (the stubs), or a function returning that;
+    the requirements files' options; the request's constraint lines; pre-releases."""
+
+    requirements: tuple
+    target: object
+    family: tuple
+    build: tuple
+    published: object = None
+    options: tuple = ()
+    constraints: tuple = ()
+    pre: bool = False
 
 
 def _marker_ok(req: Requirement, markers: Mapping[str, str], extras: Iterable[str]) -> bool:
@@ -245,7 +266,11 @@ def offered_as_stubs(folder: Path, published, constraints: Sequence[str]) -> tup
     lines = list(constraints)
     for name, versions in published.items():
         for v in versions:
-            stub_wheel(stubs, name, v)
+            # An untagged build (PyPI's CUDA torch, 2.14.1) gets a local tag of its own: at the
+            # same version the resolver would prefer the user's index's wheel for its platform
+            # tag over the stub's py3-none-any, and resolve (and download) the real torch and its
+            # nvidia-* dependencies. A pin without a local label still matches it (PEP 440).
+            stub_wheel(stubs, name, v if v.local else Version(f"{v}+{STUB_TAG}"))
         if versions:
             # The user's indexes may offer torch 99 (a dependency-confusion upload) or PyPI's
             # own builds: the resolution stays within what the backend indexes publish.

@@ -40,6 +40,7 @@ from backendpick.selection.resolve import (
     DIRECT,
     REQUEST,
     TIMEOUT,
+    Question,
     Resolution,
     _marker_ok,
     offered_as_stubs,
@@ -238,45 +239,32 @@ def stopped_names(output: str, family: Iterable[str], build: Iterable[str]) -> t
     return tuple(n for n in names if n in keep), note
 
 
-def resolve(
-    requirements: Sequence[Requirement],
-    uv: str,
-    target,
-    *,
-    env: Mapping[str, str],
-    pip_config,
-    client,
-    family: Iterable[str],
-    build: Iterable[str],
-    published=None,
-    options: Sequence[str] = (),
-    constraints: Sequence[str] = (),
-    pre: bool = False,
-) -> Resolution:
-    """``resolve.resolve`` with uv: one ``uv pip compile`` of ``requirements`` (the ordinary ones)
-    for ``target``, its packages' requirements read from their core metadata (``client``: the
-    plan's index client). ``env``: the user's environment (its ``UV_*`` source variables are
-    dropped, pip's certificate, proxy and timeout given in uv's)."""
+def resolve(question: Question, uv: str, *, env: Mapping[str, str], pip_config, client) -> Resolution:
+    """``resolve.resolve`` with uv: one ``uv pip compile`` of the question's requirements (the
+    ordinary ones) for its target, its packages' requirements read from their core metadata
+    (``client``: the plan's index client). ``env``: the user's environment (its ``UV_*`` source
+    variables are dropped, pip's certificate, proxy and timeout given in uv's)."""
     import tempfile
 
     from backendpick.indexes.credentials import uv_args
     from backendpick.indexes.uv_flags import uv_env
 
-    family, build = tuple(family), tuple(build)
-    requirements = resolvable(requirements)
+    q, target = question, question.target
+    family, build = tuple(q.family), tuple(q.build)
+    requirements = resolvable(q.requirements)
     if not requirements:
         return Resolution(resolver=UV)
     with tempfile.TemporaryDirectory(prefix="backendpick-resolve-") as tmp:
         folder = Path(tmp)
-        stubs, cons = offered_as_stubs(folder, published, constraints)
+        stubs, cons = offered_as_stubs(folder, q.published, q.constraints)
         wanted = folder / "requirements.txt"
         wanted.write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
         lock = folder / "pylock.toml"
 
         def run(no_deps: bool):
-            argv, moved = uv_args(compile_argv(uv, str(target.python), pip_config, options=options, stubs=str(stubs),
+            argv, moved = uv_args(compile_argv(uv, str(target.python), pip_config, options=q.options, stubs=str(stubs),
                                                constraints=str(cons), out=str(lock), requirements=str(wanted),
-                                               pre=pre, no_deps=no_deps))
+                                               pre=q.pre, no_deps=no_deps))
             lock.unlink(missing_ok=True)
             res = capture(argv, timeout=TIMEOUT, env={**uv_env(env, pip_config), **moved}, cwd=folder)
             return res, (read_lock(lock, target.markers) if res.ok and lock.is_file() else None)

@@ -159,6 +159,19 @@ def test_explicit_uv_executable_is_used(tmp_path: Path):
     (on_path / "uv").write_bytes(b"#!/bin/sh\n")
     (on_path / "uv").chmod(0o755)
     assert installer.find_uv({"PATH": str(on_path)}) == on_path / "uv"
+    # detect installs nothing: uv where the setting says uv and uv is there, else pip, no error.
+    assert installer.found("uv", {envvars.UV: str(uv)}) == installer.Installer(installer.UV, uv)
+    assert installer.found("uv", {envvars.UV: str(tmp_path / "nope"), "PATH": ""}) is None
+    assert installer.found("pip", {envvars.UV: str(uv)}) is None
+
+
+def test_restore_renders_with_the_installer_asked_for(tmp_path: Path):
+    target = _target(torch="2.5.1+cu124")
+    phase = Phase("remove", ("torch",), action=UNINSTALL)
+    uv = engines.for_target(target, PipConfig(), {}, installer.Installer(installer.UV, Path("/bin/uv")))
+    assert uv.command(phase).argv == ("/bin/uv", "pip", "uninstall", "--python", PY, "torch")
+    pip = engines.for_target(target, PipConfig(), {})
+    assert pip.command(phase).argv == (PY, "-m", "pip", "uninstall", "-y", "torch")
 
 
 # -- the record of the last install ------------------------------------------------------------------

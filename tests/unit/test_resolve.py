@@ -61,3 +61,18 @@ def test_direct_references_to_sdists_are_never_prepared_by_the_look_ahead() -> N
     assert asked == []  # not even the backend indexes were asked for the stubs
     wheel = Requirement("fast-pkg @ https://example.invalid/fast_pkg-1.0-py3-none-any.whl")
     assert resolve.resolvable([*reqs, wheel]) == [wheel]
+
+
+def test_stubs_outrank_the_users_builds_of_the_same_version(tmp_path):
+    """An untagged backend build (PyPI's CUDA torch) is stubbed with a local tag: at an equal
+    version pip and uv would take the user's index's wheel for this platform over a py3-none-any
+    stub, and resolve the real torch and its nvidia-* dependencies (issue 22, bench_real --large)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    stubs, cons = resolve.offered_as_stubs(tmp_path, lambda: {"Torch": ["2.14.1", "2.7.1+cu126"]}, ["numpy<3"])
+    names = sorted(p.name for p in stubs.iterdir())
+    assert names == ["torch-2.14.1+stub-py3-none-any.whl", "torch-2.7.1+cu126-py3-none-any.whl"]
+    assert cons.read_text() == "numpy<3\ntorch>=2.7.1,<=2.14.1\n"
+    # A pin without a local label still takes the stub.
+    assert Version("2.14.1+stub") in SpecifierSet("==2.14.1") and Version("2.14.1+stub") > Version("2.14.1")
