@@ -123,6 +123,7 @@ class Resolution:
     def to_json(self) -> dict:
         return {
             "source": self.source,
+            "resolver": self.resolver,
             "note": self.note,
             "pins": [{"requirement": str(p.requirement), "by": p.by} for p in self.pins],
             "pulled": list(self.pulled),

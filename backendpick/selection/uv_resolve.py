@@ -201,6 +201,8 @@ def _read_all(client, locked: Sequence[Locked], skip: set) -> dict[str, str | No
     todo = [p for p in locked if normalize(p.name) not in skip]
     if not todo:
         return {}
+    if any("://" in p.wheel and not p.wheel.startswith("file:") for p in todo):
+        client.session  # made once, before the threads share it
     with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
         texts = list(pool.map(lambda p: wheel_metadata(client, p.wheel), todo))
     return {normalize(p.name): text for p, text in zip(todo, texts)}

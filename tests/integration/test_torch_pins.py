@@ -113,7 +113,7 @@ def test_transitive_pin_and_companion_pin_reach_the_backend_phase(pinning_world:
     assert res["backend"] == "cu124"
     assert res["torch"]["version"] == "2.5.1+cu124"
     assert [p["text"] for p in res["torch"]["pins"]] == ["pins-old-torch 1.0 requires torch==2.5.1"]
-    assert res["resolution"]["source"] == "resolution"
+    assert (res["resolution"]["source"], res["resolution"]["resolver"]) == ("resolution", engine)
     assert sorted(p["by"] for p in res["resolution"]["pins"]) == ["pins-old-torch 1.0", "pins-vision 1.0"]
     assert sorted(res["resolution"]["pulled"]) == ["torch", "torchvision"]
     backend = next(p for p in res["phases"] if p["name"] == "backend")
