@@ -33,6 +33,9 @@ class Wanted:
     rest_args: tuple[str, ...] = ()
     # normalized name -> ``--hash`` values (pip-compile --generate-hashes): pip checks them.
     hashes: dict = field(default_factory=dict)
+    # The requirements files read, nested -r/-c ones included: what a re-run compares to know
+    # that nothing changed (state/noop.py).
+    files: tuple[Path, ...] = ()
 
 
 def parse_requirement(text: str, source: str) -> Requirement:

@@ -59,6 +59,7 @@ def read_file(path: Path, *, constraints: bool = False, _seen: frozenset = froze
     options: list[str] = []
     args: list[str] = []
     hashes: dict = {}
+    files: list[Path] = [path]
     seen = _seen | {path.resolve()}
     for number, line in _logical_lines(text):
         where = f"{path}:{number}"
@@ -77,6 +78,7 @@ def read_file(path: Path, *, constraints: bool = False, _seen: frozenset = froze
                 options += nested.rest_options
                 args += nested.rest_args
                 hashes.update(nested.hashes)
+                files += nested.files
             elif flag in _PASSTHROUGH:
                 options += [flag, value] if _PASSTHROUGH[flag] else [flag]
             elif flag in ("-e", "--editable"):
@@ -101,7 +103,8 @@ def read_file(path: Path, *, constraints: bool = False, _seen: frozenset = froze
         else:
             reqs += item.requirements
             args += item.rest_args
-    return Wanted(tuple(reqs), tuple(options), tuple(cons), tuple(args), {k: tuple(v) for k, v in hashes.items()})
+    return Wanted(tuple(reqs), tuple(options), tuple(cons), tuple(args), {k: tuple(v) for k, v in hashes.items()},
+                  tuple(files))
 
 
 def _hash_value(word: str, where: str) -> str:
@@ -214,6 +217,7 @@ def gather(
     options: list[str] = []
     cons: list[Requirement] = []
     hashes: dict = {}
+    read: list[Path] = []
     for f in files:
         w = read_file(f, env=env, cwd=cwd)
         reqs += w.requirements
@@ -221,10 +225,11 @@ def gather(
         cons += w.constraints
         rest_args += w.rest_args
         hashes.update(w.hashes)
+        read += w.files
     if list(extras) or list(groups):
         base = from_pyproject(pyproject, extras, groups)
         reqs += [r for r in base.requirements if r not in reqs]
     # A local project's declared dependencies may repeat a line of the file (pip-compile lists
     # everything): once is enough.
     unique = list({str(r): r for r in reqs}.values())
-    return Wanted(tuple(unique), tuple(options), tuple(cons), tuple(rest_args), hashes)
+    return Wanted(tuple(unique), tuple(options), tuple(cons), tuple(rest_args), hashes, tuple(read))
