@@ -1,4 +1,7 @@
-"""The console script's entry point. For the commands that inspect the target interpreter
+"""The console script's entry point. ``install`` first asks state/noop.py whether this is a
+re-run with nothing to do, answered from a record without importing the CLI (issue 22).
+
+For the commands that inspect the target interpreter
 (``INSPECTING``), it starts that inspection (a Python start, its wheel tags and a scan of its
 site-packages in a subprocess: 25-50 ms) before the CLI and the plan machinery are imported, so
 the two overlap and the command finds the inspection done.
@@ -69,6 +72,14 @@ def preload(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["install"]:
+        # A re-run with nothing to do is answered here, before anything below is imported
+        # (state/noop.py); otherwise it falls through to the full pipeline.
+        from backendpick.state import noop
+
+        understood, python = _python_flag(args[1:])
+        if understood and noop.answer(args[1:], python):
+            return
     paused = gc.isenabled()
     gc.disable()
     try:

@@ -12,9 +12,9 @@ import os
 
 from backendpick.checks import suite
 from backendpick.edges import envlock, runner
-from backendpick.edges.paths import logs, state_dir
+from backendpick.edges.paths import builds_record, last_install as last_install_file, logs, state_dir
 from backendpick.edges.runner import stopped
-from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
+from backendpick.errors import EXIT_OK, ConfigError, InstallError, KeepError, StateError
 from backendpick.execute import described, engines, executor
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
@@ -22,7 +22,7 @@ from backendpick.model.names import normalize
 from backendpick.output import Output, where_flags
 from backendpick.planning import lock_plan
 from backendpick.planning.pipeline import Prepared, Request, again, prepare
-from backendpick.state import environment_pins, last_install, snapshots
+from backendpick.state import environment_pins, last_install, noop, snapshots
 from backendpick.target import inspection as target_mod, installed_stack
 
 MAX_RETRIES = 2  # each retry moves fenced packages into an earlier phase
@@ -68,9 +68,12 @@ def run(out: Output, req: Request, *, dry_run: bool, inspection: target_mod.Insp
                 out.warn(w)
         return EXIT_OK
 
+    noop.listen(out)  # what a re-run with nothing to do prints, kept for its record (state/noop.py)
     target = (inspection or target_mod.start_inspect(target_mod.choose_python(req.python))).result()
     try:
         with runner.stop_children_on_signals(), envlock.hold(state_dir(target), on_wait=out.info) as waited:
+            if waited:
+                noop.forgo()  # said it waited: not what the next re-run prints
             # After a wait another run changed the environment: look again.
             return _install_locked(out, req, None if waited else target)
     except (runner.Interrupted, KeyboardInterrupt) as exc:
@@ -101,6 +104,8 @@ def _install_locked(out: Output, req: Request, target: environment.Target | None
 def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     request_key = prepared.request_key  # the user's request, before any retry adds to it
     before = prepared.target  # as it was before any phase ran (a retry looks at it again)
+    # Nothing to do, it seems: the inputs' fingerprint now, for the no-op record at the end.
+    rerun = _rerun_watch(req, prepared) if not prepared.plan.active and noop.pending() else None
     attempts = 0
     while True:
         try:
@@ -158,7 +163,46 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
             out.result(f"installed for {plan.backend} ({plan.decided_by}: {plan.reason})")
         for w in plan.warnings:
             out.warn(w)
+    if rerun is not None and not ran:
+        # The installed set as the plan saw it, still: a re-run may answer from the record.
+        now = last_install.environment_key(target_mod.rescan(prepared.target))
+        rerun.finish(unchanged=now == last_install.environment_key(prepared.target))
     return EXIT_OK
+
+
+def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
+    """The files and folders a re-run reads again to know that nothing changed (state/noop.py),
+    watched from now; None when an input's files cannot all be listed: a local path, an
+    editable or a local find-links folder among the requirements (their metadata and folders)."""
+    from backendpick.inputs import pip_config as pipconf, requirements
+
+    target, settings, env = prepared.target, prepared.settings, prepared.user_env
+    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
+                                 editables=req.editables)
+    local = [r for r in (*wanted.requirements, *wanted.constraints) if (r.url or "").startswith("file:")]
+    links = [v for f, v in zip(wanted.rest_options, wanted.rest_options[1:]) if f in ("-f", "--find-links")]
+    if req.editables or wanted.rest_args or local or any(not v.startswith(("http://", "https://")) for v in links):
+        return None
+    files = [settings.project_dir / "pyproject.toml", *wanted.files, *pipconf.config_files(env, target.prefix)]
+    for raw in prepared.pip_config.list("constraint"):
+        path = pipconf.value_path(raw)
+        try:
+            files += requirements.read_file(path, constraints=True, env=env).files
+        except ConfigError:
+            files.append(path)
+    state = state_dir(target, env)
+    files += [environment_pins.pins_path(target.prefix), last_install_file(state), builds_record(state),
+              target.prefix / "pyvenv.cfg"]
+    for key in target.files:  # the installed torch's version file and the like, first on the path
+        found = next((os.path.join(d, key) for d in target.path if os.path.isfile(os.path.join(d, key))), None)
+        files += [found] if found else []
+    programs = {}
+    if settings.installer.value == "uv":  # its path is in the plan's commands (--json)
+        found = engines.find_uv(env)
+        if found is None:
+            return None
+        programs["uv"] = str(found)
+    return noop.watch(str(target.python), str(state), [str(f) for f in files], list(target.path), programs)
 
 
 def _command(req: Request) -> str:
@@ -256,6 +300,11 @@ def _pin_environment(out: Output, prepared: Prepared, after: environment.Target)
 def _remember(prepared: Prepared, request_key: str, after: environment.Target) -> None:
     """Record what this install chose, so a re-run on the same environment asks no index."""
     offers = prepared.offers
+    if offers is not None and offers.source == "recorded":
+        # The record answered this very request on this very environment, and nothing ran: it
+        # stays as it is (rewriting it would say "recorded" where it said "index", and a
+        # changed file makes the next re-run's no-op check, state/noop.py, fall through).
+        return
     torch = after.get("torch")
     try:
         last_install.save(state_dir(after, prepared.user_env), request=request_key,

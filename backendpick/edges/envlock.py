@@ -1,4 +1,5 @@
 """One backendpick at a time per environment: an advisory file lock in its state directory.
+Taking it removes the no-op record (state/noop.py): the holder may change the environment.
 
 Two pip runs interleaving in one environment (a Makefile with -j, two terminals) can leave a
 mix of both; the second run waits, says so, and then plans against what the first one left.
@@ -58,6 +59,19 @@ def _open(state_dir: Path):
                          hint=f"make {state_dir} a directory you can write") from None
 
 
+def _forget_noop(state_dir: Path) -> None:
+    """Whoever holds the lock may change the environment: the record that lets a re-run answer
+    "nothing to do" before the machinery loads (state/noop.py) goes first, so a change that
+    stops half-way never looks finished; a run that ends with nothing to do writes it again."""
+    try:
+        os.unlink(paths.noop_record(state_dir))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateError(f"cannot remove {paths.noop_record(state_dir)}: {exc.strerror or exc}",
+                         hint=f"make {state_dir} a directory you can write") from None
+
+
 @contextmanager
 def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterator[bool]:
     """Hold the environment's lock; yields whether it had to wait (then the environment may
@@ -87,6 +101,7 @@ def hold(state_dir: Path, *, on_wait: Callable[[str], None], env=None) -> Iterat
                             hint=f"wait for it to finish, or raise {envvars.LOCK_TIMEOUT}",
                         ) from None
                     time.sleep(0.2)
+        _forget_noop(state_dir)
         who = f"backendpick pid {os.getpid()}"
         _write(f, who)
         _held.append((f, who))

@@ -120,6 +120,12 @@ def last_install(state: Path) -> Path:
     return state / "last-install.json"
 
 
+def noop_record(state: Path) -> Path:
+    """What the last re-run that found nothing to do printed, and the fingerprint of everything
+    that decided it (state/noop.py): the next one answers from it before the machinery loads."""
+    return state / "noop.json"
+
+
 def builds_record(state: Path) -> Path:
     """Which torch each build-phase package was built against."""
     return state / "builds.json"

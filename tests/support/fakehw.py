@@ -168,6 +168,17 @@ class FakeMachine:
             "GCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04) \n"
         )
 
+    def driver_gpus(self, models: Iterable[str]) -> FakeMachine:
+        """The driver's own list of its GPUs, ``/proc/driver/nvidia/gpus/<bus id>/information``
+        (what the no-op check of a re-run reads instead of running nvidia-smi, state/noop.py)."""
+        gpus = self.root / "proc/driver/nvidia/gpus"
+        shutil.rmtree(gpus, ignore_errors=True)
+        for i, model in enumerate(models):
+            _write(gpus / f"0000:{i + 1:02x}:00.0" / "information",
+                   f"Model: \t\t {model}\nIRQ:   \t\t 0\nGPU UUID: \t GPU-{i:08d}-0000-0000-0000-000000000000\n"
+                   f"Bus Location: \t 0000:{i + 1:02x}:00.0\n")
+        return self
+
     def wsl(self) -> FakeMachine:
         """WSL2: nvidia-smi lives in /usr/lib/wsl/lib (below the root), never on PATH."""
         self.is_wsl = True
