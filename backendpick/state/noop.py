@@ -46,7 +46,7 @@ import os
 import sys
 from pathlib import Path
 
-from backendpick import __version__, envvars
+from backendpick import __version__, envvars, redaction
 from backendpick.edges import paths
 
 FORMAT = 1
@@ -133,10 +133,13 @@ def _digest(value) -> str:
 
 
 def _content(path: str):
-    """A file's content digest; None when there is none; "dir" for a folder."""
+    """A file's content digest, credentials in its URLs left out (``redaction.redact``: the
+    record holds no digest a password could be guessed against; a password alone decides no
+    re-run, which asks no index); None when there is none; "dir" for a folder."""
     try:
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            text = f.read().decode("utf-8", "surrogateescape")
+        return hashlib.sha256(redaction.redact(text).encode("utf-8", "surrogateescape")).hexdigest()
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -261,9 +264,9 @@ def fingerprint(python: str, args: list[str], cwd: str, env, files: list[str], f
     path) of the programs the run found (uv): the one PATH finds now, and that path's file."""
     parts = {
         "backendpick": (__version__, _code()),
-        "command": (list(args), cwd, _tty(sys.stdout), _tty(sys.stderr)),
+        "command": ([redaction.redact(a) for a in args], cwd, _tty(sys.stdout), _tty(sys.stderr)),
         "interpreters": (sys.executable, sys.version, python, _identity(os.path.realpath(python))),
-        "environment": sorted((k, v) for k, v in env.items() if counts(k)),
+        "environment": sorted((k, redaction.redact_var(k, v)) for k, v in env.items() if counts(k)),
         "files": [(f, _content(f)) for f in files],
         "installed": [(d, _listing(d)) for d in folders],
         "programs": [(name, _which(name, env, "", ()), path, _identity(path)) for name, path in programs],
@@ -411,8 +414,10 @@ class Watch:
             return False  # this run changed something (pins rewritten), or someone else did
         from backendpick.edges.durable import write_atomic
 
-        data = {"format": FORMAT, "python": run.python, "args": run.args, "cwd": run.cwd, "files": self.files,
-                "folders": self.folders, "programs": self.programs, "fingerprint": now, "output": run.chunks}
+        # No words of the command line in it: they may hold a credential (the fingerprint has
+        # them with credentials hidden, and the output is what backendpick prints: redacted).
+        data = {"format": FORMAT, "python": run.python, "files": self.files, "folders": self.folders,
+                "programs": self.programs, "fingerprint": now, "output": run.chunks}
         try:
             Path(run.state).mkdir(parents=True, exist_ok=True)
             write_atomic(paths.noop_record(Path(run.state)), json.dumps(data, indent=1))

@@ -245,6 +245,24 @@ def test_a_run_that_changed_something_leaves_no_answer(target: Machine, how: str
     assert not paths.noop_record(target.venv / ".backendpick").exists()
 
 
+def test_no_credential_reaches_the_record(target: Machine, monkeypatch: pytest.MonkeyPatch, capsys):
+    secret = "s3cr3t-t0ken"
+    target.args.append(f"--index-url=https://me:{secret}@mirror.example/{{backend}}")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"https://me:{secret}@mirror.example/simple")
+    monkeypatch.setenv("UV_INDEX_MIRROR_PASSWORD", secret)
+    target.pip_conf.write_text(f"[global]\nindex-url = https://me:{secret}@mirror.example/simple\n")
+    assert _full_run(target)
+    assert secret not in paths.noop_record(target.venv / ".backendpick").read_text()
+    # Not a digest of it either: another password gives the same fingerprint (a re-run that has
+    # nothing to do asks no index, so no password decides it).
+    target.args[-1] = target.args[-1].replace(secret, "other")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://me:other@mirror.example/simple")
+    monkeypatch.setenv("UV_INDEX_MIRROR_PASSWORD", "other")
+    target.pip_conf.write_text("[global]\nindex-url = https://me:other@mirror.example/simple\n")
+    assert noop.answer(target.args, str(target.venv))
+    assert capsys.readouterr().out == "nothing to do\n"
+
+
 def test_a_damaged_record_is_no_answer(target: Machine, capsys):
     assert _full_run(target)
     record = paths.noop_record(target.venv / ".backendpick")
