@@ -91,14 +91,15 @@ def chosen_python(flag: str | None, env) -> str | None:
     """The interpreter installed into, as target/inspection.py's ``choose_python`` chooses it
     (--python, else VIRTUAL_ENV, else this one), as an absolute path; None where that one would
     raise or where a file system check is needed that only the full run makes."""
-    if flag is None and env.get("VIRTUAL_ENV"):
-        flag = env["VIRTUAL_ENV"]
+    venv = flag is None and env.get("VIRTUAL_ENV")
+    if venv:
+        flag = venv
     elif flag is None:
         return os.path.abspath(sys.executable)
     if not flag.strip():
         return None
     if not os.path.isdir(flag):
-        return os.path.abspath(flag)
+        return None if venv else os.path.abspath(flag)
     for candidate in (os.path.join(flag, "bin", "python"), os.path.join(flag, "Scripts", "python.exe")):
         if os.path.exists(candidate):
             return os.path.abspath(candidate)

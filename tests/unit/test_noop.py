@@ -92,6 +92,7 @@ def test_the_target_and_its_state_folder_are_found_without_starting_it(tmp_path:
     assert noop.chosen_python(None, env) == os.path.abspath(sys.executable)
     assert noop.chosen_python("  ", env) is None
     assert noop.chosen_python(str(tmp_path), env) is None  # a folder without an interpreter
+    assert noop.chosen_python(None, {**env, "VIRTUAL_ENV": python}) is None  # not a venv's folder
     assert noop.state_of(python, env) == str(venv / ".backendpick")
     # An interpreter that is neither a venv's nor this one: only its own inspection can tell.
     (tmp_path / "other").mkdir()
