@@ -75,7 +75,7 @@ for name, part in parts.items():
     out[name] = time.perf_counter() - s
 s = time.perf_counter()
 noop.fingerprint(record["python"], sys.argv[2:], os.getcwd(), env, record["files"], record["folders"],
-                 record["programs"])
+                 record["programs"], record["variables"])
 out["whole fingerprint"] = time.perf_counter() - s
 print(json.dumps(out))
 """

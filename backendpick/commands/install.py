@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import os
+from pathlib import Path
 
 from backendpick.checks import suite
 from backendpick.edges import envlock, runner
@@ -183,13 +184,20 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     links = [v for f, v in zip(wanted.rest_options, wanted.rest_options[1:]) if f in ("-f", "--find-links")]
     if req.editables or wanted.rest_args or local or any(not v.startswith(("http://", "https://")) for v in links):
         return None
-    files = [settings.project_dir / "pyproject.toml", *wanted.files, *pipconf.config_files(env, target.prefix)]
+    listed = list(wanted.files)
     for raw in prepared.pip_config.list("constraint"):
         path = pipconf.value_path(raw)
         try:
-            files += requirements.read_file(path, constraints=True, env=env).files
+            listed += requirements.read_file(path, constraints=True, env=env).files
         except ConfigError:
-            files.append(path)
+            listed.append(path)
+    names = set()  # the ${NAME} variables pip expands in them: they count whatever their name
+    for path in listed:
+        try:
+            names |= requirements.variables(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            pass
+    files = [settings.project_dir / "pyproject.toml", *listed, *pipconf.config_files(env, target.prefix)]
     state = state_dir(target, env)
     files += [environment_pins.pins_path(target.prefix), last_install_file(state), builds_record(state),
               target.prefix / "pyvenv.cfg"]
@@ -202,7 +210,8 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
         if found is None:
             return None
         programs["uv"] = str(found)
-    return noop.watch(str(target.python), str(state), [str(f) for f in files], list(target.path), programs)
+    return noop.watch(str(target.python), str(state), [str(f) for f in files], list(target.path), programs,
+                      sorted(names))
 
 
 def _command(req: Request) -> str:

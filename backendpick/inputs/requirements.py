@@ -21,7 +21,7 @@ from backendpick.model.names import normalize
 
 # The items' types and readers, named where the requirements' callers look for them.
 __all__ = ["Wanted", "editable", "expand_vars", "from_pyproject", "gather", "parse_item", "parse_requirement",
-           "read_file"]
+           "read_file", "variables"]
 
 
 # Options a requirements file may carry, and whether they take a value.
@@ -36,6 +36,11 @@ _HASH_SPLIT = re.compile(r"\s+(?=--hash[=\s])")
 def expand_vars(line: str, env: Mapping[str, str]) -> str:
     """``${VAR}`` as pip expands it in requirements files; unset variables stay as written."""
     return _ENV_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), line)
+
+
+def variables(text: str) -> set[str]:
+    """The variables a requirements file's text names as pip expands them (``${NAME}``)."""
+    return set(_ENV_VAR.findall(text))
 
 
 def read_file(path: Path, *, constraints: bool = False, _seen: frozenset = frozenset(),

@@ -13,7 +13,8 @@ What decides it (``fingerprint``), all read again on every re-run:
 * the interpreter running backendpick and the one installed into (path, the file's identity);
 * backendpick itself: its version, and the size and time of each of its files;
 * the environment variables that backendpick, pip, uv, the GPU runtimes and the builds read
-  (``counts``: an allow-list of names and prefixes), by value;
+  (``counts``: an allow-list of names and prefixes), and those a requirements file names
+  (``${NAME}``, which pip expands), by value;
 * files, by content: pyproject.toml, the requirements files (nested ones included), every pip
   configuration file pip would read and its constraint files, the environment's pins, the last
   install's record, the build records, pyvenv.cfg, the installed torch's version file;
@@ -260,14 +261,17 @@ def _tty(stream) -> bool:
 
 
 def fingerprint(python: str, args: list[str], cwd: str, env, files: list[str], folders: list[str],
-                programs: list[list[str]] = ()) -> dict:
+                programs: list[list[str]] = (), variables: list[str] = ()) -> dict:
     """One digest per kind of input (the module's docstring lists them). ``programs``: (name,
-    path) of the programs the run found (uv): the one PATH finds now, and that path's file."""
+    path) of the programs the run found (uv): the one PATH finds now, and that path's file.
+    ``variables``: more variables that count (``${NAME}`` in a requirements file)."""
+    values = {k: v for k, v in env.items() if counts(k)}
+    values.update((k, env.get(k)) for k in variables)
     parts = {
         "backendpick": (__version__, _code()),
         "command": ([redaction.redact(a) for a in args], cwd, _tty(sys.stdout), _tty(sys.stderr)),
         "interpreters": (sys.executable, sys.version, python, _identity(os.path.realpath(python))),
-        "environment": sorted((k, redaction.redact_var(k, v)) for k, v in env.items() if counts(k)),
+        "environment": sorted((k, v if v is None else redaction.redact_var(k, v)) for k, v in values.items()),
         "files": [(f, _content(f)) for f in files],
         "installed": [(d, _listing(d)) for d in folders],
         "programs": [(name, _which(name, env, "", ()), path, _identity(path)) for name, path in programs],
@@ -323,6 +327,8 @@ def _load(path: str) -> tuple[dict, tuple] | None:
     if not isinstance(programs, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in programs):
         return None
+    if not isinstance(data.get("variables"), list) or not all(isinstance(x, str) for x in data["variables"]):
+        return None
     return data, before
 
 
@@ -348,7 +354,7 @@ def answer(args: list[str], python_flag: str | None) -> bool:
     if loaded is None:
         return False
     data, before = loaded
-    now = fingerprint(python, args, cwd, env, data["files"], data["folders"], data["programs"])
+    now = fingerprint(python, args, cwd, env, data["files"], data["folders"], data["programs"], data["variables"])
     if data.get("python") != python or now != data.get("fingerprint"):
         return False
     # An install or restore removes the record when it takes the environment's lock, before it
@@ -396,13 +402,15 @@ def forgo() -> None:
 class Watch:
     """A full run that found nothing to do: the fingerprint of its inputs after planning."""
 
-    def __init__(self, run: _Run, files: list[str], folders: list[str], programs: list[list[str]]):
-        self.run, self.files, self.folders, self.programs = run, files, folders, programs
+    def __init__(self, run: _Run, files: list[str], folders: list[str], programs: list[list[str]],
+                 variables: list[str]):
+        self.run, self.files, self.folders, self.programs, self.variables = run, files, folders, programs, variables
         self.before = self._now()
 
     def _now(self) -> dict:
         run = self.run
-        return fingerprint(run.python, run.args, run.cwd, os.environ, self.files, self.folders, self.programs)
+        return fingerprint(run.python, run.args, run.cwd, os.environ, self.files, self.folders, self.programs,
+                           self.variables)
 
     def finish(self, *, unchanged: bool) -> bool:
         """Write the record when the run changed nothing (``unchanged``: the installed set is the
@@ -418,7 +426,7 @@ class Watch:
         # No words of the command line in it: they may hold a credential (the fingerprint has
         # them with credentials hidden, and the output is what backendpick prints: redacted).
         data = {"format": FORMAT, "python": run.python, "files": self.files, "folders": self.folders,
-                "programs": self.programs, "fingerprint": now, "output": run.chunks}
+                "programs": self.programs, "variables": self.variables, "fingerprint": now, "output": run.chunks}
         try:
             Path(run.state).mkdir(parents=True, exist_ok=True)
             write_atomic(paths.noop_record(Path(run.state)), json.dumps(data, indent=1))
@@ -428,7 +436,7 @@ class Watch:
 
 
 def watch(python: str, state: str, files: list[str], folders: list[str],
-          programs: dict[str, str] | None = None) -> Watch | None:
+          programs: dict[str, str] | None = None, variables: list[str] = ()) -> Watch | None:
     """A ``Watch`` for this run, or None: the run did not come through ``answer`` (another
     entry, or words ``answer`` does not read), ``answer`` located another environment than the
     inspection found, or a vendor tool answers what no file tells."""
@@ -438,7 +446,7 @@ def watch(python: str, state: str, files: list[str], folders: list[str],
     if not machine(os.environ)[1]:
         return None
     return Watch(run, [os.path.abspath(f) for f in files], [os.path.abspath(d) if d else d for d in folders],
-                 [[name, os.path.abspath(path)] for name, path in sorted((programs or {}).items())])
+                 [[name, os.path.abspath(path)] for name, path in sorted((programs or {}).items())], list(variables))
 
 
 def pending() -> bool:

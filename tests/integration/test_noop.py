@@ -182,9 +182,12 @@ def test_a_changed_nested_requirements_file_falls_through_to_an_install(finished
     reqs = finished.base / "reqs"
     reqs.mkdir(exist_ok=True)
     (reqs / "requirements.txt").write_text("torch\n-r more.txt\n")
-    (reqs / "more.txt").write_text("tqdm\n")
+    (reqs / "more.txt").write_text("tqdm\n${EXTRA_PACKAGE}\n")  # pip expands ${NAME}: any name counts
     args = ["--python", py(finished.venv), "--backend", "cpu", "-r", "reqs/requirements.txt"]
-    finished.answered(*args)
+    finished.answered(*args, env=finished.env(EXTRA_PACKAGE="tqdm"))
+    after = finished.run(*args, env=finished.env(EXTRA_PACKAGE="numpy"))
+    assert not after.fast and "installed for cpu" in after.result.stdout, after.result
+    assert "numpy" in finished.versions()
     (reqs / "more.txt").write_text("tqdm\neinops\n")
     after = finished.run(*args)
     assert not after.fast and "installed for cpu" in after.result.stdout, after.result
