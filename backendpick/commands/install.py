@@ -205,11 +205,10 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
         found = next((os.path.join(d, key) for d in target.path if os.path.isfile(os.path.join(d, key))), None)
         files += [found] if found else []
     programs = {}
-    if settings.installer.value == "uv":  # its path is in the plan's commands (--json)
-        found = engines.find_uv(env)
-        if found is None:
+    if prepared.plan.installer == "uv":  # its path is in the plan's commands (--json)
+        if not prepared.plan.uv:
             return None
-        programs["uv"] = str(found)
+        programs["uv"] = prepared.plan.uv
     return noop.watch(str(target.python), str(state), [str(f) for f in files], list(target.path), programs,
                       sorted(names))
 

@@ -168,6 +168,22 @@ def test_each_change_moves_its_own_part_of_the_fingerprint(tmp_path: Path, chang
     assert {k for k in before if before[k] != after[k]} == moved
 
 
+def test_the_installer_counts_where_it_is_a_program_of_its_own(tmp_path: Path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _tool(second, "uv")
+    env = {"PATH": f"{first}{os.pathsep}{second}"}
+
+    def fingerprint() -> dict:
+        return noop.fingerprint("/venv/bin/python", [], "/", env, [], [], [["uv", str(second / "uv")]])
+
+    before = fingerprint()
+    (second / "uv").write_text("#!/bin/sh\necho uv 0.14\n")  # upgraded in place
+    after = fingerprint()
+    assert {k for k in before if before[k] != after[k]} == {"programs"}
+    _tool(first, "uv")  # another one, found first on PATH
+    assert fingerprint()["programs"] != after["programs"]
+
+
 def _tool(folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text("#!/bin/sh\n")
