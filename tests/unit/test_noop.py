@@ -168,6 +168,26 @@ def test_each_change_moves_its_own_part_of_the_fingerprint(tmp_path: Path, chang
     assert {k for k in before if before[k] != after[k]} == moved
 
 
+def test_another_backendpick_moves_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A new release, or an edited file of a checkout (a data table, a module), answers anew."""
+    copy = tmp_path / "backendpick"
+    (copy / "state").mkdir(parents=True)
+    (copy / "data").mkdir()
+    (copy / "state" / "noop.py").write_text("# the check\n")
+    (copy / "data" / "facts.toml").write_text("[drivers]\n")
+    (copy / "__pycache__").mkdir()
+    monkeypatch.setattr(noop, "__file__", str(copy / "state" / "noop.py"))
+    m = Machine(tmp_path / "m")
+    before = m.fingerprint()
+    (copy / "__pycache__" / "x.pyc").write_bytes(b"bytecode is no input")
+    assert m.fingerprint() == before
+    (copy / "data" / "facts.toml").write_text("[drivers]\nx = 1\n")
+    after = m.fingerprint()
+    assert {k for k in before if before[k] != after[k]} == {"backendpick"}
+    monkeypatch.setattr(noop, "__version__", "99.0")
+    assert {k for k in after if after[k] != m.fingerprint()[k]} == {"backendpick"}
+
+
 def test_the_installer_counts_where_it_is_a_program_of_its_own(tmp_path: Path):
     first, second = tmp_path / "first", tmp_path / "second"
     _tool(second, "uv")
