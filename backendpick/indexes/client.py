@@ -166,6 +166,10 @@ class IndexClient:
                 final = resp.geturl()
                 reply = resp.headers
         except urllib.error.HTTPError as exc:
+            # Closed here: the error below keeps it as its context, and closed only at the
+            # interpreter's exit its socket may be gone ("Exception ignored ... I/O operation on
+            # closed file" on stderr, after the answer).
+            exc.close()
             if exc.code == 304 and entry is not None:
                 self._keep(url, page_cache.revalidated(entry, exc.headers, time.time()))
                 return [FileLink(*f) for f in entry.files]
