@@ -1,5 +1,7 @@
 """The console script's entry point. ``install`` first asks state/noop.py whether this is a
-re-run with nothing to do, answered from a record without importing the CLI (issue 22).
+re-run with nothing to do, and ``detect`` whether the same question was answered from inputs
+that have not changed since: either is answered from a record without importing the CLI
+(issue 22).
 
 For the commands that inspect the target interpreter
 (``INSPECTING``), it starts that inspection (a Python start, its wheel tags and a scan of its
@@ -72,13 +74,14 @@ def preload(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["install"]:
-        # A re-run with nothing to do is answered here, before anything below is imported
-        # (state/noop.py); otherwise it falls through to the full pipeline.
+    if args[:1] in (["install"], ["detect"]):
+        # A re-run with nothing to do, or a detect whose every input is as it was and whose index
+        # pages are fresh, is answered here, before anything below is imported (state/noop.py);
+        # otherwise it falls through to the full pipeline.
         from backendpick.state import noop
 
         understood, python = _python_flag(args[1:])
-        if understood and noop.answer(args[1:], python):
+        if understood and noop.answer(args[1:], python, args[0]):
             return
     paused = gc.isenabled()
     gc.disable()

@@ -9,6 +9,7 @@ asks no index and says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,11 @@ class Detection:
     offer_warnings: tuple = ()
     offline: bool = False
     installed_torch: object = None  # torch_origin.TorchOrigin of the target's torch (not with --offline)
+    # What the answer was made from, for the record the next detect may answer from
+    # (state/noop.py): (the target's interpreter and state folder, None for --offline's own;
+    # files; folders of the installed set; variables; span in which the index pages read are
+    # fresh); None: the next one must ask again.
+    inputs: tuple | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -47,7 +53,9 @@ def detect_offline(settings: config.Settings) -> Detection:
 
     facts = facts_mod.load()
     hardware = probe(facts, ProbeSettings.from_env())
-    return Detection(hardware, selector.table_choice(facts, hardware, settings), settings, offline=True)
+    inputs = (None, None, [str(settings.project_dir / "pyproject.toml")], [], [], None)
+    return Detection(hardware, selector.table_choice(facts, hardware, settings), settings, offline=True,
+                     inputs=inputs)
 
 
 def detect_as_plan(req, *, inspection=None) -> Detection:
@@ -63,8 +71,18 @@ def detect_as_plan(req, *, inspection=None) -> Detection:
         notes.append(f"plan and install stop here (exit 3): {chosen.refusal.message}")
     # As plan says it: "index", "table" (no index answered), "recorded" (the last install's record), "installed".
     source = "installed" if chosen.kept else chosen.offers.source if chosen.offers is not None else "table"
+    inputs = None
+    if found.pages is not None:  # every index page came fresh from the cache, no pip ran
+        from backendpick.state import noop
+
+        from backendpick.edges.paths import state_dir
+
+        target = found.target
+        files, names = noop.inputs_of(target, found.settings.project_dir, found.pip_config, os.environ)
+        inputs = (str(target.python), str(state_dir(target, os.environ)), files + found.pages[0], list(target.path),
+                  names, found.pages[1])
     return Detection(found.hardware, chosen.decision, found.settings, source, tuple(notes),
-                     installed_torch=found.stack.origin)
+                     installed_torch=found.stack.origin, inputs=inputs)
 
 
 def to_json(d: Detection) -> dict:
@@ -127,8 +145,24 @@ def render(out: Output, d: Detection) -> None:
         out.warn(w)
 
 
+def _watch(d: Detection):
+    """A ``noop.Watch`` of what this answer was made from, so that the next ``detect`` asking the
+    same prints it before the machinery loads while none of it has changed and its pages are
+    fresh (state/noop.py); None where it cannot. Not after a probe warning: a tool that failed
+    may answer next time."""
+    from backendpick.state import noop
+
+    if d.inputs is None or d.hardware.warnings or not noop.pending():
+        return None
+    python, state, files, folders, names, fresh = d.inputs
+    return noop.watch(python, state, files, folders, variables=names, fresh=fresh, command="detect")
+
+
 def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str | None, python: Path | None = None,
         index_url: str | None = None, offline: bool = False, inspection=None) -> int:
+    from backendpick.state import noop
+
+    noop.listen(out)  # what the next detect asking the same prints, kept for its record
     if offline:
         facts = facts_mod.load()
         settings = config.load(facts, project_dir=project_dir, backend=backend, index_url=index_url,
@@ -142,8 +176,11 @@ def run(out: Output, *, project_dir: Path, backend: str | None, cuda_compat: str
         d = detect_as_plan(Request(project_dir=project_dir, requirements=("torch",) if no_project else (),
                                    python=python, backend=backend, index_url=index_url, cuda_compat=cuda_compat),
                            inspection=inspection)
+    watch = _watch(d)
     if out.json_mode:
         out.emit_json(to_json(d))
     else:
         render(out, d)
+    if watch is not None:
+        watch.finish(unchanged=True)
     return EXIT_OK

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import os
-from pathlib import Path
 
 from backendpick.checks import suite
 from backendpick.edges import envlock, runner
-from backendpick.edges.paths import builds_record, last_install as last_install_file, logs, state_dir
+from backendpick.edges.paths import logs, state_dir
 from backendpick.edges.runner import stopped
-from backendpick.errors import EXIT_OK, ConfigError, InstallError, KeepError, StateError
+from backendpick.errors import EXIT_OK, InstallError, KeepError, StateError
 from backendpick.execute import described, engines, executor
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
@@ -175,7 +174,7 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     """The files and folders a re-run reads again to know that nothing changed (state/noop.py),
     watched from now; None when an input's files cannot all be listed: a local path, an
     editable or a local find-links folder among the requirements (their metadata and folders)."""
-    from backendpick.inputs import pip_config as pipconf, requirements
+    from backendpick.inputs import requirements
 
     target, settings, env = prepared.target, prepared.settings, prepared.user_env
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
@@ -184,33 +183,13 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     links = [v for f, v in zip(wanted.rest_options, wanted.rest_options[1:]) if f in ("-f", "--find-links")]
     if req.editables or wanted.rest_args or local or any(not v.startswith(("http://", "https://")) for v in links):
         return None
-    listed = list(wanted.files)
-    for raw in prepared.pip_config.list("constraint"):
-        path = pipconf.value_path(raw)
-        try:
-            listed += requirements.read_file(path, constraints=True, env=env).files
-        except ConfigError:
-            listed.append(path)
-    names = set()  # the ${NAME} variables pip expands in them: they count whatever their name
-    for path in listed:
-        try:
-            names |= requirements.variables(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            pass
-    files = [settings.project_dir / "pyproject.toml", *listed, *pipconf.config_files(env, target.prefix)]
-    state = state_dir(target, env)
-    files += [environment_pins.pins_path(target.prefix), last_install_file(state), builds_record(state),
-              target.prefix / "pyvenv.cfg"]
-    for key in target.files:  # the installed torch's version file and the like, first on the path
-        found = next((os.path.join(d, key) for d in target.path if os.path.isfile(os.path.join(d, key))), None)
-        files += [found] if found else []
+    files, names = noop.inputs_of(target, settings.project_dir, prepared.pip_config, env, wanted.files)
     programs = {}
     if prepared.plan.installer == "uv":  # its path is in the plan's commands (--json)
         if not prepared.plan.uv:
             return None
         programs["uv"] = prepared.plan.uv
-    return noop.watch(str(target.python), str(state), [str(f) for f in files], list(target.path), programs,
-                      sorted(names))
+    return noop.watch(str(target.python), str(state_dir(target, env)), files, list(target.path), programs, names)
 
 
 def _command(req: Request) -> str:

@@ -126,6 +126,12 @@ def noop_record(state: Path) -> Path:
     return state / "noop.json"
 
 
+def detect_records(state: Path) -> Path:
+    """The folder of ``detect``'s answers, one per question asked (state/noop.py), each with the
+    fingerprint of what decided it: the next one answers from it before the machinery loads."""
+    return state / "detect"
+
+
 def builds_record(state: Path) -> Path:
     """Which torch each build-phase package was built against."""
     return state / "builds.json"

@@ -100,6 +100,9 @@ class IndexClient:
         self.timeout = timeout if timeout is not None else min(pip_config.timeout, 15.0)
         self.refresh = refresh
         self._cache: dict[str, list[FileLink]] = {}
+        # Per page answered: (stored, fresh until) of the kept entry that answers a later run
+        # alike without a request, or None where a later run would ask again (``kept_pages``).
+        self._answered: dict[str, tuple[float, float] | None] = {}
         self._disk = None
         self._env = dict(os.environ if env is None else env)
         self.keychain = Keychain(self._env, pip_config, urls)
@@ -129,6 +132,7 @@ class IndexClient:
         if url in self._cache:
             return self._cache[url]
         if urlsplit(url).scheme == "file":
+            self._answered[url] = None  # read from its folder each time, which nothing watches
             files = _file_project(url)
         else:
             files = self._http_page(url)
@@ -144,7 +148,9 @@ class IndexClient:
         # A page that needed credentials is shown to no one the server has not just accepted:
         # always revalidated, with this run's credentials (indexes/page_cache.py).
         if entry is not None and not self.refresh and not entry.authenticated and entry.fresh(time.time()):
+            self._answered[url] = (entry.stored, entry.stored + entry.lifetime)
             return [FileLink(*f) for f in entry.files]
+        self._answered[url] = None  # until the answer is kept fresh (_keep)
         return self._fetch(url, entry if entry is not None and entry.has_validator else None)
 
     def _fetch(self, url: str, entry) -> list[FileLink]:
@@ -204,6 +210,8 @@ class IndexClient:
             return None
         import urllib.error
 
+        self._answered[file.url] = None  # asked each time: never kept
+
         url = file.url.split("#", 1)[0] + ".metadata"
         if urlsplit(url).scheme == "file":
             from pathlib import Path
@@ -227,6 +235,22 @@ class IndexClient:
             self._disk.forget(url)
         else:
             self._disk.store(url, entry)
+            if not entry.authenticated and entry.lifetime > 0:
+                self._answered[url] = (entry.stored, entry.stored + entry.lifetime)
+
+    def kept_pages(self) -> tuple[list[str], tuple[float, float] | None] | None:
+        """The kept entries' files of every page this client answered, and the span of time in
+        which all of them answer a later run alike, without a request (each fresh; None: no page
+        was read). None when a later run would ask an index again: a page not kept or kept
+        stale, one that needed credentials (always revalidated), a metadata file, a local page.
+        What lets ``detect`` answer from a record (state/noop.py)."""
+        if self._disk is None or any(span is None for span in self._answered.values()):
+            return None
+        from backendpick.indexes.page_cache import key
+
+        spans = list(self._answered.values())
+        files = [str(self._disk.folder / key(url)) for url in self._answered]
+        return files, ((max(s for s, _ in spans), min(u for _, u in spans)) if spans else None)
 
 
 def _file_project(url: str) -> list[FileLink]:

@@ -161,6 +161,11 @@ class Detected:
     settings: config.Settings
     chosen: selector.Chosen
     warnings: tuple
+    target: environment.Target = None
+    pip_config: pipconf.PipConfig = None
+    # The kept index pages the answer stands on and when all are fresh (client.kept_pages);
+    # None: a later detect would ask an index or pip again.
+    pages: tuple | None = None
 
 
 def prepare(req: Request, env: dict | None = None, target: environment.Target | None = None,
@@ -205,7 +210,10 @@ def select_backend(req: Request, env: dict | None = None, inspection: target_mod
     if choice is None:  # the record no longer holds: ask the indexes (never None without a record)
         attempt = replace(i, warnings=list(i.warnings))
         choice = _choose(attempt, False, wants=True)
-    return Detected(i.hardware, i.stack, i.settings, choice.chosen, tuple(attempt.warnings))
+    asked_pip = choice.resolution.source not in (resolve_mod.NOTHING, resolve_mod.INSTALLED)
+    pages = None if asked_pip else i.client.kept_pages()
+    return Detected(i.hardware, i.stack, i.settings, choice.chosen, tuple(attempt.warnings), i.target, i.pip_config,
+                    pages)
 
 
 def _inputs(req: Request, env: dict | None, target, inspection, *, for_plan: bool) -> _Inputs:

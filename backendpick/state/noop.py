@@ -35,6 +35,14 @@ among the requirements), and on a machine whose vendor tools' answers can be re-
 (nvidia-smi: the driver's ``/proc/driver/nvidia/gpus``). Holding the environment's lock removes
 it (edges/envlock.py), so an install or restore that stops half-way never looks finished.
 
+``detect`` is answered the same way (issue 22, item 4): it asks the index, and once the pages
+it read are fresh in the page cache (indexes/page_cache.py) and nothing else changed, asking
+again must cost nothing. Its full run leaves a record when every page it read was a fresh kept
+one (``IndexClient.kept_pages``: no page that a later run would ask for again, no pip
+resolution) and the probe warned of nothing; the record holds the pages' files (by content, as
+above) and the span of time in which all are fresh, and answers only within it. detect keeps
+one record per question (words, folder, variables) in ``state/detect/``, the eight newest.
+
 Standard library only, besides backendpick's foundation and ``edges/paths.py``: this runs
 before anything else is imported.
 """
@@ -45,6 +53,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from backendpick import __version__, envvars, redaction
@@ -79,7 +88,8 @@ def counts(name: str) -> bool:
 
 
 def eligible(args: list[str]) -> bool:
-    """Whether ``install ARGS`` may be answered from a record (no work asked for, words read plainly)."""
+    """Whether ``install ARGS`` or ``detect ARGS`` may be answered from a record (no work asked
+    for, words read plainly)."""
     for word in args:
         if word == "--" or word.split("=", 1)[0] in ASKS_FOR_WORK:
             return False
@@ -265,13 +275,9 @@ def fingerprint(python: str, args: list[str], cwd: str, env, files: list[str], f
     """One digest per kind of input (the module's docstring lists them). ``programs``: (name,
     path) of the programs the run found (uv): the one PATH finds now, and that path's file.
     ``variables``: more variables that count (``${NAME}`` in a requirements file)."""
-    values = {k: v for k, v in env.items() if counts(k)}
-    values.update((k, env.get(k)) for k in variables)
     parts = {
         "backendpick": (__version__, _code()),
-        "command": ([redaction.redact(a) for a in args], cwd, _tty(sys.stdout), _tty(sys.stderr)),
-        "interpreters": (sys.executable, sys.version, python, _identity(os.path.realpath(python))),
-        "environment": sorted((k, v if v is None else redaction.redact_var(k, v)) for k, v in values.items()),
+        **_asked(python, args, cwd, env, variables),
         "files": [(f, _content(f)) for f in files],
         "installed": [(d, _listing(d)) for d in folders],
         "programs": [(name, _which(name, env, "", ()), path, _identity(path)) for name, path in programs],
@@ -280,15 +286,38 @@ def fingerprint(python: str, args: list[str], cwd: str, env, files: list[str], f
     return {key: _digest(value) for key, value in parts.items()}
 
 
+def _asked(python: str, args: list[str], cwd: str, env, variables=()) -> dict:
+    """The parts of the fingerprint known before a record is read: what was asked, where, by
+    which interpreter, under which variables."""
+    values = {k: v for k, v in env.items() if counts(k)}
+    values.update((k, env.get(k)) for k in variables)
+    return {
+        "command": ([redaction.redact(a) for a in args], cwd, _tty(sys.stdout), _tty(sys.stderr)),
+        "interpreters": (sys.executable, sys.version, python, _identity(os.path.realpath(python))),
+        "environment": sorted((k, v if v is None else redaction.redact_var(k, v)) for k, v in values.items()),
+    }
+
+
+def _record_path(command: str, state: str, python: str, args: list[str], cwd: str, env) -> str:
+    """Where the record of ``command`` lives: install's one per environment (the environment's
+    lock removes it); detect's one per question (words, folder, variables: ``detect`` and
+    ``detect --json`` answer alike, each from its own), named by a digest of what was asked with
+    credentials hidden."""
+    if command == "install":
+        return str(paths.noop_record(Path(state)))
+    return str(paths.detect_records(Path(state)) / f"{_digest(_asked(python, args, cwd, env))[:24]}.json")
+
+
 # -- the fast path ----------------------------------------------------------------------------------
 
 
 class _Run:
-    """This process's ``install``, after ``answer`` fell through: what a record needs of it,
-    and what it printed (``listen``)."""
+    """This process's ``install`` or ``detect``, after ``answer`` fell through: what a record
+    needs of it, and what it printed (``listen``)."""
 
-    def __init__(self, args: list[str], cwd: str, python: str, state: str):
-        self.args, self.cwd, self.python, self.state = args, cwd, python, state
+    def __init__(self, command: str, args: list[str], cwd: str, python: str, state: str, record: str):
+        self.command, self.args, self.cwd = command, args, cwd
+        self.python, self.state, self.record = python, state, record
         self.chunks: list[list[str]] = []
         self.size = 0
         self.off = False  # the output is not what a re-run would print, or is too long
@@ -329,12 +358,16 @@ def _load(path: str) -> tuple[dict, tuple] | None:
         return None
     if not isinstance(data.get("variables"), list) or not all(isinstance(x, str) for x in data["variables"]):
         return None
+    fresh = data.get("fresh")
+    if fresh is not None and not (isinstance(fresh, list) and len(fresh) == 2
+                                  and all(isinstance(x, (int, float)) for x in fresh)):
+        return None
     return data, before
 
 
-def answer(args: list[str], python_flag: str | None) -> bool:
-    """``backendpick install ARGS`` answered from the record: True when it printed the recorded
-    answer (the process is done, exit 0); False to run the full pipeline."""
+def answer(args: list[str], python_flag: str | None, command: str = "install") -> bool:
+    """``backendpick install ARGS`` (or ``detect ARGS``) answered from the record: True when it
+    printed the recorded answer (the process is done, exit 0); False to run the full pipeline."""
     global _run
     _run = None
     if not eligible(args):
@@ -348,14 +381,20 @@ def answer(args: list[str], python_flag: str | None) -> bool:
     state = state_of(python, env) if python is not None else None
     if state is None:
         return False
-    _run = _Run(list(args), cwd, python, state)
-    record = str(paths.noop_record(Path(state)))
+    record = _record_path(command, state, python, args, cwd, env)
+    _run = _Run(command, list(args), cwd, python, state, record)
     loaded = _load(record)
     if loaded is None:
         return False
     data, before = loaded
     now = fingerprint(python, args, cwd, env, data["files"], data["folders"], data["programs"], data["variables"])
     if data.get("python") != python or now != data.get("fingerprint"):
+        return False
+    # The index pages the answer was made from answer a full run alike only while all are fresh
+    # (indexes/page_cache.py: a kept page is used without a request from when it was stored until
+    # its lifetime ends); after that the full run asks the index again.
+    fresh = data.get("fresh")
+    if fresh is not None and not fresh[0] <= time.time() < fresh[1]:
         return False
     # An install or restore removes the record when it takes the environment's lock, before it
     # changes anything: still the same file now means the folders above were read before any change.
@@ -403,8 +442,9 @@ class Watch:
     """A full run that found nothing to do: the fingerprint of its inputs after planning."""
 
     def __init__(self, run: _Run, files: list[str], folders: list[str], programs: list[list[str]],
-                 variables: list[str]):
+                 variables: list[str], fresh: tuple[float, float] | None = None):
         self.run, self.files, self.folders, self.programs, self.variables = run, files, folders, programs, variables
+        self.fresh = fresh
         self.before = self._now()
 
     def _now(self) -> dict:
@@ -427,26 +467,80 @@ class Watch:
         # them with credentials hidden, and the output is what backendpick prints: redacted).
         data = {"format": FORMAT, "python": run.python, "files": self.files, "folders": self.folders,
                 "programs": self.programs, "variables": self.variables, "fingerprint": now, "output": run.chunks}
+        if self.fresh is not None:
+            data["fresh"] = list(self.fresh)
+        record = Path(run.record)
         try:
-            Path(run.state).mkdir(parents=True, exist_ok=True)
-            write_atomic(paths.noop_record(Path(run.state)), json.dumps(data, indent=1))
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(record, json.dumps(data, indent=1))
         except OSError:
             return False  # only the next run's shortcut is lost
+        if record.parent != Path(run.state):
+            _prune(record.parent)
         return True
 
 
-def watch(python: str, state: str, files: list[str], folders: list[str],
-          programs: dict[str, str] | None = None, variables: list[str] = ()) -> Watch | None:
+def _prune(folder: Path, keep: int = 8) -> None:
+    """The ``keep`` newest records of a folder of them (detect's, one per question asked)."""
+    try:
+        found = sorted(((p.stat().st_mtime_ns, p) for p in folder.glob("*.json")), reverse=True)
+        for _, old in found[keep:]:
+            old.unlink()
+    except OSError:
+        pass  # another run pruned it first
+
+
+def watch(python: str | None, state: str | None, files: list[str], folders: list[str],
+          programs: dict[str, str] | None = None, variables: list[str] = (),
+          fresh: tuple[float, float] | None = None, command: str = "install") -> Watch | None:
     """A ``Watch`` for this run, or None: the run did not come through ``answer`` (another
     entry, or words ``answer`` does not read), ``answer`` located another environment than the
-    inspection found, or a vendor tool answers what no file tells."""
+    inspection found, or a vendor tool answers what no file tells. ``python`` and ``state``
+    None: the run's own, as ``answer`` located them (detect --offline looks at no target)."""
     run = _run
-    if run is None or run.off or os.path.abspath(python) != run.python or os.path.abspath(state) != run.state:
+    if run is None or run.off or run.command != command:
+        return None
+    if python is not None and (os.path.abspath(python) != run.python or os.path.abspath(state) != run.state):
         return None
     if not machine(os.environ)[1]:
         return None
     return Watch(run, [os.path.abspath(f) for f in files], [os.path.abspath(d) if d else d for d in folders],
-                 [[name, os.path.abspath(path)] for name, path in sorted((programs or {}).items())], list(variables))
+                 [[name, os.path.abspath(path)] for name, path in sorted((programs or {}).items())], list(variables),
+                 fresh)
+
+
+def inputs_of(target, project_dir: Path, pip_config, env, listed=()) -> tuple[list[str], list[str]]:
+    """The files a re-run of a command on ``target`` reads again to know that nothing changed,
+    and the ``${NAME}`` variables its requirements files name (they count whatever their name):
+    the project's pyproject.toml, the requirements files ``listed``, pip's configuration files
+    and the constraint files they name, the environment's own files (pins, the last install's
+    record, the build records, pyvenv.cfg) and the installed torch's version file and the like.
+    The machinery is loaded: imported here, not at the top."""
+    from backendpick.errors import ConfigError
+    from backendpick.inputs import pip_config as pipconf, requirements
+    from backendpick.state import environment_pins
+
+    listed = list(listed)
+    for raw in pip_config.list("constraint"):
+        path = pipconf.value_path(raw)
+        try:
+            listed += requirements.read_file(path, constraints=True, env=env).files
+        except ConfigError:
+            listed.append(path)
+    names = set()
+    for path in listed:
+        try:
+            names |= requirements.variables(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            pass
+    files = [Path(project_dir) / "pyproject.toml", *listed, *pipconf.config_files(env, target.prefix)]
+    state = paths.state_dir(target, env)
+    files += [environment_pins.pins_path(target.prefix), paths.last_install(state), paths.builds_record(state),
+              target.prefix / "pyvenv.cfg"]
+    for key in target.files:  # first on the path, as the inspection found it
+        found = next((os.path.join(d, key) for d in target.path if os.path.isfile(os.path.join(d, key))), None)
+        files += [found] if found else []
+    return [str(f) for f in files], sorted(names)
 
 
 def pending() -> bool:

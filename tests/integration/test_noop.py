@@ -72,11 +72,11 @@ class Env:
         return subprocess_env(self.pip_conf, machine=self.machine, home=self.lab.home, cache=self.lab.cache,
                               extra={"BACKENDPICK_INDEX_URL": self.lab.template, **extra})
 
-    def run(self, *args: str, cwd: Path | None = None, env: dict | None = None) -> Run:
+    def run(self, *args: str, cwd: Path | None = None, env: dict | None = None, command: str = "install") -> Run:
         self.runs += 1
         marker = self.base / f"loaded-{self.runs}.json"
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _LAUNCH, "install", *(args or self.args)],
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH, command, *(args or self.args)],
                               env={**(env or self.env()), "BP_TEST_LOADED": str(marker)}, cwd=str(cwd or self.base),
                               capture_output=True, text=True, timeout=300)
         result = Result(tuple(args), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
@@ -249,3 +249,71 @@ def test_auto_selection_falls_through_on_a_new_driver_or_another_gpu(lab: Lab, t
     assert not e.run().fast and not e.run().fast
     assert not e.record.exists()
     assert venv_python(e.venv).exists()
+
+
+def _cached_copy(server: IndexServer, backend: str) -> str:
+    """The world's ``backend`` index copied as ``noop-<backend>`` with pages fresh for 600 s (as
+    PyPI serves them; the copy keeps the policy from every other test); its template."""
+    name = f"noop-{backend}"
+    if not (server.root / name).is_dir():
+        staging = server.root / f".{name}.tmp"  # dot names are never served
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(server.index_dir(backend), staging)
+        staging.rename(server.root / name)
+    server.page_caching(name, "max-age=600")
+    return server.base_url + "/noop-{backend}/simple"
+
+
+def test_detect_answers_from_fresh_pages_and_falls_through_on_any_change(lab: Lab, server: IndexServer,
+                                                                         tmp_path: Path) -> None:
+    """detect asks the index; once its pages are fresh in the cache and nothing else changed, the
+    next detect is answered before the machinery loads, with what the full run printed."""
+    machine = FakeMachine(tmp_path / "h100")
+    machine.driver("550.54.14")
+    machine.nvidia_smi(query="0, NVIDIA H100 80GB HBM3, 550.54.14, 9.0, GPU-x, 81920\n")
+    machine.driver_gpus(["NVIDIA H100 80GB HBM3"])
+    template = [_cached_copy(server, b) for b in ("cpu", "cu124", "cu126")][0]
+    e = Env(lab, tmp_path, machine)
+    e.pyproject.write_text('[project]\nname = "demo"\nversion = "0.1"\ndependencies = ["torch"]\n')
+    cache = tmp_path / "cache"
+    env = e.env(BACKENDPICK_INDEX_URL=template, XDG_CACHE_HOME=str(cache))
+    args = ["--python", py(e.venv), "--project", str(e.project)]
+
+    def detect(*extra: str, env: dict = env) -> Run:
+        return e.run(*args, *extra, env=env, command="detect")
+
+    for extra in ([], ["--json"]):
+        full = detect(*extra)
+        assert not full.fast and "cu124" in full.result.stdout, full.result
+        server.clear_log()
+        fast = detect(*extra)
+        assert fast.fast, fast.result
+        assert server.log == []
+        assert (fast.result.stdout, fast.result.stderr) == (full.result.stdout, full.result.stderr)
+
+    changes = {
+        "a new driver": lambda: machine.driver("560.35.03"),
+        "a line in pyproject.toml": lambda: e.pyproject.write_text(e.pyproject.read_text() + "[tool.backendpick]\n"
+                                                                                           'backend = "cpu"\n'),
+        "a distribution installed": lambda: _dist(e.venv, "zz-noop", "1.0"),
+    }
+    for name, change in changes.items():
+        change()
+        after = detect()
+        assert not after.fast, (name, after.result)
+        assert detect().fast, name  # and that run left the answer for the next
+    assert not detect(env={**env, "BACKENDPICK_CUDA_COMPAT": "minor"}).fast
+    # The pages gone stale (stored 601 s ago): the full run asks the index again.
+    for entry in cache.rglob("pages/*.json"):
+        data = json.loads(entry.read_text())
+        entry.write_text(json.dumps({**data, "stored": data["stored"] - 601}))
+    server.clear_log()
+    assert not detect().fast
+    assert server.log != []
+
+
+def _dist(venv: Path, name: str, version: str) -> None:
+    site = next((venv / "lib").glob("python*/site-packages"))
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")

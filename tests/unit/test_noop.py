@@ -327,3 +327,41 @@ def test_taking_the_environments_lock_removes_the_record(tmp_path: Path):
         assert not paths.noop_record(state).exists()
     with envlock.hold(state, on_wait=print, env={}):  # and without one there is nothing to remove
         pass
+
+
+def _detect_run(m: Machine, args: list[str], fresh, printed: str) -> bool:
+    """What detect does when answer() fell through: its answer made from pages fresh in ``fresh``."""
+    assert not noop.answer(args, str(m.venv), "detect")
+    out = FakeOutput()
+    noop.listen(out)
+    python, state = str(m.venv / "bin" / "python"), str(m.venv / ".backendpick")
+    assert noop.watch(python, state, [str(m.pyproject)], [str(m.site)]) is None  # install's watch: not this run
+    watch = noop.watch(python, state, [str(m.pyproject)], [str(m.site)], fresh=fresh, command="detect")
+    out.stdout.write(printed)
+    return watch.finish(unchanged=True)
+
+
+def test_detect_answers_from_its_record_only_while_its_pages_are_fresh(target: Machine, capsys,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    args = ["--python", str(target.venv)]
+    now = noop.time.time()
+    assert _detect_run(target, args, (now - 5, now + 60), "backend: cu124\n")
+    assert _detect_run(target, [*args, "--json"], (now - 5, now + 60), '{"backend": "cu124"}\n')
+    assert noop.answer(args, str(target.venv), "detect")
+    assert noop.answer([*args, "--json"], str(target.venv), "detect")
+    assert capsys.readouterr().out == 'backend: cu124\n{"backend": "cu124"}\n'
+    assert not noop.answer(args, str(target.venv), "install")  # install's record is another
+    for moment in (now + 61, now - 6):  # the pages stale, or the clock set back before they were stored
+        monkeypatch.setattr(noop.time, "time", lambda: moment)
+        assert not noop.answer(args, str(target.venv), "detect")
+    monkeypatch.undo()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_detect_keeps_the_answers_to_the_last_eight_questions(target: Machine):
+    now = noop.time.time()
+    for n in range(10):
+        assert _detect_run(target, ["--python", str(target.venv), f"--backend=cu12{n}"], (now, now + 60), f"{n}\n")
+    folder = paths.detect_records(target.venv / ".backendpick")
+    assert len(list(folder.glob("*.json"))) == 8
+    assert not paths.noop_record(target.venv / ".backendpick").exists()

@@ -290,3 +290,26 @@ def test_without_env_nothing_is_kept_on_disk(server: IndexServer):
     for _ in range(2):
         IndexClient(PipConfig()).project(server.url("fresh"), "torch")
     assert len(server.page_requests("fresh", "torch")) == 2
+
+
+def test_the_pages_a_client_answered_say_when_a_later_run_would_ask_again(tmp_path: Path, server: IndexServer):
+    """What lets detect answer from a record (state/noop.py): the kept pages' files and the span
+    in which all are fresh; None where a later run would send a request."""
+    assert client(tmp_path).kept_pages() == ([], None)  # no page read
+    first = client(tmp_path)
+    first.project(server.url("fresh"), "torch")  # asked, kept fresh for 600 s
+    files, (since, until) = first.kept_pages()
+    assert until - since == 600 and [Path(f).is_file() for f in files] == [True]
+    second = client(tmp_path)
+    second.project(server.url("fresh"), "torch")  # from the cache, no request
+    assert second.kept_pages() == (files, (since, until))
+    for index in ("etag", "plain"):  # always revalidated; never kept
+        c = client(tmp_path)
+        c.project(server.url("fresh"), "torch")
+        c.project(server.url(index), "torch")
+        assert c.kept_pages() is None, index
+    missing = client(tmp_path)
+    with pytest.raises(PageNotFound):
+        missing.project(server.url("fresh"), "nothing-here")
+    assert missing.kept_pages() is None
+    assert IndexClient(PipConfig()).kept_pages() is None  # no disk cache at all
