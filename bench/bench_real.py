@@ -231,7 +231,9 @@ exit $rc
     v = venv()
     print(f"warm-up (fills uv's cache and backendpick's): {timed(command('bp-uv', v), env, cwd):.1f}s", flush=True)
     shutil.rmtree(v)
-    own, whole = [], []
+    own, whole, floor = [], [], []
+    pip_version = [sys.executable, "-m", "pip", "--version"]
+    timed(pip_version, env, cwd)
     for i in range(runs):
         v = venv()
         times.unlink(missing_ok=True)
@@ -240,10 +242,13 @@ exit $rc
         shutil.rmtree(v)
         own.append(seconds - inner)
         whole.append(seconds)
-        print(f"run {i + 1}/{runs}: whole {seconds:5.3f}s, uv {inner:5.3f}s, backendpick {1000 * (seconds - inner):5.1f} ms",
-              flush=True)
-    print(f"median: backendpick's own time {1000 * statistics.median(own):.1f} ms "
-          f"(whole {statistics.median(whole):.3f}s)")
+        floor.append(timed(pip_version, env, cwd))  # the yardstick (issue 22), in the same round
+        print(f"run {i + 1}/{runs}: whole {seconds:5.3f}s, uv {inner:5.3f}s, backendpick {1000 * (seconds - inner):5.1f} ms"
+              f", python -m pip --version {1000 * floor[-1]:5.1f} ms", flush=True)
+    mine, pip = statistics.median(own), statistics.median(floor)
+    print(f"median: backendpick's own time {1000 * mine:.1f} ms (whole {statistics.median(whole):.3f}s); "
+          f"python -m pip --version {1000 * pip:.1f} ms; ratio {mine / pip:.2f}x (goal <= 0.35x: "
+          f"{'met' if mine / pip <= 0.35 else 'not met'})")
 
 
 def main() -> None:
