@@ -22,55 +22,22 @@ checked: the answer the full run printed, no index request. Goal: detect at most
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.fakehw import FakeMachine  # noqa: E402
+from common import LAUNCH, save, nvidia_host, options, timed  # bench/common.py; puts the checkout on sys.path
 from tests.support.hermetic import subprocess_env  # noqa: E402
 from tests.support.world import BACKENDS, build_world  # noqa: E402
 
 GOAL = 0.3
 
-# backendpick from this checkout, keeping its own bytecode as an installed copy would.
-LAUNCH = (
-    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.start import main; main()"
-).format(root=str(ROOT))
-
-
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=120)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
-    return seconds, proc.stdout
-
-
-def h100(base: Path) -> FakeMachine:
-    machine = FakeMachine(base)
-    machine.driver("550.54.14")
-    machine.nvidia_smi(query="0, NVIDIA H100 80GB HBM3, 550.54.14, 9.0, GPU-x, 81920\n")
-    return machine.driver_gpus(["NVIDIA H100 80GB HBM3"])
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=15, help="samples per command (default 15)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    opts = parser.parse_args()
+    opts = options(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     world = build_world(tmp / "world")
@@ -81,7 +48,7 @@ def main() -> None:
         extra = {"BACKENDPICK_INDEX_URL": world.server.base_url + "/{backend}/simple", "VIRTUAL_ENV": str(venv),
                  "XDG_CACHE_HOME": str(tmp / "cache"), "NO_COLOR": "1"}
         machines = {"no GPU": subprocess_env(os.devnull, extra=extra),
-                    "H100, driver 550": subprocess_env(os.devnull, machine=h100(tmp / "h100"), extra=extra)}
+                    "H100, driver 550": subprocess_env(os.devnull, machine=nvidia_host(tmp / "h100", "NVIDIA H100 80GB HBM3", "9.0"), extra=extra)}
         records = venv / ".backendpick" / "detect"
         detect = [sys.executable, "-c", LAUNCH, "detect"]
         pip = [sys.executable, "-m", "pip", "--version"]
@@ -126,22 +93,8 @@ def main() -> None:
                                   for _ in range(opts.runs))
         print(f"  python -c pass: {floor * 1000:.0f} ms")
 
-        result = {
-            "bench": "detect",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "runs": opts.runs,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "seconds": samples,
-            "median": med,
-            "ratio": {k: round(v, 3) for k, v in ratio.items()},
-            "goal": GOAL,
-            "met": all(r <= GOAL for k, r in ratio.items() if k.endswith(": detect")),
-            "interpreter_floor": floor,
-        }
-        opts.out.mkdir(parents=True, exist_ok=True)
-        path = opts.out / f"detect-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+        met = all(r <= GOAL for k, r in ratio.items() if k.endswith(": detect"))
+        save(opts, "detect", samples, med, ratio, GOAL, met, interpreter_floor=floor)
     finally:
         world.close()
         shutil.rmtree(tmp, ignore_errors=True)

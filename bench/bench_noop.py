@@ -22,22 +22,14 @@ bench/results/ (gitignored).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.fakehw import FakeMachine  # noqa: E402
+from common import LAUNCH, save, ROOT, nvidia_host, options, timed  # bench/common.py; puts ROOT on sys.path
 from tests.support.hermetic import subprocess_env  # noqa: E402
 from tests.support.venvs import venv_python  # noqa: E402
 from tests.support.world import build_world  # noqa: E402
@@ -45,11 +37,6 @@ from tests.support.world import build_world  # noqa: E402
 GOAL = 0.3
 REQUEST = ["torch", "torchvision", "xformers", "tqdm"]
 
-# backendpick from this checkout, keeping its own bytecode as an installed copy would.
-LAUNCH = (
-    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
-    "from backendpick.start import main; main()"
-).format(root=str(ROOT))
 
 # Where a fast re-run's time goes, measured inside one such process (same interpreter, same
 # environment): the imports of the check, then each part of the fingerprint.
@@ -81,37 +68,18 @@ print(json.dumps(out))
 """
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
-    return seconds, proc.stdout
-
-
 def identity(path: Path) -> tuple:
     st = path.stat()
     return st.st_ino, st.st_mtime_ns
 
 
-def a100(base: Path) -> FakeMachine:
-    machine = FakeMachine(base)
-    machine.driver("550.54.14")
-    machine.nvidia_smi(query="0, NVIDIA A100-SXM4-80GB, 550.54.14, 8.0, GPU-x, 81920\n")
-    return machine.driver_gpus(["NVIDIA A100-SXM4-80GB"])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=15, help="samples per command (default 15)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    opts = parser.parse_args()
+    opts = options(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-noop-"))
     world = build_world(tmp / "world")
     try:
-        env = subprocess_env(world.pip_conf, machine=a100(tmp / "a100"),
+        env = subprocess_env(world.pip_conf, machine=nvidia_host(tmp / "a100", "NVIDIA A100-SXM4-80GB", "8.0"),
                              extra={"BACKENDPICK_INDEX_URL": world.server.base_url + "/{backend}/simple"})
         venv = world.new_venv(tmp)
         cwd = tmp / "project"
@@ -159,24 +127,8 @@ def main() -> None:
         print(f"where the fast re-run goes: interpreter start and exit (python -c pass) {floor * 1000:.1f} ms; "
               + "; ".join(f"{k} {v * 1000:.2f} ms" for k, v in where.items()))
 
-        result = {
-            "bench": "noop",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "runs": opts.runs,
-            "request": REQUEST,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "seconds": samples,
-            "median": med,
-            "ratio": {k: round(v, 3) for k, v in ratio.items()},
-            "goal": GOAL,
-            "met": ratio["fast_vs_pip_version"] <= GOAL,
-            "interpreter_floor": floor,
-            "fast_breakdown": where,
-        }
-        opts.out.mkdir(parents=True, exist_ok=True)
-        path = opts.out / f"noop-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+        save(opts, "noop", samples, med, ratio, GOAL, ratio["fast_vs_pip_version"] <= GOAL, request=REQUEST,
+             interpreter_floor=floor, fast_breakdown=where)
     finally:
         world.close()
         shutil.rmtree(tmp, ignore_errors=True)
