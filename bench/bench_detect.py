@@ -49,7 +49,7 @@ def main() -> None:
                  "XDG_CACHE_HOME": str(tmp / "cache"), "NO_COLOR": "1"}
         machines = {"no GPU": subprocess_env(os.devnull, extra=extra),
                     "H100, driver 550": subprocess_env(os.devnull, machine=nvidia_host(tmp / "h100", "NVIDIA H100 80GB HBM3", "9.0"), extra=extra)}
-        records = venv / ".backendpick" / "detect"
+        records = tmp / "cache" / "backendpick" / "detect"  # paths.detect_records
         detect = [sys.executable, "-c", LAUNCH, "detect"]
         pip = [sys.executable, "-m", "pip", "--version"]
         cwd = tmp / "project"

@@ -126,10 +126,12 @@ def noop_record(state: Path) -> Path:
     return state / "noop.json"
 
 
-def detect_records(state: Path) -> Path:
+def detect_records(env: Mapping[str, str] | None = None) -> Path:
     """The folder of ``detect``'s answers, one per question asked (state/noop.py), each with the
-    fingerprint of what decided it: the next one answers from it before the machinery loads."""
-    return state / "detect"
+    fingerprint of what decided it: the next one answers from it before the machinery loads. In
+    the user's cache, not the environment's state folder: detect changes nothing in the
+    environment, not even that."""
+    return cache_home(env) / "detect"
 
 
 def builds_record(state: Path) -> Path:

@@ -41,7 +41,8 @@ again must cost nothing. Its full run leaves a record when every page it read wa
 one (``IndexClient.kept_pages``: no page that a later run would ask for again, no pip
 resolution) and the probe warned of nothing; the record holds the pages' files (by content, as
 above) and the span of time in which all are fresh, and answers only within it. detect keeps
-one record per question (words, folder, variables) in ``state/detect/``, the eight newest.
+one record per question (target, words, folder, variables) in the user's cache (``detect/``), the
+eight newest.
 
 Standard library only, besides backendpick's foundation and ``edges/paths.py``: this runs
 before anything else is imported.
@@ -299,13 +300,13 @@ def _asked(python: str, args: list[str], cwd: str, env, variables=()) -> dict:
 
 
 def _record_path(command: str, state: str, python: str, args: list[str], cwd: str, env) -> str:
-    """Where the record of ``command`` lives: install's one per environment (the environment's
-    lock removes it); detect's one per question (words, folder, variables: ``detect`` and
-    ``detect --json`` answer alike, each from its own), named by a digest of what was asked with
-    credentials hidden."""
+    """Where the record of ``command`` lives: install's one per environment, in its state folder
+    (the environment's lock removes it); detect's one per question (target, words, folder,
+    variables: ``detect`` and ``detect --json`` answer alike, each from its own) in the user's
+    cache, named by a digest of what was asked with credentials hidden."""
     if command == "install":
         return str(paths.noop_record(Path(state)))
-    return str(paths.detect_records(Path(state)) / f"{_digest(_asked(python, args, cwd, env))[:24]}.json")
+    return str(paths.detect_records(env) / f"{_digest(_asked(python, args, cwd, env))[:24]}.json")
 
 
 # -- the fast path ----------------------------------------------------------------------------------
