@@ -173,9 +173,13 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
 def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     """The files and folders a re-run reads again to know that nothing changed (state/noop.py),
     watched from now; None when an input's files cannot all be listed: a local path, an
-    editable or a local find-links folder among the requirements (their metadata and folders)."""
+    editable or a local find-links folder among the requirements (their metadata and folders),
+    or a plan made from a lock file (issue 21: which lock ``[tool.backendpick] lock`` takes
+    depends on the files in the project folder, and the lock's own content decides the plan)."""
     from backendpick.inputs import requirements
 
+    if prepared.plan.decided_by == lock_plan.DECIDED_BY:
+        return None
     target, settings, env = prepared.target, prepared.settings, prepared.user_env
     wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
                                  editables=req.editables)
