@@ -75,7 +75,7 @@ def _list(out: Output, state: Path) -> int:
             rows.append((i.id, None, None, None, None, f"damaged: {i.problem}"))
             continue
         torch = f"{s.torch} ({s.backend})" if s.torch and s.backend else s.torch or "none"
-        before = f"{s.by}: {s.command}" if s.command else s.by
+        before = s.command or s.by  # the command names its verb: "install --backend cu128 torch"
         kept = size_text(s.kept_bytes()) if s.kept_bytes() else None
         rows.append((i.id, s.created.replace("T", " ") or None, before, torch, kept, "default" if i.default else None))
     out.table("Snapshot", ["Id", "Taken", "Before", "Torch", "Kept", "Note"], rows)
@@ -158,7 +158,7 @@ def _clear_stashes(out: Output, after) -> None:
 def _taken(snap: snapshots.Snapshot) -> str:
     """`` (taken 2026-11-30 10:15:00 before install --backend cu128 torch)``, as far as known."""
     when = f"taken {snap.created.replace('T', ' ')}" if snap.created else ""
-    before = f"before {snap.by} {snap.command}".rstrip() if snap.command else ""
+    before = f"before {snap.command}" if snap.command else ""  # it names its verb (install, restore)
     words = " ".join(w for w in (when, before) if w)
     return f" ({words})" if words else ""
 

@@ -17,6 +17,7 @@ from tests.support import foreign
 from tests.support.dists import make_torch, make_wheel
 from tests.support.lab import Lab, ok, py
 from tests.support.recipe_world import add_recipe_world, project
+from tests.support.venvs import files_of, site_packages
 from tests.support.world import XFORMERS_FOR_TORCH
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,8 @@ def test_ngc_torch_serves_flash_attn_and_torch_einops_then_goes_only_when_asked(
     """Done-when of issue 18 in the NGC stand-in: flash-attn is built against NVIDIA's torch
     without a torch page fetched, ``torch einops`` keeps it, verify names it; an explicit other
     backend replaces it, saying so before anything changes (the image's constraint pinning
-    NVIDIA's torch first stops that with exit 3 naming the line)."""
+    NVIDIA's torch first stops that with exit 3 naming the line); ``restore`` then brings
+    NVIDIA's build back exactly, offline, and a second restore changes nothing."""
     ngc = foreign.ngc(lab)
     run = lambda *a, code=0, **kw: ok(lab.run(*a, "--python", ngc.python, machine=ngc.machine,  # noqa: E731
                                                   **{**ngc.extra, **kw}), code)
@@ -62,9 +64,24 @@ def test_ngc_torch_serves_flash_attn_and_torch_einops_then_goes_only_when_asked(
     plan = run("plan", "--backend", "cu124", "torch")
     assert f"replacing: the installed {NGC_TEXT}; no index serves it: --backend asks for cu124" in plan.stdout, plan
     assert "phase remove: run: flash-attn torch torchvision" in plan.stdout, plan
+    before = files_of(ngc.venv)
     res = run("install", "--backend", "cu124", "torch")
     assert f"warning: replacing the installed {NGC_TEXT}" in res.stderr, res
     assert lab.versions(ngc.venv)["torch"] == "2.6.0+cu124"
+
+    # restore brings NVIDIA's build back from the copies kept before the replacement: the same
+    # files (RECORD, INSTALLER, direct_url.json), torchvision and the flash-attn built against it.
+    lab.server.clear_log()
+    back = run("restore")
+    assert "phase restore-kept: " in back.stdout and lab.server.log == [], back  # offline
+    assert "restored snapshot " in back.stdout and " before install --backend cu124 torch)" in back.stdout, back
+    assert files_of(ngc.venv) == before, "restore did not bring back NVIDIA's build as it was"
+    assert (site_packages(ngc.venv) / f"torch-{foreign.NGC_TORCH}.dist-info" / "INSTALLER").read_text() == "pip\n"
+    assert lab.python(ngc.venv, "import flash_attn, torch; print(torch.__version__, flash_attn.torch_version)") \
+        == f"{foreign.NGC_TORCH} {foreign.NGC_TORCH}"
+    assert f"torch: {NGC_TEXT}, C++11 ABI on; no index serves it" in run("verify").stdout
+    again = run("restore")
+    assert "the environment already matches snapshot" in again.output and "phase" not in again.output, again
 
 
 def test_ngc_plan_detect_and_recipes_name_the_installed_torch(lab: Lab, tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def test_snapshot_and_restore_round_trip(world: World, tmp_path: Path, server: I
     assert [line.split()[:2] for line in lines] == [["snapshot:", f"id={back_to_empty.split()[-1]}"],
                                                     ["snapshot:", f"id={snap_id}"]], out(listing)
     assert 'torch=none' in lines[0] and 'torch="2.5.1+cu124 (cu124)"' in lines[1] and lines[1].endswith("note=default")
-    assert 'before="install: install --backend cu126 torch==2.6.0 torchvision xformers"' in lines[1], out(listing)
+    assert 'before="install --backend cu126 torch==2.6.0 torchvision xformers"' in lines[1], out(listing)
     # Without its kept copies (removed by hand), a snapshot's backend builds come from their index.
     shutil.rmtree(venv / ".backendpick" / "kept")
 

@@ -18,7 +18,6 @@ sdist, whose extension fails to import next to another torch), cloned per test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from tests.support.dists import make_wheel
 from tests.support.hermetic import subprocess_env
 from tests.support.index import IndexServer
 from tests.support.lab import Result, argv, launch, make_machine, ok
-from tests.support.venvs import clone_venv, venv_python
+from tests.support.venvs import clone_venv, files_of, site_packages, venv_python
 from tests.support.world import World
 
 pytestmark = pytest.mark.integration
@@ -46,28 +45,6 @@ pytestmark = pytest.mark.integration
 A100 = (("NVIDIA A100-SXM4-80GB", "8.0"),)
 NGC_TORCH = "2.4.0a0+f70bd71a48.nv24.6"
 SWITCH = ("--backend", "cu128", "torch==2.7.1", "flash-attn")
-
-
-def site_packages(venv: Path) -> Path:
-    [site] = (venv / "lib").glob("python3*/site-packages")
-    return site
-
-
-def files_of(venv: Path) -> dict[str, str]:
-    """Every installed file (sha256), bytecode aside; each RECORD as the set of its rows less
-    bytecode (pip orders rows as the wheel's RECORD does, and a .pyc holds its compile time)."""
-    site = site_packages(venv)
-    out = {}
-    for path in sorted(site.rglob("*")):
-        rel = path.relative_to(site).as_posix()
-        if not path.is_file() or "__pycache__" in rel or rel.startswith(("_bp_killhook", "zz-bp-killhook")):
-            continue
-        if path.name == "RECORD":
-            rows = sorted(r for r in path.read_text().splitlines() if ".pyc," not in r)
-            out[rel] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-        else:
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def ngc_torch(dest: Path) -> Path:

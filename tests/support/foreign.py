@@ -3,9 +3,10 @@ no index serves, installed by plain pip from a file, as the images and source bu
 
 * ``ngc``: NVIDIA's NGC PyTorch image (nvcr.io/nvidia/pytorch:24.06-py3, the setting of
   uv#7015): torch ``2.4.0a0+f70bd71a48.nv24.6`` built with CUDA 12.5 and the C++11 ABI, and
-  NVIDIA's torchvision, on no index; ``PIP_CONSTRAINT`` naming a file that pins them and other
-  packages (the image sets it); ``NVIDIA_PYTORCH_VERSION`` and ``CUDA_VERSION`` set; an H100 on
-  a 555 driver with the CUDA 12.5 toolkit (``nvcc``) the image carries.
+  NVIDIA's torchvision, on no index, installed from wheel files the image no longer holds;
+  ``PIP_CONSTRAINT`` naming a file that pins them and other packages (the image sets it);
+  ``NVIDIA_PYTORCH_VERSION`` and ``CUDA_VERSION`` set; an H100 on a 555 driver with the CUDA
+  12.5 toolkit (``nvcc``) the image carries.
 * ``source_built``: ``2.7.0a0+git1a2b3c4`` (CUDA 12.8), what ``python setup.py bdist_wheel``
   of a PyTorch checkout produces, installed from its wheel.
 * ``conda_torch``: a torch whose ``INSTALLER`` says ``conda``.
@@ -18,8 +19,10 @@ the session ``Lab``; the wheels live in one folder per lab, made once.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +88,19 @@ def _machines(lab: Lab) -> None:
         nvcc="12.8")
 
 
-def _pip_files(lab: Lab, python: Path | str, *names: str, extra: tuple = ()) -> None:
-    """Plain ``pip install`` of wheel files from the stand-ins' folder (no index at all)."""
+def _pip_files(lab: Lab, python: Path | str, *names: str, extra: tuple = (), gone: bool = False) -> None:
+    """Plain ``pip install`` of wheel files from the stand-ins' folder (no index at all).
+    ``gone``: installed from copies removed afterwards, as an image's build stage leaves them
+    (its direct_url.json names a file that is not there: nothing but a kept copy brings it back)."""
     folder = _wheels(lab)
-    files = [str(next(folder.glob(n))) for n in names]
+    files = [next(folder.glob(n)) for n in names]
+    build = Path(tempfile.mkdtemp(prefix="image-build-", dir=lab.base)) if gone else None
+    if build is not None:
+        files = [Path(shutil.copy(f, build)) for f in files]
     proc = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--find-links", str(folder), *extra,
-                           *files], env=lab.env(), capture_output=True, text=True, timeout=180)
+                           *map(str, files)], env=lab.env(), capture_output=True, text=True, timeout=180)
+    if build is not None:
+        shutil.rmtree(build)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -102,7 +112,7 @@ def ngc(lab: Lab) -> Stand:
     """A fresh venv standing for the NGC 24.06 image (see the module doc)."""
     _machines(lab)
     venv = lab.new_venv()
-    _pip_files(lab, venv_python(venv), _wheel_glob(NGC_TORCH), _wheel_glob(NGC_TORCHVISION, "torchvision"))
+    _pip_files(lab, venv_python(venv), _wheel_glob(NGC_TORCH), _wheel_glob(NGC_TORCHVISION, "torchvision"), gone=True)
     # The image's /etc/pip/constraint.txt: NVIDIA's own builds and versions, torchaudio among them
     # although the image does not ship it (a line for a package nobody asked for).
     constraint = venv.parent / "pip-constraint.txt"

@@ -7,6 +7,7 @@ template are rewritten, but ``-m pip`` cannot go wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -154,6 +155,31 @@ def template_changes(venv: Path, before: Mapping[str, tuple[int, int]]) -> list[
     a clone's hard link, or added or removed in the template itself."""
     now = fingerprint(venv)
     return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+
+
+def site_packages(venv: Path) -> Path:
+    """The one site-packages folder of ``venv`` (POSIX layout)."""
+    [site] = (venv / "lib").glob("python3*/site-packages")
+    return site
+
+
+def files_of(venv: Path) -> dict[str, str]:
+    """Every file of ``venv``'s site-packages (sha256), bytecode and the kill hooks of
+    test_restore_exact aside; each RECORD as the set of its rows less bytecode (pip orders rows as
+    the wheel's RECORD does, and a .pyc holds its compile time). Two equal results: the same
+    distributions with the same files, INSTALLER and direct_url.json included."""
+    site = site_packages(venv)
+    out = {}
+    for path in sorted(site.rglob("*")):
+        rel = path.relative_to(site).as_posix()
+        if not path.is_file() or "__pycache__" in rel or rel.startswith(("_bp_killhook", "zz-bp-killhook")):
+            continue
+        if path.name == "RECORD":
+            rows = sorted(r for r in path.read_text().splitlines() if ".pyc," not in r)
+            out[rel] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def run_in_venv(
