@@ -121,7 +121,7 @@ class Facts:
     prebuilt: dict = field(default_factory=dict)  # normalized name -> Package
     # [torch.foreign]: how a torch no index serves is recognised (target/torch_origin.py)
     foreign_builds: tuple[ForeignBuild, ...] = ()
-    index_installers: frozenset = frozenset({"pip", "uv"})
+    index_installers: frozenset = frozenset()  # [torch.foreign] index-installers
     managed_installers: frozenset = frozenset()
 
     def cxx11abi(self, release: tuple[int, ...], backend) -> bool:
@@ -270,7 +270,7 @@ def build(raw: dict) -> Facts:
         },
         foreign_builds=tuple(ForeignBuild(r["label"], r["local"], r.get("env"), r.get("env-label"))
                              for r in torch.get("foreign", {}).get("builds", [])),
-        index_installers=frozenset(torch.get("foreign", {}).get("index-installers", ["pip", "uv"])),
+        index_installers=frozenset(torch["foreign"]["index-installers"]),
         managed_installers=frozenset(torch.get("foreign", {}).get("managed-installers", [])),
     )
 

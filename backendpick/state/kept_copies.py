@@ -6,8 +6,8 @@ Which ones (``at_risk``), known before anything runs: what a remove phase uninst
 an install phase names while the installed version does not meet the requirement (pip replaces
 it). pip may also replace a dependency of what it installs; such a dependency is kept too when
 no index could give it back (``from_an_index``: a local version that is not a backend tag, an
-installer other than pip or uv, a direct URL, a build package); the others come back from their
-index, as restore already asks it.
+installer not among facts.toml's ``index-installers``, a direct URL, a build package); the others
+come back from their index, as restore already asks it.
 
 From where (``keep``): a copy kept before with the same identity (the same files,
 ``distfiles.identity``), else a wheel of the wheel cache with that identity (flash-attn built
@@ -34,6 +34,7 @@ from packaging.version import InvalidVersion, Version
 
 from backendpick.edges import paths
 from backendpick.edges.durable import fsync_dir, fsync_file, write_atomic
+from backendpick.knowledge import facts
 from backendpick.model.backend import local_tag_backend
 from backendpick.model.environment import Installed, Target
 from backendpick.model.names import normalize
@@ -80,12 +81,13 @@ class Kept:
 
 
 def from_an_index(dist: Installed, build_names: Iterable[str] = ()) -> bool:
-    """Whether ``name==version`` from an index gives this distribution back: installed by pip
-    or uv from an index (no direct URL), a public version or a backend's local tag, not a
-    package built against the installed torch."""
+    """Whether ``name==version`` from an index gives this distribution back: installed from an
+    index (no direct URL) by an installer of facts.toml's ``[torch.foreign] index-installers``,
+    the table that also tells a torch no index serves (target/torch_origin.py), a public version
+    or a backend's local tag, not a package built against the installed torch."""
     if normalize(dist.name) in set(build_names) or dist.direct_url:
         return False
-    if dist.installer.strip().lower() not in ("pip", "uv"):
+    if dist.installer.strip().lower() not in facts.load().index_installers:
         return False
     try:
         local = Version(dist.version).local

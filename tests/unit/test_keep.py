@@ -5,15 +5,20 @@ out as pip leaves them (tests/support/installed.py); no pip runs here."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from backendpick.errors import KeepError
+from backendpick.knowledge import facts
 from backendpick.model.environment import Installed as Entry
 from backendpick.model.plan import UNINSTALL, Phase
 from backendpick.state import kept_copies, snapshots, wheel_cache
 from tests.support.installed import Installed, environment
+
+FACTS = facts.load()
+
 
 def remove(*names: str) -> Phase:
     return Phase("remove", names, action=UNINSTALL)
@@ -38,6 +43,14 @@ def test_from_an_index_is_what_name_and_version_give_back():
     assert not kept_copies.from_an_index(entry("tool", "1.0", direct_url='{"url": "file:///w/tool.whl"}'))
     assert not kept_copies.from_an_index(entry("flash-attn", "2.6.1"), ["flash-attn"])  # built against torch
     assert not kept_copies.from_an_index(entry("odd", "not a version"))
+
+
+def test_which_installers_install_from_an_index_is_facts_tomls_one_table(monkeypatch):
+    """[torch.foreign] index-installers says it for kept copies and the torch origin alike."""
+    assert facts.load().index_installers == {"pip", "uv"}
+    monkeypatch.setattr(facts, "load", lambda: replace(FACTS, index_installers=frozenset({"pip", "pdm"})))
+    assert kept_copies.from_an_index(entry("numpy", "1.26.4", installer="pdm"))
+    assert not kept_copies.from_an_index(entry("numpy", "1.26.4", installer="uv"))
 
 
 def test_at_risk_is_what_the_phases_remove_or_replace(tmp_path: Path):
