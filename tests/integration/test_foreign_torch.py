@@ -150,18 +150,23 @@ def test_pip_never_removes_what_conda_installed_unless_told(lab: Lab) -> None:
 
 def test_a_base_environments_torch_is_kept_and_never_removed(lab: Lab) -> None:
     """A venv made with --system-site-packages over a base whose site-packages hold torch: it
-    serves the request; when another torch is asked for, the venv gets its own, the base's stays."""
+    serves the request; when another torch is asked for, the venv gets its own, the base's stays;
+    restore takes the venv's own away again."""
     stand = foreign.system_site_venv(lab)
     run = lambda *a, code=0: ok(lab.run(*a, "--python", stand.python, machine=stand.machine), code)  # noqa: E731
     plan = run("plan", "torch", "einops")
     assert "installed: torch 2.5.1+cu124, CUDA 12.4; seen through the base environment's" in plan.stdout, plan
     assert "phase backend: skip" in plan.stdout and "phase remove" not in plan.stdout
+    before = files_of(stand.venv)
     res = run("install", "torch==2.6.0")
     assert "this environment gets a torch of its own" in res.stderr and "phase remove" not in res.stdout, res
-    assert lab.python(stand.venv, "import torch; print(torch.__version__)") == "2.6.0+cu124"
+    where = "import torch; print(torch.__version__, torch.__file__.startswith(__import__('sys').prefix))"
+    assert lab.python(stand.venv, where) == "2.6.0+cu124 True"
     base = Path(lab.python(stand.venv, "import site; print(site.getsitepackages()[-1])"))
     assert list(base.glob("torch-2.5.1+cu124.dist-info")), "the base environment's torch must stay"
     assert "torch: 2.6.0+cu124 (cu124, CUDA 12.4)" in run("verify").stdout
+    run("restore")  # the venv's own torch goes; the base's shows through again, none put in the venv
+    assert files_of(stand.venv) == before and lab.python(stand.venv, where) == "2.5.1+cu124 False"
 
 
 # -- a satisfied environment stays (item 7) ---------------------------------------------------------
