@@ -65,6 +65,25 @@ installer_option = click.option(
     help="The installer that runs the phases: pip (default) or uv (BACKENDPICK_INSTALLER, [tool.backendpick] "
          "installer). With uv no pip process runs: uv resolves, checks and installs.")
 json_option = click.option("--json", "json_mode", is_flag=True, help="Print one JSON object.")
+extras_option = click.option("--extra", "extras", multiple=True, metavar="NAME",
+                             help="Include [project.optional-dependencies] NAME.")
+groups_option = click.option("--group", "groups", multiple=True, metavar="NAME",
+                             help="Include [dependency-groups] NAME (PEP 735).")
+
+
+def requirements_option(help: str):
+    return click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
+                        type=click.Path(dir_okay=False, path_type=Path), help=help)
+
+
+def python_option(help: str):
+    """--python as an interpreter or a venv directory; an empty value is a usage error."""
+    return click.option("--python", "python", type=str, default=None, callback=_python_value, help=help)
+
+
+def lock_option(help: str):
+    return click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        metavar="FILE", help=help)
 
 
 @click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,15 +121,13 @@ def _plan_options(func):
     """Options shared by plan and install: what to install, into which Python, from where."""
     options = [
         click.argument("requirement", nargs=-1),
-        click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
-                     type=click.Path(dir_okay=False, path_type=Path), help="Requirements file (repeatable)."),
+        requirements_option("Requirements file (repeatable)."),
         click.option("-e", "--editable", "editables", multiple=True, metavar="PATH",
                      help="Install a local project (or VCS URL) in editable mode, as pip -e (repeatable)."),
         project_option,
-        click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME."),
-        click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735)."),
-        click.option("--python", "python", type=str, default=None, callback=_python_value,
-                     help="Interpreter (or venv directory) to install into. Default: the active venv, else this Python."),
+        extras_option,
+        groups_option,
+        python_option("Interpreter (or venv directory) to install into. Default: the active venv, else this Python."),
         backend_option,
         click.option("--index-url", default=None, metavar="TEMPLATE",
                      help=INDEX_URL_HELP),
@@ -209,9 +226,8 @@ def plan(fmt: str, **kw) -> int:
               help="Leave the stack's pins in the environment's pip.conf, so a later plain pip cannot replace "
                    "torch or a companion (default; [tool.backendpick] pin-environment). --no-pin-environment "
                    "removes them.")
-@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Install exactly this lock file (pylock.<backend>.toml from backendpick lock): its files, hashes "
-                   "checked, no index asked ([tool.backendpick] lock names one by default).")
+@lock_option("Install exactly this lock file (pylock.<backend>.toml from backendpick lock): its files, hashes "
+             "checked, no index asked ([tool.backendpick] lock names one by default).")
 def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_environment, lock_file, **kw) -> int:
     inspection = _inspection(kw["python"], start=not dry_run)
     from backendpick.commands import install as command
@@ -234,13 +250,11 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_envi
     "  backendpick install --lock pylock.cu124.toml      # install exactly that, elsewhere"
 )
 @click.argument("requirement", nargs=-1)
-@click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
-              type=click.Path(dir_okay=False, path_type=Path), help="Requirements file (repeatable).")
+@requirements_option("Requirements file (repeatable).")
 @project_option
-@click.option("--extra", "extras", multiple=True, metavar="NAME", help="Include [project.optional-dependencies] NAME.")
-@click.option("--group", "groups", multiple=True, metavar="NAME", help="Include [dependency-groups] NAME (PEP 735).")
-@click.option("--python", "python", type=str, default=None, callback=_python_value,
-              help="The interpreter the lock is for (its Python and platform). Default: the active venv, else this Python.")
+@extras_option
+@groups_option
+@python_option("The interpreter the lock is for (its Python and platform). Default: the active venv, else this Python.")
 @click.option("--backend", "backends", multiple=True, metavar="NAME",
               help="Lock for this backend (repeatable: one file each). Default: the backend auto selection chooses here.")
 @click.option("--index-url", default=None, metavar="TEMPLATE", help=INDEX_URL_HELP)
@@ -266,13 +280,10 @@ def lock(requirement, files, project_dir, extras, groups, python, backends, inde
     "\b\nExamples:\n  backendpick verify\n  backendpick verify --python .venv/bin/python --json"
 )
 @click.argument("requirement", nargs=-1)
-@click.option("-r", "--requirements", "files", multiple=True, metavar="FILE",
-              type=click.Path(dir_okay=False, path_type=Path), help="Requirements that must be installed.")
+@requirements_option("Requirements that must be installed.")
 @project_option
-@click.option("--python", "python", type=str, default=None, callback=_python_value,
-              help="Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
-@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Also check that the environment is exactly this lock file, naming each difference.")
+@python_option("Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
+@lock_option("Also check that the environment is exactly this lock file, naming each difference.")
 @installer_option
 @json_option
 def verify(requirement, files, project_dir: Path, python: Path | None, lock_file: Path | None, installer: str | None,
@@ -293,8 +304,7 @@ def verify(requirement, files, project_dir: Path, python: Path | None, lock_file
     "  backendpick restore 20261121-101500-0 --dry-run"
 )
 @click.argument("snapshot", required=False)
-@click.option("--python", "python", type=str, default=None, callback=_python_value,
-              help="Interpreter (or venv directory). Default: the active venv, else this Python.")
+@python_option("Interpreter (or venv directory). Default: the active venv, else this Python.")
 @project_option
 @click.option("--index-url", default=None, metavar="TEMPLATE", help="Backend index template with {backend}.")
 @click.option("--list", "list_only", is_flag=True, help="List the snapshots of this environment.")
