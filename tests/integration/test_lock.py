@@ -158,13 +158,15 @@ def test_refusals_before_any_change(lab: Lab, locks, tmp_path: Path) -> None:
 
 
 def _pip_with_pylock() -> str | None:
-    """Why this test session's pip cannot install a pylock file, or None."""
+    """Why the test runner's own pip (run with ``--python`` against a test venv, whose
+    ensurepip pip is older) cannot install a pylock file, or None. The test extra asks for
+    pip >= 26.1 (pyproject.toml), so this is only for a runner installed some other way."""
     from importlib.metadata import version
 
     from packaging.version import Version
 
     have = version("pip")
-    return None if Version(have) >= Version("26.1") else f"pip {have} here; installing pylock.toml needs pip >= 26.1"
+    return None if Version(have) >= Version("26.1") else f"runner's pip is {have}; installing pylock.toml needs pip >= 26.1"
 
 
 def _uv() -> str | None:
@@ -177,14 +179,19 @@ def _uv() -> str | None:
 
 def test_pip_and_uv_install_the_wheel_only_lock_as_backendpick_does(lab: Lab, locks) -> None:
     """The standard tools read the same file: pip (>= 26.1) and uv install the cu124 lock (no
-    source build) with the versions ``install --lock`` gives."""
+    source build) with the versions ``install --lock`` gives, here with uv running its phases
+    (``--installer uv``; the pip engine's install --lock is the plain install's twin above)."""
     why, uv = _pip_with_pylock(), _uv()
     if why or uv is None:
         pytest.skip(why or "no uv in the test environment")
     project, _ = locks
     lock = project / "pylock.cu124.toml"
     reference = lab.new_venv()
-    ok(lab.run("install", "--lock", str(lock), "--python", py(reference), "--project", str(project)))
+    ok(lab.run("install", "--lock", str(lock), "--installer", "uv", "--python", py(reference), "--project", str(project)))
+    ok(lab.run("verify", "--lock", str(lock), "--python", py(reference), "--project", str(project)))
+    installers = {d.read_text().strip() for d in reference.glob("lib/python*/site-packages/*.dist-info/INSTALLER")
+                  if not d.parent.name.startswith(("pip-", "setuptools-"))}
+    assert installers == {"uv"}, installers
     env = lab.env()
     for argv in ([sys.executable, "-m", "pip", "--python", "{py}", "install", "-r", str(lock)],
                  [uv, "pip", "install", "--python", "{py}", "-r", str(lock)]):
