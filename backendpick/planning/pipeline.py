@@ -605,23 +605,25 @@ def _prepared_lock(i: _Inputs, path: Path | None, *, fetch: bool, on_note) -> Pr
 
 
 def lock_file(i: _Inputs, path: Path | None) -> Path:
-    """The lock to install: ``--lock FILE``, else ``[tool.backendpick] lock`` (its ``{backend}``
-    filled with the backend named by flag, environment or setting, or else the first backend
-    auto selection would ask here whose lock file exists in the project folder)."""
+    """The lock to install: ``--lock FILE``, else ``[tool.backendpick] lock`` in the project folder.
+    A ``{backend}`` in either is filled with the backend named by flag, environment or setting,
+    or else the first backend auto selection would ask here whose lock file exists: so
+    ``--backend auto --lock 'pylock.{backend}.toml'`` (examples/Makefile) takes this machine's."""
     if path is not None:
-        return path
-    pattern = i.settings.lock.value
+        pattern, folder = str(path), Path()
+    else:
+        pattern, folder = i.settings.lock.value, i.settings.project_dir
     if "{backend}" not in pattern:
-        return i.settings.project_dir / pattern
+        return folder / pattern
     if i.explicit is not None:
-        return i.settings.project_dir / pattern.format(backend=i.explicit.backend.name)
+        return folder / pattern.replace("{backend}", i.explicit.backend.name)
     order = selector.candidates(i.ground).order
     for backend in order:
-        candidate = i.settings.project_dir / pattern.format(backend=backend.name)
+        candidate = folder / pattern.replace("{backend}", backend.name)
         if candidate.is_file():
             return candidate
     from backendpick.errors import ConfigError
 
     raise ConfigError(f"no lock file for the backends this machine runs ({', '.join(b.name for b in order)}) in "
-                      f"{i.settings.project_dir} (lock = {pattern!r})",
+                      f"{folder.resolve()} ({'--lock' if path is not None else 'lock ='} {pattern!r})",
                       hint="write one with: backendpick lock --backend NAME")

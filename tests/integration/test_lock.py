@@ -203,9 +203,9 @@ def test_pip_and_uv_install_the_wheel_only_lock_as_backendpick_does(lab: Lab, lo
 
 
 def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
-    """``[tool.backendpick] lock = "pylock.{backend}.toml"``: plan and install take the lock
-    of the backend named (here by flag), or else of the first backend this machine runs
-    (cpu without a GPU), without asking an index or downloading a file."""
+    """``[tool.backendpick] lock = "pylock.{backend}.toml"`` (or ``--lock`` with ``{backend}``):
+    plan and install take the lock of the backend named (here by flag), or else of the first
+    backend this machine runs (cpu without a GPU), without asking an index or downloading a file."""
     project, venv = locks
     (tmp_path / "pyproject.toml").write_text(PROJECT + '\n[tool.backendpick]\nlock = "pylock.{backend}.toml"\n',
                                              encoding="utf-8")
@@ -214,4 +214,9 @@ def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: 
     res = ok(lab.run("plan", "--backend", "cu124", "--python", py(venv), "--project", str(tmp_path)))
     assert "decided-by: lock" in res.stdout and "torch-2.6.0%2Bcu124" in res.stdout, res
     res = ok(lab.run("install", "--dry-run", "--python", py(venv), "--project", str(tmp_path)))
+    assert "torch-2.7.1%2Bcpu" in res.stdout and "cu124" not in res.stdout, res
+    # The same choice from the flag, without the setting (examples/Makefile's install-locked
+    # with BACKEND=auto): the lock folder holds the cpu, cu124 and ROCm locks.
+    res = ok(lab.run("install", "--dry-run", "--backend", "auto", "--lock", "pylock.{backend}.toml",
+                     "--python", py(venv), cwd=project))
     assert "torch-2.7.1%2Bcpu" in res.stdout and "cu124" not in res.stdout, res
