@@ -159,6 +159,11 @@ class Output:
             lines += [("command", c) for c in ph.commands]
         self._styled(lines)
 
+    def install_header(self, rows: Sequence[tuple[str, str]]) -> None:
+        """install's first lines, as ``plan`` starts (issue 20 item 5): the backend, the reason and
+        the torch. Progress: hidden by -q, on stderr with --json."""
+        self._styled([("key", f"{k}: {v}") for k, v in rows], progress=True)
+
     def changes(self, changes: Sequence[Change]) -> None:
         """What an install changed, one package a line, ``-`` before ``+`` for the same name."""
         for change in changes:

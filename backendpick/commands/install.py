@@ -86,6 +86,7 @@ def _install_locked(out: Output, req: Request, target: environment.Target | None
         out.warn(prepared.plan.replacing)  # said before anything changes
     snapshot = None
     if prepared.plan.active:
+        out.install_header(described.header(prepared.plan)[:3])  # as plan starts: backend, reason, torch
         tb = prepared.stack.torch
         snapshot = snapshots.record(prepared.target, state_dir(prepared.target, prepared.user_env), command=_command(req),
                                     torch=tb.version if tb else None, backend=str(tb.backend) if tb else None)

@@ -144,6 +144,9 @@ def test_wheel_url_depending_on_torch_gets_torch_from_the_backend_phase(lab: Lab
     # Without -v: a line per phase, no command line; at the end what changed, as uv says it.
     assert res.commands == [] and "phase backend: torch\n" in res.stdout, res
     assert f"+ torch {versions['torch']}\n" in res.stdout and "+ url-needs-torch 1.0\n" in res.stdout, res
+    # It starts as plan does: the backend, the reason and the torch (issue 20 item 5).
+    assert res.stdout.splitlines()[:2] == ["backend: cpu", "reason: chosen by --backend"], res
+    assert res.stdout.splitlines()[2].startswith("torch: "), res
 
 
 def git_repo(path: Path) -> Path:

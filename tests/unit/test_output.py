@@ -145,3 +145,18 @@ def test_a_plan_in_logs_on_a_terminal_and_without_colour(monkeypatch: pytest.Mon
     assert [line for line in dry.stdout.getvalue().splitlines() if not line.startswith("# ")] == [
         "py -m pip install --index-url https://x/cu124 'torch[opt]==2.5.1'"]
     assert "# will be written: /v/.backendpick/constraints.txt: pins torch" in dry.stdout.getvalue()
+
+
+def test_install_header_is_progress_hidden_by_quiet_and_off_stdout_with_json() -> None:
+    """install starts as plan does (issue 20 item 5), as progress: -q hides it, --json keeps
+    stdout one document."""
+    rows = (("backend", "cu124"), ("reason", "chosen by --backend"), ("torch", "2.5.1+cu124"))
+    plain = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plain.install_header(rows)
+    assert plain.stdout.getvalue() == "backend: cu124\nreason: chosen by --backend\ntorch: 2.5.1+cu124\n"
+    quiet = Output(quiet=True, stdout=io.StringIO(), stderr=io.StringIO())
+    quiet.install_header(rows)
+    assert quiet.stdout.getvalue() == quiet.stderr.getvalue() == ""
+    js = Output(json_mode=True, stdout=io.StringIO(), stderr=io.StringIO())
+    js.install_header(rows)
+    assert js.stdout.getvalue() == "" and js.stderr.getvalue().startswith("backend: cu124\n")
