@@ -32,6 +32,22 @@ class Result:
         return self.returncode == 0
 
 
+def _spawn(args: tuple[str, ...], env: Mapping[str, str] | None, cwd: Path | None, *, stderr: int,
+           pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+    """The one Popen: no stdin, stdout captured, the child in a session of its own (so a stop
+    reaches its whole group). Raises OSError when the program cannot start."""
+    return subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=sys.platform != "win32",
+        pass_fds=tuple(pass_fds),
+    )
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         if sys.platform != "win32":
@@ -88,15 +104,7 @@ def start(
     probing) while it runs, then calls ``result()``. The timeout counts from ``result()``."""
     args = _checked(argv)
     try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=sys.platform != "win32",
-        )
+        proc = _spawn(args, env, cwd, stderr=subprocess.PIPE)
     except OSError as exc:
         return Started(args, None, timeout, error=f"could not run {args[0]}: {exc.strerror or exc}")
     return Started(args, proc, timeout)
@@ -160,16 +168,7 @@ def stream(
 
     args = _checked(argv)
     try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=sys.platform != "win32",
-            pass_fds=envlock.held_fds(),
-        )
+        proc = _spawn(args, env, cwd, stderr=subprocess.STDOUT, pass_fds=envlock.held_fds())
     except OSError as exc:
         return Result(args, None, "", "", error=f"could not run {args[0]}: {exc.strerror or exc}")
     _children.add(proc)
