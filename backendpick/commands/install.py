@@ -174,21 +174,26 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
 def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     """The files and folders a re-run reads again to know that nothing changed (state/noop.py),
     watched from now; None when an input's files cannot all be listed: a local path, an
-    editable or a local find-links folder among the requirements (their metadata and folders),
-    or a plan made from a lock file (issue 21: which lock ``[tool.backendpick] lock`` takes
-    depends on the files in the project folder, and the lock's own content decides the plan)."""
-    from backendpick.inputs import requirements
-
-    if prepared.plan.decided_by == lock_plan.DECIDED_BY:
-        return None
+    editable or a local find-links folder among the requirements (their metadata and folders).
+    A plan made from a lock file (issue 21) also reads the lock again, and the lock files auto
+    selection looked for before it (``[tool.backendpick] lock = "pylock.{backend}.toml"``: one
+    written there later would be taken instead)."""
     target, settings, env = prepared.target, prepared.settings, prepared.user_env
-    wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
-                                 editables=req.editables)
-    local = [r for r in (*wanted.requirements, *wanted.constraints) if (r.url or "").startswith("file:")]
-    links = [v for f, v in zip(wanted.rest_options, wanted.rest_options[1:]) if f in ("-f", "--find-links")]
-    if req.editables or wanted.rest_args or local or any(not v.startswith(("http://", "https://")) for v in links):
-        return None
-    files, names = noop.inputs_of(target, settings.project_dir, prepared.pip_config, env, wanted.files)
+    if prepared.plan.decided_by == lock_plan.DECIDED_BY:  # the lock's files are its requirements
+        from backendpick.planning import pipeline
+
+        files, names = noop.inputs_of(target, settings.project_dir, prepared.pip_config, env)
+        files += [str(p) for p in pipeline.lock_consulted(prepared.basis, req.lock)]
+    else:
+        from backendpick.inputs import requirements
+
+        wanted = requirements.gather(req.requirements, req.files, settings.pyproject, req.extras, req.groups, env=env,
+                                     editables=req.editables)
+        local = [r for r in (*wanted.requirements, *wanted.constraints) if (r.url or "").startswith("file:")]
+        links = [v for f, v in zip(wanted.rest_options, wanted.rest_options[1:]) if f in ("-f", "--find-links")]
+        if req.editables or wanted.rest_args or local or any(not v.startswith(("http://", "https://")) for v in links):
+            return None
+        files, names = noop.inputs_of(target, settings.project_dir, prepared.pip_config, env, wanted.files)
     programs = {}
     if prepared.plan.installer == "uv":  # its path is in the plan's commands (--json)
         if not prepared.plan.uv:

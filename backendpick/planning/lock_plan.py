@@ -2,8 +2,10 @@
 
 The refusals come first, before any file is fetched or anything changes: a lock for another
 Python or platform (exit 2), a lock whose backend cannot run on the GPU detected here (exit 3;
-no GPU, as in ``docker build``, is not a refusal). Then every locked file is fetched or taken
-from the cache and its sha256 checked (indexes/locked_files.py): a mismatch stops here too.
+no GPU, as in ``docker build``, is not a refusal). Then every locked file that a phase which
+runs reads is fetched or taken from the cache and its sha256 checked (indexes/locked_files.py):
+a mismatch stops here too. A phase already installed as locked reads no file, so a re-run on a
+finished environment downloads and hashes nothing (issue 22).
 
 The phases are the plan's usual ones, reading only those files (``source = OFFLINE``: no
 index, none of the user's package sources, ``--no-deps``, each file's hash given to the
@@ -125,6 +127,12 @@ def make_plan(lock: lock_mod.Lock, files: Mapping[str, Path], *, target: Target,
 
 def decision(lock: lock_mod.Lock, path: Path) -> Decision:
     return Decision(Backend.parse(lock.backend), DECIDED_BY, f"the lock {path}")
+
+
+def running(lock: lock_mod.Lock, plan: Plan) -> set[str]:
+    """The packages whose locked files the phases of ``plan`` that run read (a phase already
+    installed as locked reads none: a re-run on a finished environment fetches nothing)."""
+    return {p.name for phase in plan.phases if phase.skip is None for p in lock.in_phase(phase.name)}
 
 
 def files_of(lock: lock_mod.Lock):

@@ -584,12 +584,13 @@ def _prepared_lock(i: _Inputs, path: Path | None, *, fetch: bool, on_note) -> Pr
     lock = lock_plan.read(path)
     lock_plan.check(lock, path, i.target, i.hardware, i.facts, i.settings.cuda_compat.value)
     root = paths.locked_files(i.env)
-    if fetch:
-        files = locked_files.fetch(lock_plan.files_of(lock), i.client.session, root, on_note or (lambda _t: None))
-    else:
-        files = {n: locked_files.cached_path(root, f.sha256, f.name) for n, f in lock_plan.files_of(lock)}
+    files = {n: locked_files.cached_path(root, f.sha256, f.name) for n, f in lock_plan.files_of(lock)}
     plan, settings = lock_plan.make_plan(lock, files, target=i.target, settings=i.settings, state=i.state,
                                          runner_python=sys.executable, path=path)
+    if fetch:  # only what a phase that runs reads: a finished environment downloads and hashes nothing
+        running = lock_plan.running(lock, plan)
+        locked_files.fetch([(n, f) for n, f in lock_plan.files_of(lock) if n in running], i.client.session, root,
+                           on_note or (lambda _t: None))
     if any(p.name == plan_mod.BUILD and p.skip is None for p in plan.phases):
         from backendpick.build import wheel_choice
         from backendpick.target.installed_torch import predict_torch
@@ -609,21 +610,45 @@ def lock_file(i: _Inputs, path: Path | None) -> Path:
     A ``{backend}`` in either is filled with the backend named by flag, environment or setting,
     or else the first backend auto selection would ask here whose lock file exists: so
     ``--backend auto --lock 'pylock.{backend}.toml'`` (examples/Makefile) takes this machine's."""
-    if path is not None:
-        pattern, folder = str(path), Path()
-    else:
-        pattern, folder = i.settings.lock.value, i.settings.project_dir
-    if "{backend}" not in pattern:
-        return folder / pattern
-    if i.explicit is not None:
-        return folder / pattern.replace("{backend}", i.explicit.backend.name)
-    order = selector.candidates(i.ground).order
-    for backend in order:
-        candidate = folder / pattern.replace("{backend}", backend.name)
+    looked, by_auto = _lock_candidates(i, path)
+    if not by_auto:
+        return looked[0]
+    for candidate in looked:
         if candidate.is_file():
             return candidate
     from backendpick.errors import ConfigError
 
+    pattern, folder = _lock_pattern(i, path)
+    order = selector.candidates(i.ground).order
     raise ConfigError(f"no lock file for the backends this machine runs ({', '.join(b.name for b in order)}) in "
                       f"{folder.resolve()} ({'--lock' if path is not None else 'lock ='} {pattern!r})",
                       hint="write one with: backendpick lock --backend NAME")
+
+
+def lock_consulted(i: _Inputs, path: Path | None) -> tuple[Path, ...]:
+    """The files whose presence and content decide which lock ``lock_file`` takes and what it
+    says: the one taken and, under auto selection, the candidates looked at before it (absent
+    ones: a lock written there later is taken instead). A re-run's no-op check reads them again
+    (state/noop.py, issue 22: ``make install-locked`` is a re-run too)."""
+    looked, by_auto = _lock_candidates(i, path)
+    if not by_auto:
+        return looked
+    taken = next((n for n, c in enumerate(looked) if c.is_file()), len(looked) - 1)
+    return looked[:taken + 1]
+
+
+def _lock_pattern(i: _Inputs, path: Path | None) -> tuple[str, Path]:
+    if path is not None:
+        return str(path), Path()
+    return i.settings.lock.value, i.settings.project_dir
+
+
+def _lock_candidates(i: _Inputs, path: Path | None) -> tuple[tuple[Path, ...], bool]:
+    """The lock files ``lock_file`` may take, in its order, and whether auto selection's order
+    decides among them (a ``{backend}`` and no backend named)."""
+    pattern, folder = _lock_pattern(i, path)
+    if "{backend}" not in pattern:
+        return (folder / pattern,), False
+    if i.explicit is not None:
+        return (folder / pattern.replace("{backend}", i.explicit.backend.name),), False
+    return tuple(folder / pattern.replace("{backend}", b.name) for b in selector.candidates(i.ground).order), True

@@ -194,6 +194,27 @@ def test_a_changed_nested_requirements_file_falls_through_to_an_install(finished
     assert "einops" in finished.versions()
 
 
+def test_a_locked_rerun_is_answered_until_the_lock_changes(finished: Env, server: IndexServer) -> None:
+    """``make install-locked`` is a re-run too: ``install --lock`` on the environment the lock
+    describes is answered from the record, and a changed lock file falls through."""
+    project = finished.base / "locked"
+    project.mkdir()
+    shutil.copy(finished.pyproject, project)
+    finished.run("--backend", "cpu", "--python", py(finished.venv), "--project", str(project), command="lock")
+    lock = project / "pylock.cpu.toml"
+    args = ["--python", py(finished.venv), "--lock", str(lock)]
+    server.clear_log()
+    fast = finished.answered(*args)
+    assert fast.result.stdout.startswith("nothing to do"), fast.result
+    assert server.log == []
+    lock.write_text(lock.read_text() + "# reviewed\n")
+    after = finished.run(*args)
+    assert not after.fast and after.result.stdout == fast.result.stdout, after.result
+    # With ``{backend}`` and auto selection, the lock this machine would take first: cpu here.
+    assert finished.answered("--python", py(finished.venv), "--backend", "auto", "--lock", "pylock.{backend}.toml",
+                             cwd=project).fast
+
+
 def test_a_failed_install_leaves_no_record(finished: Env) -> None:
     finished.answered()
     proc = finished.lab.run("install", *finished.args, "no-such-package-anywhere", env=finished.env())
