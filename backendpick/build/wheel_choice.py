@@ -11,7 +11,8 @@ such package of the build phase, in this order:
    for in the sources of ``[tool.backendpick.prebuilt]`` (URL templates, folders, "github"),
    by default the project's GitHub release; checked to exist before it is chosen;
 3. a source build: toolchain guards (``build/toolchain.py``) and limits (``build/limits.py``),
-   ``pip wheel`` into the environment's state folder, the wheel stored in the cache, then installed.
+   ``pip wheel`` (``uv build`` of the sdist with the uv engine, build/sdists.py) into the
+   environment's state folder, the wheel stored in the cache, then installed.
 
 The version is chosen before any of this: an exact pin, else the newest release satisfying the
 requirement on the user's default index (pip would pick the same). The prebuilt name and the
@@ -36,10 +37,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
 from backendpick import envvars
+from backendpick.build import sdists
 from backendpick.build.limits import limits as build_limits
 from backendpick.build.toolchain import Toolchain, inspect_toolchain
 from backendpick.build.wheel_names import gpu_tag, platform_tag, wheel_filename
@@ -47,6 +50,7 @@ from backendpick.build.wheel_sources import Source, look, look_any, sources
 from backendpick.edges import paths
 from backendpick.errors import BackendpickError
 from backendpick.inputs.config import BuildSettings, Settings
+from backendpick.inputs.installer import UV
 from backendpick.inputs.pip_config import PipConfig
 from backendpick.knowledge import facts
 from backendpick.knowledge.facts import Package
@@ -60,6 +64,7 @@ from backendpick.model.plan import (
     BUILD,
     BUILD_REQS,
     CACHED,
+    OFFLINE,
     PENDING,
     PREBUILT,
     SOURCE,
@@ -163,6 +168,9 @@ class BuildContext:
     # The run's client.IndexClient: its pages, and its session for the prebuilt checks and
     # downloads (the user's certificate, proxy and credentials).
     client: object = None
+    # The uv engine: where a source build's sdist is looked for (build/sdists.py ``places``), as
+    # ``uv build`` takes a file. None with pip, whose ``pip wheel`` finds the sdist itself.
+    sdist_places: tuple | None = None
 
     def sources_for(self, name: str) -> list[Source]:
         package = packages()[name]
@@ -184,9 +192,10 @@ def cache_key(ctx: BuildContext, name: str, version: str, arch_key: str) -> whee
 
 def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware, pip_config: PipConfig,
            env: Mapping[str, str], rest_options: Sequence[str] = (), predicted: TorchInfo | None = None,
-           client=None) -> Plan:
+           client=None, installer: str | None = None) -> Plan:
     """Give the plan's build phase its steps: each package's version now, and where its wheel
-    comes from when torch is already installed and no earlier phase changes it."""
+    comes from when torch is already installed and no earlier phase changes it. ``installer``:
+    the engine that will run them (the plan's own when not given); uv builds an sdist file."""
     from backendpick.indexes.client import IndexClient
 
     at = next((i for i, p in enumerate(plan.phases) if p.name == BUILD and p.skip is None), None)
@@ -201,6 +210,9 @@ def attach(plan: Plan, *, settings: Settings, target: Target, hardware: Hardware
     ctx = _context(plan, settings=settings, target=target, hardware=hardware, pip_config=pip_config, env=env)
     ctx = replace(ctx, client=client)
     index_url = default_index(pip_config, rest_options)
+    if (installer or plan.installer) == UV:
+        ctx = replace(ctx, sdist_places=sdists.places(pip_config, phase.options, offline=phase.source == OFFLINE,
+                                                      pypi=facts.load().pypi_url))
     steps = []
     for text in phase.requirements:
         req = Requirement(text)
@@ -316,7 +328,8 @@ def _pending_note(step: BuildStep, ctx: BuildContext, plan: Plan) -> str:
                     f"-{ctx.python_tag}-{ctx.python_tag}-{ctx.platform}.whl")
     where = ", ".join(s.label() for s in ctx.sources_for(step.name)) or "no sources configured"
     return (f"{what}: {first}chosen after the backend phase installs torch: a build in the wheel cache "
-            f"({ctx.cache_root}), else {name} from {where}, else a source build with pip wheel")
+            f"({ctx.cache_root}), else {name} from {where}, else a source build with "
+            f"{'pip wheel' if ctx.sdist_places is None else 'uv build'}")
 
 
 def resolve(steps: Sequence[BuildStep], ctx: BuildContext, env: Mapping[str, str]) -> list[BuildStep]:
@@ -362,7 +375,7 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
         elif not where:
             reasons.append(f"no prebuilt sources configured for {req.name}")
         else:
-            found, said = look(filename, version, where, _session(ctx))
+            found, said = look(filename, version, where, session_of(ctx))
             if found is not None:
                 return replace(step, how=PREBUILT, wheel=found.location,
                                note=f"{req.name} {version}: prebuilt wheel {filename} from {found.source.label()}")
@@ -379,20 +392,39 @@ def _choose(step: BuildStep, ctx: BuildContext, env: Mapping[str, str]) -> Build
     if ctx.build_path:  # the build requirements, for this build only
         build_env["PYTHONPATH"] = ctx.build_path
     what = f"{req.name} {version}" if version else req.name
-    return replace(
+    return with_sdist(replace(
         step, how=SOURCE, note=f"{what}: building from source: {'; '.join(reasons)}",
         build_requirement=build_req, wheel_dir=str(ctx.staging / step.name), build_env=build_env,
         find_links=str(ctx.staging / step.name) if version else None,
-    )
+    ), ctx)
 
 
-def _session(ctx: BuildContext):
+def with_sdist(step: BuildStep, ctx: BuildContext) -> BuildStep:
+    """The step with the sdist ``uv build`` compiles (the uv engine; pip's ``pip wheel`` finds it
+    itself): where it is and the local file, or the places that had none in its note (the
+    build then stops before it starts, execute/build_phase.py)."""
+    if ctx.sdist_places is None or step.sdist is not None:
+        return step
+    req = Requirement(step.requirement)
+    spec = SpecifierSet(f"=={step.version}") if step.version else req.specifier
+    found, said = sdists.find(req.name, spec, ctx.sdist_places, ctx.client or _own_client(ctx))
+    if found is None:
+        where = "; ".join(said) or "no index or find-links to look in"
+        return replace(step, note=f"{step.note}; no sdist of {req.name}{spec} for uv build ({where})")
+    wheel_dir = step.wheel_dir or str(ctx.staging / step.name)
+    return replace(step, sdist=found, sdist_file=sdists.local_file(found, wheel_dir))
+
+
+def _own_client(ctx: BuildContext):
+    """A client of the context's pip configuration, for a context made without the run's."""
+    from backendpick.indexes.client import IndexClient
+
+    return IndexClient(ctx.pip_config)
+
+
+def session_of(ctx: BuildContext):
     """The transport of the run's client (a context made without one gets a client of its own)."""
-    if ctx.client is None:
-        from backendpick.indexes.client import IndexClient
-
-        return IndexClient(ctx.pip_config).session
-    return ctx.client.session
+    return (ctx.client or _own_client(ctx)).session
 
 
 def skip_gpu_build(step: BuildStep, env: Mapping[str, str]) -> bool:

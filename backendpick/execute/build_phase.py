@@ -1,6 +1,7 @@
 """The build phase as it runs: the wheels chosen again for the torch really installed, the
 toolchain checked before any source build (before the first phase too, when the plan foresees
-one), ``pip wheel`` with a heartbeat and notes, the wheel cache, then one ``pip install``."""
+one), ``pip wheel`` (with uv: the sdist downloaded, then ``uv build``) with a heartbeat and
+notes, the wheel cache, then one install by the plan's installer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from packaging.requirements import Requirement
 
 from backendpick.edges import runner
 from backendpick.errors import InstallError
-from backendpick.execute.engines import Renderer
+from backendpick.execute.engines import PIP, UV, Renderer
 from backendpick.execute.phase_log import failed, left_state, phase_log, tail
 from backendpick.model.environment import Target
 from backendpick.model.names import normalize
@@ -85,6 +86,7 @@ def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, u
             say(step.note)
     if tools is not None:
         say(f"toolchain: {tools.describe()}")
+    _sdists_ready(plan, planned, building, renderer, ctx, say)
 
     on_phase_start(phase)
     started = time.monotonic()
@@ -96,7 +98,7 @@ def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, u
             build_env = {**command.environ(env), **(tools.env if tools else {}), **step.build_env}
             began = time.monotonic()
             wheel = build_wheel(plan, planned, step, command.argv, env=build_env, tee=tee, log=log,
-                                log_path=log_path, on_note=say)
+                                log_path=log_path, on_note=say, tool=renderer.installer)
             seconds = time.monotonic() - began
             key = wheel_choice.cache_key(ctx, step.name, _wheel_version(wheel), step.arch_key)
             try:
@@ -122,6 +124,23 @@ def run_build(plan: Plan, phase: Phase, renderer: Renderer, *, target: Target, u
     if res is not None and not res.ok:
         failed(plan, planned, phase, res, log_path, renderer.shown(phase))
     return phase, elapsed
+
+
+def _sdists_ready(plan: Plan, planned: Phase, building: list, renderer: Renderer, ctx,
+                  say: Callable[[str], None]) -> None:
+    """With uv, each source build's sdist as a local file before anything is built (``uv
+    build`` takes a file): downloaded where it is on a server; none found stops here."""
+    if renderer.installer != UV:
+        return
+    from backendpick.build import sdists, wheel_choice
+
+    for step in building:
+        if not step.sdist_file:
+            raise InstallError(f"cannot build {_what(step)} with uv: no sdist of it was found (uv build takes a "
+                               f"file); {left_state(plan, planned)}", details=redact(step.note),
+                               hint="put its sdist on your index or a find-links folder, or use --installer pip")
+        if step.sdist and step.sdist != step.sdist_file and not Path(step.sdist_file).is_file():
+            sdists.download(step.sdist, Path(step.sdist_file), wheel_choice.session_of(ctx), say)
 
 
 def _fetched(ctx, steps: list, say: Callable[[str], None]) -> list:
@@ -152,7 +171,7 @@ def _for_the_installed_torch(ctx, steps: list, target: Target, env: dict, say: C
             say(f"the backend phase installed torch {_torch_words(real)}, not {_torch_words(ctx.torch)} as "
                 "predicted; choosing the build phase's wheels again")
             steps = [replace(s, how=PENDING, wheel=None, find_links=None, build_requirement=None, wheel_dir=None,
-                             build_env={})
+                             build_env={}, sdist=None, sdist_file=None)
                      if s.how in (CACHED, PREBUILT, SOURCE) else s for s in steps]
             ctx = replace(ctx, torch=real, predicted=False)
             steps = wheel_choice.resolve(steps, ctx, env)
@@ -171,16 +190,17 @@ def _torch_words(torch) -> str:
 
 
 def build_wheel(plan: Plan, phase: Phase, step, argv: Sequence[str], *, env: dict, tee: Callable[[str], None], log,
-                log_path: Path, on_note: Callable[[str], None]) -> Path:
-    """``argv`` (``pip wheel`` for one package, engines.Renderer.build_command), with elapsed time
-    on a timer; the wheel it wrote into the step's ``wheel_dir``."""
+                log_path: Path, on_note: Callable[[str], None], tool: str = PIP) -> Path:
+    """``argv`` (``pip wheel`` or, ``tool`` uv, ``uv build`` for one package:
+    engines.Renderer.build_command), with elapsed time on a timer; the wheel it wrote into the
+    step's ``wheel_dir``."""
     what = _what(step)
     out_dir = Path(step.wheel_dir)
     import shutil  # only where a build runs
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a wheel left by an interrupted build is not this one
     out_dir.mkdir(parents=True, exist_ok=True)
-    on_note(f"building {what} from source: {step.limits}; pip output: {log_path}")
+    on_note(f"building {what} from source: {step.limits}; {tool} output: {log_path}")
     log.write(f"$ {redact(' '.join(argv))}\n")
     log.flush()
     started = time.monotonic()
@@ -201,14 +221,15 @@ def build_wheel(plan: Plan, phase: Phase, step, argv: Sequence[str], *, env: dic
     if not res.ok:
         raise InstallError(
             f"building {what} from source failed after {_minutes(elapsed)} "
-            f"(pip exit {res.returncode if res.returncode is not None else '-'}); {left_state(plan, phase)}",
+            f"({tool} exit {res.returncode if res.returncode is not None else '-'}); {left_state(plan, phase)}",
             hint=f"full build output: {log_path}; if it ran out of memory, lower MAX_JOBS "
                  "(environment or [tool.backendpick.build] max-jobs)",
             details=tail(res.stdout, redact(" ".join(argv))),
         )
     wheels = sorted(p for p in out_dir.glob("*.whl") if normalize(p.name.split("-")[0]) == step.name)
     if not wheels:
-        raise InstallError(f"pip wheel reported success for {what} but wrote no wheel to {out_dir}",
+        raise InstallError(f"{'uv build' if tool == UV else 'pip wheel'} reported success for {what} but wrote "
+                           f"no wheel to {out_dir}",
                            hint=f"full build output: {log_path}")
     on_note(f"built {wheels[-1].name} in {_minutes(elapsed)}")
     return wheels[-1]

@@ -17,8 +17,12 @@ edits a command line. The uv engine runs the same phases as ``uv pip install --p
   comes from the first index that has it) is the safe one and stays;
 * a phase that installs with no build isolation runs with ``--no-cache``: uv caches wheels it
   built from an sdist by the sdist alone, so a flash-attn built against one torch would otherwise
-  be served to an environment with another. (Source builds of known packages run ``pip wheel``
-  into backendpick's own torch-keyed wheel cache with either engine: ``Renderer.build_command``.)
+  be served to an environment with another;
+* a source build of a known package (flash-attn and friends) is ``uv build --wheel
+  --no-build-isolation --no-cache`` of its sdist (``Renderer.build_command``; uv builds a file,
+  not a requirement, so backendpick finds and downloads the sdist, build/sdists.py) with the
+  target interpreter, where pip runs ``pip wheel``; both write into backendpick's own torch-keyed
+  wheel cache. With uv no pip process runs at all (issue 22 item 3).
 
 uv keeps its own cache on otherwise: that is where its speed on a warm machine comes from.
 
@@ -119,13 +123,15 @@ class Renderer:
         return Command(tuple(argv), {**env, **moved}, unset)
 
     def build_command(self, phase: Phase, step: BuildStep, *, hide: bool = True) -> Command:
-        """``pip wheel`` for one source build of the build phase, with either engine.
+        """One source build of the build phase: ``pip wheel``, or ``uv build`` with uv.
 
         ``--no-cache-dir``: pip caches a wheel it built from an sdist with a known hash (every
         PyPI sdist) and hands it back on the next build whatever torch is installed now; this
         build must compile against the torch that is there. ``--no-binary``: a wheel of the
         package on the index or in a find-links folder is not a build against this torch either.
         Both only for the build phase: every other pip run keeps the user's cache."""
+        if self.installer == UV:
+            return self._uv_build(step, hide)
         env, unset = self._pip_env(phase)
         cons = ["-c", phase.constraints_file] if phase.constraints_file else []
         # An offline phase (a lock's locked sdist) reads no index, as its install does.
@@ -140,7 +146,8 @@ class Renderer:
     def shown(self, phase: Phase) -> str:
         """What --dry-run and ``plan`` print for a phase: its commands, one per line, after ``#``
         notes (a download first, a phase run alongside another, why each build wheel comes from
-        where it does); a build phase prints ``pip wheel`` for each source build, then its install."""
+        where it does); a build phase prints ``pip wheel`` (``uv build`` after the download of
+        its sdist, with uv) for each source build, then its install."""
         lines = [f"# downloaded first by backendpick (the server wants credentials): {redact(url)} -> {path}"
                  for url, path in phase.downloads]
         if not phase.steps:
@@ -148,6 +155,8 @@ class Renderer:
                 lines.append(f"# runs alongside the {phase.alongside} phase")
             return "\n".join([*lines, self.command(phase).line()])
         lines += [f"# {redact(s.note)}" for s in phase.steps if s.note]
+        lines += [f"# downloaded first by backendpick (uv build takes a file): {redact(s.sdist)} -> {s.sdist_file}"
+                  for s in phase.steps if s.how == SOURCE and s.sdist and s.sdist != s.sdist_file]
         lines += [self.build_command(phase, s).line() for s in phase.steps if s.how == SOURCE and s.build_requirement]
         if phase.deferred:
             lines.append("# the wheels are installed by the rest phase's pip run")
@@ -228,6 +237,23 @@ class Renderer:
             return [s.install_requirement() for s in phase.steps]
         wheels = [s.install_requirement() for s in phase.wheels] if folded else []
         return wheels + (["-r", phase.hashed_file] if phase.hashed_file else list(phase.requirements))
+
+    def _uv_build(self, step: BuildStep, hide: bool) -> Command:
+        """``uv build`` of the step's sdist file with the target interpreter, without isolation
+        (the build imports the installed torch; its tools come on ``PYTHONPATH``, the step's
+        build_env) and without uv's cache (a wheel built against another torch); no index is
+        read, so none of the user's sources is needed, only uv's certificate and proxy.
+        ``--no-create-gitignore``: the output folder holds the wheel alone."""
+        assert self.uv is not None
+        env, unset = env_delta(uv_env(self.user_env, self.pip_config), self.user_env)
+        sdist = step.sdist_file or f"<sdist of {step.build_requirement}: none found>"
+        argv = (self.uv, "build", "--no-config", "--python", self.python, "--wheel", "--no-build-isolation",
+                "--no-cache", "--no-create-gitignore", "--out-dir", str(step.wheel_dir), sdist)
+        moved: dict = {}
+        if hide:
+            hidden, moved = uv_args(argv)
+            argv = tuple(hidden)
+        return Command(tuple(argv), {**env, **moved, **step.build_env}, unset)
 
     def _uv(self, phase: Phase, folded: bool, hide: bool) -> Command:
         """One phase as a uv command."""

@@ -88,6 +88,11 @@ class BuildStep:
     # wants credentials that pip and uv would not find themselves (indexes/fetches.py).
     fetched: str | None = None
     seconds: float | None = None  # a source build as run: how long it took (install's summary)
+    # The uv engine's source build (``uv build`` takes a file, not a requirement): where the
+    # sdist is (its URL, or a local file), and the local file uv builds (the same file, or where
+    # backendpick downloads it first; build/sdists.py). None with pip, whose ``pip wheel`` finds it.
+    sdist: str | None = None
+    sdist_file: str | None = None
 
     def install_requirement(self) -> str:
         """What the build phase's pip install gets for this package (a placeholder until known)."""
@@ -136,6 +141,7 @@ class BuildStep:
             "wheel_dir": self.wheel_dir,
             "build_env": {k: redact_var(k, v) for k, v in self.build_env.items()},
             "seconds": round(self.seconds, 2) if self.seconds is not None else None,
+            "sdist": redact(self.sdist) if self.sdist else None,
         }
 
 

@@ -547,7 +547,8 @@ def _finish(i: _Inputs, s: _Selection, plan: plan_mod.Plan, settings: config.Set
 
         plan = wheel_choice.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
                                    pip_config=i.pip_config, env=i.env, rest_options=i.wanted.rest_options,
-                                   predicted=expected_torch.predicted_torch(i.facts, s.decision, offers), client=i.client)
+                                   predicted=expected_torch.predicted_torch(i.facts, s.decision, offers), client=i.client,
+                                   installer=i.installer.name)
         ctx = next((p.context for p in plan.phases if p.name == plan_mod.BUILD and p.context is not None), None)
         if s.kept and ctx is not None and ctx.torch is not None and not ctx.predicted:
             # The build read the C++ ABI from the installed torch itself: the plan says it too.
@@ -597,7 +598,7 @@ def _prepared_lock(i: _Inputs, path: Path | None, *, fetch: bool, on_note) -> Pr
 
         torch = lock.package("torch")
         plan = wheel_choice.attach(plan, settings=settings, target=i.target, hardware=i.hardware,
-                                   pip_config=i.pip_config, env=i.env, client=i.client,
+                                   pip_config=i.pip_config, env=i.env, client=i.client, installer=i.installer.name,
                                    predicted=predict_torch(torch.version, plan.backend, i.facts) if torch else None)
     plan = replace(plan, installer=i.installer.name, uv=str(i.installer.uv) if i.installer.uv else None,
                    pin_environment=bool(settings.pin_environment.value), warnings=plan.warnings + tuple(i.warnings))

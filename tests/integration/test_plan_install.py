@@ -129,7 +129,12 @@ def test_flash_attn_is_built_against_the_installed_torch(lab: Lab, cu124_stack: 
     block = lines[lines.index("phase build: flash-attn") + 1 :]
     block = block[: next(i for i, line in enumerate(block) if line.startswith("phase build: done"))]
     pip_lines = [line for line in block if line.startswith("  $ ") and " -m pip " in line]
-    assert pip_lines and all("--no-build-isolation" in line.split() and "-c" in line.split() for line in pip_lines)
+    if cu124_stack.engine == "pip":
+        assert pip_lines and all("--no-build-isolation" in line.split() and "-c" in line.split() for line in pip_lines)
+    else:  # uv builds the sdist file itself, without isolation or uv's cache: no pip (issue 22 item 3)
+        uv_lines = [line for line in block if line.startswith("  $ ") and " build --no-config " in line]
+        assert uv_lines and all({"--no-build-isolation", "--no-cache"} <= set(line.split()) for line in uv_lines)
+        assert not pip_lines, block
     order = cu124_stack.first.phases_run
     assert order.index("build-requirements") < order.index("build") and order.index("backend") < order.index("build")
     # What changed, as uv says it: the build with the torch it was built against and its time.

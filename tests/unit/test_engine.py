@@ -320,8 +320,26 @@ def test_golden_pip_and_uv_commands_from_the_same_intents(tmp_path: Path):
         (*head, *sources, "-c", "/s/c.txt", *extra, "-f", "/s/build/flash-attn", "--only-binary", "flash-attn",
          "flash-attn==2.7.4", "tqdm"),
     ]
-    # Source builds run pip wheel into backendpick's torch-keyed cache with either engine.
-    assert uv.build_command(build, build.steps[0]).argv == pip.build_command(build, build.steps[0]).argv
+    # uv builds the sdist file (issue 22 item 3: no pip process), downloaded first where it is on
+    # a server; no index is read, so none of the user's sources are on the command line.
+    sdist = "https://mirror.example/files/flash_attn-2.7.4.tar.gz#sha256=ab"
+    step = replace(build.steps[0], sdist=sdist, sdist_file="/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz")
+    built = uv.build_command(build, step)
+    assert built.argv == (
+        "/bin/uv", "build", "--no-config", "--python", PY, "--wheel", "--no-build-isolation", "--no-cache",
+        "--no-create-gitignore", "--out-dir", "/s/build/flash-attn", "/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz")
+    # uv's certificate and proxy are pip's, as for its installs; the build's limits are the plan's.
+    assert built.env == {"MAX_JOBS": "2", "SSL_CERT_FILE": "/etc/ssl/company.pem", "UV_HTTP_TIMEOUT": "60",
+                         "HTTP_PROXY": "http://proxy.example:3128", "HTTPS_PROXY": "http://proxy.example:3128"}
+    shown = uv.shown(replace(build, steps=(step,))).splitlines()
+    assert shown[-3:] == [
+        f"# downloaded first by backendpick (uv build takes a file): {sdist} -> "
+        "/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz",
+        "env HTTPS_PROXY=http://proxy.example:3128 HTTP_PROXY=http://proxy.example:3128 MAX_JOBS=2 "
+        "SSL_CERT_FILE=/etc/ssl/company.pem UV_HTTP_TIMEOUT=60 /bin/uv build --no-config --python /env/bin/python "
+        "--wheel --no-build-isolation --no-cache --no-create-gitignore --out-dir /s/build/flash-attn /s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz",
+        "# the wheels are installed by the rest phase's pip run"]
+    assert uv.step_json(build, step)["build_argv"] == list(built.argv)
     # What --dry-run prints for the deferred build phase: why, the build, where its wheel goes.
     assert pip.shown(build).splitlines()[-2:] == [
         "env MAX_JOBS=2 /env/bin/python -m pip wheel --no-cache-dir --no-build-isolation -c /s/c.txt --extra-index-url "
