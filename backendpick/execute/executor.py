@@ -6,8 +6,8 @@ byte of the stack.
 
 A build phase with steps (build/wheel_choice.py) first chooses each package's wheel where the plan could
 not (torch was not installed yet), checks the toolchain before any source build, builds with
-``pip wheel`` under limits, stores what it built in the wheel cache, and installs the wheels
-with one ``pip install``. All of its pip output goes to the phase's log file.
+``pip wheel`` (``uv build`` of the sdist with uv) under limits, stores what it built in the
+wheel cache, and installs the wheels with one install. All of its output goes to the phase's log file.
 """
 
 from __future__ import annotations

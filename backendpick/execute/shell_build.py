@@ -3,7 +3,7 @@
 Install keeps the build requirements out of the environment (``pip install --target`` into a
 folder only the source builds see, on their ``PYTHONPATH`` and ``PATH``), takes each build
 package's wheel from backendpick's wheel cache, else the prebuilt wheel it chose for the torch
-the backend phase installs, else builds it from source with ``pip wheel`` under limits and
+the backend phase installs, else builds it from source with ``pip wheel`` (``uv build``) under limits and
 stores it in the cache (build/wheel_choice.py, execute/build_phase.py). The script does the same
 with the versions the plan chose:
 
@@ -12,8 +12,10 @@ with the versions the plan chose:
   backendpick cache folder (one that ran backendpick, or a mounted cache) or
   ``BACKENDPICK_CACHE_DIR`` names one; else the prebuilt URL the plan chose, when the torch is
   the one the plan chose it for; else a source build: the build requirements into the script's
-  private folder (once), ``pip wheel`` with the plan's limits, then ``bp_wheel store`` puts the
-  wheel into that cache (proven by the torch it saw) and names it;
+  private folder (once), ``pip wheel`` with the plan's limits (with uv: ``bp_wheel fetch``
+  downloads the sdist the plan found, reading ``.netrc`` as pip and uv do, then ``uv build``;
+  no pip process, as install), then ``bp_wheel store`` puts the wheel into that cache (proven
+  by the torch it saw) and names it;
 * one install of the wheels, never built in pip's isolation.
 
 The helper program run in the target is the wheel cache's own code (state/wheel_cache.py: the
@@ -57,8 +59,33 @@ def _built(folder, name):
     return found[-1], found[-1].name.split("-")[1]
 
 
+def fetch(url, dest):
+    """The sdist a uv build compiles, with the credentials of .netrc (NETRC) for its host, its
+    sha256 checked where the link names one."""
+    import base64, hashlib, netrc, urllib.parse, urllib.request
+
+    request = urllib.request.Request(url.split("#", 1)[0])
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(urllib.parse.urlsplit(url).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        auth = None
+    if auth:
+        token = base64.b64encode(("%s:%s" % (auth[0], auth[2])).encode()).decode()
+        request.add_header("Authorization", "Basic " + token)
+    with urllib.request.urlopen(request, timeout=300) as resp:
+        data = resp.read()
+    want = urllib.parse.urlsplit(url).fragment
+    if want.startswith("sha256=") and hashlib.sha256(data).hexdigest() != want[len("sha256="):]:
+        raise SystemExit("backendpick script: %s does not have the sha256 its index names" % url.split("#")[0])
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    Path(dest).write_bytes(data)
+
+
 def main(argv):
     command = argv[0]
+    if command == "fetch":
+        fetch(argv[1], argv[2])
+        return
     if command == "torch":
         import torch
 
@@ -156,10 +183,12 @@ def install_word(word: str, steps: tuple[BuildStep, ...]) -> str | None:
     return None
 
 
-def build_lines(phase: Phase, torch, separated: bool, build_argv: Callable[[BuildStep], list[str]]) -> list[str]:
+def build_lines(phase: Phase, torch, separated: bool, build_argv: Callable[[BuildStep], list[str]],
+                uv_unset: tuple[str, ...] | None = None) -> list[str]:
     """For each chosen step of the build phase: its wheel from the cache, the prebuilt URL, or a
-    source build (``build_argv``: the step's ``pip wheel`` as shell words). ``torch``: the torch
-    the plan chose for (a TorchInfo), None when it chose nothing yet."""
+    source build (``build_argv``: the step's ``pip wheel``, or ``uv build`` of its sdist, as shell
+    words). ``torch``: the torch the plan chose for (a TorchInfo), None when it chose nothing
+    yet. ``uv_unset``: the uv engine, with the variables its runs go without."""
     import json
 
     out = [f"bp_wheel() {{ \"$PY\" -c {shlex.quote(helper_script())} \"$@\"; }}",
@@ -184,11 +213,26 @@ def build_lines(phase: Phase, torch, separated: bool, build_argv: Callable[[Buil
         if separated:
             env = [f"PYTHONPATH={BUILD_ENV}", f'PATH="$BP_TMP/build-env/bin:$PATH"', *env]
         out.append(f"  rm -rf {folder}")
+        if uv_unset is not None:
+            if not step.sdist:
+                said = f"backendpick script: no sdist of {name} was found for uv build when the script was made"
+                out.append(f"  echo {shlex.quote(said)} >&2")
+                out.append("  exit 1")
+                out.append("fi")
+                continue
+            env = [f"-u {k}" for k in uv_unset] + env
+            if "://" in step.sdist:
+                out.append(f"  bp_wheel fetch {shlex.quote(strip(step.sdist))} {sdist_word(step.sdist)}")
         out.append("  " + " ".join((["env", *env] if env else []) + build_argv(step)))
         out.append(f'  {var}="$(bp_wheel store "$TORCH_INFO" "$WHEEL_CACHE" {name} {shlex.quote(version)} '
                    f'{shlex.quote(arch)} {folder})"')
         out.append("fi")
     return out
+
+
+def sdist_word(sdist: str) -> str:
+    """Where the script keeps a downloaded sdist: its private folder."""
+    return '"$BP_TMP/sdist/"' + shlex.quote(sdist.split("#", 1)[0].rsplit("/", 1)[-1])
 
 
 def chosen(step: BuildStep) -> bool:
@@ -197,4 +241,4 @@ def chosen(step: BuildStep) -> bool:
 
 
 __all__ = ["BUILD_CONSTRAINTS", "BUILD_ENV", "build_lines", "cache_lines", "chosen", "helper_script", "install_word",
-           "placeholder", "requirements_lines"]
+           "placeholder", "requirements_lines", "sdist_word"]

@@ -166,10 +166,12 @@ def to_shell(plan: Plan, renderer: Renderer | None = None) -> str:
             out += shell_build.requirements_lines(phase, words)
             continue
         if phase.name == BUILD and any(shell_build.chosen(s) for s in phase.steps):
+            built = _with_sdists(phase) if uv else phase
             out += shell_build.cache_lines()
             out += shell_build.build_lines(
-                phase, getattr(phase.context, "torch", None), _separated(plan),
-                lambda step: _words(plan, renderer, phase, python, uv_exe, step=step))
+                built, getattr(phase.context, "torch", None), _separated(plan),
+                lambda step: _words(plan, renderer, phase, python, uv_exe, step=step),
+                uv_unset=UV_SOURCE_VARS if uv else None)
         out += _phase_lines(plan, phase, words, uv)
     if plan.pin_environment and plan.phases:
         # As install does: the stack's pins outlive the script (a later plain pip cannot swap it).
@@ -265,11 +267,26 @@ def _script_phase(phase: Phase) -> Phase:
     return replace(phase, steps=(), wheels=(), requirements=words)
 
 
+def _with_sdists(phase: Phase) -> Phase:
+    """With uv, every chosen step with the sdist it would be built from (found now for a wheel
+    chosen from the cache or a prebuilt URL, which the script may still have to build: uv
+    builds a file; build/sdists.py)."""
+    ctx = phase.context
+    if getattr(ctx, "sdist_places", None) is None:
+        return phase
+    from backendpick.build import wheel_choice
+
+    return replace(phase, steps=tuple(wheel_choice.with_sdist(s, ctx) if shell_build.chosen(s) else s
+                                      for s in phase.steps))
+
+
 def _build_step(step):
-    """A step as the script builds it from source when it has no wheel for it."""
+    """A step as the script builds it from source when it has no wheel for it (with uv: the
+    sdist from the script's folder when it downloads it)."""
     version = step.version
     requirement = step.build_requirement or (f"{step.name}=={version}" if version else step.requirement)
-    return replace(step, build_requirement=requirement, wheel_dir=f"\0dir:{step.name}")
+    sdist = f"\0sdist:{step.sdist}" if step.sdist and "://" in step.sdist else step.sdist
+    return replace(step, build_requirement=requirement, wheel_dir=f"\0dir:{step.name}", sdist_file=sdist)
 
 
 def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: str | None, step=None) -> list[str]:
@@ -299,6 +316,8 @@ def _words(plan: Plan, renderer: Renderer, phase: Phase, python: str, uv_exe: st
             words.append(shell_build.BUILD_ENV)
         elif a.startswith("\0dir:"):
             words.append(f'"$BP_TMP/build/{a[len(chr(0) + "dir:"):]}"')
+        elif a.startswith("\0sdist:"):
+            words.append(shell_build.sdist_word(a[len(chr(0) + "sdist:"):]))
         elif shell_build.install_word(a, phase.steps) is not None:
             words.append(shell_build.install_word(a, phase.steps))
         elif plan.backend_constraints_path is not None and a == str(plan.backend_constraints_path):

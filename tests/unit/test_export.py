@@ -440,3 +440,74 @@ def test_a_chosen_build_keeps_its_tools_apart_and_its_limits(tmp_path: Path) -> 
         in lines
     assert str(tmp_path) not in script.replace(f'PY="${{PYTHON:-{PY}}}"', "")  # nothing of this machine
     assert sh_syntax_ok(script).returncode == 0
+
+
+@pytest.mark.allow_subprocess
+def test_with_uv_the_script_runs_no_pip_its_build_is_uv_build_of_the_fetched_sdist(tmp_path: Path) -> None:
+    """Issue 22 item 3: the script of a uv plan builds as install does: the sdist downloaded by
+    the script's helper (reading .netrc), then ``uv build`` without isolation; no pip anywhere."""
+    from backendpick.model.plan import BUILD, BUILD_REQS, SOURCE, BuildStep
+
+    plan = make_plan(tmp_path, ["torch==2.5.1", "flash-attn==2.7.4", "tqdm"])
+    url = "https://files.example/packages/flash_attn-2.7.4.tar.gz#sha256=ab"
+    step = BuildStep("flash-attn==2.7.4", "flash-attn", how=SOURCE, version="2.7.4", note="flash-attn 2.7.4: building",
+                     build_requirement="flash-attn==2.7.4", wheel_dir=str(tmp_path / "state" / "build" / "flash-attn"),
+                     build_env={"MAX_JOBS": "2", "PYTHONPATH": str(tmp_path / "state" / "build-env")},
+                     sdist=url, sdist_file=str(tmp_path / "state" / "build" / "flash-attn-sdist" / "x.tar.gz"))
+    own = tmp_path / "state" / "build-constraints.txt"
+    phases = tuple(dataclasses.replace(p, steps=(step,)) if p.name == BUILD else
+                   dataclasses.replace(p, target_dir=str(tmp_path / "state" / "build-env"), upgrade=True,
+                                       constraints_file=str(own), constraints=("torch<0",))
+                   if p.name == BUILD_REQS else p for p in plan.phases)
+    plan = dataclasses.replace(plan, phases=phases, build_constraints_path=own, installer="uv", uv="/bin/uv")
+    script = shell_export.to_shell(plan)
+    lines = script.splitlines()
+    assert f"  bp_wheel fetch '{url}' \"$BP_TMP/sdist/\"flash_attn-2.7.4.tar.gz" in lines
+    [build] = [line for line in lines if '"$UV" build ' in line]
+    assert build.startswith("  env -u UV_INDEX ") and build.endswith(
+        'PYTHONPATH="$BP_TMP/build-env" PATH="$BP_TMP/build-env/bin:$PATH" MAX_JOBS=2 "$UV" build --no-config --python '
+        '"$PY" --wheel --no-build-isolation --no-cache --no-create-gitignore --out-dir "$BP_TMP/build/flash-attn" '
+        '"$BP_TMP/sdist/"flash_attn-2.7.4.tar.gz'), build
+    assert " -m pip " not in script and str(tmp_path) not in script.replace(f'PY="${{PYTHON:-{PY}}}"', "")
+    assert sh_syntax_ok(script).returncode == 0
+
+
+@pytest.mark.allow_subprocess
+def test_the_scripts_fetch_checks_the_sha256_and_reads_netrc(tmp_path: Path) -> None:
+    """``bp_wheel fetch`` (the script's own download, standard library only)."""
+    import hashlib
+    import http.server
+    import threading
+
+    body = b"sdist bytes"
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "netrc").write_text("machine 127.0.0.1 login me password secret\n")
+    env = {"PATH": os.environ.get("PATH", ""), "NETRC": str(tmp_path / "netrc")}  # no proxy variables
+
+    def fetch(url: str, dest: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", shell_build.helper_script(), "fetch", url, str(dest)], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/f.tar.gz"
+        done = fetch(f"{url}#sha256={hashlib.sha256(body).hexdigest()}", tmp_path / "sdist" / "f.tar.gz")
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "sdist" / "f.tar.gz").read_bytes() == body and seen == ["Basic bWU6c2VjcmV0"]
+        wrong = fetch(f"{url}#sha256=00", tmp_path / "other.tar.gz")
+        assert wrong.returncode != 0 and "does not have the sha256" in wrong.stderr
+        assert not (tmp_path / "other.tar.gz").exists()
+    finally:
+        server.shutdown()
