@@ -34,6 +34,11 @@ def check_before_changes(plan: Plan, env: dict) -> None:
     from backendpick.build import toolchain, wheel_choice
 
     phase = next((p for p in plan.phases if p.name == BUILD and p.skip is None and p.steps), None)
+    if phase is not None and plan.installer == UV:
+        # uv builds a file: a source build whose sdist was not found stops with nothing changed.
+        missing = next((s for s in phase.steps if s.how == SOURCE and not s.sdist_file), None)
+        if missing is not None:
+            raise _no_sdist(missing, "the environment is unchanged")
     ctx = phase.context if phase is not None else None
     if not isinstance(ctx, wheel_choice.BuildContext) or ctx.torch is None or not ctx.build.checks:
         return
@@ -136,11 +141,15 @@ def _sdists_ready(plan: Plan, planned: Phase, building: list, renderer: Renderer
 
     for step in building:
         if not step.sdist_file:
-            raise InstallError(f"cannot build {_what(step)} with uv: no sdist of it was found (uv build takes a "
-                               f"file); {left_state(plan, planned)}", details=redact(step.note),
-                               hint="put its sdist on your index or a find-links folder, or use --installer pip")
-        if step.sdist and step.sdist != step.sdist_file and not Path(step.sdist_file).is_file():
+            raise _no_sdist(step, left_state(plan, planned))
+        if step.sdist and step.sdist != step.sdist_file:  # each time: builds are rare, the cache serves the rest
             sdists.download(step.sdist, Path(step.sdist_file), wheel_choice.session_of(ctx), say)
+
+
+def _no_sdist(step, state: str) -> InstallError:
+    return InstallError(f"cannot build {_what(step)} with uv: no sdist of it was found (uv build takes a file); "
+                        f"{state}", details=redact(step.note),
+                        hint="put its sdist on your index or a find-links folder, or use --installer pip")
 
 
 def _fetched(ctx, steps: list, say: Callable[[str], None]) -> list:

@@ -140,6 +140,11 @@ def _step_words(plan: Plan, phase: Phase, step: BuildStep) -> list[str]:
     elif step.how == SOURCE:
         limits = f", with {step.limits}" if step.limits else ""
         how = f"built from source against {against}{limits}; the wheel is then kept in the wheel cache"
+        if step.sdist and step.sdist != step.sdist_file:  # uv builds a file (build/sdists.py)
+            how += (f"; uv builds its sdist {redaction.redact(step.sdist)}, downloaded first by backendpick to "
+                    f"{step.sdist_file}")
+        elif step.sdist:
+            how += f"; uv builds its sdist {step.sdist_file}"
     elif step.how == AS_IS:
         how = f"built by pip as it is, against {against}, without build isolation"
     else:  # PENDING: the note names the candidates, in order

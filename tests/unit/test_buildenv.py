@@ -350,3 +350,29 @@ def test_two_torches_are_the_same_build_only_in_version_gpu_and_abi():
     assert not CU124.same_build(TorchInfo("2.5.1+cu124", cuda="12.4", cxx11abi=True))
     assert not CU124.same_build(TorchInfo("2.5.1+cu121", cuda="12.1", cxx11abi=False))
     assert not CU124.same_build(TorchInfo("2.6.0+cu124", cuda="12.4", cxx11abi=False))
+
+
+def test_with_uv_a_source_build_without_an_sdist_stops_before_any_change():
+    """uv builds a file: a plan whose source build found no sdist stops before the first phase
+    (issue 22 item 3), naming where it looked; with pip, pip wheel finds the sdist itself."""
+    from dataclasses import replace
+
+    from backendpick.execute import build_phase
+    from backendpick.model.plan import BUILD, SOURCE, BuildStep, Phase, Plan
+    from backendpick.model.backend import Backend
+
+    step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", build_requirement="flash-attn==2.7.4",
+                     note="flash-attn 2.7.4: building from source; no sdist of flash-attn==2.7.4 for uv build "
+                          "(https://mirror.example/simple: no flash-attn page)")
+    plan = Plan(backend=Backend.parse("cu124"), reason="", decided_by="--backend", python=Path("/env/bin/python"),
+                index_url="https://idx/cu124", phases=(Phase(BUILD, ("flash-attn",), steps=(step,)),),
+                constraints_path=Path("/s/c.txt"), installer="uv")
+    with pytest.raises(InstallError) as caught:
+        build_phase.check_before_changes(plan, {})
+    err = caught.value
+    assert err.message == ("cannot build flash-attn 2.7.4 with uv: no sdist of it was found (uv build takes a file); "
+                           "the environment is unchanged")
+    assert "no flash-attn page" in err.details and "--installer pip" in err.hint
+    build_phase.check_before_changes(replace(plan, installer="pip"), {})  # no context, no check: nothing raised
+    build_phase.check_before_changes(replace(plan, phases=(Phase(BUILD, ("flash-attn",), steps=(
+        replace(step, sdist_file="/s/flash_attn-2.7.4.tar.gz"),)),)), {})

@@ -79,3 +79,19 @@ def test_the_changes_of_an_install_as_uv_prints_them() -> None:
     ]  # tqdm is unchanged: not named
     assert changes[0] == Change("~", "flash-attn", "2.6.1", "built against 2.5.1+cu124, 6 s, cached")
     assert described.changes(after, after, [], "2.5.1+cu124") == []
+
+
+def test_a_uv_source_build_says_which_sdist_it_builds_and_that_backendpick_downloads_it() -> None:
+    """uv builds a file (issue 22 item 3): the plan names the sdist, its download, and the
+    ``uv build`` line that runs as printed; no pip."""
+    url = "https://mirror.example/files/flash_attn-2.7.4.tar.gz"
+    step = BuildStep("flash-attn", "flash-attn", how=SOURCE, version="2.7.4", build_requirement="flash-attn==2.7.4",
+                     wheel_dir="/venv/.backendpick/build/flash-attn", find_links="/venv/.backendpick/build/flash-attn",
+                     sdist=url, sdist_file="/venv/.backendpick/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz")
+    plan = _plan(Phase("build", ("flash-attn",), no_build_isolation=True, steps=(step,)))
+    uv = engines.Renderer(engines.UV, "/venv/bin/python", ("/venv/bin/python", "-m", "pip"), uv="/bin/uv")
+    [build] = described.plan_view(plan, uv).phases
+    assert any(f"uv builds its sdist {url}, downloaded first by backendpick to {step.sdist_file}" in s
+               for s in build.steps), build.steps
+    assert build.commands[0].startswith("/bin/uv build --no-config --python /venv/bin/python --wheel ")
+    assert not any(" -m pip " in c for c in build.commands), build.commands
