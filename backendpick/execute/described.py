@@ -78,7 +78,7 @@ def phase_view(plan: Plan, phase: Phase, renderer: Renderer) -> PhaseView:
     steps = [r.line() for r in plan.routes if r.phase == phase.name]
     steps += [w for s in phase.steps for w in _step_words(plan, phase, s)]
     if phase.steps and phase.deferred:
-        steps.append("the wheels are installed by the rest phase's pip run")
+        steps.append(f"the wheels are installed by the rest phase's {renderer.installer} run")
     if phase.wheels and not _settled(phase.wheels):
         steps.append("the build phase's wheels are added to this command once the backend phase has installed torch")
     return PhaseView(phase.name, " ".join(redaction.redact(r) for r in phase.requirements), _why(plan, phase),

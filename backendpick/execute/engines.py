@@ -159,7 +159,7 @@ class Renderer:
                   for s in phase.steps if s.how == SOURCE and s.sdist and s.sdist != s.sdist_file]
         lines += [self.build_command(phase, s).line() for s in phase.steps if s.how == SOURCE and s.build_requirement]
         if phase.deferred:
-            lines.append("# the wheels are installed by the rest phase's pip run")
+            lines.append(f"# the wheels are installed by the rest phase's {self.installer} run")
         else:
             lines.append(self.command(phase).line())
         return "\n".join(lines)

@@ -337,8 +337,9 @@ def test_golden_pip_and_uv_commands_from_the_same_intents(tmp_path: Path):
         "/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz",
         "env HTTPS_PROXY=http://proxy.example:3128 HTTP_PROXY=http://proxy.example:3128 MAX_JOBS=2 "
         "SSL_CERT_FILE=/etc/ssl/company.pem UV_HTTP_TIMEOUT=60 /bin/uv build --no-config --python /env/bin/python "
-        "--wheel --no-build-isolation --no-cache --no-create-gitignore --out-dir /s/build/flash-attn /s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz",
-        "# the wheels are installed by the rest phase's pip run"]
+        "--wheel --no-build-isolation --no-cache --no-create-gitignore --out-dir /s/build/flash-attn "
+        "/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz",
+        "# the wheels are installed by the rest phase's uv run"]
     assert uv.step_json(build, step)["build_argv"] == list(built.argv)
     # What --dry-run prints for the deferred build phase: why, the build, where its wheel goes.
     assert pip.shown(build).splitlines()[-2:] == [
