@@ -262,15 +262,17 @@ def install(dry_run: bool, verbose: int, quiet: bool, reinstall: tuple, pin_envi
 @click.option("--channel", type=click.Choice(["stable", "test", "nightly"]), default=None, help="PyTorch channel.")
 @click.option("-o", "--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the lock files. Default: the project folder.")
+@installer_option
 @json_option
 def lock(requirement, files, project_dir, extras, groups, python, backends, index_url, cuda_compat, channel,
-         output_dir, json_mode) -> int:
+         output_dir, installer, json_mode) -> int:
     from backendpick.commands import lock as command
     from backendpick.output import Output
     from backendpick.planning.pipeline import Request
 
     req = Request(project_dir=project_dir, requirements=tuple(requirement), files=tuple(files), extras=tuple(extras),
-                  groups=tuple(groups), python=python, index_url=index_url, cuda_compat=cuda_compat, channel=channel)
+                  groups=tuple(groups), python=python, index_url=index_url, cuda_compat=cuda_compat, channel=channel,
+                  installer=installer)
     return command.run(Output(json_mode=json_mode), req, tuple(backends), output_dir)
 
 

@@ -5,8 +5,9 @@ here) the pipeline makes the plan install would make for an empty environment of
 interpreter (``--python``): the same selection (selection/selector.py), the same phases of
 intents. A named backend needs no GPU here: a CUDA lock is made on a laptop, as a Docker build
 makes one. ``execute/lock_resolve.py`` resolves the phases to files; the file is written
-atomically, in the project folder unless ``-o DIR``. Nothing in the target changes: every pip
-run is a dry run, and no state is written into it.
+atomically, in the project folder unless ``-o DIR``. Nothing in the target changes: every
+resolution is a dry run (pip's, or ``uv pip compile`` with ``--installer uv``: then no pip
+process runs), and no state is written into it.
 """
 
 from __future__ import annotations

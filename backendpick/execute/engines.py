@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -181,6 +181,14 @@ class Renderer:
             if step.how == SOURCE and step.build_requirement else []
         return data
 
+    def compile_command(self, phase: Phase, requirements_file: str, out: str) -> Command:
+        """``uv pip compile`` of an install phase (uv only): the question ``uv pip install`` of
+        the phase answers, with the same sources and switches, for a lock (issue 22 item 3,
+        execute/lock_resolve.py): the requirements read from ``requirements_file``, uv's PEP 751
+        lock written to ``out``. Nothing is installed; ``--target`` has no meaning there."""
+        return self._uv(replace(phase, target_dir=None), True, True, verb="compile",
+                        installs=("--quiet", "--format", "pylock.toml", "-o", out, requirements_file))
+
     # -- the parts ---------------------------------------------------------------------------------
 
     def _pip_env(self, phase: Phase) -> tuple[dict, tuple[str, ...]]:
@@ -255,16 +263,18 @@ class Renderer:
             argv = tuple(hidden)
         return Command(tuple(argv), {**env, **moved, **step.build_env}, unset)
 
-    def _uv(self, phase: Phase, folded: bool, hide: bool) -> Command:
+    def _uv(self, phase: Phase, folded: bool, hide: bool, *, verb: str = "install",
+            installs: Sequence[str] | None = None) -> Command:
         """One phase as a uv command."""
         assert self.uv is not None
         env, unset = env_delta(uv_env(self.user_env, self.pip_config), self.user_env)
         if phase.action == UNINSTALL:  # uv never asks
             return Command((self.uv, "pip", "uninstall", "--python", self.python, *phase.requirements), env, unset)
-        head = [self.uv, "pip", "install", "--python", self.python, "--no-config", *safety_flags(self.pip_config)]
+        head = [self.uv, "pip", verb, "--python", self.python, "--no-config", *safety_flags(self.pip_config)]
         if phase.source == USER:
             head += source_flags(self.pip_config, phase.options)
-        argv = (*head, *self._options(phase, folded, uv=True), *self._installs(phase, folded))
+        words = self._installs(phase, folded) if installs is None else list(installs)
+        argv = (*head, *self._options(phase, folded, uv=True), *words)
         if not hide:
             return Command(argv, env, unset)
         hidden, moved = uv_args(argv)

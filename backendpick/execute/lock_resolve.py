@@ -2,8 +2,11 @@
 
 The plan is the one ``install`` would make for an empty environment (the same selection, the
 same phases of intents); each phase that installs is rendered by the engines exactly as install
-runs it, and pip resolves it as a dry run with ``--ignore-installed --report``: nothing is
-installed, the target is not touched. In phase order:
+runs it, and resolved by the installer that installs: pip as a dry run with
+``--ignore-installed --report``, or with ``--installer uv`` ``uv pip compile --format
+pylock.toml`` (no pip process at all, issue 22 item 3; uv's lock read to the same items: the file
+pip takes for the target, its sha256, and ``Requires-Python`` from the file's core metadata).
+Nothing is installed, the target is not touched. In phase order:
 
 * **backend**: torch and its companions from the backend index alone; every file comes from it;
 * **build** (flash-attn and friends): the version pip would take, then the prebuilt wheel the
@@ -11,17 +14,20 @@ installed, the target is not touched. In phase order:
   the sdist on the user's index, built at install time without isolation against the locked torch;
 * **build-requirements**: only when a build is made from source, so install needs no index;
 * **rest**: the ordinary packages with the stack pinned, as install's constraints file pins it.
-  What an earlier phase locked is offered to pip as a metadata-only stub at its locked version
-  (pip must not look for ``torch==2.5.1+cu124`` on the user's index, where it is not), and
-  stays in the phase that installs it.
+  What an earlier phase locked is offered to the resolver as a metadata-only stub at its locked
+  version (it must not look for ``torch==2.5.1+cu124`` on the user's index, where it is not),
+  and stays in the phase that installs it; the build requirements are no stubs (they go to the
+  build folder, and the environment needs its own copy of one it uses, flash-attn's einops).
 
-Each file's sha256 comes from the index (pip's report) or, where the index gives none (a
+Each file's sha256 comes from the index (pip's report, uv's lock) or, where the index gives none (a
 prebuilt wheel on a release page), from downloading it; its size from the index server
 (``Content-Length``) or the download. URLs are written without user information.
 """
 
 from __future__ import annotations
 
+import email.message
+import email.parser
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -36,7 +42,7 @@ from backendpick.edges.runner import capture
 from backendpick.errors import InstallError
 from backendpick.execute import engines
 from backendpick.indexes.locked_files import sha256_of
-from backendpick.inputs.installer import PIP
+from backendpick.inputs.installer import UV
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import lock as lock_mod
 from backendpick.model.names import normalize
@@ -80,9 +86,9 @@ class Locker:
         self.plan = prepared.plan
         self.folder = folder
         self.note = on_note
-        # The lock resolves with pip whatever engine installs: pip's report is what it reads.
-        self.renderer = engines.for_plan(replace(self.plan, installer=PIP), pip_config=prepared.pip_config,
-                                         user_env=prepared.user_env, prefix=prepared.target.prefix)
+        # The lock resolves with the engine that installs: pip's dry run, or ``uv pip compile``
+        # with ``--installer uv`` (no pip process at all, issue 22 item 3).
+        self.renderer = engines.for_prepared(prepared)
         self.session = prepared.client.session
         self.locked: dict[str, lock_mod.LockedPackage] = {}
         self.builds: dict[str, lock_mod.Build] = {}
@@ -123,7 +129,7 @@ class Locker:
         p = self.locked[name]
         markers = self.prepared.target.markers
         out = []
-        for text in _requires_dist(self._local(p.file.url)):
+        for text in _headers(self._local(p.file.url)).get_all("Requires-Dist") or []:
             try:
                 req = Requirement(text)
             except ValueError:
@@ -172,12 +178,16 @@ class Locker:
     # -- one phase's resolution ------------------------------------------------------------------------
 
     def _report(self, phase: Phase, constraints: list[str]) -> list[_Item]:
-        """pip's dry-run resolution of ``phase`` as install renders it, everything locked so far
-        offered as stubs at its locked version (and pinned there)."""
+        """The resolution of ``phase`` as install renders it (pip's dry run, or uv's compile),
+        everything locked so far offered as stubs at its locked version (and pinned there)."""
         work = Path(tempfile.mkdtemp(prefix=f"{phase.name}-", dir=self.folder))
         stubs = work / "stubs"
         stubs.mkdir()
-        for p in self.locked.values():
+        # The build requirements go to a folder of their own, not the environment: a later phase
+        # that needs one (flash-attn's einops) installs it itself, so it is no stub there (pip
+        # took the index's file over the stub at the same version, uv the stub).
+        stubbed = [p for p in self.locked.values() if p.phase != BUILD_REQS]
+        for p in stubbed:
             stub_wheel(stubs, p.name, Version(p.version))
         lines = list(dict.fromkeys([*constraints, *(f"{p.name}=={p.version}" for p in self.locked.values())]))
         cons = work / "constraints.txt"
@@ -186,21 +196,55 @@ class Locker:
         if phase.hashed_file:
             hashed = work / "hashed.txt"
             hashed.write_text("\n".join(phase.hashed_lines) + "\n", encoding="utf-8")
+        # The stubs' folder is one of the phase's find-links (its options), so the engines move it
+        # with the user's: uv reads UV_FIND_LINKS (a find-links URL with credentials) only
+        # without the option (indexes/credentials.py ``uv_args``).
         phase = replace(phase, constraints_file=str(cons), hashed_file=str(hashed) if hashed else None,
-                        upgrade=False, no_cache=False)
+                        upgrade=False, no_cache=False,
+                        options=(*phase.options, *(("--find-links", str(stubs)) if stubbed else ())))
+        self.note(f"resolving the {phase.name} phase: {' '.join(phase.requirements)}")
+        items = self._uv_items(phase, work) if self.renderer.installer == UV else self._pip_items(phase, work)
+        # The stubs stand for what is locked already: they are not files to lock.
+        return [i for i in items if not i.url.startswith(stubs.as_uri()) and not Path(unquote(urlsplit(i.url).path)).is_relative_to(stubs)]
+
+    def _pip_items(self, phase: Phase, work: Path) -> list[_Item]:
+        """pip's dry run of the phase (``--ignore-installed``): its installation report."""
         command = self.renderer.command(phase)
         report = work / "report.json"
-        extra = ["--dry-run", "--ignore-installed", "--report", str(report), "--quiet", "--disable-pip-version-check",
-                 *(["--find-links", str(stubs)] if self.locked else [])]
-        self.note(f"resolving the {phase.name} phase: {' '.join(phase.requirements)}")
+        extra = ["--dry-run", "--ignore-installed", "--report", str(report), "--quiet", "--disable-pip-version-check"]
         res = capture([*command.argv, *extra], timeout=TIMEOUT, env=command.environ(self.prepared.user_env))
         if not res.ok or not report.is_file():
             tail = "\n".join((res.stderr or res.stdout or res.error or "").strip().splitlines()[-15:])
-            raise InstallError(f"pip could not resolve the {phase.name} phase for the lock",
-                               details=redact(tail), hint="run `backendpick plan` for the same backend to see the phase")
-        items = parse_report(json.loads(report.read_text(encoding="utf-8")))
-        # The stubs stand for what is locked already: they are not files to lock.
-        return [i for i in items if not i.url.startswith(stubs.as_uri()) and not Path(unquote(urlsplit(i.url).path)).is_relative_to(stubs)]
+            raise _unresolved("pip", phase, redact(tail))
+        return parse_report(json.loads(report.read_text(encoding="utf-8")))
+
+    def _uv_items(self, phase: Phase, work: Path) -> list[_Item]:
+        """``uv pip compile`` of the phase (it resolves from nothing, as ``--ignore-installed``):
+        uv's PEP 751 lock, each package's file the one pip takes for the target (its best wheel
+        tag, else the sdist) with the sha256 from the index, and its ``Requires-Python`` from the
+        file's core metadata, where pip's report takes it (uv's lock does not hold it)."""
+        from backendpick.selection import uv_resolve
+
+        wanted, out = work / "requirements.txt", work / "pylock.toml"
+        wanted.write_text("".join(f"{line}\n" for line in (phase.hashed_lines if phase.hashed_file
+                                                            else _lines(phase.requirements))), encoding="utf-8")
+        command = self.renderer.compile_command(phase, str(wanted), str(out))
+        res = capture(command.argv, timeout=TIMEOUT, env=command.environ(self.prepared.user_env), cwd=work)
+        if not res.ok or not out.is_file():
+            raise _unresolved("uv", phase, uv_resolve.reason(f"{res.stdout}\n{res.stderr}" if res.returncode is not None
+                                                             else f"error: {res.error}"))
+        target = self.prepared.target
+        stubs = work / "stubs"
+        locked = [p for p in uv_resolve.read_lock(out, target.markers, target.tags)
+                  if "://" in p.wheel or not Path(p.wheel).resolve().is_relative_to(stubs.resolve())]
+        texts = uv_resolve.read_all(self.prepared.client, [p for p in locked if _filename(p.wheel).endswith(".whl")], set())
+        items = []
+        for p in locked:
+            url = p.wheel if "://" in p.wheel else Path(p.wheel).resolve().as_uri()
+            text = texts.get(normalize(p.name))
+            headers = _headers(self._local(url)) if text is None else email.parser.Parser().parsestr(text, headersonly=True)
+            items.append(_Item(normalize(p.name), p.version, url, p.sha256, headers.get("Requires-Python")))
+        return items
 
     # -- build packages ---------------------------------------------------------------------------------
 
@@ -317,9 +361,23 @@ class Locker:
         return [wheel_choice.default_index(config, options), *extra, *config.list("extra-index-url")]
 
 
-def _requires_dist(path: Path) -> list[str]:
-    """Requires-Dist of a wheel's METADATA or an sdist's PKG-INFO (empty where it has none)."""
-    import email.parser
+def _unresolved(installer: str, phase: Phase, details: str) -> InstallError:
+    return InstallError(f"{installer} could not resolve the {phase.name} phase for the lock", details=details,
+                        hint="run `backendpick plan` for the same backend to see the phase")
+
+
+def _lines(words) -> list[str]:
+    """A phase's requirement words as requirements-file lines (``-e PATH`` on one line)."""
+    out, i = [], 0
+    while i < len(words):
+        pair = words[i] == "-e" and i + 1 < len(words)
+        out.append(f"-e {words[i + 1]}" if pair else words[i])
+        i += 2 if pair else 1
+    return out
+
+
+def _headers(path: Path) -> email.message.Message:
+    """The core metadata headers of a wheel's METADATA or an sdist's PKG-INFO (none where it has none)."""
     import tarfile
     import zipfile
 
@@ -335,8 +393,8 @@ def _requires_dist(path: Path) -> list[str]:
                 handle = tf.extractfile(member) if member is not None else None
                 raw = handle.read() if handle is not None else b""
     except (OSError, zipfile.BadZipFile, tarfile.TarError):
-        return []
-    return email.parser.BytesHeaderParser().parsebytes(raw).get_all("Requires-Dist") or []
+        raw = b""
+    return email.parser.BytesHeaderParser().parsebytes(raw)
 
 
 def _filename(url: str) -> str:

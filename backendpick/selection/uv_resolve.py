@@ -53,11 +53,13 @@ UV = "uv"
 
 @dataclass(frozen=True)
 class Locked:
-    """One package of uv's lock: its name, version, and where its wheel is (a URL or a path)."""
+    """One package of uv's lock: its name, version, and where its wheel is (a URL or a path;
+    an sdist's where the lock has no wheel that installs), with the sha256 uv wrote for it."""
 
     name: str
     version: str
     wheel: str
+    sha256: str | None = None
 
 
 def compile_argv(uv: str, python: str, pip_config, *, options: Sequence[str], stubs: str, constraints: str,
@@ -73,8 +75,10 @@ def compile_argv(uv: str, python: str, pip_config, *, options: Sequence[str], st
             "--format", "pylock.toml", "-o", out, requirements]
 
 
-def read_lock(path: Path, markers: Mapping[str, str]) -> list[Locked]:
-    """The packages of uv's ``pylock.toml`` (PEP 751) whose marker holds on the target."""
+def read_lock(path: Path, markers: Mapping[str, str], tags: Sequence[str] = ()) -> list[Locked]:
+    """The packages of uv's ``pylock.toml`` (PEP 751) whose marker holds on the target.
+    ``tags``: the target's wheel tags, best first: each package's file is then the wheel pip
+    would take (its best-ranked tag), else its sdist; without, the first file listed."""
     import sys
 
     if sys.version_info >= (3, 11):
@@ -95,12 +99,37 @@ def read_lock(path: Path, markers: Mapping[str, str]) -> list[Locked]:
                 continue
         except InvalidMarker:
             pass  # uv wrote it; keep the package rather than guess
-        first = (pkg.get("wheels") or [pkg.get("archive") or {}])[0]
+        first = _file(pkg, tags)
         where = first.get("url") or first.get("path") or ""
         if where and "://" not in where and not Path(where).is_absolute():
             where = str(path.parent / where)  # PEP 751: relative to the lock file's folder
-        out.append(Locked(pkg.get("name", ""), str(pkg.get("version", "")), where))
+        out.append(Locked(pkg.get("name", ""), str(pkg.get("version", "")), where,
+                          (first.get("hashes") or {}).get("sha256")))
     return out
+
+
+def _file(pkg: Mapping, tags: Sequence[str]) -> Mapping:
+    """A locked package's file: with ``tags``, the wheel whose best tag ranks first among them
+    (as pip's candidate order ranks the wheels of one version), else the sdist."""
+    wheels = list(pkg.get("wheels") or [])
+    if tags and wheels:
+        from urllib.parse import unquote
+
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+        rank = {tag: i for i, tag in enumerate(tags)}
+        scored = []
+        for i, wheel in enumerate(wheels):
+            name = wheel.get("name") or unquote((wheel.get("url") or wheel.get("path") or "").rsplit("/", 1)[-1])
+            try:
+                found = [rank[str(t)] for t in parse_wheel_filename(name.split("#", 1)[0])[3] if str(t) in rank]
+            except InvalidWheelFilename:
+                found = []
+            if found:
+                scored.append((min(found), i))
+        # No wheel for the target: the sdist (pip builds it); without one, the first wheel.
+        wheels = [wheels[min(scored)[1]]] if scored else ([] if pkg.get("sdist") else wheels[:1])
+    return (wheels or [pkg.get("sdist") or pkg.get("archive") or {}])[0]
 
 
 def _wheel_metadata(path) -> str | None:
@@ -193,7 +222,7 @@ def _parse(line: str) -> Requirement | None:
         return None
 
 
-def _read_all(client, locked: Sequence[Locked], skip: set) -> dict[str, str | None]:
+def read_all(client, locked: Sequence[Locked], skip: set) -> dict[str, str | None]:
     """Each locked package's core metadata (the family's stubs and build packages need none), at
     most eight at once."""
     from concurrent.futures import ThreadPoolExecutor
@@ -290,7 +319,7 @@ def resolve(question: Question, uv: str, *, env: Mapping[str, str], pip_config, 
 def _answer(client, locked: Sequence[Locked], requirements, target, family, build, **how) -> Resolution:
     """The Resolution of uv's lock: its packages' metadata read, the report built and parsed."""
     skip = {normalize(n) for n in (*family, *build)}
-    metadata = _read_all(client, locked, skip)
+    metadata = read_all(client, locked, skip)
     answer = parse_report(report(locked, metadata, requirements, target.markers), family=family, build=build,
                           markers=target.markers, **how)
     unread = sorted(p.name for p in locked if normalize(p.name) not in skip and metadata.get(normalize(p.name)) is None)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dists import make_sdist, make_wheel
-from tests.support.engines import ENGINES
+from tests.support.engines import ENGINES, has_uv
 from tests.support.fakehw import FakeMachine
 from tests.support.hermetic import subprocess_env
 from tests.support.index import IndexServer
@@ -350,6 +350,11 @@ def test_a_lock_builds_flash_attn_from_its_locked_sdist_against_the_locked_torch
     text = (locks / "pylock.cu124.toml").read_text()
     assert f'sdist = {{ name = "{SDIST}"' in text and '[tool.backendpick.builds.flash-attn]\nhow = "source"' in text
     assert 'setuptools = "build-requirements"' in text and 'flash-attn = "build"' in text
+    assert 'einops = "rest"' in text  # a build requirement too, but the environment needs its own
+    if has_uv():  # issue 22 item 3: uv resolves each phase (build requirements, einops) to the same bytes
+        proc = scene.backendpick("lock", *args, "--installer", "uv", "-o", str(scene.base))
+        assert proc.returncode == 0, _output(proc)
+        assert (scene.base / "pylock.cu124.toml").read_text() == text
 
     venv = scene.world.new_venv(scene.base / "a")
     server.clear_log()

@@ -203,6 +203,34 @@ def test_pip_and_uv_install_the_wheel_only_lock_as_backendpick_does(lab: Lab, lo
         assert lab.versions(venv) == {k: v for k, v in lab.versions(reference).items()}, argv[:3]
 
 
+def test_lock_with_uv_runs_no_pip_and_writes_the_lock_pip_resolves(lab: Lab, locks, tmp_path: Path) -> None:
+    """Issue 22 item 3: ``lock --installer uv`` resolves each phase with ``uv pip compile`` (earlier
+    phases stubbed at their locked versions, as pip's dry runs have them): in a venv uv made
+    (no pip in it), with every way a pip could start recording, no pip process runs, and each
+    backend's file is byte for byte the one pip's resolution wrote (the module's locks). The uv
+    lock then installs with uv, hashes checked, again without a pip process."""
+    if _uv() is None:
+        pytest.skip("no uv in the test environment")
+    from tests.integration.test_uv_only import _pip_recorders, _uv_venv
+
+    project, _ = locks
+    venv = _uv_venv(lab, tmp_path / "venv")
+    bin_dir, lib, log = _pip_recorders(tmp_path / "recorders")
+    env = lab.env(PIP_CALLS=str(log), PYTHONPATH=str(lib))
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    out = tmp_path / "locks"
+    out.mkdir()
+    ok(lab.run("lock", "--installer", "uv", "--backend", "cpu", "--backend", "cu124", "--backend", ROCM,
+               "--python", py(venv), "--project", str(project), "-o", str(out), env=env))
+    for backend in ("cpu", "cu124", ROCM):
+        name = f"pylock.{backend}.toml"
+        assert (out / name).read_text(encoding="utf-8") == (project / name).read_text(encoding="utf-8"), name
+    ok(lab.run("install", "--lock", str(out / "pylock.cu124.toml"), "--installer", "uv", "--python", py(venv),
+               "--project", str(project), env=env))
+    assert lab.versions(venv)["torch"] == "2.6.0+cu124" and "pip" not in lab.versions(venv)
+    assert not log.exists(), log.read_text()
+
+
 def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
     """``[tool.backendpick] lock = "pylock.{backend}.toml"`` (or ``--lock`` with ``{backend}``):
     plan and install take the lock of the backend named (here by flag), or else of the first

@@ -78,8 +78,8 @@ version = "4.70.1"
 archive = { path = "wheels/tqdm-4.70.1-py3-none-any.whl", hashes = { sha256 = "c293" } }
 ''')
     assert uv_resolve.read_lock(lock, MARKERS) == [
-        Locked("accelerate", "1.15.0", "https://pkgs.corp/files/accelerate-1.15.0-py3-none-any.whl"),
-        Locked("tqdm", "4.70.1", str(tmp_path / "wheels" / "tqdm-4.70.1-py3-none-any.whl")),
+        Locked("accelerate", "1.15.0", "https://pkgs.corp/files/accelerate-1.15.0-py3-none-any.whl", "97ea"),
+        Locked("tqdm", "4.70.1", str(tmp_path / "wheels" / "tqdm-4.70.1-py3-none-any.whl"), "c293"),
     ]
     assert uv_resolve.read_lock(tmp_path / "missing.toml", MARKERS) == []
 
