@@ -129,7 +129,7 @@ def _file(pkg: Mapping, tags: Sequence[str]) -> Mapping:
                 scored.append((min(found), i))
         # No wheel for the target: the sdist (pip builds it); without one, the first wheel.
         wheels = [wheels[min(scored)[1]]] if scored else ([] if pkg.get("sdist") else wheels[:1])
-    return (wheels or [pkg.get("sdist") or pkg.get("archive") or {}])[0]
+    return (wheels or [pkg.get("sdist") or pkg.get("archive") or pkg.get("directory") or {}])[0]
 
 
 def _wheel_metadata(path) -> str | None:

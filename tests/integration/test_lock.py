@@ -207,8 +207,10 @@ def test_lock_with_uv_runs_no_pip_and_writes_the_lock_pip_resolves(lab: Lab, loc
     """Issue 22 item 3: ``lock --installer uv`` resolves each phase with ``uv pip compile`` (earlier
     phases stubbed at their locked versions, as pip's dry runs have them): in a venv uv made
     (no pip in it), with every way a pip could start recording, no pip process runs, and each
-    backend's file is byte for byte the one pip's resolution wrote (the module's locks). The uv
-    lock then installs with uv, hashes checked, again without a pip process."""
+    backend's file is byte for byte the one pip's resolution wrote (the module's locks), here
+    with a password in the backend index URL (uv gets it as a named index's variables; none
+    reaches the file). The uv lock then installs with uv, hashes checked, again without a pip
+    process."""
     if _uv() is None:
         pytest.skip("no uv in the test environment")
     from tests.integration.test_uv_only import _pip_recorders, _uv_venv
@@ -216,7 +218,8 @@ def test_lock_with_uv_runs_no_pip_and_writes_the_lock_pip_resolves(lab: Lab, loc
     project, _ = locks
     venv = _uv_venv(lab, tmp_path / "venv")
     bin_dir, lib, log = _pip_recorders(tmp_path / "recorders")
-    env = lab.env(PIP_CALLS=str(log), PYTHONPATH=str(lib))
+    env = lab.env(PIP_CALLS=str(log), PYTHONPATH=str(lib),
+                  BACKENDPICK_INDEX_URL=lab.template.replace("http://", "http://ci-user:s3cret-token@"))
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     out = tmp_path / "locks"
     out.mkdir()
