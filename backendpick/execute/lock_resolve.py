@@ -237,12 +237,14 @@ class Locker:
         stubs = work / "stubs"
         locked = [p for p in uv_resolve.read_lock(out, target.markers, target.tags)
                   if "://" in p.wheel or not Path(p.wheel).resolve().is_relative_to(stubs.resolve())]
-        texts = uv_resolve.read_all(self.prepared.client, [p for p in locked if _filename(p.wheel).endswith(".whl")], set())
+        wheels = [p for p in locked if _filename(p.wheel).endswith(".whl")]
+        texts = uv_resolve.read_all(self.prepared.client, wheels, set())
         items = []
         for p in locked:
             url = p.wheel if "://" in p.wheel else Path(p.wheel).resolve().as_uri()
             text = texts.get(normalize(p.name))
-            headers = _headers(self._local(url)) if text is None else email.parser.Parser().parsestr(text, headersonly=True)
+            headers = email.parser.Parser().parsestr(text, headersonly=True) if text is not None \
+                else _headers(self._local(url))  # an sdist's PKG-INFO
             items.append(_Item(normalize(p.name), p.version, url, p.sha256, headers.get("Requires-Python")))
         return items
 

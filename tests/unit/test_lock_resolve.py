@@ -16,8 +16,8 @@ from backendpick.selection import uv_resolve
 from backendpick.selection.uv_resolve import Locked
 
 PY = "/env/bin/python"
-CONF = PipConfig({"index-url": "https://ci:s3cret@mirror.example/simple", "find-links": "https://ci:s3cret@files.example/",
-                  "trusted-host": "mirror.example"})
+CONF = PipConfig({"index-url": "https://ci:s3cret@mirror.example/simple",
+                  "find-links": "https://ci:s3cret@files.example/", "trusted-host": "mirror.example"})
 UV = engines.Renderer(engines.UV, PY, (PY, "-m", "pip"), CONF, {"UV_INDEX_URL": "https://evil.example/simple"},
                       uv="/bin/uv")
 TAIL = ("--quiet", "--format", "pylock.toml", "-o", "/w/pylock.toml", "/w/requirements.txt")
@@ -79,8 +79,8 @@ name = "torch"
 version = "2.6.0+cu124"
 wheels = [{ url = "https://idx/files/torch-2.6.0%2Bcu124-py3-none-any.whl", hashes = { sha256 = "cc" } }]
 ''')
-    tags = ("cp311-cp311-manylinux_2_28_x86_64", "cp311-cp311-manylinux_2_17_x86_64", "cp311-abi3-manylinux_2_17_x86_64",
-            "py3-none-any")
+    tags = ("cp311-cp311-manylinux_2_28_x86_64", "cp311-cp311-manylinux_2_17_x86_64",
+            "cp311-abi3-manylinux_2_17_x86_64", "py3-none-any")
     markers = {"python_version": "3.11", "sys_platform": "linux"}
     assert uv_resolve.read_lock(lock, markers, tags) == [
         Locked("numpy", "2.2.1", "https://m/files/numpy-2.2.1-cp311-cp311-manylinux_2_28_x86_64.whl", "28"),
