@@ -7,7 +7,8 @@ build phase's own ``--find-links`` (a lock's locked sdist) and ``--index-url``, 
 configured index (else PyPI), then each extra index, then the configured find-links; none but
 the find-links with ``--no-index`` or an offline phase. A file on a server is downloaded by
 backendpick (the run's certificate, proxy and credentials, as every request it makes) beside
-the build's output folder, its sha256 checked where the link gives one; ``plan`` and
+the build's output folder, its sha256 checked where the page gives one (an HTML page's
+``#sha256=`` fragment, a JSON page's ``hashes``); ``plan`` and
 ``--dry-run`` name the download and the file ``uv build`` gets.
 """
 
@@ -79,8 +80,12 @@ def find(name: str, specifier: SpecifierSet, where: Sequence[tuple[str, str]], c
         fitting = sorted((c for c in found if specifier.contains(c.version, prereleases=True)),
                          key=lambda c: c.version)
         if fitting:
-            url = fitting[-1].file.url
-            return (_path(url) if urlsplit(url).scheme == "file" else url), said
+            link = fitting[-1].file
+            if urlsplit(link.url).scheme == "file":
+                return _path(link.url), said
+            # A JSON page's hash goes where an HTML page puts it, so ``download`` checks it too.
+            known = link.sha256 and not urlsplit(link.url).fragment
+            return (f"{link.url}#sha256={link.sha256}" if known else link.url), said
         said.append(f"{redact(location)}: no sdist of {name}{specifier}")
     return None, said
 

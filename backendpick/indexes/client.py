@@ -32,6 +32,9 @@ class FileLink:
     requires_python: str | None = None
     yanked: bool = False
     metadata: bool = False  # the index serves its core metadata at URL + ".metadata" (PEP 658/714)
+    # The file's sha256 where a JSON page names it (PEP 691 ``hashes``); an HTML page gives it
+    # as the URL's ``#sha256=`` fragment instead (PEP 503), which stays in ``url``.
+    sha256: str | None = None
 
 
 class PageNotFound(Exception):
@@ -67,7 +70,7 @@ def parse_page(body: bytes, content_type: str, base_url: str) -> list[FileLink]:
         data = json.loads(body.decode("utf-8"))
         return [
             FileLink(f["filename"], urljoin(base_url, f["url"]), f.get("requires-python"), bool(f.get("yanked")),
-                     bool(f.get("core-metadata") or f.get("dist-info-metadata")))
+                     bool(f.get("core-metadata") or f.get("dist-info-metadata")), (f.get("hashes") or {}).get("sha256"))
             for f in data.get("files", [])
         ]
     files = []
@@ -186,7 +189,7 @@ class IndexClient:
             reason = getattr(exc, "reason", exc)
             raise IndexUnavailable(f"{redact(url)}: {reason}") from None
         files = parse_page(body, ctype, final)
-        rows = [(f.filename, f.url, f.requires_python, f.yanked, f.metadata) for f in files]
+        rows = [(f.filename, f.url, f.requires_python, f.yanked, f.metadata, f.sha256) for f in files]
         # Sent with credentials (found before, or from keyring after a 401: then kept for the host).
         authenticated = self.keychain.find(url) is not None
         self._keep(url, page_cache.new_entry(url, reply, rows, time.time(), authenticated=authenticated))

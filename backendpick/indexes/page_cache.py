@@ -108,8 +108,8 @@ class Entry:
     etag: str | None
     last_modified: str | None
     cache_control: str  # the directives the lifetime came from; a 304 without any keeps them
-    # (filename, url, requires_python, yanked, metadata served): client.FileLink's fields
-    files: tuple[tuple[str, str, str | None, bool, bool], ...]
+    # (filename, url, requires_python, yanked, metadata served, sha256): client.FileLink's fields
+    files: tuple[tuple[str, str, str | None, bool, bool, str | None], ...]
     authenticated: bool = False  # fetched with credentials: revalidated before every use
 
     @property
@@ -176,9 +176,11 @@ class PageCache:
             data = json.loads((self.folder / key(url)).read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
                 return None
-            # An entry written before the metadata column was kept reads as "no metadata served".
+            # An entry written before the metadata column was kept reads as "no metadata served",
+            # one before the sha256 column as "no hash named" (the URL's fragment still holds it).
             files = tuple((str(f[0]), str(f[1]), None if f[2] is None else str(f[2]), bool(f[3]),
-                           bool(f[4]) if len(f) > 4 else False) for f in data["files"])
+                           bool(f[4]) if len(f) > 4 else False, str(f[5]) if len(f) > 5 and f[5] else None)
+                          for f in data["files"])
             return Entry(str(data["url"]), float(data["stored"]), int(data["lifetime"]), data.get("etag"),
                          data.get("last_modified"), str(data.get("cache_control", "")), files,
                          bool(data.get("authenticated", False)))

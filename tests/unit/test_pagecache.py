@@ -28,7 +28,7 @@ def headers(**fields: str) -> Message:
     return msg
 
 
-FILES = [("torch-2.5.1+cpu-py3-none-any.whl", "http://i/cpu/files/torch-2.5.1%2Bcpu-py3-none-any.whl", ">=3.9", False, True)]
+FILES = [("torch-2.5.1+cpu-py3-none-any.whl", "http://i/cpu/files/torch-2.5.1%2Bcpu-py3-none-any.whl", ">=3.9", False, True, "ab" * 32)]
 
 
 # -- Cache-Control ----------------------------------------------------------------------------------
@@ -165,7 +165,10 @@ def test_an_entry_kept_before_the_metadata_column_reads_as_no_metadata(tmp_path:
     data = json.loads(stored.read_text())
     data["files"] = [row[:4] for row in data["files"]]  # as an earlier backendpick wrote it
     stored.write_text(json.dumps(data))
-    assert cache.load(url).files == (FILES[0][:4] + (False,),)
+    assert cache.load(url).files == (FILES[0][:4] + (False, None),)
+    data["files"] = [list(FILES[0][:5])]  # before the sha256 column: no hash named
+    stored.write_text(json.dumps(data))
+    assert cache.load(url).files == (FILES[0][:5] + (None,),)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 1, "url": "u"}', '{"format": 99}', ""])

@@ -62,3 +62,38 @@ def test_a_remote_sdist_is_downloaded_beside_the_build_folder():
         "/s/build/flash-attn-sdist/flash_attn-2.7.4.tar.gz"
     assert sdists.local_file("/locked/flash_attn-2.7.4.tar.gz", "/s/build/flash-attn") == \
         "/locked/flash_attn-2.7.4.tar.gz"
+
+
+def test_a_json_pages_sha256_is_checked_as_an_html_pages_fragment_is(tmp_path: Path):
+    """PEP 691 pages give the hash in ``hashes``, not in the URL: the download checks it all the same."""
+    import hashlib
+    import json
+
+    import pytest
+
+    from backendpick.errors import InstallError
+    from backendpick.indexes.client import parse_page
+
+    good = hashlib.sha256(b"the sdist").hexdigest()
+    page = {"files": [{"filename": "flash_attn-2.7.4.tar.gz", "url": "../../files/flash_attn-2.7.4.tar.gz",
+                       "hashes": {"sha256": good}}]}
+    links = parse_page(json.dumps(page).encode(), "application/vnd.pypi.simple.v1+json", "https://h/simple/flash-attn/")
+
+    class Client:
+        def project(self, index: str, name: str):
+            return links
+
+    class Session:
+        def __init__(self, served: bytes):
+            self.served = served
+
+        def download(self, url: str, dest: Path) -> None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(self.served)
+
+    url, _ = sdists.find("flash-attn", SpecifierSet("==2.7.4"), (("index", "https://h/simple"),), Client())
+    assert url == f"https://h/files/flash_attn-2.7.4.tar.gz#sha256={good}"
+    sdists.download(url, tmp_path / "ok" / "f.tar.gz", Session(b"the sdist"), lambda _t: None)
+    with pytest.raises(InstallError, match="sha256"):
+        sdists.download(url, tmp_path / "bad" / "f.tar.gz", Session(b"a swapped file"), lambda _t: None)
+    assert not (tmp_path / "bad" / "f.tar.gz").exists()
