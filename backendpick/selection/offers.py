@@ -235,8 +235,6 @@ def companion_pins(client, template, backends, requirements, family, target) -> 
     Read from the companion's core metadata (PEP 658, no wheel downloaded) on the first index
     of ``backends`` (in the order the choice asks them) that publishes the release; nothing
     when none serves its metadata (pip then judges in the backend phase)."""
-    from email.parser import Parser
-
     from packaging.requirements import InvalidRequirement, Requirement
 
     from backendpick.indexes.client import installable
@@ -260,6 +258,10 @@ def companion_pins(client, template, backends, requirements, family, target) -> 
                 continue
             best = min(found, key=lambda c: c.rank)
             text = client.metadata(best.file)
+            # Imported here, not above: a request without a pinned companion (most) never
+            # parses metadata, and email.parser costs ~7 ms of every start (issue 22 item 2).
+            from email.parser import Parser
+
             for raw in (Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []) if text else []:
                 try:
                     dep = Requirement(raw)
