@@ -19,8 +19,8 @@ from backendpick.execute import described, engines, executor
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import environment
 from backendpick.model.names import normalize
+from backendpick.model.plan import DECIDED_BY_LOCK
 from backendpick.output import Output, where_flags
-from backendpick.planning import lock_plan
 from backendpick.planning.pipeline import Prepared, Request, again, prepare
 from backendpick.state import environment_pins, last_install, noop, snapshots
 from backendpick.target import inspection as target_mod, installed_stack
@@ -142,7 +142,7 @@ def _run_phases(out: Output, req: Request, prepared: Prepared, snapshot) -> int:
     changed = described.changes(before.installed, after.installed, [b for r in ran for b in r.builds],
                                 torch.version if torch is not None else None)
     pinned = _pin_environment(out, prepared, after)
-    if plan.decided_by != lock_plan.DECIDED_BY:  # a lock's re-run asks no index anyway
+    if plan.decided_by != DECIDED_BY_LOCK:  # a lock's re-run asks no index anyway
         _remember(prepared, request_key, after)
     if out.json_mode:
         out.emit_json({
@@ -179,7 +179,7 @@ def _rerun_watch(req: Request, prepared: Prepared) -> noop.Watch | None:
     selection looked for before it (``[tool.backendpick] lock = "pylock.{backend}.toml"``: one
     written there later would be taken instead)."""
     target, settings, env = prepared.target, prepared.settings, prepared.user_env
-    if prepared.plan.decided_by == lock_plan.DECIDED_BY:  # the lock's files are its requirements
+    if prepared.plan.decided_by == DECIDED_BY_LOCK:  # the lock's files are its requirements
         from backendpick.planning import pipeline
 
         files, names = noop.inputs_of(target, settings.project_dir, prepared.pip_config, env)

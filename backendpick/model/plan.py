@@ -58,6 +58,11 @@ USER = "user"  # the user's pip configuration, with the requirements files' own 
 OFFLINE = "offline"  # local files only: no index, no pip configuration (restore's kept copies)
 FIND_LINKS, DIRECT = "find-links", "direct-url"
 
+# ``Plan.decided_by`` of a plan made from a lock file (planning/lock_plan.py). Here, not there:
+# install compares every plan with it, and importing lock_plan (and model/lock.py) for the
+# word cost every plain install ~5 ms (issue 22 item 2).
+DECIDED_BY_LOCK = "lock"
+
 # When a phase's constraints file is written: before the phase from the lines it holds now, or
 # after the backend phase from what that installed (install's pins; planning/constraint_rule.py).
 BEFORE, AFTER_BACKEND = "before", "after-backend"

@@ -38,14 +38,13 @@ from backendpick.model.plan import (
     BACKEND,
     BUILD,
     BUILD_REQS,
+    DECIDED_BY_LOCK,
     OFFLINE,
     REST,
     Phase,
     Plan,
     pip_argv,
 )
-
-DECIDED_BY = "lock"
 
 
 def read(path: Path) -> lock_mod.Lock:
@@ -118,7 +117,7 @@ def make_plan(lock: lock_mod.Lock, files: Mapping[str, Path], *, target: Target,
     torch = lock.package("torch")
     plan = Plan(
         backend=backend, reason=f"the lock {path} ({lock.backend}" + (f", torch {torch.version})" if torch else ")"),
-        decided_by=DECIDED_BY, python=target.python, index_url=lock.index_url, phases=tuple(phases),
+        decided_by=DECIDED_BY_LOCK, python=target.python, index_url=lock.index_url, phases=tuple(phases),
         constraints_path=constraints, backend_names=family, build_names=build_names, offers_source="lock",
         pip=tuple(pip_argv(target, runner_python)),
     )
@@ -126,7 +125,7 @@ def make_plan(lock: lock_mod.Lock, files: Mapping[str, Path], *, target: Target,
 
 
 def decision(lock: lock_mod.Lock, path: Path) -> Decision:
-    return Decision(Backend.parse(lock.backend), DECIDED_BY, f"the lock {path}")
+    return Decision(Backend.parse(lock.backend), DECIDED_BY_LOCK, f"the lock {path}")
 
 
 def running(lock: lock_mod.Lock, plan: Plan) -> set[str]:
