@@ -31,15 +31,17 @@ def check_before_changes(plan: Plan, env: dict) -> None:
     """A source build the plan already foresees (from the torch it predicts) is checked before
     the first pip phase: a missing or wrong compiler stops here, with the environment as it was,
     instead of after gigabytes of torch are installed."""
+    phase = next((p for p in plan.phases if p.name == BUILD and p.skip is None and p.steps), None)
+    if phase is None:
+        return  # most plans: no build, and the build modules stay unimported (issue 22 item 2)
     from backendpick.build import toolchain, wheel_choice
 
-    phase = next((p for p in plan.phases if p.name == BUILD and p.skip is None and p.steps), None)
-    if phase is not None and plan.installer == UV:
+    if plan.installer == UV:
         # uv builds a file: a source build whose sdist was not found stops with nothing changed.
         missing = next((s for s in phase.steps if s.how == SOURCE and not s.sdist_file), None)
         if missing is not None:
             raise _no_sdist(missing, "the environment is unchanged")
-    ctx = phase.context if phase is not None else None
+    ctx = phase.context
     if not isinstance(ctx, wheel_choice.BuildContext) or ctx.torch is None or not ctx.build.checks:
         return
     building = [s for s in phase.steps if s.how == SOURCE]
