@@ -128,7 +128,7 @@ class IndexClient:
     def project(self, index_url: str, name: str) -> list[FileLink]:
         """Files of ``name`` on the index at ``index_url``; PageNotFound for a 404."""
         self.keychain.learn(index_url)  # an index URL, as pip's --index-url: its credentials count for its host
-        return self.page(index_url.rstrip("/") + "/" + normalize(name) + "/")
+        return self.page(_project_url(index_url, name))
 
     def page(self, url: str) -> list[FileLink]:
         """Files linked from the page at ``url`` (a project page, or a find-links page)."""
@@ -145,16 +145,35 @@ class IndexClient:
     def _http_page(self, url: str) -> list[FileLink]:
         """A page from the disk cache while it is fresh (no request: urllib is not even
         imported), else from the index, revalidating what the cache holds."""
+        entry = self._disk.load(url) if self._disk is not None else None
+        files = self._fresh(url, entry)
+        if files is not None:
+            return files
+        self._answered[url] = None  # until the answer is kept fresh (_keep)
+        return self._fetch(url, entry if entry is not None and entry.has_validator else None)
+
+    def _fresh(self, url: str, entry) -> list[FileLink] | None:
+        """The links of ``entry`` (the disk cache's page for ``url``) while it answers without a
+        request, else None."""
         import time
 
-        entry = self._disk.load(url) if self._disk is not None else None
         # A page that needed credentials is shown to no one the server has not just accepted:
         # always revalidated, with this run's credentials (indexes/page_cache.py).
         if entry is not None and not self.refresh and not entry.authenticated and entry.fresh(time.time()):
             self._answered[url] = (entry.stored, entry.stored + entry.lifetime)
             return [FileLink(*f) for f in entry.files]
-        self._answered[url] = None  # until the answer is kept fresh (_keep)
-        return self._fetch(url, entry if entry is not None and entry.has_validator else None)
+        return None
+
+    def kept_project(self, index_url: str, name: str) -> list[FileLink] | None:
+        """``project``'s answer when it needs no request (read before in this run, or fresh in
+        the disk cache), else None: ``fetch_many`` asks in threads only for the others."""
+        self.keychain.learn(index_url)
+        url = _project_url(index_url, name)
+        if url not in self._cache and self._disk is not None and urlsplit(url).scheme != "file":
+            files = self._fresh(url, self._disk.load(url))
+            if files is not None:
+                self._cache[url] = files
+        return self._cache.get(url)
 
     def _fetch(self, url: str, entry) -> list[FileLink]:
         """GET the page, conditional when ``entry`` (a stored page with validators) is given:
@@ -346,9 +365,12 @@ def matching_versions(
     return sorted(v for v in found if specifier.contains(v))
 
 
+def _project_url(index_url: str, name: str) -> str:
+    return index_url.rstrip("/") + "/" + normalize(name) + "/"
+
+
 def fetch_many(client: IndexClient, pages: dict) -> dict:
     """Fetch several ``{key: (index_url, project)}`` pages at once: {key: files | exception}."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(page: tuple):
         try:
@@ -356,7 +378,17 @@ def fetch_many(client: IndexClient, pages: dict) -> dict:
         except (PageNotFound, IndexUnavailable) as exc:
             return exc
 
-    if len(pages) == 1:  # no thread for a single page
-        return {key: one(page) for key, page in pages.items()}
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(pages)))) as pool:
-        return dict(zip(pages, pool.map(one, pages.values())))
+    # Pages answered without a request (fresh in the page cache, as on any warm run) are read here;
+    # threads only for those that need one, so a warm run does not even import
+    # concurrent.futures (issue 22 item 2). Test doubles of the client have ``project`` only.
+    kept = client.kept_project if isinstance(client, IndexClient) else (lambda *_page: None)
+    answers = {key: files for key, page in pages.items() if (files := kept(*page)) is not None}
+    asking = {key: page for key, page in pages.items() if key not in answers}
+    if len(asking) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(asking))) as pool:
+            answers.update(zip(asking, pool.map(one, asking.values())))
+    else:  # no thread for a single page
+        answers.update((key, one(page)) for key, page in asking.items())
+    return {key: answers[key] for key in pages}
