@@ -11,10 +11,10 @@ the two overlap and the command finds the inspection done.
 Only a peek at the arguments: click parses them as always, and the CLI uses the early
 inspection only when it inspects the interpreter the parsed flags choose (else it is stopped).
 
-It also loads the command's modules with the cyclic garbage collector paused, then freezes what
-they created (``gc.freeze``, CPython 3.7+): a start creates some sixty frozen dataclasses and
-packaging's patterns, none of them garbage, and the collector would otherwise walk them again and
-again while they load and once more at exit. Measured on the install path (bench/README.md):
+It also runs the no-op check and loads the command's modules with the cyclic garbage collector
+paused, then freezes what they created (``gc.freeze``, CPython 3.7+): a start creates some sixty
+frozen dataclasses and packaging's patterns, none of them garbage, and the collector would
+otherwise walk them again and again while they load and once more at exit. Measured on the install path (bench/README.md):
 about 20 ms of a 110 ms start. The collector runs as usual for the command itself.
 """
 
@@ -74,18 +74,18 @@ def preload(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["install"], ["detect"]):
-        # A re-run with nothing to do, or a detect whose every input is as it was and whose index
-        # pages are fresh, is answered here, before anything below is imported (state/noop.py);
-        # otherwise it falls through to the full pipeline.
-        from backendpick.state import noop
-
-        understood, python = _python_flag(args[1:])
-        if understood and noop.answer(args[1:], python, args[0]):
-            return
     paused = gc.isenabled()
-    gc.disable()
+    gc.disable()  # from the first import on: the no-op check's modules count too
     try:
+        if args[:1] in (["install"], ["detect"]):
+            # A re-run with nothing to do, or a detect whose every input is as it was and whose
+            # index pages are fresh, is answered here, before anything below is imported
+            # (state/noop.py); otherwise it falls through to the full pipeline.
+            from backendpick.state import noop
+
+            understood, python = _python_flag(args[1:])
+            if understood and noop.answer(args[1:], python, args[0]):
+                return
         early = early_inspection(args)
         preload(args)
         gc.freeze()
