@@ -135,3 +135,49 @@ def test_an_early_inspection_is_taken_or_cancelled_once(monkeypatch):
     other.cancel()
     assert calls == ["result", "cancel"]
 
+
+
+# What a plain install (an explicit backend, no lock, no build, no pinned companion, its index
+# pages fresh in the cache) does not load: each was imported by it once and cost its start
+# milliseconds (issue 22 item 2, bench/README.md). Loaded where the branch that uses them runs.
+NOT_ON_THE_INSTALL_PATH = (
+    "email", "email.parser",  # a pinned companion's metadata (selection/offers.py)
+    "concurrent.futures",  # pages that need a request (indexes/client.py fetch_many)
+    "socket", "ssl", "http.client", "urllib.request",  # a request (indexes/transport.py)
+    "backendpick.planning.lock_plan", "backendpick.model.lock", "backendpick.checks.lock_diff",  # --lock
+    "backendpick.build.toolchain", "backendpick.build.wheel_choice", "backendpick.state.wheel_cache",  # a build
+    "backendpick.commands.plan", "backendpick.commands.detect", "backendpick.commands.lock",
+    "backendpick.execute.shell_export", "backendpick.execute.lock_resolve", "backendpick.selection.uv_resolve",
+)
+
+_INSTALL_PATH = """
+import sys
+from types import SimpleNamespace
+
+from packaging.requirements import Requirement
+
+from backendpick import start
+
+start.preload(["install"])
+from backendpick.execute import build_phase
+from backendpick.selection import offers
+
+build_phase.check_before_changes(SimpleNamespace(phases=()), {})  # a plan without a build phase
+offers.companion_pins(None, "", [], [Requirement("torch==2.14.1")], {"torch"}, None)  # no companion pinned
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.allow_subprocess
+def test_a_plain_install_does_not_load_what_it_does_not_use():
+    import subprocess
+    import sys
+
+    from tests.support.hermetic import subprocess_env
+
+    proc = subprocess.run([sys.executable, "-c", _INSTALL_PATH], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=str(Path(__file__).resolve().parents[2]), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "backendpick.commands.install" in loaded and "backendpick.checks.suite" in loaded  # it did load
+    assert sorted(loaded & set(NOT_ON_THE_INSTALL_PATH)) == []
