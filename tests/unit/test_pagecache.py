@@ -6,6 +6,7 @@ changed one replaces the entry, ``refresh`` always asks, a damaged entry is a mi
 from __future__ import annotations
 
 import json
+import sys
 import time
 from email.message import Message
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from backendpick.edges import paths
 from backendpick.indexes import page_cache
-from backendpick.indexes.client import IndexClient, IndexUnavailable, PageNotFound
+from backendpick.indexes.client import IndexClient, IndexUnavailable, PageNotFound, fetch_many
 from backendpick.indexes.page_cache import PageCache, lifetime, new_entry, parse_cache_control, revalidated
 from backendpick.inputs.pip_config import PipConfig
 from tests.support.dists import make_wheel
@@ -316,3 +317,24 @@ def test_the_pages_a_client_answered_say_when_a_later_run_would_ask_again(tmp_pa
         missing.project(server.url("fresh"), "nothing-here")
     assert missing.kept_pages() is None
     assert IndexClient(PipConfig()).kept_pages() is None  # no disk cache at all
+
+
+def test_fetch_many_reads_fresh_pages_in_this_thread_and_asks_only_for_the_others(tmp_path: Path, server: IndexServer,
+                                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Issue 22 item 2: on a warm run the pages come from the cache without a thread pool
+    (concurrent.futures, a few ms of every start, is not imported); a page that needs a request
+    is still asked, and the answers keep the order of the keys."""
+    server.clear_log()
+    client(tmp_path).project(server.url("fresh"), "torch")  # kept fresh for 600 s
+    monkeypatch.setitem(sys.modules, "concurrent.futures", None)  # importing it fails
+    pages = {"plain": (server.url("plain"), "torch"), "fresh": (server.url("fresh"), "torch"),
+             "again": (server.url("fresh") + "/", "torch")}
+    answers = fetch_many(client(tmp_path), pages)
+    assert list(answers) == ["plain", "fresh", "again"]
+    assert all(versions(files) == ["2.5.1+cpu"] for files in answers.values())
+    assert len(server.page_requests("fresh", "torch")) == 1 and len(server.page_requests("plain", "torch")) == 1
+    monkeypatch.delitem(sys.modules, "concurrent.futures")  # two pages to ask: a thread each
+    answers = fetch_many(client(tmp_path), {"a": (server.url("plain"), "torch"), "b": (server.url("fresh"), "nothing-here"),
+                                            "c": (server.url("fresh"), "torch")})
+    assert versions(answers["a"]) == versions(answers["c"]) == ["2.5.1+cpu"] and isinstance(answers["b"], PageNotFound)
+    assert len(server.page_requests("plain", "torch")) == 2 and len(server.page_requests("fresh", "torch")) == 1
