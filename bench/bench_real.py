@@ -32,7 +32,10 @@ venv and each cold cache is removed as soon as it was measured. Results go to be
 cache with ``BACKENDPICK_UV`` set to a wrapper that records uv's own wall time; the whole
 process's time less uv's is backendpick's (start, plan, snapshot, verification, pins, exit, and
 the wrapper's own start, a few ms). uv links ~5 GB per sample, whose time scatters by 2x with the
-machine's load; backendpick's own time does not.
+machine's load; backendpick's own time does not. Each round also times ``python -m pip --version``
+(the issue's yardstick) and two floors in backendpick's own venv: ``python -c pass`` and
+``python -c "import click, packaging.requirements, ..."`` (``FLOOR``: what any process that imports
+the prescribed dependencies costs before one line of backendpick runs).
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ BACKEND = "cu130"
 # few hundred bytes (the real cuda-bindings is about 10 MB of the ~5 GB), named in the output.
 STAND_INS = {"cuda-bindings": "13.0.3"}
 GOAL_UV_WARM = 1.2  # backendpick --installer uv against plain uv, warm cache
+# ``--overhead``'s floor: what any process that imports the dependencies the brief prescribes
+# (click, packaging) and the stdlib modules every install needs costs before one line of
+# backendpick runs (issue 22 item 2).
+FLOOR = ("import click, packaging.requirements, packaging.specifiers, packaging.version, packaging.tags, json, "
+         "hashlib, subprocess, pathlib, dataclasses, tomllib")
 LAUNCH = (
     "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {root!r}); "
     "from backendpick.start import main; main()"
@@ -215,8 +223,9 @@ def find_uv() -> str:
         return found
 
 
-def overhead(runs: int, tmp: Path, venv, command, uv: str, env: dict[str, str], cwd: Path) -> None:
-    """backendpick's own time around uv: whole process less uv's run (``--overhead``)."""
+def overhead(runs: int, tmp: Path, venv, command, uv: str, env: dict[str, str], cwd: Path, python: str) -> None:
+    """backendpick's own time around uv: whole process less uv's run (``--overhead``), and the
+    floors beside it; ``python``: the interpreter backendpick runs on."""
     times = tmp / "uv-times"
     wrapper = tmp / "uv-timed"
     wrapper.write_text(f'''#!/bin/sh
@@ -233,6 +242,10 @@ exit $rc
     shutil.rmtree(v)
     own, whole, floor = [], [], []
     pip_version = [sys.executable, "-m", "pip", "--version"]
+    # The floors, in backendpick's own venv: its interpreter doing nothing, and importing what any
+    # process with the prescribed dependencies imports (click, packaging, the stdlib it needs).
+    floors = {"python -c pass": [python, "-c", "pass"], "python -c 'import click, packaging...'": [python, "-c", FLOOR]}
+    floor_times: dict[str, list[float]] = {k: [] for k in floors}
     timed(pip_version, env, cwd)
     for i in range(runs):
         v = venv()
@@ -243,12 +256,18 @@ exit $rc
         own.append(seconds - inner)
         whole.append(seconds)
         floor.append(timed(pip_version, env, cwd))  # the yardstick (issue 22), in the same round
+        for name, argv in floors.items():
+            floor_times[name].append(timed(argv, env, cwd))
         print(f"run {i + 1}/{runs}: whole {seconds:5.3f}s, uv {inner:5.3f}s, backendpick {1000 * (seconds - inner):5.1f} ms"
-              f", python -m pip --version {1000 * floor[-1]:5.1f} ms", flush=True)
+              f", python -m pip --version {1000 * floor[-1]:5.1f} ms, "
+              + ", ".join(f"{name} {1000 * t[-1]:5.1f} ms" for name, t in floor_times.items()), flush=True)
     mine, pip = statistics.median(own), statistics.median(floor)
     print(f"median: backendpick's own time {1000 * mine:.1f} ms (whole {statistics.median(whole):.3f}s); "
           f"python -m pip --version {1000 * pip:.1f} ms; ratio {mine / pip:.2f}x (goal <= 0.35x: "
           f"{'met' if mine / pip <= 0.35 else 'not met'})")
+    for name, t in floor_times.items():
+        print(f"floor: {name} {1000 * statistics.median(t):.1f} ms = {statistics.median(t) / pip:.2f}x pip --version")
+    print(f"floor's import line: {FLOOR}")
 
 
 def main() -> None:
@@ -312,7 +331,9 @@ def main() -> None:
                     "--installer", engine, *requirements]
 
         if opts.overhead:
-            overhead(opts.runs, tmp, venv, command, uv, caches("uv", tmp / "warm-uv-cache"), cwd)
+            # The console script's own interpreter (else this one, running the checkout in place).
+            python = str(Path(backendpick[0]).with_name("python")) if len(backendpick) == 1 else sys.executable
+            overhead(opts.runs, tmp, venv, command, uv, caches("uv", tmp / "warm-uv-cache"), cwd, python)
             return
         tools = tuple(t for t in ("pip", "uv", "bp-pip", "bp-uv") if not opts.only or t in opts.only.split(","))
         states = ("warm",) if opts.warm_only else ("cold",) if opts.cold_only else ("cold", "warm")
