@@ -39,14 +39,14 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from backendpick.edges.runner import capture
-from backendpick.errors import InstallError
+from backendpick.errors import ConfigError, InstallError
 from backendpick.execute import engines
 from backendpick.indexes.locked_files import sha256_of
 from backendpick.inputs.installer import UV
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import lock as lock_mod
 from backendpick.model.names import normalize
-from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, INSTALL, REST, Phase
+from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, DIRECT, INSTALL, REST, Phase
 from backendpick.planning import constraint_rule
 from backendpick.redaction import redact, strip
 from backendpick.selection.resolve import stub_wheel
@@ -101,6 +101,8 @@ class Locker:
         # the lock decides that for itself (below), so it is taken whatever its skip says.
         phases = {p.name: p for p in self.plan.phases if p.action == INSTALL
                   and (p.skip is None or p.name == BUILD_REQS)}
+        for phase in phases.values():
+            refuse_folders(phase)
         if BACKEND in phases:
             phase = phases[BACKEND]
             lines = list(self.plan.backend_constraints) if phase.constraints_file else []
@@ -168,6 +170,9 @@ class Locker:
         if earlier is not None and earlier.phase != BUILD_REQS:
             return  # installed by an earlier phase; the later one found it there
         url = strip(item.url)
+        folder = _folder(url)
+        if folder is not None:  # pulled in by another package (``dep @ file:///src/dep``)
+            raise folder_refusal(item.name, folder, editable=False)
         size, sha = self._size_and_hash(url, item.sha256)
         wheel = lock_mod.LockedFile(_filename(url), url, size, sha)
         is_wheel = wheel.name.endswith(".whl")
@@ -361,6 +366,39 @@ class Locker:
         extra = [options[i + 1] for i, w in enumerate(options[:-1]) if w == "--extra-index-url"]
         config = self.prepared.pip_config
         return [wheel_choice.default_index(config, options), *extra, *config.list("extra-index-url")]
+
+
+def refuse_folders(phase: Phase) -> None:
+    """A local folder (``./pkg``, ``-e ./pkg``, ``pkg @ file:///src/pkg``) cannot be locked:
+    refused before any resolution, named as the user wrote it."""
+    for requirement, source, location in phase.requirement_sources():
+        folder = _folder(location) if source == DIRECT and location else None
+        if folder is not None:
+            raise folder_refusal(requirement, folder, editable=requirement.startswith("-e "))
+
+
+def folder_refusal(requirement: str, folder: Path, *, editable: bool) -> ConfigError:
+    """Why a folder is not locked: PEP 751 writes one as a ``[packages.directory]`` entry, with a
+    path and no hash, so its content is whatever the folder holds at install time. ``install
+    --lock`` installs only files whose sha256 it checks (the same bytes everywhere), so the
+    folder is refused (exit 2) with the two ways that keep that promise."""
+    hint = (f"lock without it and install it after the lock: pip install --no-deps -e {folder}" if editable else
+            f"lock a wheel of it instead: pip wheel --no-deps -w wheels {folder}, then name that .whl file "
+            "in its place (or leave it out of the lock and pip install --no-deps it after)")
+    return ConfigError(f"cannot lock {requirement}: {folder} is a local folder, and a lock holds only files "
+                       "with a sha256", hint=hint)
+
+
+def _folder(location: str) -> Path | None:
+    """The local folder ``location`` (a ``file:`` URL or a path) names, or None."""
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        path = Path(unquote(parts.path))
+    elif "://" in location or "+" in parts.scheme:
+        return None
+    else:
+        path = Path(location)
+    return path.resolve() if path.is_dir() else None
 
 
 def _unresolved(installer: str, phase: Phase, details: str) -> InstallError:

@@ -252,3 +252,18 @@ def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: 
     res = ok(lab.run("install", "--dry-run", "--backend", "auto", "--lock", "pylock.{backend}.toml",
                      "--python", py(venv), cwd=project))
     assert "torch-2.7.1%2Bcpu" in res.stdout and "cu124" not in res.stdout, res
+
+
+def test_a_local_folder_is_refused_before_anything_is_written(lab: Lab, locks, tmp_path: Path) -> None:
+    """``lock ./pkg`` (a folder: PEP 751's ``[packages.directory]`` has no hash to check) stops
+    with one error and its fix, exit 2, no traceback and no lock file; a local wheel file is
+    locked as any file (tests/unit/test_lock_resolve.py has the other spellings)."""
+    _, venv = locks
+    pkg = tmp_path / "pkg"
+    (pkg / "pkg").mkdir(parents=True)
+    (pkg / "pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "pyproject.toml").write_text('[project]\nname = "pkg"\nversion = "1.0"\n', encoding="utf-8")
+    res = ok(lab.run("lock", "--backend", "cpu", "./pkg", "--python", py(venv), "-o", str(tmp_path), cwd=tmp_path), 2)
+    assert res.stderr.startswith(f"error: cannot lock pkg @ {pkg.as_uri()}: {pkg} is a local folder"), res
+    assert "Traceback" not in res.output and "pip wheel --no-deps -w wheels" in res.stderr, res
+    assert not list(tmp_path.glob("pylock.*")), "a lock was written"

@@ -89,3 +89,46 @@ wheels = [{ url = "https://idx/files/torch-2.6.0%2Bcu124-py3-none-any.whl", hash
     ]
     # Without tags (the whole-request resolution, which reads metadata only): the first wheel.
     assert uv_resolve.read_lock(lock, markers)[0].wheel.endswith("cp312-cp312-manylinux_2_17_x86_64.whl")
+
+
+# -- a local folder is refused, named as written, before any resolution (PEP 751 would write it as a
+# [packages.directory] entry without a hash; install --lock installs only hash-checked files) -------------
+
+
+def test_a_local_folder_is_refused_with_the_fix_before_anything_resolves(tmp_path: Path, monkeypatch):
+    import pytest
+
+    from backendpick.errors import EXIT_USAGE, ConfigError
+    from backendpick.execute.lock_resolve import refuse_folders
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (("numpy", f"pkg @ {pkg.as_uri()}"), f"pkg @ {pkg.as_uri()}", "pip wheel --no-deps -w wheels"),  # ./pkg, pyproject
+        (("-e", str(pkg)), f"-e {pkg}", f"pip install --no-deps -e {pkg}"),  # -e in a requirements file
+        ((pkg.as_uri(),), pkg.as_uri(), "name that .whl file"),
+        (("./pkg",), "./pkg", "pip wheel"),
+    ]
+    for words, named, fix in cases:
+        with pytest.raises(ConfigError) as err:
+            refuse_folders(Phase(REST, words))
+        assert err.value.exit_code == EXIT_USAGE
+        assert err.value.message.startswith(f"cannot lock {named}: {pkg} is a local folder"), err.value.message
+        assert fix in err.value.hint
+    # Files and indexes are locked as before: a local wheel or sdist, a VCS URL (not a folder), names.
+    refuse_folders(Phase(REST, (f"pkg @ {wheel.as_uri()}", str(wheel), "-e", "git+https://example/x.git", "tqdm")))
+
+
+def test_a_folder_a_dependency_pulls_in_is_refused_too(tmp_path: Path):
+    import pytest
+
+    from backendpick.errors import ConfigError
+    from backendpick.execute.lock_resolve import Locker, _Item
+
+    locker = Locker.__new__(Locker)  # _add reads only what the lock holds so far
+    locker.locked = {}
+    with pytest.raises(ConfigError, match=f"cannot lock dep: {tmp_path} is a local folder"):
+        locker._add(_Item("dep", "1.0", tmp_path.as_uri(), None, None), REST, None)
