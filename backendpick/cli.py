@@ -285,7 +285,8 @@ def lock(requirement, files, project_dir, extras, groups, python, backends, inde
 @requirements_option("Requirements that must be installed.")
 @project_option
 @python_option("Interpreter (or venv directory) to check. Default: the active venv, else this Python.")
-@lock_option("Also check that the environment is exactly this lock file, naming each difference.")
+@lock_option("Also check that the environment is exactly this lock file, naming each difference; {backend}: the "
+             "installed torch's ([tool.backendpick] lock is checked when no requirements are named).")
 @installer_option
 @json_option
 def verify(requirement, files, project_dir: Path, python: Path | None, lock_file: Path | None, installer: str | None,

@@ -25,6 +25,7 @@ class Report:
     problems: list
     warnings: list = field(default_factory=list)  # Problems that do not make the stack inconsistent
     pins: environment_pins.PinStatus | None = None  # the environment's pins (state/environment_pins.py)
+    lock: dict | None = None  # the lock checked: path, named_by, backend, differences
 
     @property
     def ok(self) -> bool:
@@ -39,6 +40,7 @@ class Report:
             "problems": [p.to_json() for p in self.problems],
             "warnings": [p.to_json() for p in self.warnings],
             "pins": self.pins.to_json() if self.pins is not None else None,
+            "lock": self.lock,
         }
 
 
@@ -116,20 +118,31 @@ def run(out: Output, *, python: Path | None, project_dir: Path, reqs: tuple[str,
     hardware = probe(facts, ProbeSettings.from_env(dict(os.environ)))
     report = check(target, settings, python=python, wanted=wanted, from_project=not (reqs or files), hardware=hardware,
                    uv=str(chosen.uv) if chosen.uv else None)
-    if lock is not None:
-        # Each difference from the lock is a problem (checks/lock_diff.py).
-        from dataclasses import replace
-
-        from backendpick.checks.lock_diff import differences
-        from backendpick.planning.lock_plan import read
-
-        report = replace(report, problems=report.problems + differences(read(lock), lock, target,
-                                                                          where_flags(python, settings)))
+    report = with_lock(report, lock, None if reqs or files else settings.lock.value, settings, target, python)
     if out.json_mode:
         out.emit_json(report.to_json())
     else:
         render(out, report)
     return EXIT_OK if report.ok else EXIT_INSTALL_FAILED
+
+
+def with_lock(report: Report, flag: Path | None, setting: str | None, settings: config.Settings,
+              target: environment.Target, python: Path | None) -> Report:
+    """``report`` with each difference from the lock as a problem (checks/lock_diff.py): the lock
+    of ``--lock``, else of ``[tool.backendpick] lock``, ``{backend}`` the installed torch's."""
+    from backendpick.checks import lock_diff
+
+    chosen = lock_diff.chosen(flag, setting, settings.project_dir, (report.torch or {}).get("backend"), target.python)
+    if chosen is None:
+        return report
+    from dataclasses import replace
+
+    from backendpick.planning.lock_plan import read
+
+    lock = read(chosen.path)
+    found = lock_diff.differences(lock, chosen.path, target, where_flags(python, settings))
+    return replace(report, problems=report.problems + found, lock={
+        "path": str(chosen.path), "named_by": chosen.named_by, "backend": lock.backend, "differences": len(found)})
 
 
 def render(out: Output, report: Report) -> None:
@@ -153,6 +166,10 @@ def render(out: Output, report: Report) -> None:
             out.line(f"pins: {p.path}, " + ("current" if p.current else "not current")
                      + ("" if p.unreadable is None else ", not readable by pip")
                      + (f"; hidden in this shell by {p.hidden_by}" if p.hidden_by else ""))
+    if report.lock is not None:
+        k = report.lock
+        out.line(f"lock: {k['path']} ({k['named_by']}), "
+                 + ("exactly as locked" if not k["differences"] else f"{k['differences']} difference(s)"))
     for p in report.problems:
         out.line(f"problem: {p.package}: {p.message}")
         out.line(f"  fix: {p.fix}")

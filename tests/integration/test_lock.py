@@ -95,7 +95,8 @@ def test_lock_round_trip_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
 
 def test_install_lock_is_the_plain_install_without_an_index_page(lab: Lab, server, locks) -> None:
     """install --lock gives the environment a plain install gives, package for package, asking
-    no index page; verify --lock then finds it exact, and names each difference of another lock."""
+    no index page; verify --lock then finds it exact (its {backend} the installed torch's), and names
+    each difference of another lock."""
     project, _ = locks
     locked_venv, plain_venv = lab.new_venv(), lab.new_venv()
     server.clear_log()
@@ -113,8 +114,10 @@ def test_install_lock_is_the_plain_install_without_an_index_page(lab: Lab, serve
     assert again.stdout.startswith("nothing to do") and server.log == [], again
     ok(lab.run("install", "--backend", "cu124", "--python", py(plain_venv), "--project", str(project)))
     assert lab.versions(locked_venv) == lab.versions(plain_venv)
-    ok(lab.run("verify", "--lock", str(project / "pylock.cu124.toml"), "--python", py(locked_venv),
-               "--project", str(project)))
+    # verify takes {backend} from the torch installed (cu124 here, on a machine without a GPU).
+    res = ok(lab.run("verify", "--lock", "pylock.{backend}.toml", "--python", py(locked_venv), "--project", str(project),
+                     cwd=project))
+    assert "lock: pylock.cu124.toml (--lock), exactly as locked" in res.stdout, res
     res = ok(lab.run("verify", "--lock", str(project / "pylock.cpu.toml"), "--python", py(locked_venv),
                      "--project", str(project)), 1)
     assert "problem: torch: installed 2.6.0+cu124, locked 2.7.1+cpu" in res.stdout
@@ -237,7 +240,8 @@ def test_lock_with_uv_runs_no_pip_and_writes_the_lock_pip_resolves(lab: Lab, loc
 def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: Path) -> None:
     """``[tool.backendpick] lock = "pylock.{backend}.toml"`` (or ``--lock`` with ``{backend}``):
     plan and install take the lock of the backend named (here by flag), or else of the first
-    backend this machine runs (cpu without a GPU), without asking an index or downloading a file."""
+    backend this machine runs (cpu without a GPU), without asking an index or downloading a file;
+    verify takes the installed torch's, and without one says so (exit 2)."""
     project, venv = locks
     (tmp_path / "pyproject.toml").write_text(PROJECT + '\n[tool.backendpick]\nlock = "pylock.{backend}.toml"\n',
                                              encoding="utf-8")
@@ -247,6 +251,10 @@ def test_the_lock_setting_names_the_lock_per_backend(lab: Lab, locks, tmp_path: 
     assert "decided-by: lock" in res.stdout and "torch-2.6.0%2Bcu124" in res.stdout, res
     res = ok(lab.run("install", "--dry-run", "--python", py(venv), "--project", str(tmp_path)))
     assert "torch-2.7.1%2Bcpu" in res.stdout and "cu124" not in res.stdout, res
+    # verify checks the setting's lock too, {backend} the installed torch's: none here, so it says
+    # so and names the lock to pass.
+    res = ok(lab.run("verify", "--python", py(venv), "--project", str(tmp_path)), 2)
+    assert "has no torch" in res.stderr and "--lock pylock.cpu.toml" in res.stderr, res
     # The same choice from the flag, without the setting (examples/Makefile's install-locked
     # with BACKEND=auto): the lock folder holds the cpu, cu124 and ROCm locks.
     res = ok(lab.run("install", "--dry-run", "--backend", "auto", "--lock", "pylock.{backend}.toml",

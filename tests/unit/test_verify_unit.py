@@ -551,3 +551,50 @@ def test_a_build_package_without_a_record_is_a_warning_not_silence():
         problems, [w] = _build_check(records)
         assert problems == [] and "no record of the torch it was built for" in w.message
         assert "--reinstall flash-attn flash-attn" in w.fix
+
+
+# -- which lock verify checks: --lock, else [tool.backendpick] lock; {backend} is the installed torch's --------
+
+
+def test_the_lock_verify_checks_and_its_backend():
+    from backendpick.checks.lock_diff import BY_FLAG, BY_SETTING, Chosen, chosen
+    from backendpick.errors import EXIT_USAGE, ConfigError
+
+    project = Path("/proj")
+    assert chosen(None, None, project, "cu124", PY) is None
+    assert chosen(Path("pylock.{backend}.toml"), "x.toml", project, "cu124", PY) == Chosen(Path("pylock.cu124.toml"), BY_FLAG)
+    assert chosen(None, "pylock.{backend}.toml", project, "rocm6.2.4", PY) == Chosen(project / "pylock.rocm6.2.4.toml",
+                                                                                      BY_SETTING)
+    assert chosen(None, "pylock.toml", project, None, PY) == Chosen(project / "pylock.toml", BY_SETTING)
+    for flag, setting in ((Path("pylock.{backend}.toml"), None), (None, "pylock.{backend}.toml")):
+        with pytest.raises(ConfigError) as err:
+            chosen(flag, setting, project, None, PY)
+        assert err.value.exit_code == EXIT_USAGE and f"{PY} has no torch" in err.value.message
+        assert err.value.hint == "name the lock: backendpick verify --lock pylock.cpu.toml"
+
+
+def test_the_lock_setting_is_checked_and_shown_in_text_and_json(tmp_path: Path) -> None:
+    from backendpick.model.lock import Lock, LockedFile, LockedPackage, to_toml
+
+    wheel = LockedFile("torch.whl", "https://idx/torch.whl", 1, "a" * 64)
+    lock = Lock("cu124", "https://idx/cu124", "3.11", {k: LINUX[k] for k in ("python_version", "sys_platform")},
+                (LockedPackage("torch", "2.5.1+cu124", "backend", wheel=wheel),))
+    (tmp_path / "pylock.cu124.toml").write_text(to_toml(lock), encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text('[tool.backendpick]\nlock = "pylock.{backend}.toml"\n', encoding="utf-8")
+    settings = _settings(tmp_path)
+    t, files = torch("2.5.1+cu124")
+    for installed, differences in (((t,), 0), ((t, dist("tqdm", "4.66.0")), 1)):
+        tgt = target(*installed, files=files)
+        report = verify_cmd.with_lock(verify_cmd.check(tgt, settings, python=PY, runtime=False), None,
+                                      settings.lock.value, settings, tgt, PY)
+        assert report.to_json()["lock"] == {"path": str(tmp_path / "pylock.cu124.toml"),
+                                            "named_by": "[tool.backendpick] lock", "backend": "cu124",
+                                            "differences": differences}
+        assert report.ok is (differences == 0)
+        buffer = io.StringIO()
+        verify_cmd.render(Output(stdout=buffer), report)
+        said = "exactly as locked" if not differences else "1 difference(s)"
+        assert f"lock: {tmp_path / 'pylock.cu124.toml'} ([tool.backendpick] lock), {said}" in buffer.getvalue()
+    # Requirements named: they are what is checked (the run passes no setting), as install does.
+    plain = verify_cmd.check(target(t, files=files), settings, python=PY, runtime=False)
+    assert verify_cmd.with_lock(plain, None, None, settings, target(t, files=files), PY).to_json()["lock"] is None
