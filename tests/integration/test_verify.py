@@ -303,9 +303,10 @@ def test_consistent_environment_exit_0_and_json_shape(world: World, tmp_path: Pa
     assert proc.returncode == 0, out(proc)
     report = json.loads(proc.stdout)  # stdout is exactly one JSON document
     # {"ok": bool, "torch": {...}, "packages": [...], "problems": [{"package", "message", "fix"}],
-    #  "warnings": [same shape]}
+    #  "warnings": [same shape], "lock": the lock checked, null without one}
     assert {"ok", "torch", "packages", "problems", "warnings"} <= set(report)
-    assert set(report) - {"ok", "torch", "packages", "problems", "warnings"} <= {"python", "pins"}
+    assert set(report) - {"ok", "torch", "packages", "problems", "warnings"} <= {"python", "pins", "lock"}
+    assert report["lock"] is None
     assert report["ok"] is True and report["problems"] == []
     # flash-attn came from plain pip: nothing records the torch it was built for.
     [warning] = report["warnings"]
