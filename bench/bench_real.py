@@ -223,7 +223,8 @@ def find_uv() -> str:
         return found
 
 
-def overhead(runs: int, tmp: Path, venv, command, uv: str, env: dict[str, str], cwd: Path, python: str) -> None:
+def overhead(runs: int, tmp: Path, venv, command, uv: str, env: dict[str, str], cwd: Path, python: str,
+             out: Path) -> None:
     """backendpick's own time around uv: whole process less uv's run (``--overhead``), and the
     floors beside it; ``python``: the interpreter backendpick runs on."""
     times = tmp / "uv-times"
@@ -268,6 +269,17 @@ exit $rc
     for name, t in floor_times.items():
         print(f"floor: {name} {1000 * statistics.median(t):.1f} ms = {statistics.median(t) / pip:.2f}x pip --version")
     print(f"floor's import line: {FLOOR}")
+    result = {"bench": "overhead", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": runs,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "seconds": {"own": own, "whole": whole, "pip_version": floor, **floor_times},
+              "median": {"own": mine, "pip_version": pip, **{k: statistics.median(t) for k, t in floor_times.items()}},
+              "ratio": {"own_vs_pip_version": round(mine / pip, 3),
+                        **{f"{k} vs pip_version": round(statistics.median(t) / pip, 3) for k, t in floor_times.items()}},
+              "goal": 0.35, "met": mine / pip <= 0.35, "floor_imports": FLOOR}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -333,7 +345,7 @@ def main() -> None:
         if opts.overhead:
             # The console script's own interpreter (else this one, running the checkout in place).
             python = str(Path(backendpick[0]).with_name("python")) if len(backendpick) == 1 else sys.executable
-            overhead(opts.runs, tmp, venv, command, uv, caches("uv", tmp / "warm-uv-cache"), cwd, python)
+            overhead(opts.runs, tmp, venv, command, uv, caches("uv", tmp / "warm-uv-cache"), cwd, python, opts.out)
             return
         tools = tuple(t for t in ("pip", "uv", "bp-pip", "bp-uv") if not opts.only or t in opts.only.split(","))
         states = ("warm",) if opts.warm_only else ("cold",) if opts.cold_only else ("cold", "warm")
