@@ -144,3 +144,23 @@ def test_an_egg_install_cannot_be_repacked(tmp_path: Path):
     egg.mkdir()
     with pytest.raises(repack.NotRepackable, match="setup.py install or develop"):
         repack.rows_to_repack(egg)
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_installed_identity_from_the_text_is_the_identity_of_its_rows(tmp_path: Path, quoted: bool):
+    """installed_identity reads a RECORD without a Row per line (issue 22 item 2: a snapshot takes
+    it of every distribution); it must leave out and keep exactly what identity(rows) does."""
+    dist_info = tmp_path / "demo-1.0.dist-info"
+    dist_info.mkdir()
+    text = ("demo/__init__.py,sha256=a,1\ndemo/__pycache__/__init__.cpython-311.pyc,,\n"
+            "demo/__pycache__/gone.cpython-311.pyc,sha256=g,2\n../../bin/demo,sha256=b,3\n"
+            "demo-1.0.dist-info/RECORD,,\ndemo-1.0.dist-info/INSTALLER,sha256=c,4\ndemo-1.0.dist-info/METADATA,sha256=d,5\n\n"
+            + ('"demo/with,comma.py",sha256=e,6\n' if quoted else "demo/plain.py,sha256=e,6\n"))
+    (dist_info / "RECORD").write_text(text)
+    rows = distfiles.parse_record(text)
+    assert distfiles.installed_identity(dist_info) == distfiles.identity(rows, dist_info.name)
+    assert distfiles.installed_identity(dist_info) != distfiles.identity(rows[:-1], dist_info.name)
+    (dist_info / "RECORD").write_text("demo/__init__.py,sha256=a,big\n")
+    assert distfiles.installed_identity(dist_info) is None
+    (dist_info / "RECORD").unlink()
+    assert distfiles.installed_identity(dist_info) is None
