@@ -394,14 +394,22 @@ def satisfied(
     return None
 
 
-def installed_backend_mismatch(dist: Installed, backend: Backend, platform: str) -> bool:
-    """Whether an installed tagged package is built for another backend than ``backend``."""
+def installed_backend_mismatch(dist: Installed, backend: Backend, platform: str,
+                               pypi_build: Backend | None = None) -> bool:
+    """Whether an installed tagged package is built for another backend than ``backend``.
+
+    ``pypi_build``: the build of the installed untagged torch as its files say (torch.version.cuda
+    or hip, ``installed_stack.InstalledStack.backend``), None when the torch is tagged, foreign
+    or unknown. PyPI's companions of an untagged torch are built for that torch's CUDA."""
     tag = local_tag_backend(dist.version)
-    if tag is None:
-        # Untagged: PyPI's own build (CUDA on Linux, CPU elsewhere). Even where its CUDA matches,
-        # backend packages come from the backend index only, so it is replaced.
-        return not (backend.kind == CPU and platform != "linux")
-    return tag != backend
+    if tag is not None:
+        return tag != backend
+    if pypi_build is not None:
+        # PyPI's own build is kept when it is the backend asked for: the request is met with
+        # it (issue 18, expectation 3), and the backend index would install the same build again.
+        return pypi_build != backend
+    # Untagged, its build unknown: PyPI's (CUDA on Linux, CPU elsewhere).
+    return not (backend.kind == CPU and platform != "linux")
 
 
 def merge_specifier(req: Requirement, extra: str) -> Requirement:

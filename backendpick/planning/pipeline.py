@@ -507,6 +507,8 @@ def _plan(i: _Inputs, s: _Selection) -> tuple[plan_mod.Plan, config.Settings]:
         extra_backend=tuple(n for n in s.extra_backend if n not in recipe_backend), extra_build=s.extra_build,
         reinstall=tuple(stale) + i.req.reinstall + routed.remove, warnings=warnings + list(routed.warnings),
         keep=stays.left_alone(target, i.family if s.kept else ()),
+        # PyPI's untagged torch is the build its torch/version.py names (read once, i.stack).
+        torch_build=None if i.stack.foreign else i.stack.backend,
     )
     if s.kept:  # not "already installed for cu125": there is no such index
         plan = replace(plan, phases=tuple(replace(p, skip=f"the installed {i.origin.label} stays")

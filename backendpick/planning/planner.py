@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from packaging.requirements import Requirement
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from backendpick.inputs.config import Settings
 from backendpick.knowledge import facts
@@ -90,6 +90,7 @@ def _removals(
     reinstall: Iterable[str],
     backend_reqs: Sequence[Requirement],
     keep: Iterable[str] = (),
+    torch_build: Backend | None = None,
 ) -> tuple[dict[str, Installed], dict[str, Installed]]:
     """What goes before anything is installed, and which of it are builds rebuilt for a new torch.
 
@@ -97,16 +98,20 @@ def _removals(
     and reinstalled from the new index, so nothing of the old backend stays behind. Packages
     named in ``reinstall`` (broken companions, --reinstall) are removed and reinstalled too.
     ``keep``: installed names never removed (a kept torch no index serves and its companions;
-    what a base environment holds, which pip cannot remove from a venv)."""
+    what a base environment holds, which pip cannot remove from a venv). ``torch_build``: the
+    installed torch's build as its files say, for an untagged (PyPI's) torch and its companions."""
     keep = {normalize(n) for n in keep}
     installed_family = {n: d for n, d in target.installed.items() if n in family and n not in keep}
     reinstall_names = {normalize(n) for n in reinstall}
     tagged = facts.load().tagged
+    torch = target.get("torch")
+    pypi_build = torch_build if torch is not None and _untagged(torch.version) else None
     mismatched = sorted(
         d.name for n, d in installed_family.items()
         # Only packages whose builds carry the backend in a local version tag (2.5.1+cu124,
         # facts.toml [torch.tagged]); others (xformers) are matched through their exact torch pin.
-        if n in tagged and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"))
+        if n in tagged and installed_backend_mismatch(d, backend, target.markers.get("sys_platform", "linux"),
+                                                      pypi_build)
     )
     removed = dict(installed_family) if mismatched else {}
     removed.update({n: d for n, d in target.installed.items() if n in reinstall_names and n not in keep})
@@ -118,6 +123,14 @@ def _removals(
         rebuilt = {n: d for n, d in target.installed.items() if n in nbi and n not in removed and n not in keep}
         removed.update(rebuilt)
     return removed, rebuilt
+
+
+def _untagged(version: str) -> bool:
+    """A version without a local label (PyPI's ``2.14.1``; not ``2.5.1+cu124`` nor NGC's ``+nv24.6``)."""
+    try:
+        return Version(version).local is None
+    except InvalidVersion:
+        return False
 
 
 def _remove_phase(
@@ -238,11 +251,14 @@ def make_plan(
     reinstall: Iterable[str] = (),
     warnings: Sequence[str] = (),
     keep: Iterable[str] = (),
+    torch_build: Backend | None = None,
 ) -> Plan:
     """The planner: which pip phases install the requirements on the chosen backend.
 
     ``reinstall``: installed packages to remove and install again (companions verify found
-    built for another torch or backend, or what the user named with --reinstall)."""
+    built for another torch or backend, or what the user named with --reinstall). ``torch_build``:
+    the installed torch's backend read from its files (``InstalledStack.backend``; None for a
+    torch no index serves): an untagged torch built for the chosen backend stays."""
     backend = decision.backend
     family = set(settings.backend_packages)
     nbi = settings.no_build_isolation
@@ -251,7 +267,7 @@ def make_plan(
     backend_reqs, build_reqs, rest_reqs = _split_requirements(
         requirements, target, family, nbi, extra_backend, extra_build, notes)
     backend_reqs = _apply_arch_rule(backend_reqs, decision, offered)
-    removed, rebuilt = _removals(target, backend, family, nbi, reinstall, backend_reqs, keep)
+    removed, rebuilt = _removals(target, backend, family, nbi, reinstall, backend_reqs, keep, torch_build)
     installed_after_remove = {k: v for k, v in target.installed.items() if k not in removed}
 
     phases: list[Phase] = []
