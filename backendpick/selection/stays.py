@@ -136,11 +136,12 @@ def missing_companions(origin: TorchOrigin, wanted: Sequence[Requirement], insta
 
 def index_build_stays(origin: TorchOrigin | None, decision: Decision, pins, *, runs_here: bool) -> bool:
     """Whether an installed backend index build stays although auto selection prefers another
-    backend now (a driver upgrade): it satisfies every pin and still runs here."""
+    backend now (a driver upgrade): it satisfies every pin and still runs here. PyPI's untagged
+    build counts as the backend its torch/version.py names (the planner keeps it likewise)."""
     from backendpick.model.backend import local_tag_backend
 
     return (origin is not None and not origin.foreign and runs_here and decision.source == "detected"
-            and local_tag_backend(origin.version) == origin.backend and origin.backend != decision.backend
+            and local_tag_backend(origin.version) in (origin.backend, None) and origin.backend != decision.backend
             and origin.backend.kind == decision.backend.kind
             and all(accepts(p, origin.version) for p in pins if p.name == "torch"))
 

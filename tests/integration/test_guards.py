@@ -103,6 +103,33 @@ def test_auto_keeps_pypi_cuda_torch_without_gpu(world: World, tmp_path: Path) ->
     _, report, _ = verify_json(py, env=env, cwd=tmp_path)
     assert report["torch"]["cuda"] == "12.6", (report["torch"], out(proc))
     assert "keeping" in proc.stdout and "--backend cpu" in proc.stdout, out(proc)
+    # ... and kept as it is: not reinstalled from the cu126 index as 2.7.1+cu126.
+    assert versions(py, world)["torch"] == "2.7.1", out(proc)
+
+
+def test_pypi_torch_stays_for_its_own_backend_and_goes_for_another(world: World, tmp_path: Path) -> None:
+    """PyPI's untagged torch 2.7.1 is the CUDA 12.6 build (its torch/version.py): --backend cu126
+    is met with it, so nothing removes or reinstalls it (issue 18, expectation 3), and verify
+    finds nothing wrong; --backend cu128 differs, so it is replaced."""
+    env = bp_env(world, no_gpu(tmp_path))
+    py = venv_python(world.new_venv(tmp_path))
+    pip_from(world, py, "torch==2.7.1", "filelock", "typing-extensions", indexes=["pypi"])
+    version_py = next((py.parent.parent / "lib").glob("python3*/site-packages/torch/version.py"))
+    before = version_py.stat()
+
+    proc = backendpick("install", "--python", py, "--backend", "cu126", "einops", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, out(proc)
+    assert "remove" not in proc.stdout, out(proc)
+    after = version_py.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), out(proc)
+    assert module_index(py, "torch", world) == "pypi" and versions(py, world)["einops"] == "0.8.0"
+    code, report, _ = verify_json(py, env=env, cwd=tmp_path)
+    assert code == 0 and report["problems"] == [] and report["torch"]["backend"] == "cu126", report
+
+    plan = backendpick("plan", "--json", "--python", py, "--backend", "cu128", "einops", env=env, cwd=tmp_path)
+    assert plan.returncode == 0, out(plan)
+    phases = {p["name"]: p for p in json.loads(plan.stdout)["phases"]}
+    assert phases["remove"]["requirements"] == ["torch"] and phases["backend"]["requirements"] == ["torch"], phases
 
 
 # -- snapshots and restore --------------------------------------------------------------------------

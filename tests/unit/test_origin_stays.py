@@ -146,8 +146,9 @@ def test_an_index_build_that_still_runs_stays_after_a_driver_upgrade() -> None:
     assert not stays.index_build_stays(o, newer, [_pin("torch")], runs_here=False)
     assert not stays.index_build_stays(o, newer, [_pin("torch>=2.7")], runs_here=True)
     assert not stays.index_build_stays(o, Decision(newer.backend, "--backend", ""), [], runs_here=True)
-    pypi = torch_origin.of(target("2.6.0"), FACTS, {})  # PyPI's untagged build is replaced as before
-    assert not stays.index_build_stays(pypi, newer, [], runs_here=True)
+    pypi = torch_origin.of(target("2.6.0", cuda="12.4"), FACTS, {})  # PyPI's untagged build: its CUDA 12.4 stays too
+    assert pypi.backend == Backend.parse("cu124") and stays.index_build_stays(pypi, newer, [], runs_here=True)
+    assert not stays.index_build_stays(pypi, newer, [], runs_here=False)
     kept = stays.stays_decision(o, newer)
     assert kept.backend == Backend.parse("cu124") and kept.source == "installed"
     assert "a newer backend would run here: cu126" in kept.reason and "-U, or --backend cu126" in kept.reason
