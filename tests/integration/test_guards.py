@@ -207,14 +207,15 @@ def test_restore_brings_back_pypi_torch_and_a_local_wheel_from_where_they_came(
     pip_from(world, py, "torch==2.7.1", "filelock", "typing-extensions", wheel, indexes=["pypi"])
     before = versions(py, world)
 
-    proc = backendpick("install", "--python", py, "--backend", "cu126", "torch==2.7.1", "xformers", env=env, cwd=tmp_path)
+    # cu128: PyPI's torch 2.7.1 is the cu126 build, which --backend cu126 would keep as it is.
+    proc = backendpick("install", "--python", py, "--backend", "cu128", "torch==2.7.1", "xformers", env=env, cwd=tmp_path)
     assert proc.returncode == 0, out(proc)
-    assert versions(py, world)["torch"] == "2.7.1+cu126"
+    assert versions(py, world)["torch"] == "2.7.1+cu128"
 
     server.clear_log()
     back = backendpick(*fix_argv(_snapshot_command(proc.stdout)), env=env, cwd=tmp_path)
     assert back.returncode == 0, out(back)
-    assert versions(py, world)["torch"] == "2.7.1", "restore said it restored, but torch is still the cu126 build"
+    assert versions(py, world)["torch"] == "2.7.1", "restore said it restored, but torch is still the cu128 build"
     assert versions(py, world) == before
     assert module_index(py, "torch", world) == "pypi"
     assert module_index(py, "xformers", world) == "file"
