@@ -24,17 +24,16 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 # One of each kind: plain pip against the world (the baseline that failed on machines with a global
-# constraint), a plan, an install (cu124 stack with a flash-attn build), and the build phase
-# (a source build, and the missing-nvcc error a host nvcc would hide). pip's runs only: the uv
-# engine reads the same configuration through backendpick (uv reads no pip.conf), and each
-# case's uv run doubles the child's time (CI runs it on two cores).
+# constraint), a plan, an install (cu124 stack with a flash-attn source build: the build phase
+# under the hostile settings), and the missing-nvcc error a host nvcc would hide. pip's runs
+# only: the uv engine reads the same configuration through backendpick (uv reads no pip.conf),
+# and each case's uv run doubles the child's time (CI runs it on two cores).
 SUBSET = (
     "tests/integration/test_world.py::test_backend_index_installs_local_tagged_torch",
     "tests/integration/test_world.py::test_user_config_lets_hostile_extra_index_win",
     "tests/integration/test_world.py::test_index_url_flag_and_config_extra_index",
     "tests/cli/test_plan_cli.py::test_plan_json_has_the_documented_shape",
     "tests/integration/test_plan_install.py::test_explicit_cu124_installs_every_member_from_cu124[pip]",
-    "tests/integration/test_build_phase.py::test_missing_prebuilt_is_built_once_then_installed_from_the_cache[pip]",
     "tests/integration/test_build_phase.py::test_missing_nvcc_fails_before_building_with_the_fix",
 )
 

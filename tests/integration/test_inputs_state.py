@@ -149,28 +149,28 @@ def test_wheel_url_depending_on_torch_gets_torch_from_the_backend_phase(lab: Lab
     assert res.stdout.splitlines()[2].startswith("torch: "), res
 
 
-def git_repo(path: Path) -> Path:
-    make_project(path, "git-proj", ["torch==2.5.1"])
+def git_repo(path: Path, name: str = "git-proj") -> Path:
+    make_project(path, name, ["torch==2.5.1"])
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "init"]):
         subprocess.run([*git, *args], cwd=path, check=True, capture_output=True)
     return path
 
 
-@pytest.mark.parametrize("egg", [True, False])
-def test_vcs_urls_with_and_without_egg(lab: Lab, tmp_path: Path, egg: bool) -> None:
-    repo = git_repo(tmp_path / "repo")
-    url = f"git+{repo.as_uri()}" + ("#egg=git-proj" if egg else "")
+def test_vcs_urls_with_and_without_egg(lab: Lab, tmp_path: Path) -> None:
+    """One install of two VCS URLs (one install and its retry for both spellings)."""
+    with_egg = f"git+{git_repo(tmp_path / 'repo').as_uri()}#egg=git-proj"
+    without = f"git+{git_repo(tmp_path / 'repo2', 'git-proj2').as_uri()}"
     venv = lab.new_venv()
-    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", url))
-    # Passed as written; its dependencies are known only after a checkout: the fence moves torch.
-    assert res.commands[-1].endswith(shlex.quote(url))
+    res = ok(lab.run("install", "-v", "--python", py(venv), "--backend", "cpu", with_egg, without))
+    # Passed as written; their dependencies are known only after a checkout: the fence moves torch.
+    assert f" {shlex.quote(with_egg)} " in res.commands[-1] + " " and res.commands[-1].endswith(shlex.quote(without))
     assert "a dependency needs torch" in res.stdout
-    # The retry asks the backend phase for the torch the project pins, not the newest one.
+    # The retry asks the backend phase for the torch the projects pin, not the newest one.
     backend = [c for c in res.commands if "--index-url" in c][-1]
     assert backend.endswith("'torch==2.5.1'") or backend.endswith("torch==2.5.1")
     versions = lab.versions(venv)
-    assert versions["torch"] == "2.5.1+cpu" and versions["git-proj"] == "1.0"
+    assert versions["torch"] == "2.5.1+cpu" and versions["git-proj"] == versions["git-proj2"] == "1.0"
 
 
 def test_env_vars_nested_files_and_constraints(lab: Lab, tmp_path: Path) -> None:
