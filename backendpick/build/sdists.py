@@ -102,10 +102,10 @@ def local_file(sdist: str, wheel_dir: str) -> str:
 def download(url: str, dest: Path, session, say: Callable[[str], None]) -> None:
     """``url`` into ``dest`` with backendpick's own session, its sha256 checked against the
     link's ``#sha256=`` where there is one; an InstallError names what failed."""
-    import hashlib
     import urllib.error
 
     from backendpick.errors import InstallError
+    from backendpick.target.distfiles import sha256_file
 
     say(f"downloading the sdist {redact(url)} to {dest} (uv build takes a file)")
     try:
@@ -117,7 +117,7 @@ def download(url: str, dest: Path, session, say: Callable[[str], None]) -> None:
         raise InstallError(f"cannot download {redact(url)}: {getattr(exc, 'reason', exc)}") from None
     fragment = urlsplit(url).fragment
     if fragment.startswith("sha256="):
-        digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+        digest = sha256_file(dest)
         if digest != fragment[len("sha256="):]:
             dest.unlink()
             raise InstallError(f"{redact(url)}: sha256 {digest} is not the {fragment[len('sha256='):]} its index "

@@ -41,7 +41,6 @@ from packaging.version import Version
 from backendpick.edges.runner import capture
 from backendpick.errors import ConfigError, InstallError
 from backendpick.execute import engines
-from backendpick.indexes.locked_files import sha256_of
 from backendpick.inputs.installer import UV
 from backendpick.knowledge import facts as facts_mod
 from backendpick.model import lock as lock_mod
@@ -50,6 +49,7 @@ from backendpick.model.plan import BACKEND, BUILD, BUILD_REQS, DIRECT, INSTALL, 
 from backendpick.planning import constraint_rule
 from backendpick.redaction import redact, strip
 from backendpick.selection.resolve import stub_wheel
+from backendpick.target.distfiles import sha256_file
 
 TIMEOUT = 900.0  # seconds for one phase's resolution against a slow mirror
 
@@ -324,7 +324,7 @@ class Locker:
         parts = urlsplit(url)
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
-            return path.stat().st_size, sha or sha256_of(path)
+            return path.stat().st_size, sha or sha256_file(path)
         if sha is not None:
             try:
                 with self.session.open(url, method="HEAD") as resp:
@@ -338,7 +338,7 @@ class Locker:
             self.session.download(url, dest)
         except OSError as exc:
             raise InstallError(f"cannot download {redact(url)} to lock it: {exc}") from None
-        digest = sha256_of(dest)
+        digest = sha256_file(dest)
         if sha is not None and digest != sha:
             raise InstallError(f"{redact(url)} does not match the sha256 its index gives ({sha})")
         size = dest.stat().st_size
@@ -418,21 +418,19 @@ def _lines(words) -> list[str]:
 
 def _headers(path: Path) -> email.message.Message:
     """The core metadata headers of a wheel's METADATA or an sdist's PKG-INFO (none where it has none)."""
+    if path.name.endswith(".whl"):
+        from backendpick.selection.uv_resolve import metadata_in_wheel
+
+        return email.parser.Parser().parsestr(metadata_in_wheel(path) or "", headersonly=True)
     import tarfile
-    import zipfile
 
     raw = b""
     try:
-        if path.name.endswith(".whl"):
-            with zipfile.ZipFile(path) as zf:
-                name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
-                raw = zf.read(name) if name else b""
-        else:
-            with tarfile.open(path) as tf:
-                member = next((m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")), None)
-                handle = tf.extractfile(member) if member is not None else None
-                raw = handle.read() if handle is not None else b""
-    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        with tarfile.open(path) as tf:
+            member = next((m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")), None)
+            handle = tf.extractfile(member) if member is not None else None
+            raw = handle.read() if handle is not None else b""
+    except (OSError, tarfile.TarError):
         raw = b""
     return email.parser.BytesHeaderParser().parsebytes(raw)
 

@@ -9,7 +9,6 @@ it, and install stops before its first change. No index page is read: only the l
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,14 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from backendpick.errors import ConfigError, InstallError
 from backendpick.redaction import redact
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from backendpick.target.distfiles import sha256_file
 
 
 def cached_path(root: Path, sha256: str, name: str) -> Path:
@@ -38,11 +30,11 @@ def fetch(files: Iterable, session, root: Path, on_note: Callable[[str], None]) 
     out: dict[str, Path] = {}
     for name, f in files:
         dest = cached_path(root, f.sha256, f.name)
-        if dest.is_file() and sha256_of(dest) == f.sha256:
+        if dest.is_file() and sha256_file(dest) == f.sha256:
             out[name] = dest
             continue
         _get(f.url, dest, session, on_note)
-        got = sha256_of(dest)
+        got = sha256_file(dest)
         if got != f.sha256:
             bad = dest.with_name(dest.name + ".mismatch")
             os.replace(dest, bad)

@@ -132,8 +132,8 @@ def _file(pkg: Mapping, tags: Sequence[str]) -> Mapping:
     return (wheels or [pkg.get("sdist") or pkg.get("archive") or pkg.get("directory") or {}])[0]
 
 
-def _wheel_metadata(path) -> str | None:
-    """The METADATA of a wheel file (a path or an open file)."""
+def metadata_in_wheel(path) -> str | None:
+    """The METADATA of a wheel file (a path or an open file); None where it has none."""
     import zipfile
 
     try:
@@ -153,7 +153,7 @@ def wheel_metadata(client, wheel: str) -> str | None:
     if not wheel:
         return None
     if "://" not in wheel or urlsplit(wheel).scheme == "file":
-        return _wheel_metadata(Path(url2pathname(urlsplit(wheel).path)) if "://" in wheel else Path(wheel))
+        return metadata_in_wheel(Path(url2pathname(urlsplit(wheel).path)) if "://" in wheel else Path(wheel))
     from backendpick.indexes.client import FileLink
 
     url = wheel.split("#", 1)[0]
@@ -172,7 +172,7 @@ def wheel_metadata(client, wheel: str) -> str | None:
                     tmp.write(chunk)
         except (OSError, ValueError):
             return None
-        return _wheel_metadata(tmp)
+        return metadata_in_wheel(tmp)
 
 
 def _requires(text: str | None) -> tuple[str, list[str]]:
